@@ -1,0 +1,1 @@
+"""RoboStack real."""

@@ -1,0 +1,150 @@
+"""Term functions and math shared by several tasks (observations, rewards, terminations).
+
+Quaternions are MuJoCo's (w, x, y, z). A floating base's ``qvel[3:6]`` is already in the body frame.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from robostack.sim.task_env import TaskEnv
+
+
+# ----- quaternion math (batched torch) -----
+def quat_rotate_inverse(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate world-frame vectors ``v`` into the frame whose orientation is ``q``."""
+    w, xyz = q[:, :1], q[:, 1:]
+    t = 2.0 * torch.cross(xyz, v, dim=-1)
+    return v - w * t + torch.cross(xyz, t, dim=-1)
+
+
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """[N, 4] -> [N, 3, 3] rotation matrices (body to world)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(-1, 3, 3)
+
+
+def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], dim=-1)
+
+
+def quat_error_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Smallest rotation angle (rad) between orientations ``a`` and ``b``."""
+    dot = torch.abs((a * b).sum(-1)).clamp(max=1.0)
+    return 2.0 * torch.acos(dot)
+
+
+def quat_error_vector(current: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rotation vector (axis * angle, world frame) taking ``current`` to ``target``."""
+    conj = current * torch.tensor([1.0, -1.0, -1.0, -1.0], device=current.device)
+    err = quat_mul(target, conj)
+    err = err * torch.sign(err[:, :1] + 1e-12)  # shortest way round
+    sin_half = err[:, 1:].norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    angle = 2.0 * torch.atan2(sin_half, err[:, :1])
+    return err[:, 1:] / sin_half * angle
+
+
+def random_quat_within(rng: np.random.Generator, n: int, max_angle: float) -> np.ndarray:
+    """Uniformly random axes with angles uniform in [0, max_angle]: [n, 4] (w, x, y, z)."""
+    axis = rng.normal(size=(n, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = rng.uniform(0.0, max_angle, n)
+    return np.concatenate([np.cos(angle / 2)[:, None], axis * np.sin(angle / 2)[:, None]], axis=1)
+
+
+def yaw_quat(yaw: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(yaw / 2), np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2)], axis=1)
+
+
+# ----- floating-base terms -----
+def base_pos(env: TaskEnv) -> torch.Tensor:
+    return env.qpos[:, 0:3]
+
+
+def base_quat(env: TaskEnv) -> torch.Tensor:
+    return env.qpos[:, 3:7]
+
+
+def base_lin_vel_world(env: TaskEnv) -> torch.Tensor:
+    return env.qvel[:, 0:3]
+
+
+def base_lin_vel(env: TaskEnv) -> torch.Tensor:
+    """Linear velocity in the body frame."""
+    return quat_rotate_inverse(base_quat(env), env.qvel[:, 0:3])
+
+
+def base_ang_vel(env: TaskEnv) -> torch.Tensor:
+    """Angular velocity in the body frame."""
+    return env.qvel[:, 3:6]
+
+
+def projected_gravity(env: TaskEnv) -> torch.Tensor:
+    """Gravity direction seen from the body: (0, 0, -1) when level. What an IMU's attitude filter gives."""
+    down = torch.zeros(env.num_envs, 3, device=env.device)
+    down[:, 2] = -1.0
+    return quat_rotate_inverse(base_quat(env), down)
+
+
+def base_height(env: TaskEnv) -> torch.Tensor:
+    return env.qpos[:, 2:3]
+
+
+# ----- joint and action terms -----
+def joint_pos_rel(env: TaskEnv) -> torch.Tensor:
+    return env.joint_pos - env.default_joint_pos
+
+
+def joint_vel(env: TaskEnv) -> torch.Tensor:
+    return env.joint_vel
+
+
+def last_action(env: TaskEnv) -> torch.Tensor:
+    return env.action
+
+
+def command(env: TaskEnv) -> torch.Tensor:
+    return env.command
+
+
+def action_rate_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum((env.action - env.last_action) ** 2, dim=1)
+
+
+def action_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum(env.action ** 2, dim=1)
+
+
+def joint_vel_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum(env.joint_vel ** 2, dim=1)
+
+
+def ang_vel_xy_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum(base_ang_vel(env)[:, :2] ** 2, dim=1)
+
+
+def lin_vel_z_l2(env: TaskEnv) -> torch.Tensor:
+    return base_lin_vel(env)[:, 2] ** 2
+
+
+def flat_orientation_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum(projected_gravity(env)[:, :2] ** 2, dim=1)
+
+
+def survived_episode(env: TaskEnv) -> torch.Tensor:
+    """Success for tasks whose goal is to last: the episode ran to its time limit."""
+    return env.episode_length >= env.max_episode_length

@@ -1,0 +1,1 @@
+"""Bitcraze Crazyflie 2.x quadrotor: URDF description and MuJoCo builder (see model.py)."""

@@ -1,0 +1,57 @@
+"""Bitcraze Crazyflie 2.x on a floating base, driven by four motor thrusts with a first-order motor lag."""
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from robostack.sim.robots import description
+
+NAME = "cf2"
+URDF = description.urdf_path(NAME)
+
+MOTOR_NAMES = ("m1", "m2", "m3", "m4")  # Bitcraze order: front-right, back-right, back-left, front-left
+# Body yaw torque per newton of thrust. M1/M3 spin counter-clockwise seen from above, so their reaction
+# torque is clockwise (-z); M2/M4 the reverse. Source and derivation: the comment in cf2.urdf.
+MOTOR_YAW_SIGN = np.array([-1.0, 1.0, -1.0, 1.0])
+TORQUE_TO_THRUST = 0.005964552  # m, crazyflie-firmware's thrustToTorque
+MAX_THRUST = 0.15  # N per motor
+MOTOR_TIME_CONSTANT = 0.02  # s
+
+MASS = description.link_mass(URDF)
+GRAVITY = 9.81
+HOVER_THRUST = MASS * GRAVITY / 4
+DEFAULT_BASE_POS = np.array([0.0, 0.0, 1.0])
+
+# No joints: the "joint" constants are empty so code written for jointed robots still runs.
+JOINT_NAMES: tuple[str, ...] = ()
+DEFAULT_JOINT_POS = np.zeros(0)
+
+
+def build_spec() -> mujoco.MjSpec:
+    """Crazyflie above a floor with thrust actuators m1..m4 (ctrl in newtons) and ``imu_*`` sensors."""
+    spec = description.load_spec(NAME, floating_base=True)
+    description.add_ground(spec)
+    description.add_site(spec, NAME, "imu")
+    description.add_imu(spec)
+    for name, yaw_sign in zip(MOTOR_NAMES, MOTOR_YAW_SIGN):
+        description.add_frame_site(spec, URDF, name, size=0.002)
+        spec.add_actuator(
+            name=name,
+            target=name,
+            trntype=mujoco.mjtTrn.mjTRN_SITE,
+            gear=[0, 0, 1, 0, 0, yaw_sign * TORQUE_TO_THRUST],
+            # thrust follows the command through a first-order lag: d(thrust)/dt = (ctrl - thrust) / tau
+            dyntype=mujoco.mjtDyn.mjDYN_FILTER,
+            dynprm=[MOTOR_TIME_CONSTANT] + [0] * 9,
+            gaintype=mujoco.mjtGain.mjGAIN_FIXED,
+            gainprm=[1] + [0] * 9,
+            ctrllimited=True,
+            ctrlrange=[0, MAX_THRUST],
+        )
+    hover = np.full(len(MOTOR_NAMES), HOVER_THRUST)
+    description.add_home_key(spec, {}, ctrl=hover, base_pos=DEFAULT_BASE_POS, act=hover)
+    return spec
+
+
+def build_model() -> mujoco.MjModel:
+    return build_spec().compile()

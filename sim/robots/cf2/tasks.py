@@ -1,0 +1,165 @@
+"""cf2-hover: fly a Crazyflie 2.x to a target position and hold it, from random position, velocity and attitude.
+
+Actions are the four motor thrusts around hover thrust. Observations follow the "Learning to Fly in
+Seconds" recipe (position error, rotation matrix, velocities, last action); the critic also sees the
+wind force and the lagged rotor thrusts, which a real drone cannot measure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robostack.registry import register
+from robostack.sim import mdp
+from robostack.sim import randomization as dr
+from robostack.sim.robots.cf2 import model as cf2
+from robostack.sim.task_env import TaskEnv
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm,
+                                 SimConfig, TaskDefinition)
+
+
+@dataclass
+class Start:
+    position_offset: float = 0.5  # m, uniform per axis around the target
+    velocity: float = 0.5  # m/s, uniform per axis
+    max_tilt: float = 1.0472  # rad (60 degrees), random axis
+    angular_velocity: float = 1.0  # rad/s, uniform per axis
+
+
+@dataclass
+class Rewards:
+    position: float = -1.0  # x distance to target (m)
+    position_kernel: float = 1.0  # x exp(-distance / position_sigma)
+    position_sigma: float = 0.25
+    upright: float = -0.2  # x (1 - body z . world z)
+    angular_velocity: float = -0.02
+    action: float = -0.02
+    action_rate: float = -0.05
+
+
+@dataclass
+class Randomization:
+    enabled: bool = True
+    observation_noise: float = 1.0
+    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
+    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.002, 0.002)))
+    motor_strength: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
+    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
+    wind: EventConfig = field(default_factory=lambda: EventConfig("interval", (-0.02, 0.02), (1.0, 3.0)))
+
+
+@dataclass
+class Cf2HoverConfig:
+    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.005, decimation=2, episode_length_s=5.0,
+                                                             num_envs=1024))
+    target: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    start: Start = field(default_factory=Start)
+    rewards: Rewards = field(default_factory=Rewards)
+    randomization: Randomization = field(default_factory=Randomization)
+    success_radius: float = 0.1  # m from target at the end of the episode
+    max_distance: float = 2.0  # m from target: terminate (flew away)
+
+
+def position_error(env: TaskEnv) -> torch.Tensor:
+    """Target minus position, world frame."""
+    return env.command - mdp.base_pos(env)
+
+
+def distance(env: TaskEnv) -> torch.Tensor:
+    return torch.norm(position_error(env), dim=1)
+
+
+def rotation_matrix(env: TaskEnv) -> torch.Tensor:
+    return mdp.quat_to_matrix(mdp.base_quat(env)).reshape(env.num_envs, 9)
+
+
+def rotor_thrust(env: TaskEnv) -> torch.Tensor:
+    """Actual (lagged) rotor thrusts, normalized by hover thrust: the motors' filter state."""
+    return torch.from_numpy(env.sim.act).to(env.device, torch.float32) / cf2.HOVER_THRUST
+
+
+def wind_force(env: TaskEnv) -> torch.Tensor:
+    return torch.from_numpy(env.external_force[:, 0:3]).to(env.device, torch.float32) * 10.0
+
+
+def position_kernel(env: TaskEnv) -> torch.Tensor:
+    return torch.exp(-distance(env) / env.task_cfg.rewards.position_sigma)
+
+
+def tilt(env: TaskEnv) -> torch.Tensor:
+    return 1.0 + mdp.projected_gravity(env)[:, 2]
+
+
+def angular_velocity_l2(env: TaskEnv) -> torch.Tensor:
+    return torch.sum(mdp.base_ang_vel(env) ** 2, dim=1)
+
+
+def crashed_or_lost(env: TaskEnv) -> torch.Tensor:
+    return (distance(env) > env.task_cfg.max_distance) | (mdp.base_pos(env)[:, 2] < 0.05)
+
+
+def at_target(env: TaskEnv) -> torch.Tensor:
+    return (distance(env) < env.task_cfg.success_radius) & mdp.survived_episode(env)
+
+
+def reset_drone(env: TaskEnv, env_ids: np.ndarray) -> None:
+    cfg: Cf2HoverConfig = env.task_cfg
+    s, n, rng = cfg.start, len(env_ids), env.rng
+    qpos = np.tile(env.default_model.qpos0, (n, 1))
+    qpos[:, 0:3] = np.asarray(cfg.target) + rng.uniform(-s.position_offset, s.position_offset, (n, 3))
+    qpos[:, 3:7] = mdp.random_quat_within(rng, n, s.max_tilt)
+    env.sim.qpos[env_ids] = qpos
+    qvel = np.zeros((n, env.default_model.nv))
+    qvel[:, 0:3] = rng.uniform(-s.velocity, s.velocity, (n, 3))
+    qvel[:, 3:6] = rng.uniform(-s.angular_velocity, s.angular_velocity, (n, 3))
+    env.sim.qvel[env_ids] = qvel
+    env.sim.act[env_ids] = cf2.HOVER_THRUST  # rotors spinning at hover speed
+    env.command[torch.as_tensor(env_ids)] = torch.as_tensor(cfg.target, dtype=torch.float32, device=env.device)
+
+
+@register("task", "cf2-hover", "Crazyflie 2.x: fly to and hold a target position from random starts",
+          config=Cf2HoverConfig, robot="cf2")
+def build(cfg: Cf2HoverConfig) -> TaskDefinition:
+    model = cf2.build_model()
+    model.opt.timestep = cfg.sim.timestep
+    r, dr_cfg = cfg.rewards, cfg.randomization
+    policy_obs = {
+        "position_error": ObsTerm(position_error, noise=0.005),
+        "rotation_matrix": ObsTerm(rotation_matrix, noise=0.01),
+        "linear_velocity": ObsTerm(mdp.base_lin_vel_world, noise=0.01),
+        "angular_velocity": ObsTerm(mdp.base_ang_vel, noise=0.05, scale=0.25),
+        "last_action": ObsTerm(mdp.last_action),
+    }
+    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    critic_obs.update({"rotor_thrust": ObsTerm(rotor_thrust), "wind_force": ObsTerm(wind_force)})
+    nu = model.nu
+    return TaskDefinition(
+        name="cf2-hover", robot="cf2", model=model, sim=cfg.sim,
+        action=ActionMap(np.arange(nu), np.full(nu, cf2.MAX_THRUST - cf2.HOVER_THRUST), np.full(nu, cf2.HOVER_THRUST)),
+        observations={"policy": policy_obs, "critic": critic_obs},
+        rewards={
+            "position": RewardTerm(distance, r.position),
+            "position_kernel": RewardTerm(position_kernel, r.position_kernel),
+            "upright": RewardTerm(tilt, r.upright),
+            "angular_velocity": RewardTerm(angular_velocity_l2, r.angular_velocity),
+            "action": RewardTerm(mdp.action_l2, r.action),
+            "action_rate": RewardTerm(mdp.action_rate_l2, r.action_rate),
+        },
+        terminations={"crashed_or_lost": DoneTerm(crashed_or_lost)},
+        events={
+            "link_mass": EventTerm(dr.model_event(dr.scale_link_masses), dr_cfg.link_mass),
+            "com_offset": EventTerm(dr.model_event(dr.offset_coms), dr_cfg.com_offset),
+            "motor_strength": EventTerm(dr.motor_strength, dr_cfg.motor_strength),
+            "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
+            "wind": EventTerm(dr.wind_gust, dr_cfg.wind),
+        },
+        reset=reset_drone,
+        success=at_target,
+        command_dim=3,
+        metrics={"position_error": distance},
+        observation_noise=dr_cfg.observation_noise,
+        randomize=dr_cfg.enabled,
+        cfg=cfg,
+    )

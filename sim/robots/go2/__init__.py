@@ -1,0 +1,1 @@
+"""Unitree Go2 quadruped: URDF description and MuJoCo builder (see model.py)."""

@@ -1,0 +1,60 @@
+"""Unitree Go2 quadruped on a floating base: 12 PD position-controlled joints, IMU and foot contact sensors."""
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from robostack.sim.robots import description
+
+NAME = "go2"
+URDF = description.urdf_path(NAME)
+
+LEGS = ("FR", "FL", "RR", "RL")  # Unitree SDK motor order
+JOINT_NAMES = tuple(f"{leg}_{part}_joint" for leg in LEGS for part in ("hip", "thigh", "calf"))
+DEFAULT_JOINT_POS = np.tile([0.0, 0.9, -1.8], len(LEGS))
+DEFAULT_BASE_POS = np.array([0.0, 0.0, 0.27])
+
+# MuJoCo Playground's Go2 gains.
+KP = np.full(len(JOINT_NAMES), 35.0)
+KD = np.full(len(JOINT_NAMES), 0.5)
+ARMATURE = 0.01
+
+_LIMITS = description.joint_limits(URDF, JOINT_NAMES)
+JOINT_LOWER, JOINT_UPPER = _LIMITS.lower, _LIMITS.upper
+EFFORT_LIMIT = _LIMITS.effort
+VELOCITY_LIMIT = _LIMITS.velocity
+
+FOOT_FRICTION = 0.8
+FOOT_RADIUS = 0.022
+CONTACT_SITE_RADIUS = 0.025  # a bit larger than the foot sphere so the touch sensor sees its contacts
+
+
+def build_spec() -> mujoco.MjSpec:
+    """Go2 above a floor: actuators in SDK order; ``imu_*``, ``base_linvel``, ``<leg>_foot_pos``, ``<leg>_contact``."""
+    spec = description.load_spec(NAME, floating_base=True)
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC  # as Menagerie: less foot slip than pyramidal cones
+    spec.option.impratio = 100
+    description.add_ground(spec)
+    description.set_joint_dynamics(spec, JOINT_NAMES, armature=ARMATURE)
+    description.add_position_actuators(spec, JOINT_NAMES, KP, KD, _LIMITS)
+
+    description.add_frame_site(spec, URDF, "imu")
+    description.add_imu(spec)
+    description.add_sensor(spec, "base_linvel", mujoco.mjtSensor.mjSENS_VELOCIMETER, "imu")
+    for leg in LEGS:
+        foot = spec.geom(leg)  # foot sphere, named like Menagerie's; its body owns the foot contacts
+        foot.friction = [FOOT_FRICTION, 0.02, 0.01]
+        foot.priority = 1  # the foot's friction wins over the floor's
+        # Touch sensors count contacts of the site's own body, so the sites go on the foot geom's body.
+        description.add_site(spec, foot.parent.name, f"{leg}_foot", foot.pos, size=CONTACT_SITE_RADIUS)
+        description.add_sensor(spec, f"{leg}_foot_pos", mujoco.mjtSensor.mjSENS_FRAMEPOS, f"{leg}_foot")
+        description.add_sensor(spec, f"{leg}_contact", mujoco.mjtSensor.mjSENS_TOUCH, f"{leg}_foot")
+
+    description.add_home_key(
+        spec, dict(zip(JOINT_NAMES, DEFAULT_JOINT_POS)), ctrl=DEFAULT_JOINT_POS, base_pos=DEFAULT_BASE_POS
+    )
+    return spec
+
+
+def build_model() -> mujoco.MjModel:
+    return build_spec().compile()

@@ -1,0 +1,203 @@
+"""go2-walk: track commanded forward, lateral and yaw velocities on flat ground with a Unitree Go2.
+
+Terms follow the legged-robot recipes of legged_gym / Isaac Lab (velocity tracking kernels, posture and
+smoothness penalties, feet air time), with randomization declared next to the task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robostack.registry import register
+from robostack.sim import mdp
+from robostack.sim import randomization as dr
+from robostack.sim.robots.go2 import model as go2
+from robostack.sim.task_env import TaskEnv
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm,
+                                 SimConfig, TaskDefinition)
+
+FEET = ("FR", "FL", "RR", "RL")
+
+
+@dataclass
+class Commands:
+    lin_vel_x: tuple[float, float] = (-1.0, 1.0)  # m/s
+    lin_vel_y: tuple[float, float] = (-0.5, 0.5)
+    ang_vel_z: tuple[float, float] = (-1.0, 1.0)  # rad/s
+    resample: EventConfig = field(default_factory=lambda: EventConfig("interval", (0.0, 0.0), (10.0, 10.0)))
+    standing_fraction: float = 0.05  # share of commands that are zero (learn to stand still)
+
+
+@dataclass
+class Rewards:
+    track_lin_vel_xy: float = 1.0
+    track_ang_vel_z: float = 0.5
+    lin_vel_z: float = -2.0
+    ang_vel_xy: float = -0.05
+    flat_orientation: float = -2.5
+    joint_torques: float = -2e-4
+    action_rate: float = -0.01
+    feet_air_time: float = 0.25
+    tracking_sigma: float = 0.25  # width of the exp tracking kernels, (m/s)^2
+
+
+@dataclass
+class Randomization:
+    enabled: bool = True
+    observation_noise: float = 1.0  # multiplier on every observation term's noise
+    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
+    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.02, 0.02)))
+    friction: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.4, 1.25)))
+    joint_damping: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
+    joint_armature: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
+    actuator_gains: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
+    motor_strength: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
+    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
+    push: EventConfig = field(default_factory=lambda: EventConfig("interval", (-0.5, 0.5), (5.0, 10.0)))
+
+
+@dataclass
+class Go2WalkConfig:
+    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.004, decimation=5, episode_length_s=20.0))
+    action_scale: float = 0.25  # rad per unit action around the default pose
+    commands: Commands = field(default_factory=Commands)
+    rewards: Rewards = field(default_factory=Rewards)
+    randomization: Randomization = field(default_factory=Randomization)
+    min_base_height: float = 0.15  # below this the robot has fallen
+    max_tilt_cos: float = 0.5  # projected gravity z above -this: tilted past 60 degrees
+
+
+# ----- commands -----
+def resample_commands(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
+    c: Commands = env.task_cfg.commands
+    n = len(env_ids)
+    cmd = np.stack([env.rng.uniform(*c.lin_vel_x, n), env.rng.uniform(*c.lin_vel_y, n),
+                    env.rng.uniform(*c.ang_vel_z, n)], axis=1)
+    cmd[env.rng.random(n) < c.standing_fraction] = 0.0
+    env.command[torch.as_tensor(env_ids)] = torch.as_tensor(cmd, dtype=torch.float32, device=env.device)
+
+
+# ----- terms -----
+def feet_contact(env: TaskEnv) -> torch.Tensor:
+    return torch.cat([env.sensor(f"{foot}_contact") for foot in FEET], dim=1) > 0.1
+
+
+def track_lin_vel_xy(env: TaskEnv) -> torch.Tensor:
+    err = torch.sum((env.command[:, :2] - mdp.base_lin_vel(env)[:, :2]) ** 2, dim=1)
+    return torch.exp(-err / env.task_cfg.rewards.tracking_sigma)
+
+
+def track_ang_vel_z(env: TaskEnv) -> torch.Tensor:
+    err = (env.command[:, 2] - mdp.base_ang_vel(env)[:, 2]) ** 2
+    return torch.exp(-err / env.task_cfg.rewards.tracking_sigma)
+
+
+def joint_torques(env: TaskEnv) -> torch.Tensor:
+    """Squared PD torques as commanded this step (the position actuators' force law, nominal gains)."""
+    kp = torch.as_tensor(go2.KP, device=env.device, dtype=torch.float32)
+    kd = torch.as_tensor(go2.KD, device=env.device, dtype=torch.float32)
+    torque = kp * (env.ctrl - env.joint_pos) - kd * env.joint_vel
+    return torch.sum(torque ** 2, dim=1)
+
+
+def feet_air_time(env: TaskEnv) -> torch.Tensor:
+    """Reward steps that end a swing longer than 0.5 s (encourages stepping instead of shuffling)."""
+    contact = feet_contact(env)
+    air = env.buffers.setdefault("air_time", torch.zeros(env.num_envs, len(FEET), device=env.device))
+    first_contact = (air > 0) & contact
+    reward = torch.sum((air - 0.5) * first_contact, dim=1)
+    air += env.control_dt
+    air *= ~contact
+    moving = torch.norm(env.command[:, :2], dim=1) > 0.1
+    return reward * moving
+
+
+def lin_vel_error(env: TaskEnv) -> torch.Tensor:
+    return torch.norm(env.command[:, :2] - mdp.base_lin_vel(env)[:, :2], dim=1)
+
+
+def ang_vel_error(env: TaskEnv) -> torch.Tensor:
+    return torch.abs(env.command[:, 2] - mdp.base_ang_vel(env)[:, 2])
+
+
+def fallen(env: TaskEnv) -> torch.Tensor:
+    cfg: Go2WalkConfig = env.task_cfg
+    return (mdp.base_height(env)[:, 0] < cfg.min_base_height) | (mdp.projected_gravity(env)[:, 2] > -cfg.max_tilt_cos)
+
+
+def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
+    """Standing at the default pose with a random heading, small joint and velocity perturbations."""
+    n, model = len(env_ids), env.default_model
+    qpos = np.tile(model.qpos0, (n, 1))
+    qpos[:, 0:3] = go2.DEFAULT_BASE_POS
+    qpos[:, 3:7] = mdp.yaw_quat(env.rng.uniform(-np.pi, np.pi, n))
+    joints = env.actuator_qpos_adr.cpu().numpy()
+    qpos[:, joints] = go2.DEFAULT_JOINT_POS + env.rng.uniform(-0.1, 0.1, (n, len(joints)))
+    env.sim.qpos[env_ids] = qpos
+    qvel = np.zeros((n, model.nv))
+    qvel[:, 0:6] = env.rng.uniform(-0.2, 0.2, (n, 6))
+    env.sim.qvel[env_ids] = qvel
+    if "air_time" in env.buffers:
+        env.buffers["air_time"][torch.as_tensor(env_ids)] = 0.0
+
+
+@register("task", "go2-walk", "Unitree Go2: track commanded vx, vy, yaw rate on flat ground",
+          config=Go2WalkConfig, robot="go2")
+def build(cfg: Go2WalkConfig) -> TaskDefinition:
+    model = go2.build_model()
+    model.opt.timestep = cfg.sim.timestep
+    r, dr_cfg = cfg.rewards, cfg.randomization
+    policy_obs = {
+        "base_ang_vel": ObsTerm(mdp.base_ang_vel, noise=0.2, scale=0.25),
+        "projected_gravity": ObsTerm(mdp.projected_gravity, noise=0.05),
+        "command": ObsTerm(mdp.command),
+        "joint_pos": ObsTerm(mdp.joint_pos_rel, noise=0.01),
+        "joint_vel": ObsTerm(mdp.joint_vel, noise=1.5, scale=0.05),
+        "last_action": ObsTerm(mdp.last_action),
+    }
+    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    critic_obs.update({
+        "base_lin_vel": ObsTerm(mdp.base_lin_vel, scale=2.0),
+        "base_height": ObsTerm(mdp.base_height),
+        "feet_contact": ObsTerm(lambda env: feet_contact(env).float()),
+    })
+    definition = TaskDefinition(
+        name="go2-walk", robot="go2", model=model, sim=cfg.sim,
+        action=ActionMap(np.arange(model.nu), np.full(model.nu, cfg.action_scale), go2.DEFAULT_JOINT_POS.copy()),
+        default_joint_pos=go2.DEFAULT_JOINT_POS,
+        observations={"policy": policy_obs, "critic": critic_obs},
+        rewards={
+            "track_lin_vel_xy": RewardTerm(track_lin_vel_xy, r.track_lin_vel_xy),
+            "track_ang_vel_z": RewardTerm(track_ang_vel_z, r.track_ang_vel_z),
+            "lin_vel_z": RewardTerm(mdp.lin_vel_z_l2, r.lin_vel_z),
+            "ang_vel_xy": RewardTerm(mdp.ang_vel_xy_l2, r.ang_vel_xy),
+            "flat_orientation": RewardTerm(mdp.flat_orientation_l2, r.flat_orientation),
+            "joint_torques": RewardTerm(joint_torques, r.joint_torques),
+            "action_rate": RewardTerm(mdp.action_rate_l2, r.action_rate),
+            "feet_air_time": RewardTerm(feet_air_time, r.feet_air_time),
+        },
+        terminations={"fallen": DoneTerm(fallen)},
+        events={
+            "resample_commands": EventTerm(resample_commands, EventConfig("reset"), randomization=False),
+            "resample_commands_interval": EventTerm(resample_commands, cfg.commands.resample, randomization=False),
+            "link_mass": EventTerm(dr.model_event(dr.scale_link_masses), dr_cfg.link_mass),
+            "com_offset": EventTerm(dr.model_event(dr.offset_coms), dr_cfg.com_offset),
+            "friction": EventTerm(dr.model_event(dr.scale_friction), dr_cfg.friction),
+            "joint_damping": EventTerm(dr.model_event(dr.scale_joint_damping), dr_cfg.joint_damping),
+            "joint_armature": EventTerm(dr.model_event(dr.scale_joint_armature), dr_cfg.joint_armature),
+            "actuator_gains": EventTerm(dr.actuator_gains, dr_cfg.actuator_gains),
+            "motor_strength": EventTerm(dr.motor_strength, dr_cfg.motor_strength),
+            "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
+            "push": EventTerm(dr.push_base, dr_cfg.push),
+        },
+        reset=reset_robot,
+        success=mdp.survived_episode,
+        command_dim=3,
+        metrics={"lin_vel_error": lin_vel_error, "ang_vel_error": ang_vel_error},
+        observation_noise=dr_cfg.observation_noise,
+        randomize=dr_cfg.enabled,
+        cfg=cfg,
+    )
+    return definition

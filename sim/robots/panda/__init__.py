@@ -1,0 +1,1 @@
+"""Franka Emika Panda arm: URDF description and MuJoCo builder (see model.py)."""

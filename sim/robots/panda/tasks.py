@@ -1,0 +1,167 @@
+"""panda-reach: bring a Franka Panda's end effector (TCP between the fingertips) to a sampled pose.
+
+Actions are joint position targets around the home pose; the gripper stays open. Success means the TCP
+ends the episode within 2 cm and 0.1 rad of the target pose.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robostack.registry import register
+from robostack.sim import mdp
+from robostack.sim import randomization as dr
+from robostack.sim.robots.panda import model as panda
+from robostack.sim.task_env import TaskEnv
+from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
+                                 TaskDefinition)
+
+ARM_JOINTS = 7
+DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z axis pointing at the floor (180 degrees about x)
+
+
+@dataclass
+class Targets:
+    x: tuple[float, float] = (0.3, 0.6)  # m, in the robot base frame
+    y: tuple[float, float] = (-0.3, 0.3)
+    z: tuple[float, float] = (0.2, 0.6)
+    yaw: tuple[float, float] = (-1.57, 1.57)  # rad about the vertical, gripper pointing down
+    max_tilt: float = 0.3  # rad, random tilt away from pointing down
+
+
+@dataclass
+class Rewards:
+    position: float = -0.5  # x distance (m)
+    position_kernel: float = 0.5  # x (1 - tanh(distance / 0.05))
+    orientation: float = -0.2  # x angle error (rad)
+    action_rate: float = -0.005
+    joint_vel: float = -0.001
+
+
+@dataclass
+class Randomization:
+    enabled: bool = True
+    observation_noise: float = 1.0
+    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
+    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.01, 0.01)))
+    joint_damping: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
+    joint_armature: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
+    actuator_gains: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.8, 1.2)))
+    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
+
+
+@dataclass
+class PandaReachConfig:
+    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.002, decimation=10, episode_length_s=3.0,
+                                                             num_envs=512))
+    action_scale: float = 1.0  # rad per unit action around the home pose
+    targets: Targets = field(default_factory=Targets)
+    rewards: Rewards = field(default_factory=Rewards)
+    randomization: Randomization = field(default_factory=Randomization)
+    success_position: float = 0.02  # m
+    success_angle: float = 0.1  # rad
+
+
+def ee_pos(env: TaskEnv) -> torch.Tensor:
+    return env.sensor("ee_pos")
+
+
+def ee_quat(env: TaskEnv) -> torch.Tensor:
+    return env.sensor("ee_quat")
+
+
+def position_error(env: TaskEnv) -> torch.Tensor:
+    return env.command[:, :3] - ee_pos(env)
+
+
+def orientation_error(env: TaskEnv) -> torch.Tensor:
+    return mdp.quat_error_vector(ee_quat(env), env.command[:, 3:7])
+
+
+def distance(env: TaskEnv) -> torch.Tensor:
+    return torch.norm(position_error(env), dim=1)
+
+
+def angle_error(env: TaskEnv) -> torch.Tensor:
+    return mdp.quat_error_angle(ee_quat(env), env.command[:, 3:7])
+
+
+def position_kernel(env: TaskEnv) -> torch.Tensor:
+    return 1.0 - torch.tanh(distance(env) / 0.05)
+
+
+def reached(env: TaskEnv) -> torch.Tensor:
+    cfg: PandaReachConfig = env.task_cfg
+    return (distance(env) < cfg.success_position) & (angle_error(env) < cfg.success_angle)
+
+
+def sample_targets(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
+    t: Targets = env.task_cfg.targets
+    n, rng = len(env_ids), env.rng
+    pos = np.stack([rng.uniform(*t.x, n), rng.uniform(*t.y, n), rng.uniform(*t.z, n)], axis=1)
+    quat = torch.as_tensor(mdp.yaw_quat(rng.uniform(*t.yaw, n)))
+    quat = mdp.quat_mul(quat, torch.as_tensor(DOWN).expand(n, 4))
+    quat = mdp.quat_mul(torch.as_tensor(mdp.random_quat_within(rng, n, t.max_tilt)), quat)
+    target = np.concatenate([pos, quat.numpy()], axis=1)
+    env.command[torch.as_tensor(env_ids)] = torch.as_tensor(target, dtype=torch.float32, device=env.device)
+
+
+def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
+    n = len(env_ids)
+    qpos = np.tile(env.default_model.qpos0, (n, 1))
+    joints = env.actuator_qpos_adr.cpu().numpy()
+    qpos[:, joints] = panda.DEFAULT_JOINT_POS
+    qpos[:, joints[:ARM_JOINTS]] += env.rng.uniform(-0.2, 0.2, (n, ARM_JOINTS))
+    env.sim.qpos[env_ids] = qpos
+    env.sim.qvel[env_ids] = 0.0
+
+
+@register("task", "panda-reach", "Franka Panda: reach a sampled end-effector pose",
+          config=PandaReachConfig, robot="panda")
+def build(cfg: PandaReachConfig) -> TaskDefinition:
+    model = panda.build_model()
+    model.opt.timestep = cfg.sim.timestep
+    r, dr_cfg = cfg.rewards, cfg.randomization
+    arm_pos = lambda env: mdp.joint_pos_rel(env)[:, :ARM_JOINTS]  # noqa: E731
+    arm_vel = lambda env: mdp.joint_vel(env)[:, :ARM_JOINTS]  # noqa: E731
+    policy_obs = {
+        "joint_pos": ObsTerm(arm_pos, noise=0.005),
+        "joint_vel": ObsTerm(arm_vel, noise=0.05, scale=0.2),
+        "target": ObsTerm(mdp.command),
+        "position_error": ObsTerm(position_error, noise=0.002),
+        "orientation_error": ObsTerm(orientation_error, noise=0.01),
+        "last_action": ObsTerm(mdp.last_action),
+    }
+    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    return TaskDefinition(
+        name="panda-reach", robot="panda", model=model, sim=cfg.sim,
+        action=ActionMap(np.arange(ARM_JOINTS), np.full(ARM_JOINTS, cfg.action_scale), panda.DEFAULT_JOINT_POS.copy()),
+        default_joint_pos=panda.DEFAULT_JOINT_POS,
+        observations={"policy": policy_obs, "critic": critic_obs},
+        rewards={
+            "position": RewardTerm(distance, r.position),
+            "position_kernel": RewardTerm(position_kernel, r.position_kernel),
+            "orientation": RewardTerm(angle_error, r.orientation),
+            "action_rate": RewardTerm(mdp.action_rate_l2, r.action_rate),
+            "joint_vel": RewardTerm(mdp.joint_vel_l2, r.joint_vel),
+        },
+        terminations={},
+        events={
+            "sample_targets": EventTerm(sample_targets, EventConfig("reset"), randomization=False),
+            "link_mass": EventTerm(dr.model_event(dr.scale_link_masses), dr_cfg.link_mass),
+            "com_offset": EventTerm(dr.model_event(dr.offset_coms), dr_cfg.com_offset),
+            "joint_damping": EventTerm(dr.model_event(dr.scale_joint_damping), dr_cfg.joint_damping),
+            "joint_armature": EventTerm(dr.model_event(dr.scale_joint_armature), dr_cfg.joint_armature),
+            "actuator_gains": EventTerm(dr.actuator_gains, dr_cfg.actuator_gains),
+            "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
+        },
+        reset=reset_arm,
+        success=reached,
+        command_dim=7,
+        metrics={"position_error": distance, "orientation_error": angle_error},
+        observation_noise=dr_cfg.observation_noise,
+        randomize=dr_cfg.enabled,
+        cfg=cfg,
+    )

@@ -1,0 +1,195 @@
+"""The batched env contract, randomization and config errors, on the three shipped tasks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from robostack.config import ConfigError
+from robostack.sim import make_env
+from robostack.sim.gym_adapter import GymAdapter
+
+TASKS = ["panda-reach", "go2-walk", "cf2-hover"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_contract_shapes_and_dtypes(task):
+    env = make_env(task, num_envs=4, seed=0)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"policy", "critic"}
+    for group, tensor in obs.items():
+        assert tensor.shape == (4, *env.observation_spaces[group].shape)
+        assert tensor.dtype == torch.float32
+    assert env.observation_spaces["critic"].shape[0] >= env.observation_spaces["policy"].shape[0]
+    action = torch.zeros(4, env.action_space.shape[0])
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert reward.shape == (4,) and reward.dtype == torch.float32
+    assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
+    assert set(info) >= {"done", "final_obs"}
+    assert all(torch.isfinite(t).all() for t in obs.values())
+    env.close()
+
+
+def test_auto_reset_and_truncation_are_reported_separately():
+    # 0.1 s episodes at 100 Hz: every env times out after exactly 10 steps.
+    env = make_env("cf2-hover", num_envs=3, seed=0, overrides=["sim.episode_length_s=0.1"], play=True)
+    env.reset(seed=0)
+    hover = torch.zeros(3, 4)
+    for step in range(1, 11):
+        obs, _, terminated, truncated, info = env.step(hover)
+        if step < 10:
+            assert not truncated.any() and "episode" not in info
+    assert truncated.all() and not terminated.any()
+    assert torch.equal(info["episode"]["length"], torch.full((3,), 10))
+    assert "reward/position" in info["episode"] and "metric/position_error" in info["episode"]
+    assert (env.episode_length == 0).all()  # already reset
+    assert not torch.equal(info["final_obs"]["policy"], obs["policy"])  # next episode's first obs
+    env.close()
+
+
+def test_a_fall_terminates_and_is_not_a_success():
+    env = make_env("go2-walk", num_envs=2, seed=0, play=True)
+    env.reset(seed=0)
+    env.sim.qpos[0, 2] = 0.05  # base on the floor: fallen
+    _, _, terminated, truncated, info = env.step(torch.zeros(2, 12))
+    assert terminated.tolist() == [True, False] and not truncated.any()
+    assert info["episode"]["success"][0] == 0.0
+    env.close()
+
+
+def test_bad_actions_are_rejected_with_a_clear_error():
+    env = make_env("cf2-hover", num_envs=2, seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match="non-finite action"):
+        env.step(torch.tensor([[0.0, float("nan"), 0.0, 0.0], [0.0] * 4]))
+    with pytest.raises(ValueError, match=r"shape \(2, 4\)"):
+        env.step(torch.zeros(2, 3))
+    env.close()
+
+
+def _model_params(env):
+    return np.stack([np.concatenate([m.body_mass, m.geom_friction[:, 0], m.dof_damping, m.dof_armature,
+                                     m.actuator_gainprm[:, 0], m.body_ipos.ravel()]) for m in env.sim.models])
+
+
+def test_randomization_stays_in_range_and_is_reproducible():
+    env = make_env("go2-walk", num_envs=8, seed=3)
+    env.reset(seed=3)
+    default = env.default_model
+    masses = np.stack([m.body_mass[1:] / default.body_mass[1:] for m in env.sim.models])
+    assert masses.min() >= 0.9 and masses.max() <= 1.1 and masses.std() > 0.01
+    friction = np.array([m.geom_friction[0, 0] / default.geom_friction[0, 0] for m in env.sim.models])
+    assert friction.min() >= 0.4 and friction.max() <= 1.25 and len(set(friction.round(6))) == 8
+    com = np.stack([m.body_ipos[1:] - default.body_ipos[1:] for m in env.sim.models])
+    assert np.abs(com).max() <= 0.02 + 1e-12 and np.abs(com).max() > 0.0
+    gains = np.stack([m.actuator_gainprm[:, 0] / default.actuator_gainprm[:, 0] for m in env.sim.models])
+    assert gains.min() >= 0.9 * 0.9 - 1e-9 and gains.max() <= 1.1 * 1.1 + 1e-9  # kp x strength
+    assert set(env.latency.tolist()) <= {0, 1}
+
+    same = make_env("go2-walk", num_envs=8, seed=3)
+    same.reset(seed=3)
+    np.testing.assert_array_equal(_model_params(env), _model_params(same))
+    other = make_env("go2-walk", num_envs=8, seed=4)
+    other.reset(seed=4)
+    assert not np.array_equal(_model_params(env), _model_params(other))
+    for e in (env, same, other):
+        e.close()
+
+
+def test_play_variant_turns_randomization_off():
+    env = make_env("go2-walk", num_envs=4, seed=0, play=True)
+    obs_a, _ = env.reset(seed=0)
+    assert all(m is env.default_model for m in env.sim.models)
+    assert (env.latency == 0).all()
+    # Without observation noise the same state gives the same observation.
+    assert torch.equal(env.observe()["policy"], env.observe()["policy"])
+    env.close()
+    noisy = make_env("go2-walk", num_envs=4, seed=0)
+    noisy.reset(seed=0)
+    assert not torch.equal(noisy.observe()["policy"], noisy.observe()["policy"])
+    noisy.close()
+
+
+def test_action_latency_delays_controls_by_whole_steps():
+    env = make_env("cf2-hover", num_envs=2, seed=0, overrides=["randomization.action_latency.range=[2,2]"])
+    env.reset(seed=0)
+    actions = [torch.full((2, 4), v) for v in (0.5, -0.5, 0.25, 0.0)]
+    applied = []
+    for a in actions:
+        env.step(a)
+        applied.append(env.ctrl[0, 0].item())
+    from robostack.sim.robots.cf2 import model as cf2
+    scale = cf2.MAX_THRUST - cf2.HOVER_THRUST
+    expected = [cf2.HOVER_THRUST, cf2.HOVER_THRUST, cf2.HOVER_THRUST + 0.5 * scale, cf2.HOVER_THRUST - 0.5 * scale]
+    np.testing.assert_allclose(applied, expected, rtol=1e-6)
+    env.close()
+
+
+def test_pushes_kick_the_base_at_their_interval():
+    env = make_env("go2-walk", num_envs=2, seed=0,
+                   overrides=["randomization.push.range=[1.0,1.0]", "randomization.push.interval_s=[0.1,0.1]"])
+    env.reset(seed=0)
+    env.sim.qvel[:] = 0.0
+    velocities = []
+    for _ in range(6):  # 0.02 s per step: the push lands at 0.1 s
+        env.step(torch.zeros(2, 12))
+        velocities.append(env.qvel[:, 0].clone())
+    jump = torch.stack(velocities).diff(dim=0).max(dim=0).values
+    assert (jump > 0.5).all()
+    env.close()
+
+
+def test_wind_gusts_stay_in_range():
+    env = make_env("cf2-hover", num_envs=16, seed=0,
+                   overrides=["randomization.wind.interval_s=[0.01,0.01]"])
+    env.reset(seed=0)
+    for _ in range(3):  # the first gust comes one interval (one 0.01 s step) into the episode
+        env.step(torch.zeros(16, 4))
+    force = env.external_force[:, :3]
+    assert np.abs(force).max() <= 0.02 and np.abs(force).max() > 0
+    assert np.all(env.external_force[:, 3:] == 0)
+    env.close()
+
+
+def test_same_seed_same_trajectory():
+    def rollout():
+        env = make_env("go2-walk", num_envs=4, seed=7)
+        obs, _ = env.reset(seed=7)
+        gen = torch.Generator().manual_seed(0)
+        trace = [obs["critic"]]
+        for _ in range(20):
+            obs, reward, *_ = env.step(torch.rand(4, 12, generator=gen) * 2 - 1)
+            trace += [obs["critic"], reward[:, None]]
+        env.close()
+        return torch.cat(trace, dim=1)
+
+    torch.testing.assert_close(rollout(), rollout(), rtol=0, atol=0)
+
+
+def test_config_typos_and_types_are_errors_naming_key_and_file():
+    with pytest.raises(ConfigError, match=r"go2-walk\.yaml.*unknown key .rewards\.track_lin_vel_xyz"):
+        make_env("go2-walk", num_envs=1, overrides=["rewards.track_lin_vel_xyz=1.0"])
+    with pytest.raises(ConfigError, match=r"sim\.decimation"):
+        make_env("go2-walk", num_envs=1, overrides=["sim.decimation=fast"])
+    with pytest.raises(ConfigError, match=r"randomization\.push\.mode"):
+        make_env("go2-walk", num_envs=1, overrides=["randomization.push.mode=sometimes"])
+    with pytest.raises(KeyError, match="unknown task 'go3-walk'"):
+        make_env("go3-walk", num_envs=1)
+
+
+def test_gymnasium_adapter_passes_the_env_checker():
+    adapter = GymAdapter(make_env("cf2-hover", num_envs=1, seed=0))
+    check_env(adapter, skip_render_check=True)
+    obs, _ = adapter.reset(seed=1)
+    assert adapter.observation_space.contains(obs)
+    done = False
+    steps = 0
+    while not done:
+        obs, reward, terminated, truncated, info = adapter.step(np.zeros(4, dtype=np.float32))
+        done = terminated or truncated
+        steps += 1
+    assert "episode" in info and steps <= 500
+    with pytest.raises(RuntimeError, match="reset"):
+        adapter.step(np.zeros(4, dtype=np.float32))
+    adapter.close()
