@@ -145,6 +145,15 @@ def flat_orientation_l2(env: TaskEnv) -> torch.Tensor:
     return torch.sum(projected_gravity(env)[:, :2] ** 2, dim=1)
 
 
+def is_terminated(env: TaskEnv) -> torch.Tensor:
+    """1 on the step an episode fails. With a negative weight it makes failing worse than any survival."""
+    return env.terminated.float()
+
+
+def alive(env: TaskEnv) -> torch.Tensor:
+    return torch.ones(env.num_envs, device=env.device)
+
+
 def survived_episode(env: TaskEnv) -> torch.Tensor:
     """Success for tasks whose goal is to last: the episode ran to its time limit."""
     return env.episode_length >= env.max_episode_length

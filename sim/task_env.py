@@ -48,8 +48,9 @@ class TaskEnv(VecEnv):
         self.device = torch.device(device)
         self.control_dt = task.sim.timestep * task.sim.decimation
         self.max_episode_length = int(round(task.sim.episode_length_s / self.control_dt))
-        self.sim = MujocoBatch(task.model, self.num_envs, task.sim.decimation, task.sim.num_threads)
         model: mujoco.MjModel = task.model
+        model.opt.timestep = task.sim.timestep
+        self.sim = MujocoBatch(model, self.num_envs, task.sim.decimation, task.sim.num_threads)
         self.default_model = model
         n, dev = self.num_envs, self.device
 
@@ -69,6 +70,7 @@ class TaskEnv(VecEnv):
         self.last_action = torch.zeros_like(self.action)
         self.command = torch.zeros(n, task.command_dim, device=dev)
         self.episode_length = torch.zeros(n, dtype=torch.long, device=dev)
+        self.terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self.latency = torch.zeros(n, dtype=torch.long, device=dev)  # action delay, control steps
         self.external_force = np.zeros((n, model.nv))  # qfrc_applied held over the control step
         self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
@@ -242,6 +244,7 @@ class TaskEnv(VecEnv):
             else:
                 terminated |= term.func(self)
         truncated &= ~terminated
+        self.terminated = terminated  # reward terms may penalize it (see mdp.is_terminated)
 
         reward = torch.zeros(self.num_envs, device=self.device)
         for name, term in task.rewards.items():

@@ -23,10 +23,10 @@ EventFn = Callable[["TaskEnv", np.ndarray, "EventConfig"], None]
 # ----- configuration pieces shared by every task (loaded from YAML by robostack.config) -----
 @dataclass
 class SimConfig:
-    timestep: float = 0.004  # physics step, seconds
-    decimation: int = 5  # physics steps per control step
-    episode_length_s: float = 20.0
-    num_envs: int = 256
+    timestep: float  # physics step, seconds
+    decimation: int  # physics steps per control step
+    episode_length_s: float
+    num_envs: int
     num_threads: int = 0  # 0: all cores
 
 
@@ -46,6 +46,11 @@ class ObsTerm:
     func: TermFn
     noise: float = 0.0  # half-width of uniform noise added while randomization is on
     scale: float = 1.0
+
+
+def noiseless(terms: dict[str, ObsTerm]) -> dict[str, ObsTerm]:
+    """The same terms without noise: what the privileged critic reads."""
+    return {name: ObsTerm(t.func, scale=t.scale) for name, t in terms.items()}
 
 
 @dataclass
@@ -90,7 +95,7 @@ class TaskDefinition:
 
     name: str
     robot: str
-    model: object  # mujoco.MjModel, with the task's timestep already set
+    model: object  # mujoco.MjModel; TaskEnv sets its timestep from ``sim``
     sim: SimConfig
     action: ActionMap
     observations: dict[str, dict[str, ObsTerm]]  # group -> ordered terms

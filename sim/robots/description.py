@@ -250,3 +250,13 @@ def add_home_key(
     if act is not None:
         key.act = list(act)
 
+
+def robot_config(cls: type, robot: str):
+    """The robot's tunable actuation numbers from ``configs/robots/<robot>.yaml``, typed by ``cls``.
+
+    Physical facts (links, inertias, limits) live in the URDF; gains, default pose and motor constants,
+    which users tune per unit, live in YAML.
+    """
+    from robostack.config import config_path, load_config
+
+    return load_config(cls, config_path("robots", f"{robot}.yaml"))

@@ -1,9 +1,12 @@
 """Bitcraze Crazyflie 2.x on a floating base, driven by four motor thrusts with a first-order motor lag."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mujoco
 import numpy as np
 
+from robostack.registry import register
 from robostack.sim.robots import description
 
 NAME = "cf2"
@@ -13,14 +16,27 @@ MOTOR_NAMES = ("m1", "m2", "m3", "m4")  # Bitcraze order: front-right, back-righ
 # Body yaw torque per newton of thrust. M1/M3 spin counter-clockwise seen from above, so their reaction
 # torque is clockwise (-z); M2/M4 the reverse. Source and derivation: the comment in cf2.urdf.
 MOTOR_YAW_SIGN = np.array([-1.0, 1.0, -1.0, 1.0])
-TORQUE_TO_THRUST = 0.005964552  # m, crazyflie-firmware's thrustToTorque
-MAX_THRUST = 0.15  # N per motor
-MOTOR_TIME_CONSTANT = 0.02  # s
+
+
+@dataclass
+class Cf2Config:
+    """configs/robots/cf2.yaml."""
+
+    torque_to_thrust: float  # m, yaw reaction torque per newton of thrust
+    max_thrust: float  # N per motor
+    motor_time_constant: float  # s, first-order rotor lag
+    default_height: float  # m, spawn height
+
+
+CONFIG = description.robot_config(Cf2Config, NAME)
+TORQUE_TO_THRUST = CONFIG.torque_to_thrust
+MAX_THRUST = CONFIG.max_thrust
+MOTOR_TIME_CONSTANT = CONFIG.motor_time_constant
 
 MASS = description.link_mass(URDF)
 GRAVITY = 9.81
 HOVER_THRUST = MASS * GRAVITY / 4
-DEFAULT_BASE_POS = np.array([0.0, 0.0, 1.0])
+DEFAULT_BASE_POS = np.array([0.0, 0.0, CONFIG.default_height])
 
 # No joints: the "joint" constants are empty so code written for jointed robots still runs.
 JOINT_NAMES: tuple[str, ...] = ()
@@ -53,5 +69,6 @@ def build_spec() -> mujoco.MjSpec:
     return spec
 
 
+@register("robot", NAME, "Bitcraze Crazyflie 2.x quadrotor: four motor thrusts with rotor lag (floating base)", urdf=str(URDF))
 def build_model() -> mujoco.MjModel:
     return build_spec().compile()

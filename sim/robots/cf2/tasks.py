@@ -6,7 +6,7 @@ wind force and the lagged rotor thrusts, which a real drone cannot measure.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,50 +16,51 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm,
-                                 SimConfig, TaskDefinition)
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
+                                 TaskDefinition, noiseless)
 
 
 @dataclass
 class Start:
-    position_offset: float = 0.5  # m, uniform per axis around the target
-    velocity: float = 0.5  # m/s, uniform per axis
-    max_tilt: float = 1.0472  # rad (60 degrees), random axis
-    angular_velocity: float = 1.0  # rad/s, uniform per axis
+    position_offset: float  # m, uniform per axis around the target
+    velocity: float  # m/s, uniform per axis
+    max_tilt: float  # rad (60 degrees), random axis
+    angular_velocity: float  # rad/s, uniform per axis
 
 
 @dataclass
 class Rewards:
-    position: float = -1.0  # x distance to target (m)
-    position_kernel: float = 1.0  # x exp(-distance / position_sigma)
-    position_sigma: float = 0.25
-    upright: float = -0.2  # x (1 - body z . world z)
-    angular_velocity: float = -0.02
-    action: float = -0.02
-    action_rate: float = -0.05
+    alive: float  # per step in the air: staying up must pay more than crashing early
+    termination: float  # once, on crashing or flying off
+    position: float  # x distance to target (m)
+    position_kernel: float  # x exp(-distance / position_sigma)
+    position_sigma: float
+    upright: float  # x (1 - body z . world z)
+    angular_velocity: float
+    action: float
+    action_rate: float
 
 
 @dataclass
 class Randomization:
-    enabled: bool = True
-    observation_noise: float = 1.0
-    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
-    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.002, 0.002)))
-    motor_strength: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
-    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
-    wind: EventConfig = field(default_factory=lambda: EventConfig("interval", (-0.02, 0.02), (1.0, 3.0)))
+    enabled: bool
+    observation_noise: float
+    link_mass: EventConfig
+    com_offset: EventConfig
+    motor_strength: EventConfig
+    action_latency: EventConfig
+    wind: EventConfig
 
 
 @dataclass
 class Cf2HoverConfig:
-    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.005, decimation=2, episode_length_s=5.0,
-                                                             num_envs=1024))
-    target: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    start: Start = field(default_factory=Start)
-    rewards: Rewards = field(default_factory=Rewards)
-    randomization: Randomization = field(default_factory=Randomization)
-    success_radius: float = 0.1  # m from target at the end of the episode
-    max_distance: float = 2.0  # m from target: terminate (flew away)
+    sim: SimConfig
+    target: tuple[float, float, float]
+    start: Start
+    rewards: Rewards
+    randomization: Randomization
+    success_radius: float  # m from target at the end of the episode
+    max_distance: float  # m from target: terminate (flew away)
 
 
 def position_error(env: TaskEnv) -> torch.Tensor:
@@ -123,7 +124,6 @@ def reset_drone(env: TaskEnv, env_ids: np.ndarray) -> None:
           config=Cf2HoverConfig, robot="cf2")
 def build(cfg: Cf2HoverConfig) -> TaskDefinition:
     model = cf2.build_model()
-    model.opt.timestep = cfg.sim.timestep
     r, dr_cfg = cfg.rewards, cfg.randomization
     policy_obs = {
         "position_error": ObsTerm(position_error, noise=0.005),
@@ -132,7 +132,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         "angular_velocity": ObsTerm(mdp.base_ang_vel, noise=0.05, scale=0.25),
         "last_action": ObsTerm(mdp.last_action),
     }
-    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    critic_obs = noiseless(policy_obs)
     critic_obs.update({"rotor_thrust": ObsTerm(rotor_thrust), "wind_force": ObsTerm(wind_force)})
     nu = model.nu
     return TaskDefinition(
@@ -140,6 +140,8 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         action=ActionMap(np.arange(nu), np.full(nu, cf2.MAX_THRUST - cf2.HOVER_THRUST), np.full(nu, cf2.HOVER_THRUST)),
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
+            "alive": RewardTerm(mdp.alive, r.alive),
+            "termination": RewardTerm(mdp.is_terminated, r.termination),
             "position": RewardTerm(distance, r.position),
             "position_kernel": RewardTerm(position_kernel, r.position_kernel),
             "upright": RewardTerm(tilt, r.upright),

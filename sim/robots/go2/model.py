@@ -1,9 +1,12 @@
 """Unitree Go2 quadruped on a floating base: 12 PD position-controlled joints, IMU and foot contact sensors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mujoco
 import numpy as np
 
+from robostack.registry import register
 from robostack.sim.robots import description
 
 NAME = "go2"
@@ -11,20 +14,33 @@ URDF = description.urdf_path(NAME)
 
 LEGS = ("FR", "FL", "RR", "RL")  # Unitree SDK motor order
 JOINT_NAMES = tuple(f"{leg}_{part}_joint" for leg in LEGS for part in ("hip", "thigh", "calf"))
-DEFAULT_JOINT_POS = np.tile([0.0, 0.9, -1.8], len(LEGS))
-DEFAULT_BASE_POS = np.array([0.0, 0.0, 0.27])
 
-# MuJoCo Playground's Go2 gains.
-KP = np.full(len(JOINT_NAMES), 35.0)
-KD = np.full(len(JOINT_NAMES), 0.5)
-ARMATURE = 0.01
+
+@dataclass
+class Go2Config:
+    """configs/robots/go2.yaml."""
+
+    kp: float  # N m / rad, every joint
+    kd: float  # N m s / rad
+    armature: float  # kg m^2, reflected rotor inertia
+    default_leg_pos: tuple[float, float, float]  # hip, thigh, calf (rad), the same for every leg
+    default_base_height: float  # m, spawn height of the base in the default pose
+    foot_friction: float
+
+
+CONFIG = description.robot_config(Go2Config, NAME)
+DEFAULT_JOINT_POS = np.tile(CONFIG.default_leg_pos, len(LEGS))
+DEFAULT_BASE_POS = np.array([0.0, 0.0, CONFIG.default_base_height])
+KP = np.full(len(JOINT_NAMES), CONFIG.kp)
+KD = np.full(len(JOINT_NAMES), CONFIG.kd)
+ARMATURE = CONFIG.armature
 
 _LIMITS = description.joint_limits(URDF, JOINT_NAMES)
 JOINT_LOWER, JOINT_UPPER = _LIMITS.lower, _LIMITS.upper
 EFFORT_LIMIT = _LIMITS.effort
 VELOCITY_LIMIT = _LIMITS.velocity
 
-FOOT_FRICTION = 0.8
+FOOT_FRICTION = CONFIG.foot_friction
 FOOT_RADIUS = 0.022
 CONTACT_SITE_RADIUS = 0.025  # a bit larger than the foot sphere so the touch sensor sees its contacts
 
@@ -56,5 +72,6 @@ def build_spec() -> mujoco.MjSpec:
     return spec
 
 
+@register("robot", NAME, "Unitree Go2 quadruped: 12 PD joints, IMU, foot contacts (floating base)", urdf=str(URDF))
 def build_model() -> mujoco.MjModel:
     return build_spec().compile()

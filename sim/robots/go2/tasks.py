@@ -5,7 +5,7 @@ smoothness penalties, feet air time), with randomization declared next to the ta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,58 +15,59 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.go2 import model as go2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm,
-                                 SimConfig, TaskDefinition)
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
+                                 TaskDefinition, noiseless)
 
 FEET = ("FR", "FL", "RR", "RL")
 
 
 @dataclass
 class Commands:
-    lin_vel_x: tuple[float, float] = (-1.0, 1.0)  # m/s
-    lin_vel_y: tuple[float, float] = (-0.5, 0.5)
-    ang_vel_z: tuple[float, float] = (-1.0, 1.0)  # rad/s
-    resample: EventConfig = field(default_factory=lambda: EventConfig("interval", (0.0, 0.0), (10.0, 10.0)))
-    standing_fraction: float = 0.05  # share of commands that are zero (learn to stand still)
+    lin_vel_x: tuple[float, float]  # m/s
+    lin_vel_y: tuple[float, float]
+    ang_vel_z: tuple[float, float]  # rad/s
+    resample: EventConfig
+    standing_fraction: float  # share of commands that are zero (learn to stand still)
 
 
 @dataclass
 class Rewards:
-    track_lin_vel_xy: float = 1.0
-    track_ang_vel_z: float = 0.5
-    lin_vel_z: float = -2.0
-    ang_vel_xy: float = -0.05
-    flat_orientation: float = -2.5
-    joint_torques: float = -2e-4
-    action_rate: float = -0.01
-    feet_air_time: float = 0.25
-    tracking_sigma: float = 0.25  # width of the exp tracking kernels, (m/s)^2
+    termination: float  # once, on a fall
+    track_lin_vel_xy: float
+    track_ang_vel_z: float
+    lin_vel_z: float
+    ang_vel_xy: float
+    flat_orientation: float
+    joint_torques: float
+    action_rate: float
+    feet_air_time: float
+    tracking_sigma: float  # width of the exp tracking kernels, (m/s)^2
 
 
 @dataclass
 class Randomization:
-    enabled: bool = True
-    observation_noise: float = 1.0  # multiplier on every observation term's noise
-    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
-    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.02, 0.02)))
-    friction: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.4, 1.25)))
-    joint_damping: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
-    joint_armature: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
-    actuator_gains: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
-    motor_strength: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.9, 1.1)))
-    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
-    push: EventConfig = field(default_factory=lambda: EventConfig("interval", (-0.5, 0.5), (5.0, 10.0)))
+    enabled: bool
+    observation_noise: float  # multiplier on every observation term's noise
+    link_mass: EventConfig
+    com_offset: EventConfig
+    friction: EventConfig
+    joint_damping: EventConfig
+    joint_armature: EventConfig
+    actuator_gains: EventConfig
+    motor_strength: EventConfig
+    action_latency: EventConfig
+    push: EventConfig
 
 
 @dataclass
 class Go2WalkConfig:
-    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.004, decimation=5, episode_length_s=20.0))
-    action_scale: float = 0.25  # rad per unit action around the default pose
-    commands: Commands = field(default_factory=Commands)
-    rewards: Rewards = field(default_factory=Rewards)
-    randomization: Randomization = field(default_factory=Randomization)
-    min_base_height: float = 0.15  # below this the robot has fallen
-    max_tilt_cos: float = 0.5  # projected gravity z above -this: tilted past 60 degrees
+    sim: SimConfig
+    action_scale: float  # rad per unit action around the default pose
+    commands: Commands
+    rewards: Rewards
+    randomization: Randomization
+    min_base_height: float  # below this the robot has fallen
+    max_tilt_cos: float  # projected gravity z above -this: tilted past 60 degrees
 
 
 # ----- commands -----
@@ -147,7 +148,6 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
           config=Go2WalkConfig, robot="go2")
 def build(cfg: Go2WalkConfig) -> TaskDefinition:
     model = go2.build_model()
-    model.opt.timestep = cfg.sim.timestep
     r, dr_cfg = cfg.rewards, cfg.randomization
     policy_obs = {
         "base_ang_vel": ObsTerm(mdp.base_ang_vel, noise=0.2, scale=0.25),
@@ -157,7 +157,7 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
         "joint_vel": ObsTerm(mdp.joint_vel, noise=1.5, scale=0.05),
         "last_action": ObsTerm(mdp.last_action),
     }
-    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    critic_obs = noiseless(policy_obs)
     critic_obs.update({
         "base_lin_vel": ObsTerm(mdp.base_lin_vel, scale=2.0),
         "base_height": ObsTerm(mdp.base_height),
@@ -169,6 +169,7 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
         default_joint_pos=go2.DEFAULT_JOINT_POS,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
+            "termination": RewardTerm(mdp.is_terminated, r.termination),
             "track_lin_vel_xy": RewardTerm(track_lin_vel_xy, r.track_lin_vel_xy),
             "track_ang_vel_z": RewardTerm(track_ang_vel_z, r.track_ang_vel_z),
             "lin_vel_z": RewardTerm(mdp.lin_vel_z_l2, r.lin_vel_z),

@@ -1,22 +1,38 @@
 """Franka Emika Panda on a fixed base: 7 arm joints and 2 finger joints, all PD position-controlled."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mujoco
 import numpy as np
 
+from robostack.registry import register
 from robostack.sim.robots import description
 
 NAME = "panda"
 URDF = description.urdf_path(NAME)
 
 JOINT_NAMES = (*(f"joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
-DEFAULT_JOINT_POS = np.array([0, 0, 0, -1.57079, 0, 1.57079, -0.7853, 0.04, 0.04])
 
-# Arm gains are Menagerie's (kd = kp / 10). Finger gains are ours: 1000 N/m saturates the 20 N finger force
-# at 2 cm squeeze, and with the 0.1 kg armature 20 N s/m is about critically damped.
-KP = np.array([4500, 4500, 3500, 3500, 2000, 2000, 2000, 1000, 1000], dtype=np.float64)
-KD = np.array([450, 450, 350, 350, 200, 200, 200, 20, 20], dtype=np.float64)
-ARMATURE = 0.1  # Menagerie's, on every joint
+
+@dataclass
+class PandaConfig:
+    """configs/robots/panda.yaml; lists are in JOINT_NAMES order."""
+
+    kp: tuple[float, ...]
+    kd: tuple[float, ...]
+    armature: float  # kg m^2 on every joint
+    default_joint_pos: tuple[float, ...]
+
+
+CONFIG = description.robot_config(PandaConfig, NAME)
+if not len(CONFIG.kp) == len(CONFIG.kd) == len(CONFIG.default_joint_pos) == len(JOINT_NAMES):
+    raise ValueError(f"configs/robots/panda.yaml: kp, kd and default_joint_pos need {len(JOINT_NAMES)} values "
+                     f"each ({', '.join(JOINT_NAMES)})")
+DEFAULT_JOINT_POS = np.array(CONFIG.default_joint_pos)
+KP = np.array(CONFIG.kp)
+KD = np.array(CONFIG.kd)
+ARMATURE = CONFIG.armature
 
 _LIMITS = description.joint_limits(URDF, JOINT_NAMES)
 JOINT_LOWER, JOINT_UPPER = _LIMITS.lower, _LIMITS.upper
@@ -46,5 +62,6 @@ def build_spec() -> mujoco.MjSpec:
     return spec
 
 
+@register("robot", NAME, "Franka Emika Panda: 7-DoF arm + 2-finger gripper, PD joints, TCP frame", urdf=str(URDF))
 def build_model() -> mujoco.MjModel:
     return build_spec().compile()

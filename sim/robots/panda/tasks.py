@@ -5,7 +5,7 @@ ends the episode within 2 cm and 0.1 rad of the target pose.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from robostack.sim import randomization as dr
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.task_env import TaskEnv
 from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
-                                 TaskDefinition)
+                                 TaskDefinition, noiseless)
 
 ARM_JOINTS = 7
 DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z axis pointing at the floor (180 degrees about x)
@@ -24,44 +24,43 @@ DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z axis pointing at the floor (180 d
 
 @dataclass
 class Targets:
-    x: tuple[float, float] = (0.3, 0.6)  # m, in the robot base frame
-    y: tuple[float, float] = (-0.3, 0.3)
-    z: tuple[float, float] = (0.2, 0.6)
-    yaw: tuple[float, float] = (-1.57, 1.57)  # rad about the vertical, gripper pointing down
-    max_tilt: float = 0.3  # rad, random tilt away from pointing down
+    x: tuple[float, float]  # m, in the robot base frame
+    y: tuple[float, float]
+    z: tuple[float, float]
+    yaw: tuple[float, float]  # rad about the vertical, gripper pointing down
+    max_tilt: float  # rad, random tilt away from pointing down
 
 
 @dataclass
 class Rewards:
-    position: float = -0.5  # x distance (m)
-    position_kernel: float = 0.5  # x (1 - tanh(distance / 0.05))
-    orientation: float = -0.2  # x angle error (rad)
-    action_rate: float = -0.005
-    joint_vel: float = -0.001
+    position: float  # x distance (m)
+    position_kernel: float  # x (1 - tanh(distance / 0.05))
+    orientation: float  # x angle error (rad)
+    action_rate: float
+    joint_vel: float
 
 
 @dataclass
 class Randomization:
-    enabled: bool = True
-    observation_noise: float = 1.0
-    link_mass: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.9, 1.1)))
-    com_offset: EventConfig = field(default_factory=lambda: EventConfig("startup", (-0.01, 0.01)))
-    joint_damping: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
-    joint_armature: EventConfig = field(default_factory=lambda: EventConfig("startup", (0.8, 1.2)))
-    actuator_gains: EventConfig = field(default_factory=lambda: EventConfig("reset", (0.8, 1.2)))
-    action_latency: EventConfig = field(default_factory=lambda: EventConfig("reset", (0, 1)))
+    enabled: bool
+    observation_noise: float
+    link_mass: EventConfig
+    com_offset: EventConfig
+    joint_damping: EventConfig
+    joint_armature: EventConfig
+    actuator_gains: EventConfig
+    action_latency: EventConfig
 
 
 @dataclass
 class PandaReachConfig:
-    sim: SimConfig = field(default_factory=lambda: SimConfig(timestep=0.002, decimation=10, episode_length_s=3.0,
-                                                             num_envs=512))
-    action_scale: float = 1.0  # rad per unit action around the home pose
-    targets: Targets = field(default_factory=Targets)
-    rewards: Rewards = field(default_factory=Rewards)
-    randomization: Randomization = field(default_factory=Randomization)
-    success_position: float = 0.02  # m
-    success_angle: float = 0.1  # rad
+    sim: SimConfig
+    action_scale: float  # rad per unit action around the home pose
+    targets: Targets
+    rewards: Rewards
+    randomization: Randomization
+    success_position: float  # m
+    success_angle: float  # rad
 
 
 def ee_pos(env: TaskEnv) -> torch.Tensor:
@@ -122,7 +121,6 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
           config=PandaReachConfig, robot="panda")
 def build(cfg: PandaReachConfig) -> TaskDefinition:
     model = panda.build_model()
-    model.opt.timestep = cfg.sim.timestep
     r, dr_cfg = cfg.rewards, cfg.randomization
     arm_pos = lambda env: mdp.joint_pos_rel(env)[:, :ARM_JOINTS]  # noqa: E731
     arm_vel = lambda env: mdp.joint_vel(env)[:, :ARM_JOINTS]  # noqa: E731
@@ -134,7 +132,7 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
         "orientation_error": ObsTerm(orientation_error, noise=0.01),
         "last_action": ObsTerm(mdp.last_action),
     }
-    critic_obs = {name: ObsTerm(t.func, scale=t.scale) for name, t in policy_obs.items()}
+    critic_obs = noiseless(policy_obs)
     return TaskDefinition(
         name="panda-reach", robot="panda", model=model, sim=cfg.sim,
         action=ActionMap(np.arange(ARM_JOINTS), np.full(ARM_JOINTS, cfg.action_scale), panda.DEFAULT_JOINT_POS.copy()),

@@ -1,0 +1,231 @@
+"""The ``robostack`` command: ``robostack list``, ``robostack bench sim``, ``robostack train``.
+
+Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
+inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+PROG = "robostack"
+
+# registry kind -> key in ``robostack list --json`` and heading in the table
+LIST_KINDS = (("robot", "robots"), ("task", "tasks"), ("algorithm", "algorithms"), ("backend", "backends"))
+ALGORITHMS = ("ppo", "sac")
+
+
+class UsageError(ValueError):
+    """A command line that parses but makes no sense (reported like any other error, exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------- list
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": entry.name, "summary": entry.summary}
+    for key, value in (getattr(entry, "extra", None) or {}).items():
+        out.setdefault(key, value)
+    return out
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    from robostack import registry
+
+    catalogue = {plural: [_entry_json(e) for e in registry.entries(kind)] for kind, plural in LIST_KINDS}
+    if args.json:
+        out.write(json.dumps(catalogue, default=str) + "\n")
+        return 0
+    rows = [row for items in catalogue.values() for row in items]
+    width = max([len(r["name"]) for r in rows] + [4])
+    blocks = []
+    for plural, items in catalogue.items():
+        lines = [f"{plural.upper()} ({len(items)})"]
+        if not items:
+            lines.append("  (none)")
+        for item in items:
+            lines.append(f"  {item['name']:<{width}}  {item['summary']}".rstrip())
+        blocks.append("\n".join(lines))
+    out.write("\n\n".join(blocks) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- bench
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or value == 0:
+            return str(value)
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _print_table(title: str, result: dict[str, Any], first: Sequence[str], out: TextIO) -> None:
+    keys = [k for k in first if k in result] + [k for k in result if k not in first]
+    width = max([len(k) for k in keys] + [1])
+    out.write(title + "\n")
+    for key in keys:
+        out.write(f"  {key:<{width}}  {_fmt(result[key])}\n")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, stdout carries exactly one JSON object: anything the callee prints goes to stderr."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
+    if args.num_envs < 1:
+        raise UsageError(f"--num-envs must be at least 1, got {args.num_envs}")
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    with _stdout_to_stderr(args.json):
+        from robostack.sim.bench import bench_sim
+
+        result = bench_sim(task=args.task, num_envs=args.num_envs, seconds=args.seconds, seed=args.seed)
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+    else:
+        title = f"bench sim: task {args.task}, {args.num_envs} envs, {args.seconds:g} s, seed {args.seed}"
+        _print_table(title, dict(result), ("env_steps_per_s", "raw_steps_per_s", "ratio"), out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+_RUN_DIR_KEYS = ("run_dir", "run", "run_path", "output_dir")
+
+
+def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
+    for item in args.overrides:
+        if "=" not in item or item.startswith("="):
+            raise UsageError(f"override {item!r} is not of the form key=value (for example ppo.lr=3e-4)")
+    with _stdout_to_stderr(args.json):
+        from robostack.train import train
+
+        summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume, seed=args.seed)
+    summary = dict(summary or {})
+    if args.json:
+        out.write(json.dumps(summary, default=str) + "\n")
+        return 0
+    _print_table(f"train: task {args.task}, algorithm {args.algo}", summary, ("success_rate",) + _RUN_DIR_KEYS, out)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # same one-line shape as every other robostack error
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robostack import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="RoboStack: train robot policies in simulation, export them, deploy them with ROS 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", help="list robots, tasks, algorithms and simulator backends")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"robots": [...], "tasks": [...], ...}')
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("bench", help="measure throughput")
+    bench = p.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
+    bench.required = True
+    p = bench.add_parser("sim", help="simulator steps per second for a task, policy-free")
+    p.add_argument("--task", required=True, help="task name (see: robostack list)")
+    p.add_argument("--num-envs", type=int, required=True, help="parallel environments")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to measure (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_sim)
+
+    p = sub.add_parser(
+        "train",
+        help="train a policy for a task",
+        description="Train a policy. Settings of the training recipe (configs/train/TASK.yaml) are overridden "
+        "as key=value, dotted for nested keys; those of the task config (configs/tasks/TASK.yaml) as task.key=value.",
+        epilog="example: robostack train go2-walk --seed 3 max_iterations=50 ppo.learning_rate=3e-4 "
+        "task.sim.num_envs=64",
+    )
+    p.add_argument("task", help="task name (see: robostack list)")
+    p.add_argument("--algo", choices=ALGORITHMS, default="ppo", help="learning algorithm (default: ppo)")
+    p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
+    p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # ``key=value`` overrides may sit between or after options (train go2-walk a=1 --seed 3 b=2):
+    # argparse leaves the later ones over; take them back as overrides, refuse anything else.
+    if getattr(args, "command", None) == "train":
+        stray = [x for x in extra if x.startswith("-") or "=" not in x]
+        args.overrides = list(args.overrides) + [x for x in extra if x not in stray]
+        extra = stray
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])  # str(KeyError) would quote the message
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in str(exc.strerror or ""):
+        return f"{exc.strerror or 'file not found'}: {exc.filename}"
+    text = str(exc)
+    return text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``robostack`` console script; returns the exit code (2 on a user error)."""
+    args = parse_args(argv)
+    from robostack.config import ConfigError
+
+    try:
+        return int(args.func(args, sys.stdout) or 0)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("ROBOSTACK_DEBUG"):  # ROBOSTACK_DEBUG=1: the full traceback instead of one line
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: error: {_message(exc)}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

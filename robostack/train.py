@@ -1,0 +1,415 @@
+"""Train a policy for a task: recipe from ``configs/train/<task>.yaml``, a run folder, then an evaluation.
+
+    from robostack.train import train
+    summary = train("cf2-hover", overrides=["max_iterations=100", "task.reward.scale=2"])
+
+or ``robostack train cf2-hover max_iterations=100 --seed 1`` (``robostack.cli``).
+
+Overrides are ``dotted.key=value``; those starting with ``task.`` go (without the prefix) to the task config
+via ``make_env``, the rest to the ``TrainConfig`` recipe. Each run writes ``runs/<task>/<stamp>-<algo>/``:
+
+* ``config.yaml``: ``task``, ``algo``, ``task_overrides`` and the full ``train`` config;
+* ``checkpoints/model_<iter>.pt`` every ``save_interval`` iterations and ``checkpoints/last.pt``;
+* ``metrics.csv`` (one row per iteration) and TensorBoard event files;
+* ``training_curves.png`` and ``summary.yaml`` (the returned summary, evaluation included) at the end.
+
+``resume=RUN`` (a run folder or a checkpoint in it) reloads that run's config.yaml and ``last.pt`` and
+trains on up to ``max_iterations`` iterations *in total* (pass ``max_iterations=N`` to go further),
+appending to the same metrics.csv. The env is not checkpointed: it restarts from a fresh reset.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from robostack.config import ConfigError, apply_overrides, config_path, from_dict, load_config, to_dict
+from robostack.policies.ppo import PPO, PPOConfig
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    algo: str = "ppo"
+    num_envs: int = 1024
+    max_iterations: int = 300
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: int = 0  # 0 = all cores available to this process
+    save_interval: int = 50  # iterations between checkpoints/model_<iter>.pt (last.pt is written every one)
+    eval_episodes: int = 200  # at the end, on the play variant of the task; 0 skips the evaluation
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``task.x=1`` goes to the task (as ``x=1``), everything else to the train config."""
+    task, train_ = [], []
+    for item in overrides:
+        if item.startswith("task."):
+            task.append(item[len("task."):])
+        else:
+            train_.append(item)
+    return task, train_
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _new_run_dir(run_root: str | Path, task: str, algo: str) -> Path:
+    base = Path(run_root) / task
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = base / f"{stamp}-{algo}"
+    k = 1
+    while run_dir.exists():  # two runs started in the same second
+        run_dir = base / f"{stamp}-{algo}-{k}"
+        k += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _resolve_resume(resume: str | Path) -> Path:
+    path = Path(resume)
+    if path.is_file():  # runs/<task>/<run>/checkpoints/last.pt
+        path = path.parent.parent
+    if not (path / "config.yaml").is_file() or not (path / "checkpoints" / "last.pt").is_file():
+        raise FileNotFoundError(f"cannot resume from {resume}: expected config.yaml and checkpoints/last.pt there")
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+class EpisodeStats:
+    """Per-iteration collection of the episodes that finished (``info["done"]`` / ``info["episode"]``)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[torch.Tensor]] = {}
+        self.keys: list[str] = []  # every key seen, in first-seen order (for the CSV header)
+
+    def add(self, info: dict[str, Any], terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        episode = info.get("episode")
+        if not episode:
+            return
+        for key in episode:
+            if key not in self.keys:
+                self.keys.append(key)
+        done = info.get("done")
+        done = (terminated | truncated) if done is None else done
+        if not bool(done.any()):
+            return
+        for key, tensor in episode.items():
+            if torch.is_tensor(tensor) and tensor.ndim == 1 and tensor.shape[0] == done.shape[0]:
+                self.values.setdefault(key, []).append(tensor[done].to("cpu", torch.float64))
+
+    def pop_means(self) -> dict[str, float]:
+        out = {}
+        for key in self.keys:
+            parts = self.values.get(key)
+            out[key] = float(torch.cat(parts).mean()) if parts else float("nan")
+        out["_count"] = float(sum(p.numel() for p in self.values.get("return", [])))
+        self.values = {}
+        return out
+
+
+_HEAD = ["iteration", "env_steps", "wall_s", "steps_per_s", "episodes", "mean_return", "mean_episode_length",
+         "success_rate"]
+_TAIL = ["surrogate_loss", "value_loss", "entropy", "kl", "clip_fraction", "lr", "action_std"]
+
+
+class MetricsCSV:
+    """``metrics.csv``, one row per iteration. Episode keys (``reward/<term>``, task metrics) are only known
+    once an episode has finished, so a new column rewrites the (small) file with the wider header."""
+
+    def __init__(self, path: Path, keep_until: int | None = None):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.columns = list(_HEAD + _TAIL)
+        if keep_until is not None and path.is_file():  # resume: rows past the checkpoint are dropped
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or self.columns)
+                self.rows = [r for r in reader if int(r["iteration"]) <= keep_until]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {k: _fmt(v) for k, v in row.items()}
+        new = [k for k in row if k not in self.columns]
+        self.rows.append(row)
+        if new:
+            at = self.columns.index(_TAIL[0]) if _TAIL[0] in self.columns else len(self.columns)
+            self.columns[at:at] = new
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="").writerow(row)
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_training_curves(metrics_csv: Path, out_png: Path) -> None:
+    """Return, success rate, episode length and steps/s against env steps (matplotlib Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = _read_metrics(metrics_csv)
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows])
+
+    x = column("env_steps")
+    fig = Figure(figsize=(10, 7), tight_layout=True)
+    FigureCanvasAgg(fig)
+    panels = [("mean_return", "mean return"), ("success_rate", "success rate"),
+              ("mean_episode_length", "episode length (steps)"), ("steps_per_s", "env steps / s")]
+    for i, (name, label) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, i + 1)
+        y = column(name) if rows else np.array([])
+        ok = ~np.isnan(y) if y.size else np.array([], bool)
+        ax.plot(x[ok] if y.size else [], y[ok] if y.size else [], lw=1.2)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(metrics_csv.parent.name)
+    fig.savefig(out_png, dpi=100)
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(
+    task: str,
+    algo: str = "ppo",
+    overrides: Sequence[str] = (),
+    resume: str | None = None,
+    seed: int | None = None,
+    run_root: str = "runs",
+    progress: bool = True,
+    config: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train ``algo`` on ``task``; returns a summary (run_dir, env_steps, wall_s, iterations, eval metrics).
+
+    ``config`` replaces the recipe file ``configs/train/<task>.yaml`` (ignored when resuming).
+    """
+    from robostack import sim  # late: the sim package pulls in MuJoCo
+
+    task_overrides, train_overrides = split_overrides(list(overrides))
+
+    # -- config and run folder
+    if resume is not None:
+        run_dir = _resolve_resume(resume)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        if saved.get("task", task) != task:
+            raise ValueError(f"run {run_dir} trained task {saved.get('task')!r}, not {task!r}")
+        source = f"{run_dir / 'config.yaml'} + overrides"
+        cfg = from_dict(TrainConfig, apply_overrides(saved.get("train", {}), train_overrides, source), source)
+        task_overrides = list(saved.get("task_overrides", [])) + task_overrides
+    else:
+        path = Path(config) if config is not None else config_path("train", f"{task}.yaml")
+        cfg = load_config(TrainConfig, path, train_overrides)
+        run_dir = None
+    if seed is not None:
+        cfg.seed = seed
+    if algo != cfg.algo:
+        if resume is not None or algo != "ppo":
+            raise ConfigError(f"algo {algo!r} does not match the recipe's algo {cfg.algo!r}")
+        algo = cfg.algo  # the default argument: the recipe decides
+    if cfg.algo != "ppo":
+        raise ConfigError(f"unsupported algo {cfg.algo!r} (this trainer runs: ppo)")
+
+    threads = cfg.torch_threads or _available_cores()
+    torch.set_num_threads(threads)
+    device = torch.device(cfg.device)
+    _seed_everything(cfg.seed)
+
+    if run_dir is None:
+        run_dir = _new_run_dir(run_root, task, cfg.algo)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    with (run_dir / "config.yaml").open("w") as f:
+        yaml.safe_dump({"task": task, "algo": cfg.algo, "task_overrides": list(task_overrides),
+                        "train": to_dict(cfg)}, f, sort_keys=False)
+
+    # -- env and algorithm
+    env = sim.make_env(task, num_envs=cfg.num_envs, seed=cfg.seed, overrides=task_overrides, play=False)
+    alg = PPO.from_env(env, cfg.ppo, device)
+
+    start_iter, env_steps, wall_before = 0, 0, 0.0
+    if resume is not None:
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
+        alg.load_state_dict(ckpt["algorithm"])
+        start_iter, env_steps, wall_before = ckpt["iteration"], ckpt["env_steps"], ckpt["wall_s"]
+        _set_rng_state(ckpt["rng"])
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_iter + 1 if resume is not None else None)
+    metrics_path = run_dir / "metrics.csv"
+    metrics = MetricsCSV(metrics_path, keep_until=start_iter if resume is not None else None)
+
+    def save(iteration: int, wall_s: float) -> None:
+        state = {"iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "task": task,
+                 "task_overrides": list(task_overrides), "train_config": to_dict(cfg),
+                 "algorithm": alg.state_dict(), "rng": _rng_state()}
+        torch.save(state, ckpt_dir / "last.pt.tmp")
+        os.replace(ckpt_dir / "last.pt.tmp", ckpt_dir / "last.pt")
+        if cfg.save_interval > 0 and (iteration % cfg.save_interval == 0 or iteration == cfg.max_iterations):
+            torch.save(state, ckpt_dir / f"model_{iteration}.pt")
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_iterations, initial=start_iter, desc=f"{task}/{cfg.algo}", unit="it",
+                   dynamic_ncols=True)
+
+    stats = EpisodeStats()
+    steps_per_iter = cfg.num_envs * cfg.ppo.num_steps_per_env
+    t_start = time.perf_counter()
+    last_shown: dict[str, float] = {}
+    iteration = start_iter
+    obs, _ = env.reset(seed=cfg.seed + start_iter)
+    alg.train_mode()
+    try:
+        for iteration in range(start_iter + 1, cfg.max_iterations + 1):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(cfg.ppo.num_steps_per_env):
+                    actions = alg.act(obs)
+                    obs, reward, terminated, truncated, info = env.step(actions.to(env.device))
+                    alg.process_env_step(reward, terminated, truncated, info)
+                    stats.add(info, terminated, truncated)
+                alg.compute_returns(obs)
+            t_collect = time.perf_counter() - t0
+            losses = alg.update()
+            t_iter = time.perf_counter() - t0
+            env_steps += steps_per_iter
+            wall_s = wall_before + time.perf_counter() - t_start
+
+            ep = stats.pop_means()
+            row: dict[str, Any] = {
+                "iteration": iteration, "env_steps": env_steps, "wall_s": wall_s,
+                "steps_per_s": steps_per_iter / t_iter, "episodes": int(ep.pop("_count")),
+                "mean_return": ep.pop("return", float("nan")),
+                "mean_episode_length": ep.pop("length", float("nan")),
+                "success_rate": ep.pop("success", float("nan")),
+                **ep,
+                "surrogate_loss": losses["surrogate_loss"], "value_loss": losses["value_loss"],
+                "entropy": losses["entropy"], "kl": losses["kl"], "clip_fraction": losses["clip_fraction"],
+                "lr": losses["learning_rate"], "action_std": losses["action_std"],
+            }
+            metrics.append(row)
+
+            for key, value in row.items():
+                if key == "iteration" or not isinstance(value, (int, float)) or math.isnan(value):
+                    continue
+                group = "train" if key in losses or key in ("lr",) else "episode"
+                if key in ("env_steps", "wall_s", "steps_per_s", "episodes"):
+                    group = "perf"
+                writer.add_scalar(f"{group}/{key}", value, iteration)
+            writer.add_scalar("perf/collect_fraction", t_collect / t_iter, iteration)
+
+            save(iteration, wall_s)
+            for key in ("mean_return", "success_rate"):
+                if not math.isnan(row[key]):
+                    last_shown[key] = row[key]
+            if bar is not None:
+                bar.set_postfix({"steps/s": f"{row['steps_per_s']:.0f}",
+                                 "return": f"{last_shown.get('mean_return', float('nan')):.2f}",
+                                 "success": f"{last_shown.get('success_rate', float('nan')):.2f}"}, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        env.close()
+
+    wall_total = wall_before + time.perf_counter() - t_start
+    plot_training_curves(metrics_path, run_dir / "training_curves.png")
+
+    rows = _read_metrics(metrics_path)
+    recent = [r for r in rows[-10:] if r.get("mean_return") not in (None, "")]
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "task": task,
+        "algo": cfg.algo,
+        "iterations": iteration,
+        "env_steps": env_steps,
+        "wall_s": round(wall_total, 2),
+        "train_mean_return": float(np.mean([float(r["mean_return"]) for r in recent])) if recent else float("nan"),
+    }
+
+    # -- evaluation of the deterministic policy on the play variant
+    if cfg.eval_episodes > 0:
+        from robostack.evaluate import evaluate
+
+        n_eval = max(1, min(cfg.eval_episodes, cfg.num_envs))
+        eval_env = sim.make_env(task, num_envs=n_eval, seed=cfg.seed + 1_000_003, overrides=task_overrides,
+                                play=True)
+        alg.eval_mode()
+        ac = alg.actor_critic
+
+        def policy(o: dict[str, torch.Tensor]) -> torch.Tensor:
+            return ac.act_inference(o["policy"].to(device, torch.float32)).to(eval_env.device)
+
+        try:
+            result = evaluate(eval_env, policy, cfg.eval_episodes, seed=cfg.seed + 1_000_003)
+        finally:
+            eval_env.close()
+        summary.update(result)
+    else:
+        summary.update({"success_rate": float("nan"), "mean_return": float("nan")})
+
+    with (run_dir / "summary.yaml").open("w") as f:
+        yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()},
+                       f, sort_keys=False)
+    return summary
