@@ -1,6 +1,6 @@
 """RoboStack policies: learning algorithms, registered for ``robostack list`` and the trainer.
 
-Importing this package stays light (no torch): the registered builder imports ``ppo`` only when called.
+Importing this package stays light (no torch): the registered builders import ``ppo`` and ``sac`` only when called.
 """
 from __future__ import annotations
 
@@ -20,3 +20,16 @@ def build_ppo(env: Any, cfg: Any = None, device: Any = None) -> Any:
     from robostack.policies.ppo import PPO
 
     return PPO.from_env(env, cfg, device)
+
+
+@register(
+    "algorithm",
+    "sac",
+    "Soft Actor-Critic with twin critics, auto temperature and RLPD-style prior data",
+    config="robostack.policies.sac:SACConfig",
+)
+def build_sac(env: Any, cfg: Any = None, device: Any = None) -> Any:
+    """Build a ``robostack.policies.sac.SAC`` sized for ``env`` (a VecEnv); ``cfg`` is a ``SACConfig``."""
+    from robostack.policies.sac import SAC
+
+    return SAC.from_env(env, cfg, device)

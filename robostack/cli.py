@@ -1,4 +1,4 @@
-"""The ``robostack`` command: ``robostack list``, ``robostack bench sim``, ``robostack train``.
+"""The ``robostack`` command: ``list``, ``bench sim``, ``train``, ``export`` (policy bundle) and ``eval``.
 
 Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
 inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
@@ -129,7 +129,52 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(summary, default=str) + "\n")
         return 0
-    _print_table(f"train: task {args.task}, algorithm {args.algo}", summary, ("success_rate",) + _RUN_DIR_KEYS, out)
+    _print_table(f"train: task {args.task}, algorithm {summary.get('algo', args.algo)}", summary, ("success_rate",) + _RUN_DIR_KEYS, out)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- export, eval
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    with _stdout_to_stderr(args.json):
+        from robostack.bundle import export_bundle, load_bundle
+
+        path = export_bundle(args.run, args.out, checkpoint=args.checkpoint)
+        meta = load_bundle(path).metadata
+    training = meta.get("training") or {}
+    result = {"bundle": str(path), "robot": meta["robot"], "task": meta["task"], "algo": meta.get("algo"),
+              "obs_dim": meta["observation"]["dim"], "action_dim": meta["action"]["dim"],
+              "control_rate_hz": meta["control_rate_hz"], "iteration": training.get("iteration"),
+              "checkpoint": training.get("checkpoint"), "content_hash": meta["content_hash"]}
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+    else:
+        _print_table(f"export: {args.run} -> {path}", result, ("bundle", "robot", "task"), out)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.num_envs is not None and args.num_envs < 1:
+        raise UsageError(f"--num-envs must be at least 1, got {args.num_envs}")
+    with _stdout_to_stderr(args.json):
+        from robostack.eval_policy import RenderError, eval_policy
+
+        try:
+            result = eval_policy(args.source, episodes=args.episodes, randomized=args.randomized,
+                                 video=args.video, num_envs=args.num_envs, seed=args.seed,
+                                 checkpoint=args.checkpoint)
+        except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
+            raise UsageError(f"--video: {exc}") from None
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+        return 0
+    metrics = tuple(k for k in result if k.startswith("metric/"))
+    variant = "randomized" if args.randomized else "play"
+    title = f"eval: {result.get('task')} ({result.get('kind')} {args.source}), {result.get('episodes')} episodes, {variant}"
+    _print_table(title, result, ("success_rate", "mean_return", *metrics, "std_return", "mean_length"), out)
     return 0
 
 
@@ -177,12 +222,44 @@ def build_parser() -> argparse.ArgumentParser:
         "task.sim.num_envs=64",
     )
     p.add_argument("task", help="task name (see: robostack list)")
-    p.add_argument("--algo", choices=ALGORITHMS, default="ppo", help="learning algorithm (default: ppo)")
+    p.add_argument("--algo", choices=ALGORITHMS, default=None, help="learning algorithm (default: the recipe's algo key)")
     p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained run as a policy bundle (ONNX + TorchScript + metadata)",
+        description="Write the policy bundle deployment consumes: policy.onnx, policy.pt and metadata.json "
+        "(observation layout, action mapping, joints, gains, rates, training provenance, content hash).",
+        epilog="example: robostack export runs/go2-walk/20250101-120000-ppo --out bundles/go2",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (runs/<task>/<run>) or a checkpoint file")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (new, empty or a bundle)")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="checkpoint to export instead of checkpoints/last.pt (a path or a name in checkpoints/)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run or a policy bundle: success rate, return, task errors (and a video)",
+        description="Run the deterministic policy on the play variant of its task (randomization off; "
+        "--randomized: the training randomization) and report success_rate, mean_return and the task's "
+        "metrics. A bundle is run through onnxruntime, a run folder through its torch checkpoint.",
+        epilog="example: robostack eval bundles/go2 --episodes 50 --video go2.mp4",
+    )
+    p.add_argument("source", metavar="RUN_OR_BUNDLE", help="run folder, checkpoint file or bundle folder")
+    p.add_argument("--episodes", type=int, default=20, help="episodes to evaluate (default: 20)")
+    p.add_argument("--randomized", action="store_true", help="keep the training randomization on")
+    p.add_argument("--video", metavar="PATH", default=None, help="write an MP4 of env 0 to PATH")
+    p.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: min(episodes, 32))")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--checkpoint", metavar="PATH", default=None, help="for a run: checkpoint instead of last.pt")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -15,7 +15,16 @@ via ``make_env``, the rest to the ``TrainConfig`` recipe. Each run writes ``runs
 
 ``resume=RUN`` (a run folder or a checkpoint in it) reloads that run's config.yaml and ``last.pt`` and
 trains on up to ``max_iterations`` iterations *in total* (pass ``max_iterations=N`` to go further),
-appending to the same metrics.csv. The env is not checkpointed: it restarts from a fresh reset.
+appending to the same metrics.csv. The env is not checkpointed: it restarts from a fresh reset (nor is
+SAC's replay buffer: a resumed SAC run refills it with its current policy before updating again).
+
+Algorithms (``algo``: the recipe's key, replaced by the ``algo`` argument): ``ppo`` (``ppo:`` section,
+``robostack.policies.ppo.PPOConfig``) and ``sac`` (``sac:`` section, ``robostack.policies.sac.SACConfig``).
+A recipe may hold both sections. Everything but one iteration's collect/update (a ``Learner``) is shared.
+An iteration is ``num_steps_per_env`` vectorized env steps (of the running algorithm's section) followed by
+its update, so it always counts ``num_envs * num_steps_per_env`` env steps. ``sac.num_envs`` and
+``sac.max_iterations``, when set, replace the top-level values for SAC runs (unless those are overridden
+explicitly); the saved config.yaml holds the resolved values.
 """
 from __future__ import annotations
 
@@ -35,8 +44,9 @@ import yaml
 
 from robostack.config import ConfigError, apply_overrides, config_path, from_dict, load_config, to_dict
 from robostack.policies.ppo import PPO, PPOConfig
+from robostack.policies.sac import SAC, SACConfig
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "LEARNERS"]
 
 
 @dataclass
@@ -50,6 +60,7 @@ class TrainConfig:
     save_interval: int = 50  # iterations between checkpoints/model_<iter>.pt (last.pt is written every one)
     eval_episodes: int = 200  # at the end, on the play variant of the task; 0 skips the evaluation
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -152,17 +163,18 @@ class EpisodeStats:
 
 _HEAD = ["iteration", "env_steps", "wall_s", "steps_per_s", "episodes", "mean_return", "mean_episode_length",
          "success_rate"]
-_TAIL = ["surrogate_loss", "value_loss", "entropy", "kl", "clip_fraction", "lr", "action_std"]
+_TAIL = ["surrogate_loss", "value_loss", "entropy", "kl", "clip_fraction", "lr", "action_std"]  # PPO's
 
 
 class MetricsCSV:
     """``metrics.csv``, one row per iteration. Episode keys (``reward/<term>``, task metrics) are only known
     once an episode has finished, so a new column rewrites the (small) file with the wider header."""
 
-    def __init__(self, path: Path, keep_until: int | None = None):
+    def __init__(self, path: Path, keep_until: int | None = None, tail: Sequence[str] = tuple(_TAIL)):
         self.path = path
         self.rows: list[dict[str, Any]] = []
-        self.columns = list(_HEAD + _TAIL)
+        self.tail = list(tail)  # the algorithm's loss columns, kept last
+        self.columns = list(_HEAD) + self.tail
         if keep_until is not None and path.is_file():  # resume: rows past the checkpoint are dropped
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
@@ -181,7 +193,7 @@ class MetricsCSV:
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
         if new:
-            at = self.columns.index(_TAIL[0]) if _TAIL[0] in self.columns else len(self.columns)
+            at = self.columns.index(self.tail[0]) if self.tail and self.tail[0] in self.columns else len(self.columns)
             self.columns[at:at] = new
             self._rewrite()
         else:
@@ -223,12 +235,107 @@ def plot_training_curves(metrics_csv: Path, out_png: Path) -> None:
     fig.savefig(out_png, dpi=100)
 
 
+# ------------------------------------------------------------------------------------------ learners
+
+
+class Learner:
+    """The per-algorithm part of an iteration: act and record each env step, then update.
+
+    ``alg`` is the algorithm object (its ``state_dict``/``load_state_dict``/``train_mode``/``eval_mode`` are
+    used as they are); ``columns`` are the names ``update`` returns, the loss columns of metrics.csv.
+    """
+
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, alg: Any, num_steps_per_env: int):
+        self.alg = alg
+        self.num_steps_per_env = num_steps_per_env
+
+    def env_step(self, env: Any, obs: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+        """Act on ``obs``, step ``env``, record the transition; returns what ``env.step`` returned."""
+        raise NotImplementedError
+
+    def end_rollout(self, obs: dict[str, torch.Tensor]) -> None:
+        """Called after the iteration's last env step (inside inference mode)."""
+
+    def update(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def act_inference(self, obs_policy: torch.Tensor) -> torch.Tensor:
+        """Deterministic action from a raw ``policy`` observation batch (for the final evaluation)."""
+        raise NotImplementedError
+
+
+class PPOLearner(Learner):
+    columns = tuple(_TAIL)
+
+    def __init__(self, env: Any, cfg: TrainConfig, device: torch.device):
+        super().__init__(PPO.from_env(env, cfg.ppo, device), cfg.ppo.num_steps_per_env)
+
+    def env_step(self, env, obs):
+        out = env.step(self.alg.act(obs).to(env.device))
+        _, reward, terminated, truncated, info = out
+        self.alg.process_env_step(reward, terminated, truncated, info)
+        return out
+
+    def end_rollout(self, obs):
+        self.alg.compute_returns(obs)
+
+    def update(self):
+        losses = self.alg.update()
+        return {"surrogate_loss": losses["surrogate_loss"], "value_loss": losses["value_loss"],
+                "entropy": losses["entropy"], "kl": losses["kl"], "clip_fraction": losses["clip_fraction"],
+                "lr": losses["learning_rate"], "action_std": losses["action_std"]}
+
+    def act_inference(self, obs_policy):
+        return self.alg.actor_critic.act_inference(obs_policy)
+
+
+class SACLearner(Learner):
+    columns = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
+
+    def __init__(self, env: Any, cfg: TrainConfig, device: torch.device):
+        prior = None
+        if cfg.sac.prior_data:
+            prior = torch.load(cfg.sac.prior_data, map_location=device, weights_only=False)
+        super().__init__(SAC.from_env(env, cfg.sac, device, prior_data=prior), cfg.sac.num_steps_per_env)
+
+    def env_step(self, env, obs):
+        action = self.alg.act(obs)
+        out = env.step(action.to(env.device))
+        next_obs, reward, terminated, truncated, info = out
+        self.alg.process_env_step(obs, action, reward, terminated, truncated, info, next_obs)
+        return out
+
+    def update(self):
+        losses = self.alg.update()
+        return {k: losses[k] for k in self.columns}
+
+    def act_inference(self, obs_policy):
+        return self.alg.act_inference(obs_policy)
+
+
+LEARNERS: dict[str, type[Learner]] = {"ppo": PPOLearner, "sac": SACLearner}
+
+
+def _resolve_algo_sizes(cfg: TrainConfig, explicit: set[str]) -> None:
+    """Move the running algorithm's optional ``num_envs``/``max_iterations`` to the top level (an explicit
+    top-level override wins) and clear them, so config.yaml holds one resolved value each."""
+    section = getattr(cfg, cfg.algo)
+    for key in ("num_envs", "max_iterations"):
+        value = getattr(section, key, None)
+        if value is not None:
+            if key not in explicit:
+                setattr(cfg, key, value)
+            setattr(section, key, None)
+
+
 # --------------------------------------------------------------------------------------------- train
 
 
 def train(
     task: str,
-    algo: str = "ppo",
+    algo: str | None = None,
     overrides: Sequence[str] = (),
     resume: str | None = None,
     seed: int | None = None,
@@ -238,7 +345,8 @@ def train(
 ) -> dict[str, Any]:
     """Train ``algo`` on ``task``; returns a summary (run_dir, env_steps, wall_s, iterations, eval metrics).
 
-    ``config`` replaces the recipe file ``configs/train/<task>.yaml`` (ignored when resuming).
+    ``algo`` (``"ppo"`` or ``"sac"``) replaces the recipe's ``algo`` key; None keeps it (when resuming it
+    must match the run's). ``config`` replaces the recipe file ``configs/train/<task>.yaml`` (ignored when resuming).
     """
     from robostack import sim  # late: the sim package pulls in MuJoCo
 
@@ -259,12 +367,13 @@ def train(
         run_dir = None
     if seed is not None:
         cfg.seed = seed
-    if algo != cfg.algo:
-        if resume is not None or algo != "ppo":
-            raise ConfigError(f"algo {algo!r} does not match the recipe's algo {cfg.algo!r}")
-        algo = cfg.algo  # the default argument: the recipe decides
-    if cfg.algo != "ppo":
-        raise ConfigError(f"unsupported algo {cfg.algo!r} (this trainer runs: ppo)")
+    if algo is not None and algo != cfg.algo:
+        if resume is not None:
+            raise ConfigError(f"algo {algo!r} does not match the resumed run's algo {cfg.algo!r}")
+        cfg.algo = algo
+    if cfg.algo not in LEARNERS:
+        raise ConfigError(f"unsupported algo {cfg.algo!r} (this trainer runs: {', '.join(LEARNERS)})")
+    _resolve_algo_sizes(cfg, {item.partition("=")[0].strip() for item in train_overrides})
 
     threads = cfg.torch_threads or _available_cores()
     torch.set_num_threads(threads)
@@ -281,11 +390,14 @@ def train(
 
     # -- env and algorithm
     env = sim.make_env(task, num_envs=cfg.num_envs, seed=cfg.seed, overrides=task_overrides, play=False)
-    alg = PPO.from_env(env, cfg.ppo, device)
+    learner = LEARNERS[cfg.algo](env, cfg, device)
+    alg = learner.alg
 
     start_iter, env_steps, wall_before = 0, 0, 0.0
     if resume is not None:
         ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
+        if ckpt.get("algo", "ppo") != cfg.algo:
+            raise ConfigError(f"checkpoint of {ckpt.get('algo')!r}, run configured for {cfg.algo!r}")
         alg.load_state_dict(ckpt["algorithm"])
         start_iter, env_steps, wall_before = ckpt["iteration"], ckpt["env_steps"], ckpt["wall_s"]
         _set_rng_state(ckpt["rng"])
@@ -294,10 +406,10 @@ def train(
 
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_iter + 1 if resume is not None else None)
     metrics_path = run_dir / "metrics.csv"
-    metrics = MetricsCSV(metrics_path, keep_until=start_iter if resume is not None else None)
+    metrics = MetricsCSV(metrics_path, keep_until=start_iter if resume is not None else None, tail=learner.columns)
 
     def save(iteration: int, wall_s: float) -> None:
-        state = {"iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "task": task,
+        state = {"iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "task": task, "algo": cfg.algo,
                  "task_overrides": list(task_overrides), "train_config": to_dict(cfg),
                  "algorithm": alg.state_dict(), "rng": _rng_state()}
         torch.save(state, ckpt_dir / "last.pt.tmp")
@@ -313,7 +425,7 @@ def train(
                    dynamic_ncols=True)
 
     stats = EpisodeStats()
-    steps_per_iter = cfg.num_envs * cfg.ppo.num_steps_per_env
+    steps_per_iter = cfg.num_envs * learner.num_steps_per_env
     t_start = time.perf_counter()
     last_shown: dict[str, float] = {}
     iteration = start_iter
@@ -323,14 +435,12 @@ def train(
         for iteration in range(start_iter + 1, cfg.max_iterations + 1):
             t0 = time.perf_counter()
             with torch.inference_mode():
-                for _ in range(cfg.ppo.num_steps_per_env):
-                    actions = alg.act(obs)
-                    obs, reward, terminated, truncated, info = env.step(actions.to(env.device))
-                    alg.process_env_step(reward, terminated, truncated, info)
+                for _ in range(learner.num_steps_per_env):
+                    obs, reward, terminated, truncated, info = learner.env_step(env, obs)
                     stats.add(info, terminated, truncated)
-                alg.compute_returns(obs)
+                learner.end_rollout(obs)
             t_collect = time.perf_counter() - t0
-            losses = alg.update()
+            losses = learner.update()
             t_iter = time.perf_counter() - t0
             env_steps += steps_per_iter
             wall_s = wall_before + time.perf_counter() - t_start
@@ -343,16 +453,14 @@ def train(
                 "mean_episode_length": ep.pop("length", float("nan")),
                 "success_rate": ep.pop("success", float("nan")),
                 **ep,
-                "surrogate_loss": losses["surrogate_loss"], "value_loss": losses["value_loss"],
-                "entropy": losses["entropy"], "kl": losses["kl"], "clip_fraction": losses["clip_fraction"],
-                "lr": losses["learning_rate"], "action_std": losses["action_std"],
+                **losses,
             }
             metrics.append(row)
 
             for key, value in row.items():
                 if key == "iteration" or not isinstance(value, (int, float)) or math.isnan(value):
                     continue
-                group = "train" if key in losses or key in ("lr",) else "episode"
+                group = "train" if key in losses else "episode"
                 if key in ("env_steps", "wall_s", "steps_per_s", "episodes"):
                     group = "perf"
                 writer.add_scalar(f"{group}/{key}", value, iteration)
@@ -396,10 +504,9 @@ def train(
         eval_env = sim.make_env(task, num_envs=n_eval, seed=cfg.seed + 1_000_003, overrides=task_overrides,
                                 play=True)
         alg.eval_mode()
-        ac = alg.actor_critic
 
         def policy(o: dict[str, torch.Tensor]) -> torch.Tensor:
-            return ac.act_inference(o["policy"].to(device, torch.float32)).to(eval_env.device)
+            return learner.act_inference(o["policy"].to(device, torch.float32)).to(eval_env.device)
 
         try:
             result = evaluate(eval_env, policy, cfg.eval_episodes, seed=cfg.seed + 1_000_003)

@@ -3,6 +3,10 @@
 # test extras, then the ROS 2 Jazzy Python wheels. Idempotent: a second run that finds nothing changed
 # (same pyproject.toml, setup.py, setup.cfg, this script, repo path) returns at once, printing nothing.
 #
+# Offscreen rendering (robostack eval --video) needs an EGL or OSMesa GL library; when neither is found
+# (ldconfig), the Debian/Ubuntu packages for Mesa's software EGL are installed with apt-get (as root, or
+# with password-less sudo); elsewhere a warning says what to install. Videos are optional: no failure.
+#
 # Environment: ROBOSTACK_PYTHON=/path/to/python picks the interpreter for a new .venv (default: python3.11,
 # else python3); ROBOSTACK_FORCE_SETUP=1 reinstalls even when up to date.
 set -euo pipefail
@@ -32,14 +36,21 @@ fingerprint() {
 }
 WANT="$(fingerprint)"
 
+GL_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri)  # Mesa's software EGL: MUJOCO_GL=egl without a GPU
+have_offscreen_gl() {
+  command -v ldconfig >/dev/null 2>&1 || return 0  # cannot tell (not glibc Linux): do not try to install
+  ldconfig -p 2>/dev/null | grep -q -E 'libEGL_mesa\.so|libOSMesa\.so'
+}
+
 # Fast path: marker matches and the venv still resolves what we installed (no imports: that is slow).
 if [ -z "${ROBOSTACK_FORCE_SETUP:-}" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT" ] &&
-  [ -x "$VENV/bin/robostack" ] &&
+  [ -x "$VENV/bin/robostack" ] && have_offscreen_gl &&
   "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PY'
 import importlib.util as u, pathlib, sys
 spec = u.find_spec("robostack")
 assert spec and pathlib.Path(spec.origin).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve())
-assert all(u.find_spec(m) for m in ("torch", "mujoco", "yaml", "pytest", "rclpy", "sensor_msgs"))
+assert all(u.find_spec(m) for m in ("torch", "mujoco", "yaml", "pytest", "rclpy", "sensor_msgs", "onnxruntime",
+                                    "onnx", "cv2"))
 PY
 then
   exit 0
@@ -61,6 +72,19 @@ run() {  # run "what it does" command...: output to the log, shown only if it fa
 }
 
 rm -f "$MARKER"
+
+if ! have_offscreen_gl; then
+  SUDO=()
+  [ "$(id -u)" = 0 ] || SUDO=(sudo -n)
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true >/dev/null 2>&1; }; then
+    run "apt-get update (for the offscreen GL packages)" ${SUDO[@]+"${SUDO[@]}"} apt-get update -qq
+    run "installing ${GL_PACKAGES[*]} (offscreen rendering for videos)" \
+      ${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${GL_PACKAGES[@]}"
+  else
+    say "warning: no EGL/OSMesa library found; 'robostack eval --video' needs one (Debian/Ubuntu: apt-get install ${GL_PACKAGES[*]})"
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
   PY="${ROBOSTACK_PYTHON:-}"
   if [ -z "$PY" ]; then
@@ -85,7 +109,7 @@ run "upgrading pip" "$VPY" -m pip install -q --upgrade pip
 run "installing $TORCH_PIN (CPU)" "$VPY" -m pip install -q "$TORCH_PIN"
 run "installing robostack (editable, with test extras)" "$VPY" -m pip install -q -e ".[test]"
 run "installing the ROS 2 Jazzy wheels (rclpy and messages)" "$VPY" -m pip install -q "${ROS_WHEELS[@]}"
-run "checking the installation" "$VPY" -c "import torch, mujoco, yaml, rclpy, sensor_msgs.msg, robostack.cli"
+run "checking the installation" "$VPY" -c "import torch, mujoco, yaml, rclpy, sensor_msgs.msg, onnxruntime, cv2, robostack.cli"
 [ -x "$VENV/bin/robostack" ] || die "the robostack command is missing from .venv/bin after install (see $LOG)"
 
 echo "$WANT" >"$MARKER"

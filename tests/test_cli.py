@@ -161,7 +161,7 @@ def test_train_parses_overrides_and_options(fake_train, capsys):
 
 def test_train_defaults(fake_train):
     assert cli.main(["train", "cf2-hover"]) == 0
-    assert fake_train == [{"task": "cf2-hover", "algo": "ppo", "overrides": [], "resume": None, "seed": None}]
+    assert fake_train == [{"task": "cf2-hover", "algo": None, "overrides": [], "resume": None, "seed": None}]
 
 
 def test_train_resume_and_json(fake_train, capsys):

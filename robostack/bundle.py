@@ -1,0 +1,615 @@
+"""The policy bundle: the one artifact deployment consumes.
+
+A bundle is a directory::
+
+    policy.onnx     input "obs" float32 [batch, obs_dim] (the raw "policy" observation, exactly as the env
+                    builds it), output "action" float32 [batch, action_dim] in [-1, 1]; the observation
+                    normalization and the action bounding are part of the graph
+    policy.pt       the same module as TorchScript
+    metadata.json   everything deploy code needs to build that observation and apply that action
+
+``metadata.json`` (``format_version`` 1)::
+
+    format_version, robot, task, algo, created, robostack_version
+    observation     {dim, terms: [{name, dim, scale, offset_in_vector}]}   (policy group, in order)
+    action          {dim, range: [-1, 1],
+                     terms: [{index, actuator, actuator_index, joint, scale, offset}],  (one per action dim)
+                     actuators: [names], offset: [per actuator], ctrl_min/ctrl_max: [per actuator, null =
+                     unlimited], formula}
+    actuators       [{name, joint, type ("position" | "motor" | ...), gear, ctrl_range, kp, kd}]
+    joint_names     actuated joints in actuator order (the joint_pos / joint_vel observation order)
+    default_joint_pos
+    pd_gains        {kp: [per actuator], kd: [per actuator]} (null for actuators that are not PD servos)
+    control_rate_hz, control_dt, physics_dt, decimation, max_episode_length
+    training        {task_overrides, train_config, run_dir, checkpoint, iteration, env_steps, wall_s}
+    files           {"policy.onnx": sha256, "policy.pt": sha256}
+    content_hash    sha256 over the two files' bytes and the canonical JSON of the metadata without this field
+
+Applying an action ``a`` (deploy side, see ``PolicyBundle.controls``)::
+
+    ctrl = action.offset; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); clip to ctrl limits
+
+Loading (``load_bundle``) needs only numpy and onnxruntime: this module imports neither torch nor MuJoCo at
+the top; ``export_bundle`` (the training side) imports them when called.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "BundleError", "PolicyBundle", "load_bundle", "export_bundle", "content_hash",
+           "ONNX_FILE", "TORCHSCRIPT_FILE", "METADATA_FILE"]
+
+FORMAT_VERSION = 1
+ONNX_FILE = "policy.onnx"
+TORCHSCRIPT_FILE = "policy.pt"
+METADATA_FILE = "metadata.json"
+HASHED_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
+INPUT_NAME = "obs"
+OUTPUT_NAME = "action"
+ONNX_OPSET = 17
+
+
+class BundleError(ValueError):
+    """A policy bundle that cannot be used: the message names the bundle and the problem."""
+
+
+# ------------------------------------------------------------------------------------------ hashing
+
+
+def _canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_hash(bundle_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> str:
+    """sha256 over ``policy.onnx``, ``policy.pt`` (name and bytes, in that order) and the canonical JSON of
+    the metadata without its ``content_hash`` field (read from the bundle unless given)."""
+    root = Path(bundle_dir)
+    if metadata is None:
+        metadata = json.loads((root / METADATA_FILE).read_text())
+    h = hashlib.sha256()
+    for name in HASHED_FILES:
+        h.update(name.encode() + b"\0")
+        with (root / name).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    meta = {k: v for k, v in metadata.items() if k != "content_hash"}
+    h.update(METADATA_FILE.encode() + b"\0")
+    h.update(_canonical_json(meta))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+class PolicyBundle:
+    """A loaded bundle: ``metadata`` and ``act(obs) -> action`` through onnxruntime."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
+        self.path = path
+        self.metadata = metadata
+        self._session = session
+        self.obs_dim = int(metadata["observation"]["dim"])
+        self.action_dim = int(metadata["action"]["dim"])
+        act = metadata["action"]
+        self._act_ids = np.array([t["actuator_index"] for t in act["terms"]], dtype=np.int64)
+        self._act_scale = np.array([t["scale"] for t in act["terms"]], dtype=np.float64)
+        self._ctrl_offset = np.array(act["offset"], dtype=np.float64)
+        self._ctrl_lo = np.array([-np.inf if v is None else v for v in act["ctrl_min"]], dtype=np.float64)
+        self._ctrl_hi = np.array([np.inf if v is None else v for v in act["ctrl_max"]], dtype=np.float64)
+
+    # -- convenience views of the metadata
+    @property
+    def robot(self) -> str:
+        return self.metadata["robot"]
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+    @property
+    def control_rate_hz(self) -> float:
+        return float(self.metadata["control_rate_hz"])
+
+    def observation_slices(self) -> dict[str, slice]:
+        """Observation term name -> its slice of the observation vector."""
+        return {t["name"]: slice(t["offset_in_vector"], t["offset_in_vector"] + t["dim"])
+                for t in self.metadata["observation"]["terms"]}
+
+    # -- inference
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic action(s) in [-1, 1] for raw policy observation(s) ``[obs_dim]`` or ``[B, obs_dim]``."""
+        x = np.asarray(obs)
+        if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise BundleError(f"bundle {self.path}: observation must be a numeric array, got dtype {x.dtype}")
+        single = x.ndim == 1
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise BundleError(f"bundle {self.path}: observation must have shape [{self.obs_dim}] or "
+                              f"[batch, {self.obs_dim}], got {list(x.shape)}")
+        x = np.ascontiguousarray(x.reshape(1, -1) if single else x, dtype=np.float32)
+        finite = np.isfinite(x)
+        if not finite.all():
+            rows, cols = np.nonzero(~finite)
+            names = self._term_at(cols[:3])
+            raise BundleError(f"bundle {self.path}: observation has non-finite values (NaN or inf) at "
+                              f"{'index' if single else 'row, index'} "
+                              + ", ".join(f"{c}" if single else f"({r}, {c})" for r, c in zip(rows[:3], cols[:3]))
+                              + f" (terms: {', '.join(names)})")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.action_dim), np.float32)
+        (action,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        action = np.asarray(action, dtype=np.float32)
+        return action[0] if single else action
+
+    __call__ = act
+
+    def controls(self, action: np.ndarray) -> np.ndarray:
+        """Actuator controls ``[nu]`` (or ``[B, nu]``) for action(s): ``offset + scale * a`` on the driven
+        actuators, clipped to the actuators' control limits (what the simulator applied in training)."""
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        if a.shape[-1] != self.action_dim or a.ndim not in (1, 2):
+            raise BundleError(f"bundle {self.path}: action must have shape [{self.action_dim}] or "
+                              f"[batch, {self.action_dim}], got {list(a.shape)}")
+        ctrl = np.broadcast_to(self._ctrl_offset, a.shape[:-1] + self._ctrl_offset.shape).copy()
+        ctrl[..., self._act_ids] += self._act_scale * a
+        return np.clip(ctrl, self._ctrl_lo, self._ctrl_hi)
+
+    def _term_at(self, cols: np.ndarray) -> list[str]:
+        out = []
+        for c in cols:
+            for name, sl in self.observation_slices().items():
+                if sl.start <= int(c) < sl.stop and name not in out:
+                    out.append(name)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PolicyBundle({str(self.path)!r}, robot={self.robot!r}, task={self.task!r}, "
+                f"obs_dim={self.obs_dim}, action_dim={self.action_dim})")
+
+
+def _read_metadata(root: Path) -> dict[str, Any]:
+    path = root / METADATA_FILE
+    if not path.is_file():
+        raise BundleError(f"bundle {root}: missing {METADATA_FILE}")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {root}: corrupt {METADATA_FILE}: not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise BundleError(f"bundle {root}: corrupt {METADATA_FILE}: expected a JSON object")
+    return metadata
+
+
+def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
+    def fail(what: str) -> BundleError:
+        return BundleError(f"bundle {root}: corrupt {METADATA_FILE}: {what}")
+
+    for key in ("robot", "task", "observation", "action", "content_hash"):
+        if key not in meta:
+            raise fail(f"missing field {key!r}")
+    obs, act = meta["observation"], meta["action"]
+    try:
+        terms = obs["terms"]
+        total = sum(int(t["dim"]) for t in terms)
+        offsets_ok = all(int(t["offset_in_vector"]) == sum(int(u["dim"]) for u in terms[:i])
+                         for i, t in enumerate(terms))
+        obs_dim, act_dim, act_terms = int(obs["dim"]), int(act["dim"]), act["terms"]
+        nu = len(act["offset"])
+        ids_ok = all(0 <= int(t["actuator_index"]) < nu for t in act_terms)
+        limits_ok = len(act["ctrl_min"]) == nu and len(act["ctrl_max"]) == nu
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"malformed observation/action description ({type(exc).__name__}: {exc})") from None
+    if total != obs_dim:
+        raise BundleError(f"bundle {root}: observation terms add up to {total} values but observation.dim is "
+                          f"{obs_dim}")
+    if not offsets_ok:
+        raise fail("observation term offsets do not follow the term order")
+    if len(act_terms) != act_dim:
+        raise BundleError(f"bundle {root}: action.dim is {act_dim} but {len(act_terms)} action terms are listed")
+    if not ids_ok or not limits_ok:
+        raise fail("action terms or control limits do not match the actuator list")
+
+
+def _onnx_dim(shape: list[Any], axis: int) -> int | None:
+    if len(shape) <= axis:
+        return None
+    return shape[axis] if isinstance(shape[axis], int) else None
+
+
+def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int = 1,
+                verify: bool = True) -> PolicyBundle:
+    """Open a bundle directory; with ``robot``, refuse a bundle made for another robot.
+
+    Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot, that both
+    policy files are there, the content hash (``verify``), that the ONNX graph loads, and that its input /
+    output sizes agree with the metadata. Any failure raises ``BundleError`` naming the problem.
+    ``threads``: onnxruntime intra-op threads (the policy is a small MLP: 1 is fastest for a single robot).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise BundleError(f"bundle {root}: no such directory")
+    if not root.is_dir():
+        raise BundleError(f"bundle {root}: not a directory (a bundle is a folder with {METADATA_FILE}, "
+                          f"{ONNX_FILE} and {TORCHSCRIPT_FILE})")
+    meta = _read_metadata(root)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"bundle {root}: bundle format {version}, this RoboStack reads {FORMAT_VERSION}")
+    if robot is not None and meta.get("robot") != robot:
+        raise BundleError(f"bundle {root}: bundle made for {meta.get('robot')}, not {robot}")
+    for name in HASHED_FILES:
+        if not (root / name).is_file():
+            raise BundleError(f"bundle {root}: missing {name}")
+    _check_metadata(root, meta)
+    if verify:
+        try:
+            actual = content_hash(root, meta)
+        except ValueError as exc:  # e.g. NaN in the metadata: not canonical JSON
+            raise BundleError(f"bundle {root}: corrupt {METADATA_FILE}: {exc}") from None
+        if actual != meta["content_hash"]:
+            raise BundleError(f"bundle {root}: content hash mismatch: files were modified "
+                              f"(expected {meta['content_hash'][:12]}..., got {actual[:12]}...)")
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(root / ONNX_FILE), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"bundle {root}: corrupt {ONNX_FILE}: onnxruntime cannot load it ({first})") from None
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
+        raise BundleError(f"bundle {root}: {ONNX_FILE} must have one input {INPUT_NAME!r} and an output "
+                          f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
+                          f"{[o.name for o in outputs]}")
+    obs_dim, act_dim = int(meta["observation"]["dim"]), int(meta["action"]["dim"])
+    in_dim = _onnx_dim(inputs[0].shape, 1)
+    out_dim = _onnx_dim(next(o for o in outputs if o.name == OUTPUT_NAME).shape, 1)
+    if in_dim != obs_dim:
+        raise BundleError(f"bundle {root}: {ONNX_FILE} takes observations of size {in_dim} but the metadata "
+                          f"says observation.dim = {obs_dim}")
+    if out_dim != act_dim:
+        raise BundleError(f"bundle {root}: {ONNX_FILE} returns actions of size {out_dim} but the metadata "
+                          f"says action.dim = {act_dim}")
+    return PolicyBundle(root, meta, session)
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / METADATA_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------------------- exporting
+
+
+def _json_number(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data (tuples to lists, numpy scalars to numbers, non-finite floats to None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _json_number(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def describe_env(env: Any) -> dict[str, Any]:
+    """Robot/task facts of a ``TaskEnv`` for the metadata: observation terms, action map, actuators."""
+    import mujoco
+
+    task, model = env.task, env.default_model
+    # observation terms of the policy group, sized from what the env computes now
+    terms, offset = [], 0
+    for name, term in task.observations["policy"].items():
+        dim = int(term.func(env).shape[-1])
+        terms.append({"name": name, "dim": dim, "scale": float(term.scale), "offset_in_vector": offset})
+        offset += dim
+    obs_dim = int(env.observation_spaces["policy"].shape[-1])
+    if offset != obs_dim:
+        raise RuntimeError(f"task {task.name}: policy terms add up to {offset}, observation space is {obs_dim}")
+
+    nu = model.nu
+
+    def joint_of(i: int) -> str | None:
+        if int(model.actuator_trntype[i]) in (int(mujoco.mjtTrn.mjTRN_JOINT), int(mujoco.mjtTrn.mjTRN_JOINTINPARENT)):
+            return model.joint(int(model.actuator_trnid[i, 0])).name
+        return None
+
+    actuators, kp, kd, ctrl_min, ctrl_max = [], [], [], [], []
+    for i in range(nu):
+        gain, bias = model.actuator_gainprm[i], model.actuator_biasprm[i]
+        gaintype, biastype = int(model.actuator_gaintype[i]), int(model.actuator_biastype[i])
+        is_pd = (gaintype == int(mujoco.mjtGain.mjGAIN_FIXED) and biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)
+                 and bias[0] == 0.0 and gain[0] > 0 and np.isclose(bias[1], -gain[0]))
+        limited = bool(model.actuator_ctrllimited[i])
+        lo, hi = (float(model.actuator_ctrlrange[i, 0]), float(model.actuator_ctrlrange[i, 1])) if limited \
+            else (None, None)
+        ctrl_min.append(lo)
+        ctrl_max.append(hi)
+        kp.append(float(gain[0]) if is_pd else None)
+        kd.append(float(-bias[2]) if is_pd else None)
+        if is_pd:
+            kind = "position"
+        elif biastype == int(mujoco.mjtBias.mjBIAS_NONE) and gaintype == int(mujoco.mjtGain.mjGAIN_FIXED):
+            kind = "motor"  # force/torque/thrust = gain * gear * ctrl
+        else:
+            kind = "other"
+        actuators.append({"name": model.actuator(i).name, "joint": joint_of(i), "type": kind,
+                          "gain": float(gain[0]), "gear": float(model.actuator_gear[i, 0]),
+                          "ctrl_range": [lo, hi], "kp": kp[-1], "kd": kd[-1]})
+
+    am = task.action
+    action_terms = []
+    for k, aid in enumerate(np.asarray(am.actuator_ids).tolist()):
+        action_terms.append({"index": k, "actuator": model.actuator(int(aid)).name, "actuator_index": int(aid),
+                             "joint": joint_of(int(aid)), "scale": float(am.scale[k]),
+                             "offset": float(am.offset[int(aid)])})
+    joint_names = [joint_of(i) for i in range(nu) if joint_of(i) is not None]
+    return {
+        "robot": task.robot,
+        "task": task.name,
+        "observation": {"dim": obs_dim, "terms": terms},
+        "action": {
+            "dim": int(am.dim), "range": [-1.0, 1.0], "terms": action_terms,
+            "actuators": [model.actuator(i).name for i in range(nu)],
+            "offset": [float(v) for v in am.offset],
+            "ctrl_min": ctrl_min, "ctrl_max": ctrl_max,
+            "formula": "ctrl = offset; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); "
+                       "ctrl = clip(ctrl, ctrl_min, ctrl_max)",
+        },
+        "actuators": actuators,
+        "joint_names": joint_names,
+        "default_joint_pos": [float(v) for v in np.asarray(task.default_joint_pos).tolist()],
+        "pd_gains": {"kp": kp, "kd": kd},
+        "command_dim": int(task.command_dim),
+        "control_rate_hz": 1.0 / float(env.control_dt),
+        "control_dt": float(env.control_dt),
+        "physics_dt": float(task.sim.timestep),
+        "decimation": int(task.sim.decimation),
+        "max_episode_length": int(env.max_episode_length),
+    }
+
+
+def _resolve_source(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(run_dir, checkpoint file) from a run folder or a checkpoint file (``checkpoint`` wins if given)."""
+    path = Path(source)
+    if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
+        found = sorted(Path("runs").glob(f"*/{path}"))  # a bare run name: look under ./runs/<task>/
+        if len(found) == 1:
+            path = found[0]
+    if not path.exists():
+        raise FileNotFoundError(f"no run folder or checkpoint at {source}")
+    if path.is_file():
+        ckpt = path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    else:
+        run_dir = path
+        ckpt = run_dir / "checkpoints" / "last.pt"
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+        if not ckpt.exists() and (run_dir / "checkpoints" / ckpt).exists():
+            ckpt = run_dir / "checkpoints" / ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt} (a run folder has checkpoints/last.pt)")
+    return run_dir, ckpt
+
+
+class LoadedRun:
+    """A checkpoint brought back to life: its task, env settings and the deterministic policy module."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path, ckpt: dict[str, Any], config: dict[str, Any]):
+        self.run_dir, self.checkpoint, self.ckpt, self.config = run_dir, checkpoint, ckpt, config
+        self.task: str = ckpt.get("task") or config.get("task")
+        train_cfg = ckpt.get("train_config") or config.get("train") or {}
+        self.train_config: dict[str, Any] = dict(train_cfg)
+        self.algo: str = ckpt.get("algo") or self.train_config.get("algo") or config.get("algo") or "ppo"
+        overrides = ckpt.get("task_overrides")
+        self.task_overrides: list[str] = list(overrides if overrides is not None else config.get("task_overrides", []))
+        if not self.task:
+            raise ValueError(f"checkpoint {checkpoint}: does not say which task it was trained on")
+
+    def build_algorithm(self, env: Any) -> Any:
+        """The algorithm object for ``env`` with the checkpoint's weights (through the registry)."""
+        import importlib
+
+        from robostack import registry
+        from robostack.config import from_dict
+
+        entry = registry.get("algorithm", self.algo)
+        cfg = None
+        spec = entry.extra.get("config")
+        section = self.train_config.get(self.algo)
+        if spec and isinstance(section, dict):
+            module, _, name = spec.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            cfg = from_dict(cls, section, f"{self.checkpoint} (train_config.{self.algo})")
+            if isinstance(getattr(cfg, "buffer_size", None), int):  # inference only: no big replay buffer
+                cfg.buffer_size = min(cfg.buffer_size, 1024)
+        try:
+            alg = entry.target(env, cfg, device="cpu")
+        except TypeError:  # a builder without a device argument
+            alg = entry.target(env, cfg)
+        state = self.ckpt.get("algorithm")
+        if state is None:
+            raise ValueError(f"checkpoint {self.checkpoint}: no 'algorithm' state in it")
+        try:
+            alg.load_state_dict(state, load_optimizer=False)
+        except TypeError:
+            alg.load_state_dict(state)
+        if hasattr(alg, "eval_mode"):
+            alg.eval_mode()
+        return alg
+
+    def policy_module(self, env: Any) -> Any:
+        """Deterministic ``raw policy obs -> action`` torch module (eval mode, on CPU)."""
+        alg = self.build_algorithm(env)
+        module = None
+        for owner in (alg, getattr(alg, "actor_critic", None), getattr(alg, "actor", None),
+                      getattr(alg, "policy", None)):
+            if owner is not None and callable(getattr(owner, "export_policy", None)):
+                module = owner.export_policy()
+                break
+        if module is None:
+            raise ValueError(f"algorithm {self.algo!r} has no export_policy(): cannot export its policy")
+        module = module.to("cpu").eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    def make_env(self, num_envs: int = 1, seed: int = 0, play: bool = True) -> Any:
+        from robostack import sim
+
+        return sim.make_env(self.task, num_envs=num_envs, seed=seed, overrides=self.task_overrides, play=play)
+
+
+def load_run(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> LoadedRun:
+    """Read a run folder (or a checkpoint file) with torch: checkpoint, config.yaml, algorithm name."""
+    import torch
+    import yaml
+
+    run_dir, ckpt_path = _resolve_source(source, checkpoint)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {ckpt_path}: {exc}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {ckpt_path}: not a RoboStack checkpoint (expected a dict)")
+    config_file = run_dir / "config.yaml"
+    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    return LoadedRun(run_dir, ckpt_path, ckpt, config)
+
+
+def _write_onnx(module: Any, obs_dim: int, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    example = torch.zeros(2, obs_dim, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy (TorchScript-based) exporter warns it is legacy
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def _write_torchscript(module: Any, obs_dim: int, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:  # a module scripting cannot compile: tracing is exact for a fixed MLP
+            scripted = torch.jit.trace(module, torch.zeros(2, obs_dim))
+        scripted.save(str(path))
+
+
+def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
+                  checkpoint: str | os.PathLike | None = None) -> Path:
+    """Write the bundle for a run folder or checkpoint file to ``out_dir``; returns its path.
+
+    ``out_dir`` may be new, empty or an older bundle (replaced); anything else in it is refused.
+    """
+    import torch
+
+    import robostack
+
+    run = load_run(source, checkpoint)
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise BundleError(f"cannot write a bundle to {out}: it is a file")
+        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE))
+        if extra:
+            raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
+                                  f"({', '.join(extra[:3])}); choose a new or empty folder")
+
+    env = run.make_env(num_envs=1, seed=0, play=True)
+    try:
+        env.reset(seed=0)
+        facts = describe_env(env)
+        module = run.policy_module(env)
+        obs_dim, act_dim = facts["observation"]["dim"], facts["action"]["dim"]
+        with torch.no_grad():
+            probe = module(torch.zeros(1, obs_dim))
+        if tuple(probe.shape) != (1, act_dim):
+            raise ValueError(f"policy of {run.checkpoint} maps [1, {obs_dim}] to {list(probe.shape)}, expected "
+                             f"[1, {act_dim}]")
+    finally:
+        env.close()
+
+    ck = run.ckpt
+    metadata: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "robot": facts.pop("robot"),
+        "task": facts.pop("task"),
+        "algo": run.algo,
+        **facts,
+        "training": {
+            "task_overrides": list(run.task_overrides),
+            "train_config": run.train_config,
+            "run_dir": str(run.run_dir.resolve()),
+            "checkpoint": str(run.checkpoint.resolve()),
+            "iteration": ck.get("iteration"),
+            "env_steps": ck.get("env_steps"),
+            "wall_s": ck.get("wall_s"),
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "robostack_version": robostack.__version__,
+    }
+    metadata = _jsonable(metadata)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_onnx(module, obs_dim, tmp / ONNX_FILE)
+        _write_torchscript(module, obs_dim, tmp / TORCHSCRIPT_FILE)
+        metadata["files"] = {name: _sha256_file(tmp / name) for name in HASHED_FILES}
+        metadata["content_hash"] = content_hash(tmp, metadata)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (*HASHED_FILES, METADATA_FILE):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
