@@ -111,6 +111,21 @@ def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    with _stdout_to_stderr(args.json):
+        from robostack.train import bench_train
+
+        result = bench_train(args.task, seed=args.seed, episodes=args.episodes, overrides=list(args.overrides))
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+    else:
+        title = f"bench train: task {args.task}, {args.episodes} randomized evaluation episodes"
+        _print_table(title, result, ("wall_s", "env_steps", "success_rate"), out)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- train
 
 
@@ -212,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_sim)
+    p = bench.add_parser("train", help="train from scratch with the task's recipe, then evaluate it randomized")
+    p.add_argument("task", help="task name (see: robostack list)")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides; task.key=value for the task config")
+    p.add_argument("--episodes", type=int, default=1000, help="randomized evaluation episodes (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_train)
 
     p = sub.add_parser(
         "train",

@@ -520,3 +520,32 @@ def train(
         yaml.safe_dump({k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()},
                        f, sort_keys=False)
     return summary
+
+
+def bench_train(task: str, seed: int = 0, episodes: int = 1000, overrides: Sequence[str] = (),
+                run_root: str = "runs") -> dict[str, Any]:
+    """``robostack bench train``: train from scratch with the task's recipe, then evaluate the deterministic
+    policy on ``episodes`` episodes of the *randomized* (training) variant, one episode per env.
+
+    ``wall_s`` is the training time alone (what the recipe's targets are about); the evaluation's own time
+    is reported as ``eval_wall_s``.
+    """
+    from robostack.eval_policy import eval_policy
+
+    summary = train(task, overrides=[*overrides, "eval_episodes=0"], seed=seed, run_root=run_root, progress=False)
+    start = time.perf_counter()
+    result = eval_policy(summary["run_dir"], episodes=episodes, randomized=True, num_envs=episodes, seed=seed + 1)
+    return {
+        "task": task,
+        "algo": summary["algo"],
+        "wall_s": summary["wall_s"],
+        "env_steps": summary["env_steps"],
+        "iterations": summary["iterations"],
+        "steps_per_s": round(summary["env_steps"] / summary["wall_s"], 1),
+        "success_rate": result["success_rate"],
+        "eval_episodes": result["episodes"],
+        "mean_return": result["mean_return"],
+        **{k: v for k, v in result.items() if k.startswith("metric/")},
+        "eval_wall_s": round(time.perf_counter() - start, 2),
+        "run_dir": summary["run_dir"],
+    }

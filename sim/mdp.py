@@ -117,6 +117,13 @@ def last_action(env: TaskEnv) -> torch.Tensor:
     return env.action
 
 
+def action_history(env: TaskEnv) -> torch.Tensor:
+    """The last ``TaskDefinition.action_history`` actions, newest first, flattened. Lets a memoryless policy
+    infer disturbances (thrust mismatch, wind) from what it commanded versus how the state moved, as in
+    "Learning to Fly in Seconds"."""
+    return env.action_history.reshape(env.num_envs, -1)
+
+
 def command(env: TaskEnv) -> torch.Tensor:
     return env.command
 

@@ -68,6 +68,7 @@ class TaskEnv(VecEnv):
         # State every term function may read (refreshed from the physics once per step).
         self.action = torch.zeros(n, self.action_dim, device=dev)
         self.last_action = torch.zeros_like(self.action)
+        self.action_history = torch.zeros(n, task.action_history, self.action_dim, device=dev)  # newest first
         self.command = torch.zeros(n, task.command_dim, device=dev)
         self.episode_length = torch.zeros(n, dtype=torch.long, device=dev)
         self.terminated = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -189,6 +190,7 @@ class TaskEnv(VecEnv):
         self.episode_length[ids] = 0
         self.action[ids] = 0.0
         self.last_action[ids] = 0.0
+        self.action_history[ids] = 0.0
         self.ctrl[ids] = self._ctrl_offset
         if self._ctrl_history is not None:
             self._ctrl_history[:, ids] = self._ctrl_offset
@@ -228,6 +230,9 @@ class TaskEnv(VecEnv):
             raise ValueError(f"task {self.task.name!r}: non-finite action (NaN or inf) for envs {bad[:10]}")
         self.last_action = self.action
         self.action = torch.clamp(action, -1.0, 1.0)
+        if self.task.action_history:
+            self.action_history = torch.roll(self.action_history, 1, dims=1)
+            self.action_history[:, 0] = self.action
         self.ctrl = self._controls(self.action)
 
         self._run_interval_events()

@@ -106,6 +106,7 @@ class TaskDefinition:
     success: TermFn  # evaluated on the final state of an episode
     default_joint_pos: np.ndarray = field(default_factory=lambda: np.zeros(0))  # actuated joints
     command_dim: int = 0
+    action_history: int = 0  # how many past actions env.action_history keeps (mdp.action_history)
     metrics: dict[str, TermFn] = field(default_factory=dict)  # averaged over an episode, e.g. errors
     observation_noise: float = 1.0  # multiplier on every ObsTerm's noise
     randomize: bool = True  # False in the play variant

@@ -140,14 +140,14 @@ def test_metadata_matches_env(bundle_dir):
         env.reset(seed=0)
         task, model = env.task, env.default_model
         obs = meta["observation"]
-        assert obs["dim"] == env.observation_spaces["policy"].shape[0] == 22
+        assert obs["dim"] == env.observation_spaces["policy"].shape[0] == 82
         assert [t["name"] for t in obs["terms"]] == list(task.observations["policy"])
         assert sum(t["dim"] for t in obs["terms"]) == obs["dim"]
         for t in obs["terms"]:
             assert t["dim"] == task.observations["policy"][t["name"]].func(env).shape[-1]
             assert t["scale"] == task.observations["policy"][t["name"]].scale
         slices = load_bundle(bundle_dir).observation_slices()
-        assert slices["angular_velocity"] == slice(15, 18) and slices["last_action"] == slice(18, 22)
+        assert slices["angular_velocity"] == slice(15, 18) and slices["action_history"] == slice(18, 82)
         act = meta["action"]
         assert act["dim"] == env.action_dim == 4
         assert [t["actuator"] for t in act["terms"]] == ["m1", "m2", "m3", "m4"]
@@ -250,19 +250,19 @@ def test_reject_other_robot(bundle_dir):
 
 def test_reject_dims_disagreeing_with_onnx(copy):
     meta = _metadata(copy)
-    meta["observation"]["terms"][-1]["dim"] = 5  # last_action: 4 -> 5
-    meta["observation"]["dim"] = 23
+    meta["observation"]["terms"][-1]["dim"] = 65  # action_history: 64 -> 65
+    meta["observation"]["dim"] = 83
     _write_metadata(copy, meta)
-    with pytest.raises(BundleError, match="takes observations of size 22 but the metadata says observation.dim = 23"):
+    with pytest.raises(BundleError, match="takes observations of size 82 but the metadata says observation.dim = 83"):
         load_bundle(copy)
 
     meta = _metadata(copy)
-    meta["observation"]["dim"] = 22  # terms now add up to 23
+    meta["observation"]["dim"] = 82  # terms now add up to 83
     _write_metadata(copy, meta)
-    with pytest.raises(BundleError, match="observation terms add up to 23 values but observation.dim is 22"):
+    with pytest.raises(BundleError, match="observation terms add up to 83 values but observation.dim is 82"):
         load_bundle(copy)
 
-    meta["observation"]["terms"][-1]["dim"] = 4
+    meta["observation"]["terms"][-1]["dim"] = 64
     meta["action"]["terms"] = meta["action"]["terms"][:3]
     meta["action"]["dim"] = 3
     _write_metadata(copy, meta)
@@ -273,15 +273,15 @@ def test_reject_dims_disagreeing_with_onnx(copy):
 def test_act_validates_input(bundle_dir):
     bundle = load_bundle(bundle_dir)
     assert isinstance(BundleError("x"), ValueError)
-    with pytest.raises(BundleError, match=r"shape \[22\] or \[batch, 22\], got \[21\]"):
-        bundle.act(np.zeros(21))
-    with pytest.raises(BundleError, match=r"got \[2, 3, 22\]"):
-        bundle.act(np.zeros((2, 3, 22)))
-    obs = np.zeros((2, 22))
+    with pytest.raises(BundleError, match=r"shape \[82\] or \[batch, 82\], got \[81\]"):
+        bundle.act(np.zeros(81))
+    with pytest.raises(BundleError, match=r"got \[2, 3, 82\]"):
+        bundle.act(np.zeros((2, 3, 82)))
+    obs = np.zeros((2, 82))
     obs[1, 16] = np.nan
     with pytest.raises(BundleError, match=r"non-finite .*\(1, 16\).*angular_velocity"):
         bundle.act(obs)
-    assert bundle.act(np.zeros((5, 22), np.float64)).shape == (5, 4)  # float64 is accepted (cast)
+    assert bundle.act(np.zeros((5, 82), np.float64)).shape == (5, 4)  # float64 is accepted (cast)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -298,7 +298,7 @@ def test_cli_export(run_dir, tmp_path, capsys):
     out_dir = tmp_path / "b"
     assert main(["export", str(run_dir), "--out", str(out_dir), "--checkpoint", "last.pt", "--json"]) == 0
     result = _json_stdout(capsys)
-    assert result["bundle"] == str(out_dir) and result["obs_dim"] == 22 and result["action_dim"] == 4
+    assert result["bundle"] == str(out_dir) and result["obs_dim"] == 82 and result["action_dim"] == 4
     assert load_bundle(out_dir).metadata["content_hash"] == result["content_hash"]
     # a folder holding something else is refused, in one line
     (tmp_path / "other").mkdir()

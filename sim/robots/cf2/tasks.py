@@ -59,6 +59,7 @@ class Cf2HoverConfig:
     start: Start
     rewards: Rewards
     randomization: Randomization
+    action_history: int  # past actions the policy sees (newest first)
     success_radius: float  # m from target at the end of the episode
     max_distance: float  # m from target: terminate (flew away)
 
@@ -130,7 +131,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         "rotation_matrix": ObsTerm(rotation_matrix, noise=0.01),
         "linear_velocity": ObsTerm(mdp.base_lin_vel_world, noise=0.01),
         "angular_velocity": ObsTerm(mdp.base_ang_vel, noise=0.05, scale=0.25),
-        "last_action": ObsTerm(mdp.last_action),
+        "action_history": ObsTerm(mdp.action_history),
     }
     critic_obs = noiseless(policy_obs)
     critic_obs.update({"rotor_thrust": ObsTerm(rotor_thrust), "wind_force": ObsTerm(wind_force)})
@@ -160,6 +161,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         reset=reset_drone,
         success=at_target,
         command_dim=3,
+        action_history=cfg.action_history,
         metrics={"position_error": distance},
         observation_noise=dr_cfg.observation_noise,
         randomize=dr_cfg.enabled,
