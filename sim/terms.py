@@ -40,6 +40,16 @@ class EventConfig:
     enabled: bool = True
 
 
+@dataclass
+class RandomizationConfig:
+    """What every task randomizes; a task's own config class adds its further events as fields."""
+
+    enabled: bool  # False in the play variant
+    observation_noise: float  # multiplier on every observation term's noise
+    link_mass: EventConfig
+    com_offset: EventConfig
+
+
 # ----- term specs the task assembles -----
 @dataclass
 class ObsTerm:

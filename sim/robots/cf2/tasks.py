@@ -16,8 +16,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
-                                 TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RandomizationConfig,
+                                 RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 
 @dataclass
@@ -42,11 +42,7 @@ class Rewards:
 
 
 @dataclass
-class Randomization:
-    enabled: bool
-    observation_noise: float
-    link_mass: EventConfig
-    com_offset: EventConfig
+class Randomization(RandomizationConfig):
     motor_strength: EventConfig
     action_latency: EventConfig
     wind: EventConfig

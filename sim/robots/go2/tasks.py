@@ -15,8 +15,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.go2 import model as go2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
-                                 TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RandomizationConfig,
+                                 RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 FEET = ("FR", "FL", "RR", "RL")
 
@@ -45,11 +45,7 @@ class Rewards:
 
 
 @dataclass
-class Randomization:
-    enabled: bool
-    observation_noise: float  # multiplier on every observation term's noise
-    link_mass: EventConfig
-    com_offset: EventConfig
+class Randomization(RandomizationConfig):
     friction: EventConfig
     joint_damping: EventConfig
     joint_armature: EventConfig

@@ -15,8 +15,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, RewardTerm, SimConfig,
-                                 TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, RandomizationConfig, RewardTerm,
+                                 SimConfig, TaskDefinition, noiseless)
 
 ARM_JOINTS = 7
 DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z axis pointing at the floor (180 degrees about x)
@@ -41,11 +41,7 @@ class Rewards:
 
 
 @dataclass
-class Randomization:
-    enabled: bool
-    observation_noise: float
-    link_mass: EventConfig
-    com_offset: EventConfig
+class Randomization(RandomizationConfig):
     joint_damping: EventConfig
     joint_armature: EventConfig
     actuator_gains: EventConfig
