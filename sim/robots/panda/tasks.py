@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mujoco
 import numpy as np
 import torch
 
@@ -19,7 +20,6 @@ from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, Ran
                                  SimConfig, TaskDefinition, noiseless)
 
 ARM_JOINTS = 7
-DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z axis pointing at the floor (180 degrees about x)
 
 
 @dataclass
@@ -27,8 +27,8 @@ class Targets:
     x: tuple[float, float]  # m, in the robot base frame
     y: tuple[float, float]
     z: tuple[float, float]
-    yaw: tuple[float, float]  # rad about the vertical, gripper pointing down
-    max_tilt: float  # rad, random tilt away from pointing down
+    yaw: tuple[float, float]  # rad about the vertical, relative to the TCP's orientation in the home pose
+    max_tilt: float  # rad, random tilt of that orientation
 
 
 @dataclass
@@ -92,12 +92,23 @@ def reached(env: TaskEnv) -> torch.Tensor:
     return (distance(env) < cfg.success_position) & (angle_error(env) < cfg.success_angle)
 
 
+def home_tcp_quat(model: mujoco.MjModel) -> np.ndarray:
+    """The TCP's orientation in the home pose (pointing down): targets are sampled around it, so every
+    sampled yaw stays within the wrist's reach from home."""
+    data = mujoco.MjData(model)
+    data.qpos[model.jnt_qposadr[[model.joint(j).id for j in panda.JOINT_NAMES]]] = panda.DEFAULT_JOINT_POS
+    mujoco.mj_kinematics(model, data)
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, data.site(panda.EE_SITE).xmat)
+    return quat
+
+
 def sample_targets(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     t: Targets = env.task_cfg.targets
     n, rng = len(env_ids), env.rng
     pos = np.stack([rng.uniform(*t.x, n), rng.uniform(*t.y, n), rng.uniform(*t.z, n)], axis=1)
-    quat = torch.as_tensor(mdp.yaw_quat(rng.uniform(*t.yaw, n)))
-    quat = mdp.quat_mul(quat, torch.as_tensor(DOWN).expand(n, 4))
+    home = torch.as_tensor(home_tcp_quat(env.default_model)).expand(n, 4)
+    quat = mdp.quat_mul(torch.as_tensor(mdp.yaw_quat(rng.uniform(*t.yaw, n))), home)
     quat = mdp.quat_mul(torch.as_tensor(mdp.random_quat_within(rng, n, t.max_tilt)), quat)
     target = np.concatenate([pos, quat.numpy()], axis=1)
     env.command[torch.as_tensor(env_ids)] = torch.as_tensor(target, dtype=torch.float32, device=env.device)
