@@ -399,3 +399,21 @@ def test_sac_run_exports_and_evaluates(tmp_path, capsys):
     assert main(["eval", str(bundle.path), "--episodes", "2", "--json"]) == 0
     result = _json_stdout(capsys)
     assert result["algo"] == "sac" and result["episodes"] == 2
+
+
+def test_shipped_bundles_load_and_match_their_tasks():
+    root = Path(__file__).resolve().parent.parent / "bundles"
+    shipped = sorted(p for p in root.iterdir() if p.is_dir())
+    assert shipped, "no bundles shipped"
+    for path in shipped:
+        bundle = load_bundle(path)  # verifies the content hash
+        env = sim.make_env(bundle.task, num_envs=2, play=True)
+        try:
+            obs, _ = env.reset(seed=0)
+            assert bundle.obs_dim == env.observation_spaces["policy"].shape[0]
+            assert bundle.action_dim == env.action_dim
+            assert [t["name"] for t in bundle.metadata["observation"]["terms"]] == list(env.task.observations["policy"])
+            action = bundle.act(obs["policy"].numpy())
+            assert action.shape == (2, env.action_dim) and np.all(np.abs(action) <= 1.0)
+        finally:
+            env.close()
