@@ -104,7 +104,6 @@ class VideoRecorder:
             self.renderer.close()
             raise RenderError(f"OpenCV cannot write an MP4 video to {self.path}")
         self._cv2 = cv2
-        self._mujoco = mujoco
         self.steps = 0
         self.frames = 0
 

@@ -66,15 +66,6 @@ def set_actuator_gains(model: mujoco.MjModel, default: mujoco.MjModel, kp: np.nd
     model.actuator_biasprm[:, 2] = default.actuator_biasprm[:, 2] * kd
 
 
-MODEL_RANDOMIZERS = {
-    "link_mass": scale_link_masses,
-    "com_offset": offset_coms,
-    "friction": scale_friction,
-    "joint_damping": scale_joint_damping,
-    "joint_armature": scale_joint_armature,
-}
-
-
 # ----- layer 2: events -----
 def model_event(randomizer):
     """Turn a layer-1 function into an event that rewrites the given envs' own model copies."""
@@ -113,8 +104,7 @@ def motor_strength(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
 def action_latency(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     """Delay actions by 0..N whole control steps per env (``range`` = (min_steps, max_steps))."""
     lo, hi = int(cfg.range[0]), int(cfg.range[1])
-    if env._ctrl_history is None or env._ctrl_history.shape[0] < hi + 1:
-        env.set_max_latency(hi)
+    env.set_max_latency(hi)
     env.latency[torch.as_tensor(env_ids)] = torch.as_tensor(env.rng.integers(lo, hi + 1, len(env_ids)))
 
 

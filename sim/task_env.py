@@ -119,9 +119,10 @@ class TaskEnv(VecEnv):
             for _, ev in self._active_events(mode):
                 ev.func(self, env_ids, ev.cfg)
 
-    def _schedule(self, name: str, env_ids: np.ndarray) -> None:
+    def _schedule(self, name: str, env_ids: np.ndarray, now: np.ndarray | float = 0.0) -> None:
+        """Next firing step of interval event ``name`` for those envs: ``now`` + a sampled interval."""
         lo, hi = self.task.events[name].cfg.interval_s
-        self._next_interval[name][env_ids] = self.rng.uniform(lo, hi, len(env_ids)) / self.control_dt
+        self._next_interval[name][env_ids] = now + self.rng.uniform(lo, hi, len(env_ids)) / self.control_dt
 
     def _run_interval_events(self) -> None:
         steps = self.episode_length.cpu().numpy()
@@ -129,8 +130,7 @@ class TaskEnv(VecEnv):
             due = np.nonzero(steps >= self._next_interval[name])[0]
             if len(due):
                 ev.func(self, due, ev.cfg)
-                self._next_interval[name][due] = steps[due] + (
-                    self.rng.uniform(*ev.cfg.interval_s, len(due)) / self.control_dt)
+                self._schedule(name, due, steps[due])
 
     # ----- reading the physics -----
     def _refresh(self) -> None:
@@ -203,8 +203,9 @@ class TaskEnv(VecEnv):
         self.sim.forward(env_ids)
 
     def set_max_latency(self, steps: int) -> None:
-        """Allocate the control history that action-latency events index into."""
-        self._ctrl_history = self._ctrl_offset.repeat(steps + 1, self.num_envs, 1)
+        """Make the control history that action-latency events index into hold at least ``steps`` delays."""
+        if self._ctrl_history is None or self._ctrl_history.shape[0] < steps + 1:
+            self._ctrl_history = self._ctrl_offset.repeat(steps + 1, self.num_envs, 1)
 
     def _controls(self, action: torch.Tensor) -> torch.Tensor:
         ctrl = self._ctrl_offset.repeat(self.num_envs, 1)

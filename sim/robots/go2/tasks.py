@@ -19,6 +19,8 @@ from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, Ob
                                  RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 FEET = ("FR", "FL", "RR", "RL")
+_KP = torch.as_tensor(go2.KP, dtype=torch.float32)  # nominal gains for the torque penalty
+_KD = torch.as_tensor(go2.KD, dtype=torch.float32)
 
 
 @dataclass
@@ -93,9 +95,7 @@ def track_ang_vel_z(env: TaskEnv) -> torch.Tensor:
 
 def joint_torques(env: TaskEnv) -> torch.Tensor:
     """Squared PD torques as commanded this step (the position actuators' force law, nominal gains)."""
-    kp = torch.as_tensor(go2.KP, device=env.device, dtype=torch.float32)
-    kd = torch.as_tensor(go2.KD, device=env.device, dtype=torch.float32)
-    torque = kp * (env.ctrl - env.joint_pos) - kd * env.joint_vel
+    torque = _KP.to(env.device) * (env.ctrl - env.joint_pos) - _KD.to(env.device) * env.joint_vel
     return torch.sum(torque ** 2, dim=1)
 
 

@@ -103,15 +103,20 @@ def home_tcp_quat(model: mujoco.MjModel) -> np.ndarray:
     return quat
 
 
-def sample_targets(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
-    t: Targets = env.task_cfg.targets
-    n, rng = len(env_ids), env.rng
-    pos = np.stack([rng.uniform(*t.x, n), rng.uniform(*t.y, n), rng.uniform(*t.z, n)], axis=1)
-    home = torch.as_tensor(home_tcp_quat(env.default_model)).expand(n, 4)
-    quat = mdp.quat_mul(torch.as_tensor(mdp.yaw_quat(rng.uniform(*t.yaw, n))), home)
-    quat = mdp.quat_mul(torch.as_tensor(mdp.random_quat_within(rng, n, t.max_tilt)), quat)
-    target = np.concatenate([pos, quat.numpy()], axis=1)
-    env.command[torch.as_tensor(env_ids)] = torch.as_tensor(target, dtype=torch.float32, device=env.device)
+def target_sampler(home_quat: np.ndarray):
+    """Reset event drawing target poses around ``home_quat`` (computed once per task build)."""
+    home_t = torch.as_tensor(home_quat)
+
+    def sample_targets(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
+        t: Targets = env.task_cfg.targets
+        n, rng = len(env_ids), env.rng
+        pos = np.stack([rng.uniform(*t.x, n), rng.uniform(*t.y, n), rng.uniform(*t.z, n)], axis=1)
+        quat = mdp.quat_mul(torch.as_tensor(mdp.yaw_quat(rng.uniform(*t.yaw, n))), home_t.expand(n, 4))
+        quat = mdp.quat_mul(torch.as_tensor(mdp.random_quat_within(rng, n, t.max_tilt)), quat)
+        target = np.concatenate([pos, quat.numpy()], axis=1)
+        env.command[torch.as_tensor(env_ids)] = torch.as_tensor(target, dtype=torch.float32, device=env.device)
+
+    return sample_targets
 
 
 def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
@@ -154,7 +159,7 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
         },
         terminations={},
         events={
-            "sample_targets": EventTerm(sample_targets, EventConfig("reset"), randomization=False),
+            "sample_targets": EventTerm(target_sampler(home_tcp_quat(model)), EventConfig("reset"), randomization=False),
             "link_mass": EventTerm(dr.model_event(dr.scale_link_masses), dr_cfg.link_mass),
             "com_offset": EventTerm(dr.model_event(dr.offset_coms), dr_cfg.com_offset),
             "joint_damping": EventTerm(dr.model_event(dr.scale_joint_damping), dr_cfg.joint_damping),
