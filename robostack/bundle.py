@@ -11,23 +11,33 @@ A bundle is a directory::
 ``metadata.json`` (``format_version`` 1)::
 
     format_version, robot, task, algo, created, robostack_version
-    observation     {dim, terms: [{name, dim, scale, offset_in_vector}]}   (policy group, in order)
+    observation     {dim, terms: [{name, dim, scale, offset_in_vector[, integral: {of, limit, dt}]}]}
+                    (policy group, in order; an ``integral`` term is the running sum of dt x the quantity
+                    ``of`` over the episode, clipped to +-limit, zero at the episode's start)
     action          {dim, range: [-1, 1],
-                     terms: [{index, actuator, actuator_index, joint, scale, offset}],  (one per action dim)
+                     terms: [{index, actuator, actuator_index, joint, scale, offset}],  (one per action dim;
+                            with ik: [{index, ee_axis, scale}])
                      actuators: [names], offset: [per actuator], ctrl_min/ctrl_max: [per actuator, null =
-                     unlimited], formula}
+                     unlimited], relative, ik: null | {site, joints, actuator_indices, damping}, formula}
     actuators       [{name, joint, type ("position" | "motor" | ...), gear, ctrl_range, kp, kd}]
     joint_names     actuated joints in actuator order (the joint_pos / joint_vel observation order)
     default_joint_pos
     pd_gains        {kp: [per actuator], kd: [per actuator]} (null for actuators that are not PD servos)
     control_rate_hz, control_dt, physics_dt, decimation, max_episode_length
+    task_config     the task's full config as trained (YAML + overrides): evaluation and deployment rebuild
+                    the task's terms from it, not from the current YAML file
     training        {task_overrides, train_config, run_dir, checkpoint, iteration, env_steps, wall_s}
     files           {"policy.onnx": sha256, "policy.pt": sha256}
     content_hash    sha256 over the two files' bytes and the canonical JSON of the metadata without this field
 
 Applying an action ``a`` (deploy side, see ``PolicyBundle.controls``)::
 
-    ctrl = action.offset; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); clip to ctrl limits
+    ctrl = base; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); clip to ctrl limits
+
+where ``base`` is ``action.offset``, or with ``action.relative`` the previous step's ``ctrl`` (``offset`` at
+the start of an episode): a relative action integrates into the joint targets. With ``action.ik`` the action
+is an end-effector displacement (``scale`` m, then rad, per step, world frame) and the change of the listed
+joints' targets is ``J^T (J J^T + damping^2 I)^-1 (scale * a)`` with ``J`` the site Jacobian (``sim.ik``).
 
 Loading (``load_bundle``) needs only numpy and onnxruntime: this module imports neither torch nor MuJoCo at
 the top; ``export_bundle`` (the training side) imports them when called.
@@ -109,11 +119,14 @@ class PolicyBundle:
         self.obs_dim = int(metadata["observation"]["dim"])
         self.action_dim = int(metadata["action"]["dim"])
         act = metadata["action"]
-        self._act_ids = np.array([t["actuator_index"] for t in act["terms"]], dtype=np.int64)
+        self.ik = act.get("ik")  # end-effector actions: controls need the robot's kinematics
+        self._act_ids = np.array(self.ik["actuator_indices"] if self.ik else [t["actuator_index"] for t in act["terms"]],
+                                 dtype=np.int64)
         self._act_scale = np.array([t["scale"] for t in act["terms"]], dtype=np.float64)
         self._ctrl_offset = np.array(act["offset"], dtype=np.float64)
         self._ctrl_lo = np.array([-np.inf if v is None else v for v in act["ctrl_min"]], dtype=np.float64)
         self._ctrl_hi = np.array([np.inf if v is None else v for v in act["ctrl_max"]], dtype=np.float64)
+        self.relative = bool(act.get("relative", False))
 
     # -- convenience views of the metadata
     @property
@@ -160,14 +173,24 @@ class PolicyBundle:
 
     __call__ = act
 
-    def controls(self, action: np.ndarray) -> np.ndarray:
-        """Actuator controls ``[nu]`` (or ``[B, nu]``) for action(s): ``offset + scale * a`` on the driven
-        actuators, clipped to the actuators' control limits (what the simulator applied in training)."""
+    def controls(self, action: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        """Actuator controls ``[nu]`` (or ``[B, nu]``) for action(s): ``base + scale * a`` on the driven
+        actuators, clipped to the actuators' control limits (what the simulator applied in training).
+
+        ``base`` is the action offset; for a relative bundle it is ``previous``, the controls this method
+        returned last step (pass None at the start of an episode to start from the offset)."""
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         if a.shape[-1] != self.action_dim or a.ndim not in (1, 2):
             raise BundleError(f"bundle {self.path}: action must have shape [{self.action_dim}] or "
                               f"[batch, {self.action_dim}], got {list(a.shape)}")
-        ctrl = np.broadcast_to(self._ctrl_offset, a.shape[:-1] + self._ctrl_offset.shape).copy()
+        if self.ik:
+            raise BundleError(f"bundle {self.path}: its actions are end-effector displacements; controls need the "
+                              "robot's kinematics (robostack.real.observation.ObservationBuilder.controls)")
+        base = self._ctrl_offset if previous is None or not self.relative else np.asarray(previous, np.float64)
+        if base.shape[-1] != self._ctrl_offset.shape[-1]:
+            raise BundleError(f"bundle {self.path}: previous controls must have {self._ctrl_offset.shape[-1]} "
+                              f"values, got shape {list(base.shape)}")
+        ctrl = np.broadcast_to(base, a.shape[:-1] + self._ctrl_offset.shape).copy()
         ctrl[..., self._act_ids] += self._act_scale * a
         return np.clip(ctrl, self._ctrl_lo, self._ctrl_hi)
 
@@ -201,7 +224,7 @@ def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
     def fail(what: str) -> BundleError:
         return BundleError(f"bundle {root}: corrupt {METADATA_FILE}: {what}")
 
-    for key in ("robot", "task", "observation", "action", "content_hash"):
+    for key in ("robot", "task", "observation", "action", "task_config", "content_hash"):
         if key not in meta:
             raise fail(f"missing field {key!r}")
     obs, act = meta["observation"], meta["action"]
@@ -212,7 +235,8 @@ def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
                          for i, t in enumerate(terms))
         obs_dim, act_dim, act_terms = int(obs["dim"]), int(act["dim"]), act["terms"]
         nu = len(act["offset"])
-        ids_ok = all(0 <= int(t["actuator_index"]) < nu for t in act_terms)
+        ids = act["ik"]["actuator_indices"] if act.get("ik") else [t["actuator_index"] for t in act_terms]
+        ids_ok = all(0 <= int(i) < nu for i in ids)
         limits_ok = len(act["ctrl_min"]) == nu and len(act["ctrl_max"]) == nu
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"malformed observation/action description ({type(exc).__name__}: {exc})") from None
@@ -340,7 +364,11 @@ def describe_env(env: Any) -> dict[str, Any]:
     terms, offset = [], 0
     for name, term in task.observations["policy"].items():
         dim = int(term.func(env).shape[-1])
-        terms.append({"name": name, "dim": dim, "scale": float(term.scale), "offset_in_vector": offset})
+        entry = {"name": name, "dim": dim, "scale": float(term.scale), "offset_in_vector": offset}
+        if hasattr(term.func, "integral_of"):  # a running integral: deploy code integrates that quantity
+            of = term.func.integral_of
+            entry["integral"] = {"of": of, "limit": float(task.integrals[of].limit), "dt": float(env.control_dt)}
+        terms.append(entry)
         offset += dim
     obs_dim = int(env.observation_spaces["policy"].shape[-1])
     if offset != obs_dim:
@@ -377,11 +405,17 @@ def describe_env(env: Any) -> dict[str, Any]:
                           "ctrl_range": [lo, hi], "kp": kp[-1], "kd": kd[-1]})
 
     am = task.action
-    action_terms = []
-    for k, aid in enumerate(np.asarray(am.actuator_ids).tolist()):
-        action_terms.append({"index": k, "actuator": model.actuator(int(aid)).name, "actuator_index": int(aid),
-                             "joint": joint_of(int(aid)), "scale": float(am.scale[k]),
-                             "offset": float(am.offset[int(aid)])})
+    action_terms, ik = [], None
+    if am.ik is None:
+        for k, aid in enumerate(np.asarray(am.actuator_ids).tolist()):
+            action_terms.append({"index": k, "actuator": model.actuator(int(aid)).name, "actuator_index": int(aid),
+                                 "joint": joint_of(int(aid)), "scale": float(am.scale[k]),
+                                 "offset": float(am.offset[int(aid)])})
+    else:
+        axes = ("x", "y", "z", "rx", "ry", "rz")  # metres, then a rotation vector (rad), world frame
+        action_terms = [{"index": k, "ee_axis": axes[k], "scale": float(am.scale[k])} for k in range(am.dim)]
+        ik = {"site": am.ik.site, "joints": list(am.ik.joints), "damping": float(am.ik.damping),
+              "actuator_indices": [int(a) for a in np.asarray(am.actuator_ids).tolist()]}
     joint_names = [joint_of(i) for i in range(nu) if joint_of(i) is not None]
     return {
         "robot": task.robot,
@@ -391,9 +425,11 @@ def describe_env(env: Any) -> dict[str, Any]:
             "dim": int(am.dim), "range": [-1.0, 1.0], "terms": action_terms,
             "actuators": [model.actuator(i).name for i in range(nu)],
             "offset": [float(v) for v in am.offset],
-            "ctrl_min": ctrl_min, "ctrl_max": ctrl_max,
-            "formula": "ctrl = offset; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); "
-                       "ctrl = clip(ctrl, ctrl_min, ctrl_max)",
+            "ctrl_min": ctrl_min, "ctrl_max": ctrl_max, "relative": bool(am.relative or am.ik), "ik": ik,
+            "formula": ("ctrl = previous ctrl (offset at episode start)" if am.relative or am.ik else "ctrl = offset")
+                       + ("; ctrl[ik.actuator_indices] += dls(J(ik.site), terms.scale * clip(a, -1, 1), ik.damping)"
+                          if am.ik else "; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1)")
+                       + "; ctrl = clip(ctrl, ctrl_min, ctrl_max)",
         },
         "actuators": actuators,
         "joint_names": joint_names,
@@ -443,6 +479,8 @@ class LoadedRun:
         self.algo: str = ckpt.get("algo") or self.train_config.get("algo") or config.get("algo") or "ppo"
         overrides = ckpt.get("task_overrides")
         self.task_overrides: list[str] = list(overrides if overrides is not None else config.get("task_overrides", []))
+        # the full task config the run trained with (runs written before it was saved: YAML + overrides)
+        self.task_config: dict[str, Any] | None = ckpt.get("task_config") or config.get("task_config")
         if not self.task:
             raise ValueError(f"checkpoint {checkpoint}: does not say which task it was trained on")
 
@@ -497,7 +535,20 @@ class LoadedRun:
     def make_env(self, num_envs: int = 1, seed: int = 0, play: bool = True) -> Any:
         from robostack import sim
 
+        if self.task_config is not None:
+            return sim.make_env(self.task, num_envs=num_envs, seed=seed, play=play, config=self.task_config)
         return sim.make_env(self.task, num_envs=num_envs, seed=seed, overrides=self.task_overrides, play=play)
+
+
+def _task_config(run: LoadedRun) -> dict[str, Any]:
+    """The full task config the run trained with (YAML + overrides, randomization as in training), so a
+    bundle rebuilds its task exactly even after the task's YAML file changes."""
+    from robostack import sim
+    from robostack.config import to_dict
+
+    if run.task_config is not None:
+        return run.task_config
+    return to_dict(sim.load_task_config(run.task, run.task_overrides))
 
 
 def load_run(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> LoadedRun:
@@ -585,6 +636,7 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
         "task": facts.pop("task"),
         "algo": run.algo,
         **facts,
+        "task_config": _task_config(run),
         "training": {
             "task_overrides": list(run.task_overrides),
             "train_config": run.train_config,

@@ -290,7 +290,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     # ``key=value`` overrides may sit between or after options (train go2-walk a=1 --seed 3 b=2):
     # argparse leaves the later ones over; take them back as overrides, refuse anything else.
-    if getattr(args, "command", None) == "train":
+    if hasattr(args, "overrides"):
         stray = [x for x in extra if x.startswith("-") or "=" not in x]
         args.overrides = list(args.overrides) + [x for x in extra if x not in stray]
         extra = stray

@@ -373,9 +373,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], source: s
 
 def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
     """``load_yaml`` + ``apply_overrides`` + ``from_dict``; errors name the file and, if so, the override."""
-    data = load_yaml(path)
+    return build_config(cls, load_yaml(path), str(path), overrides)
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], source: str, overrides: Sequence[str] = ()) -> T:
+    """``apply_overrides`` + ``from_dict`` on ``data`` read from ``source`` (a file, a bundle's metadata)."""
     overrides = list(overrides)
-    source = f"{path} + overrides" if overrides else str(path)
+    source = f"{source} + overrides" if overrides else source
     data = apply_overrides(data, overrides, source)
     try:
         return from_dict(cls, data, source)

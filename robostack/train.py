@@ -8,7 +8,8 @@ or ``robostack train cf2-hover max_iterations=100 --seed 1`` (``robostack.cli``)
 Overrides are ``dotted.key=value``; those starting with ``task.`` go (without the prefix) to the task config
 via ``make_env``, the rest to the ``TrainConfig`` recipe. Each run writes ``runs/<task>/<stamp>-<algo>/``:
 
-* ``config.yaml``: ``task``, ``algo``, ``task_overrides`` and the full ``train`` config;
+* ``config.yaml``: ``task``, ``algo``, ``task_overrides``, the full ``task_config`` (YAML + overrides, so the
+  run still evaluates and exports after the task's YAML file changes) and the full ``train`` config;
 * ``checkpoints/model_<iter>.pt`` every ``save_interval`` iterations and ``checkpoints/last.pt``;
 * ``metrics.csv`` (one row per iteration) and TensorBoard event files;
 * ``training_curves.png`` and ``summary.yaml`` (the returned summary, evaluation included) at the end.
@@ -360,8 +361,10 @@ def train(
             raise ValueError(f"run {run_dir} trained task {saved.get('task')!r}, not {task!r}")
         source = f"{run_dir / 'config.yaml'} + overrides"
         cfg = from_dict(TrainConfig, apply_overrides(saved.get("train", {}), train_overrides, source), source)
+        saved_task_config, new_task_overrides = saved.get("task_config"), task_overrides
         task_overrides = list(saved.get("task_overrides", [])) + task_overrides
     else:
+        saved_task_config = None
         path = Path(config) if config is not None else config_path("train", f"{task}.yaml")
         cfg = load_config(TrainConfig, path, train_overrides)
         run_dir = None
@@ -380,16 +383,21 @@ def train(
     device = torch.device(cfg.device)
     _seed_everything(cfg.seed)
 
+    # the task config is resolved once and saved whole, so the run stays evaluable after the YAML changes
+    if saved_task_config is not None:
+        task_config = to_dict(sim.load_task_config(task, new_task_overrides, config=saved_task_config))
+    else:
+        task_config = to_dict(sim.load_task_config(task, task_overrides))
     if run_dir is None:
         run_dir = _new_run_dir(run_root, task, cfg.algo)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump({"task": task, "algo": cfg.algo, "task_overrides": list(task_overrides),
-                        "train": to_dict(cfg)}, f, sort_keys=False)
+                        "task_config": task_config, "train": to_dict(cfg)}, f, sort_keys=False)
 
     # -- env and algorithm
-    env = sim.make_env(task, num_envs=cfg.num_envs, seed=cfg.seed, overrides=task_overrides, play=False)
+    env = sim.make_env(task, num_envs=cfg.num_envs, seed=cfg.seed, play=False, config=task_config)
     learner = LEARNERS[cfg.algo](env, cfg, device)
     alg = learner.alg
 
@@ -410,7 +418,7 @@ def train(
 
     def save(iteration: int, wall_s: float) -> None:
         state = {"iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "task": task, "algo": cfg.algo,
-                 "task_overrides": list(task_overrides), "train_config": to_dict(cfg),
+                 "task_overrides": list(task_overrides), "task_config": task_config, "train_config": to_dict(cfg),
                  "algorithm": alg.state_dict(), "rng": _rng_state()}
         torch.save(state, ckpt_dir / "last.pt.tmp")
         os.replace(ckpt_dir / "last.pt.tmp", ckpt_dir / "last.pt")
@@ -501,8 +509,7 @@ def train(
         from robostack.evaluate import evaluate
 
         n_eval = max(1, min(cfg.eval_episodes, cfg.num_envs))
-        eval_env = sim.make_env(task, num_envs=n_eval, seed=cfg.seed + 1_000_003, overrides=task_overrides,
-                                play=True)
+        eval_env = sim.make_env(task, num_envs=n_eval, seed=cfg.seed + 1_000_003, play=True, config=task_config)
         alg.eval_mode()
 
         def policy(o: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,7 +4,7 @@ Quaternions are MuJoCo's (w, x, y, z). A floating base's ``qvel[3:6]`` is alread
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -109,6 +109,11 @@ def joint_pos_rel(env: TaskEnv) -> torch.Tensor:
     return env.joint_pos - env.default_joint_pos
 
 
+def joint_target_rel(env: TaskEnv) -> torch.Tensor:
+    """Commanded joint targets (before latency) minus the default pose: what a relative action adds to."""
+    return env.ctrl_target - env.default_joint_pos
+
+
 def joint_vel(env: TaskEnv) -> torch.Tensor:
     return env.joint_vel
 
@@ -122,6 +127,25 @@ def action_history(env: TaskEnv) -> torch.Tensor:
     infer disturbances (thrust mismatch, wind) from what it commanded versus how the state moved, as in
     "Learning to Fly in Seconds"."""
     return env.action_history.reshape(env.num_envs, -1)
+
+
+def within(error: Callable[[TaskEnv], torch.Tensor], radius: float) -> Callable[[TaskEnv], torch.Tensor]:
+    """``error`` where its norm is below ``radius``, zero elsewhere: what an I term integrates, so the
+    approach from a far start does not wind it up."""
+    def term(env: TaskEnv) -> torch.Tensor:
+        value = error(env)
+        return value * (torch.norm(value, dim=1, keepdim=True) < radius)
+
+    return term
+
+
+def integral(name: str) -> Callable[[TaskEnv], torch.Tensor]:
+    """Observation term reading ``TaskDefinition.integrals[name]``; the bundle metadata records ``name``."""
+    def term(env: TaskEnv) -> torch.Tensor:
+        return env.integrals[name]
+
+    term.integral_of = name
+    return term
 
 
 def command(env: TaskEnv) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from robostack.sim.env import Obs, VecEnv
 from robostack.sim.mujoco_backend import MujocoBatch
+from robostack.sim.policy_state import PolicyState
 from robostack.sim.terms import TaskDefinition
 
 
@@ -39,7 +40,21 @@ def _torch_single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class TaskEnv(VecEnv):
+def control_limits(model: mujoco.MjModel) -> np.ndarray:
+    """[nu, 2] control range of each actuator, +-inf where the model leaves it unlimited."""
+    ctrlrange = model.actuator_ctrlrange.copy()
+    ctrlrange[~model.actuator_ctrllimited.astype(bool)] = (-np.inf, np.inf)
+    return ctrlrange
+
+
+def actuated_joint_addresses(model: mujoco.MjModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """qpos and qvel addresses of the joints the actuators drive, in actuator order."""
+    jnt = [model.actuator_trnid[i, 0] for i in range(model.nu) if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
+    return (torch.as_tensor([model.jnt_qposadr[j] for j in jnt], dtype=torch.long, device=device),
+            torch.as_tensor([model.jnt_dofadr[j] for j in jnt], dtype=torch.long, device=device))
+
+
+class TaskEnv(PolicyState, VecEnv):
     def __init__(self, task: TaskDefinition, num_envs: int | None = None, seed: int = 0,
                  device: str | torch.device = "cpu"):
         self.task = task
@@ -54,37 +69,21 @@ class TaskEnv(VecEnv):
         self.default_model = model
         n, dev = self.num_envs, self.device
 
-        act = task.action
-        self.action_dim = act.dim
-        self._act_ids = torch.as_tensor(act.actuator_ids, device=dev)
-        self._act_scale = torch.as_tensor(act.scale, dtype=torch.float32, device=dev)
-        self._ctrl_offset = torch.as_tensor(act.offset, dtype=torch.float32, device=dev)
-        ctrlrange = model.actuator_ctrlrange.copy()
-        limited = model.actuator_ctrllimited.astype(bool)
-        ctrlrange[~limited] = (-np.inf, np.inf)
-        self._ctrl_lo = torch.as_tensor(ctrlrange[:, 0], dtype=torch.float32, device=dev)
-        self._ctrl_hi = torch.as_tensor(ctrlrange[:, 1], dtype=torch.float32, device=dev)
-
         # State every term function may read (refreshed from the physics once per step).
-        self.action = torch.zeros(n, self.action_dim, device=dev)
-        self.last_action = torch.zeros_like(self.action)
-        self.action_history = torch.zeros(n, task.action_history, self.action_dim, device=dev)  # newest first
+        self.init_policy_state(task, control_limits(model))
         self.command = torch.zeros(n, task.command_dim, device=dev)
         self.episode_length = torch.zeros(n, dtype=torch.long, device=dev)
         self.terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self.latency = torch.zeros(n, dtype=torch.long, device=dev)  # action delay, control steps
         self.external_force = np.zeros((n, model.nv))  # qfrc_applied held over the control step
         self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
-        self.ctrl = self._ctrl_offset.repeat(n, 1)
+        self.ctrl = self._ctrl_offset.repeat(n, 1)  # controls applied this step (after any latency)
         self._ctrl_history: torch.Tensor | None = None  # [max_latency+1, N, nu], newest first
         self._sensor_slices = {
             model.sensor(i).name: slice(model.sensor_adr[i], model.sensor_adr[i] + model.sensor_dim[i])
             for i in range(model.nsensor)
         }
-        jnt = [model.actuator_trnid[i, 0] for i in range(model.nu)
-               if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
-        self.actuator_qpos_adr = torch.as_tensor([model.jnt_qposadr[j] for j in jnt], dtype=torch.long, device=dev)
-        self.actuator_dof_adr = torch.as_tensor([model.jnt_dofadr[j] for j in jnt], dtype=torch.long, device=dev)
+        self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, dev)
         self.default_joint_pos = torch.as_tensor(task.default_joint_pos, dtype=torch.float32, device=dev)
         self.buffers: dict[str, torch.Tensor] = {}  # task-specific per-env state (e.g. feet air time)
 
@@ -97,6 +96,7 @@ class TaskEnv(VecEnv):
                                if ev.cfg.mode == "interval"}
         self._seed(seed)
         self._refresh()
+        self.size_integrals()
         self.observation_spaces = {
             group: gym.spaces.Box(-np.inf, np.inf, (sum(t.func(self).shape[-1] for t in terms.values()),),
                                   np.float32)
@@ -146,15 +146,6 @@ class TaskEnv(VecEnv):
             raise KeyError(f"task {self.task.name!r}: model has no sensor {name!r}; "
                            f"sensors: {sorted(self._sensor_slices)}") from None
 
-    @property
-    def joint_pos(self) -> torch.Tensor:
-        """Positions of the actuated joints, in actuator order."""
-        return self.qpos[:, self.actuator_qpos_adr]
-
-    @property
-    def joint_vel(self) -> torch.Tensor:
-        return self.qvel[:, self.actuator_dof_adr]
-
     def observe(self) -> Obs:
         obs = {}
         for group, terms in self.task.observations.items():
@@ -188,9 +179,7 @@ class TaskEnv(VecEnv):
         self.sim.act[env_ids] = 0.0
         self.external_force[env_ids] = 0.0
         self.episode_length[ids] = 0
-        self.action[ids] = 0.0
-        self.last_action[ids] = 0.0
-        self.action_history[ids] = 0.0
+        self.clear_policy_state(ids)
         self.ctrl[ids] = self._ctrl_offset
         if self._ctrl_history is not None:
             self._ctrl_history[:, ids] = self._ctrl_offset
@@ -208,9 +197,8 @@ class TaskEnv(VecEnv):
             self._ctrl_history = self._ctrl_offset.repeat(steps + 1, self.num_envs, 1)
 
     def _controls(self, action: torch.Tensor) -> torch.Tensor:
-        ctrl = self._ctrl_offset.repeat(self.num_envs, 1)
-        ctrl[:, self._act_ids] += self._act_scale * action
-        ctrl = torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi)
+        """Record the action; return the controls to apply now (the commanded ones, ``latency`` steps old)."""
+        ctrl = self.apply_action(action)
         if self._ctrl_history is None:
             return ctrl
         self._ctrl_history = torch.roll(self._ctrl_history, 1, dims=0)
@@ -229,17 +217,13 @@ class TaskEnv(VecEnv):
         if not torch.isfinite(action).all():
             bad = torch.nonzero(~torch.isfinite(action).all(dim=1)).flatten().tolist()
             raise ValueError(f"task {self.task.name!r}: non-finite action (NaN or inf) for envs {bad[:10]}")
-        self.last_action = self.action
-        self.action = torch.clamp(action, -1.0, 1.0)
-        if self.task.action_history:
-            self.action_history = torch.roll(self.action_history, 1, dims=1)
-            self.action_history[:, 0] = self.action
-        self.ctrl = self._controls(self.action)
+        self.ctrl = self._controls(action)
 
         self._run_interval_events()
         self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)
         self.episode_length += 1
         self._refresh()
+        self.integrate()
 
         task = self.task
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)

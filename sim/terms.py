@@ -83,20 +83,49 @@ class EventTerm:
 
 
 @dataclass
-class ActionMap:
-    """Policy action ``a`` in [-1, 1]^k to actuator controls: ``ctrl = offset; ctrl[ids] += scale * a``.
+class EndEffectorIK:
+    """Actions as end-effector displacements: per control step, (x, y, z) in metres then a rotation vector
+    in radians, both in the world frame, each scaled by ``ActionMap.scale``. Damped least squares on the
+    Jacobian of ``site`` (built from the ``<joint>_anchor`` / ``<joint>_axis`` sensors of each joint, see
+    ``sim.ik``) turns them into changes of those joints' targets, which integrate like a relative map."""
 
-    Joint-position tasks use offset = default pose; the drone uses offset = hover thrust. Deploy code
-    reads the same numbers from the policy bundle, so they are stated once, here.
+    site: str  # its position sensor is ``<site>_pos``
+    joints: tuple[str, ...]  # the joints moved, in the order of ``ActionMap.actuator_ids``
+    damping: float  # lambda of damped least squares (m): keeps steps bounded near singularities
+
+
+@dataclass
+class ActionMap:
+    """Policy action ``a`` in [-1, 1]^k to actuator controls: ``ctrl = base; ctrl[ids] += scale * a``,
+    clipped to the control limits, where ``base`` is ``offset`` or, for a ``relative`` map, the previous
+    step's control (``offset`` after a reset).
+
+    Joint-position tasks use offset = default pose; the drone uses offset = hover thrust. A relative map
+    integrates the action into joint targets, so a policy holds a pose with zero action and removes a
+    steady error without having to learn exact inverse kinematics. Deploy code reads the same numbers
+    from the policy bundle, so they are stated once, here.
     """
 
-    actuator_ids: np.ndarray  # [k] actuator index driven by each action dim
-    scale: np.ndarray  # [k]
+    actuator_ids: np.ndarray  # [k] actuator index driven by each action dim (with ``ik``: the joints moved)
+    scale: np.ndarray  # [action dim]
     offset: np.ndarray  # [nu] control for actuators at zero action (and for undriven actuators)
+    relative: bool = False
+    ik: EndEffectorIK | None = None  # actions move the end effector instead (always relative)
 
     @property
     def dim(self) -> int:
-        return len(self.actuator_ids)
+        return len(self.scale)
+
+
+@dataclass
+class Integral:
+    """A running integral over the episode of a term (units x seconds), clipped to +-``limit`` and zero
+    after a reset: a PID's I term. It lets a memoryless policy remove a steady error (a thrust or mass
+    mismatch, a constant wind); read it with ``mdp.integral(name)``. Deploy code integrates the same term
+    at the bundle's control rate (the metadata names it)."""
+
+    func: TermFn
+    limit: float
 
 
 @dataclass
@@ -118,6 +147,7 @@ class TaskDefinition:
     command_dim: int = 0
     action_history: int = 0  # how many past actions env.action_history keeps (mdp.action_history)
     metrics: dict[str, TermFn] = field(default_factory=dict)  # averaged over an episode, e.g. errors
+    integrals: dict[str, Integral] = field(default_factory=dict)  # updated once per control step
     observation_noise: float = 1.0  # multiplier on every ObsTerm's noise
     randomize: bool = True  # False in the play variant
     cfg: Any = None  # the task's typed config, for term functions that read their parameters

@@ -140,14 +140,19 @@ def test_metadata_matches_env(bundle_dir):
         env.reset(seed=0)
         task, model = env.task, env.default_model
         obs = meta["observation"]
-        assert obs["dim"] == env.observation_spaces["policy"].shape[0] == 82
+        assert obs["dim"] == env.observation_spaces["policy"].shape[0] == 37
         assert [t["name"] for t in obs["terms"]] == list(task.observations["policy"])
         assert sum(t["dim"] for t in obs["terms"]) == obs["dim"]
         for t in obs["terms"]:
             assert t["dim"] == task.observations["policy"][t["name"]].func(env).shape[-1]
             assert t["scale"] == task.observations["policy"][t["name"]].scale
         slices = load_bundle(bundle_dir).observation_slices()
-        assert slices["angular_velocity"] == slice(15, 18) and slices["action_history"] == slice(18, 82)
+        assert slices["angular_velocity"] == slice(15, 18) and slices["action_history"] == slice(18, 34)
+        integral = obs["terms"][-1]
+        assert integral["name"] == "position_error_integral" and slices[integral["name"]] == slice(34, 37)
+        assert integral["integral"] == {"of": "position_error_near_target", "limit": 0.5, "dt": env.control_dt}
+        assert "integral" not in obs["terms"][0]
+        assert meta["action"]["relative"] is False
         act = meta["action"]
         assert act["dim"] == env.action_dim == 4
         assert [t["actuator"] for t in act["terms"]] == ["m1", "m2", "m3", "m4"]
@@ -171,6 +176,31 @@ def test_metadata_matches_env(bundle_dir):
         env.close()
 
 
+def test_relative_action_controls_match_the_env():
+    """With relative actions the arm integrates actions into joint targets; the bundle's mapping does the same."""
+    from robostack.bundle import PolicyBundle
+
+    env = sim.make_env("panda-reach", num_envs=2, seed=0, play=True,
+                       overrides=["action_mode=joint_relative", "action_scale=0.05"])
+    try:
+        env.reset(seed=0)
+        facts = describe_env(env)
+        assert facts["action"]["relative"] is True
+        bundle = PolicyBundle(Path("panda"), facts, session=None)
+        previous = None
+        for a in ([0.5] * 7, [-1.0] * 7, [0.0] * 7, [1.0, 0.2, -0.3, 0.0, 0.0, 1.0, -1.0]):
+            action = torch.tensor([a, a])
+            env.step(action)
+            previous = bundle.controls(action[0].numpy(), previous)
+            np.testing.assert_allclose(previous, env.ctrl_target[0].numpy(), atol=1e-5)
+        home = np.asarray(facts["action"]["offset"])
+        np.testing.assert_allclose(bundle.controls(np.zeros(7)), home)  # no previous: from the offset
+        with pytest.raises(BundleError, match="previous controls"):
+            bundle.controls(np.zeros(7), np.zeros(3))
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("task", ["go2-walk", "panda-reach"])
 def test_describe_env_joints_and_gains(task):
     env = sim.make_env(task, num_envs=1, play=True)
@@ -185,7 +215,13 @@ def test_describe_env_joints_and_gains(task):
         np.testing.assert_allclose(facts["pd_gains"]["kd"], -model.actuator_biasprm[:, 2])
         assert facts["control_rate_hz"] == pytest.approx(50.0)
         assert facts["observation"]["dim"] == env.observation_spaces["policy"].shape[0]
-        assert [t["joint"] for t in facts["action"]["terms"]] == [joints[i] for i in env.task.action.actuator_ids]
+        moved = [joints[i] for i in env.task.action.actuator_ids]
+        if env.task.action.ik is None:
+            assert [t["joint"] for t in facts["action"]["terms"]] == moved
+        else:  # panda-reach: end-effector steps moving the seven arm joints
+            ik = facts["action"]["ik"]
+            assert [joints[i] for i in ik["actuator_indices"]] == moved == ik["joints"] and ik["site"] == "ee"
+            assert [t["ee_axis"] for t in facts["action"]["terms"]] == ["x", "y", "z", "rx", "ry", "rz"]
         assert len(facts["action"]["offset"]) == model.nu  # undriven actuators (panda's fingers) too
         assert all(a["type"] == "position" for a in facts["actuators"])
     finally:
@@ -250,19 +286,21 @@ def test_reject_other_robot(bundle_dir):
 
 def test_reject_dims_disagreeing_with_onnx(copy):
     meta = _metadata(copy)
-    meta["observation"]["terms"][-1]["dim"] = 65  # action_history: 64 -> 65
-    meta["observation"]["dim"] = 83
+    dim, last = meta["observation"]["dim"], meta["observation"]["terms"][-1]["dim"]
+    meta["observation"]["terms"][-1]["dim"] = last + 1
+    meta["observation"]["dim"] = dim + 1
     _write_metadata(copy, meta)
-    with pytest.raises(BundleError, match="takes observations of size 82 but the metadata says observation.dim = 83"):
+    with pytest.raises(BundleError, match=f"takes observations of size {dim} but the metadata says "
+                                          f"observation.dim = {dim + 1}"):
         load_bundle(copy)
 
     meta = _metadata(copy)
-    meta["observation"]["dim"] = 82  # terms now add up to 83
+    meta["observation"]["dim"] = dim  # terms now add up to dim + 1
     _write_metadata(copy, meta)
-    with pytest.raises(BundleError, match="observation terms add up to 83 values but observation.dim is 82"):
+    with pytest.raises(BundleError, match=f"observation terms add up to {dim + 1} values but observation.dim is {dim}"):
         load_bundle(copy)
 
-    meta["observation"]["terms"][-1]["dim"] = 64
+    meta["observation"]["terms"][-1]["dim"] = last
     meta["action"]["terms"] = meta["action"]["terms"][:3]
     meta["action"]["dim"] = 3
     _write_metadata(copy, meta)
@@ -270,18 +308,33 @@ def test_reject_dims_disagreeing_with_onnx(copy):
         load_bundle(copy)
 
 
+def test_bundle_carries_its_task_config_and_eval_uses_it(copy):
+    from robostack.config import to_dict
+    from robostack.eval_policy import eval_policy
+
+    meta = _metadata(copy)
+    assert meta["task_config"] == json.loads(json.dumps(to_dict(sim.load_task_config(TASK))))
+    meta["task_config"]["sim"]["episode_length_s"] = 0.05  # 5 control steps, whatever the YAML says
+    _write_metadata(copy, meta)
+    assert eval_policy(copy, episodes=2, num_envs=2)["mean_length"] == 5.0
+    del meta["task_config"]
+    _write_metadata(copy, meta)
+    with pytest.raises(BundleError, match="missing field 'task_config'"):
+        load_bundle(copy)
+
+
 def test_act_validates_input(bundle_dir):
     bundle = load_bundle(bundle_dir)
     assert isinstance(BundleError("x"), ValueError)
-    with pytest.raises(BundleError, match=r"shape \[82\] or \[batch, 82\], got \[81\]"):
-        bundle.act(np.zeros(81))
-    with pytest.raises(BundleError, match=r"got \[2, 3, 82\]"):
-        bundle.act(np.zeros((2, 3, 82)))
-    obs = np.zeros((2, 82))
+    with pytest.raises(BundleError, match=r"shape \[37\] or \[batch, 37\], got \[36\]"):
+        bundle.act(np.zeros(36))
+    with pytest.raises(BundleError, match=r"got \[2, 3, 37\]"):
+        bundle.act(np.zeros((2, 3, 37)))
+    obs = np.zeros((2, 37))
     obs[1, 16] = np.nan
     with pytest.raises(BundleError, match=r"non-finite .*\(1, 16\).*angular_velocity"):
         bundle.act(obs)
-    assert bundle.act(np.zeros((5, 82), np.float64)).shape == (5, 4)  # float64 is accepted (cast)
+    assert bundle.act(np.zeros((5, 37), np.float64)).shape == (5, 4)  # float64 is accepted (cast)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -298,7 +351,7 @@ def test_cli_export(run_dir, tmp_path, capsys):
     out_dir = tmp_path / "b"
     assert main(["export", str(run_dir), "--out", str(out_dir), "--checkpoint", "last.pt", "--json"]) == 0
     result = _json_stdout(capsys)
-    assert result["bundle"] == str(out_dir) and result["obs_dim"] == 82 and result["action_dim"] == 4
+    assert result["bundle"] == str(out_dir) and result["obs_dim"] == 37 and result["action_dim"] == 4
     assert load_bundle(out_dir).metadata["content_hash"] == result["content_hash"]
     # a folder holding something else is refused, in one line
     (tmp_path / "other").mkdir()

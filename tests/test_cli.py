@@ -170,6 +170,11 @@ def test_train_resume_and_json(fake_train, capsys):
     assert json.loads(capsys.readouterr().out)["success_rate"] == 0.9
 
 
+def test_bench_train_takes_overrides_after_options():
+    args = cli.parse_args(["bench", "train", "cf2-hover", "--json", "ppo.entropy_coef=0", "--seed", "2", "task.x=1"])
+    assert args.overrides == ["ppo.entropy_coef=0", "task.x=1"] and args.seed == 2 and args.json
+
+
 def test_train_rejects_unknown_algorithm(fake_train, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "cf2-hover", "--algo", "dqn"])

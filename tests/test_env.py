@@ -212,8 +212,54 @@ def test_action_history_keeps_the_last_actions_newest_first_and_clears_on_reset(
         env.step(torch.full((2, 4), value))
     np.testing.assert_allclose(env.action_history[:, :, 0].numpy(), [[0.4, 0.3, 0.2]] * 2, rtol=1e-6)
     policy = env.observe()["policy"]
-    np.testing.assert_allclose(policy[:, -12:].numpy(), env.action_history.reshape(2, -1).numpy())
+    np.testing.assert_allclose(policy[:, 18:30].numpy(), env.action_history.reshape(2, -1).numpy())  # after 18 state values
     env.sim.qpos[0, 2] = 0.0  # crash env 0: it resets on the next step
     env.step(torch.full((2, 4), 0.5))
     assert torch.all(env.action_history[0] == 0) and env.action_history[1, 0, 0] == 0.5
+    env.close()
+
+
+def test_integral_runs_near_the_target_is_clipped_and_clears_on_reset():
+    from robostack.sim.robots.cf2.tasks import position_error
+
+    env = make_env("cf2-hover", num_envs=3, seed=0, play=True,
+                   overrides=["position_integral_radius=0.3", "position_integral_limit=0.05"])
+    env.reset(seed=0)
+    target = env.command[0].numpy()
+    env.sim.qpos[:, 0:3] = target + np.array([[0.0, 0.0, 0.1], [0.0, 0.0, 0.5], [0.0, 0.0, 0.1]])  # near, far, near
+    env.sim.qpos[:, 3:7] = [1.0, 0.0, 0.0, 0.0]
+    env.sim.qvel[:] = 0.0
+    env.sim.forward(np.arange(3))
+    expected = torch.zeros(3, 3)
+    for _ in range(3):
+        env.step(torch.zeros(3, 4))
+        err = position_error(env)
+        near = torch.norm(err, dim=1) < 0.3
+        expected = torch.clamp(expected + env.control_dt * err * near.unsqueeze(1), -0.05, 0.05)
+    integral = env.integrals["position_error_near_target"]
+    torch.testing.assert_close(integral, expected)
+    assert integral[0, 2] < -0.002 and torch.all(integral[1] == 0)  # below the target: negative error; far: none
+    np.testing.assert_allclose(env.observe()["policy"][:, -3:].numpy(), integral.numpy())
+    for _ in range(30):
+        env.step(torch.zeros(3, 4))
+    assert torch.all(env.integrals["position_error_near_target"].abs() <= 0.05)
+    env.sim.qpos[0, 2] = 0.0  # crash env 0: it resets on the next step, and so does its integral
+    env.step(torch.zeros(3, 4))
+    assert torch.all(env.integrals["position_error_near_target"][0] == 0)
+    env.close()
+
+
+def test_relative_actions_move_the_joint_targets_and_reset_to_home():
+    env = make_env("panda-reach", num_envs=2, seed=0, play=True, overrides=["action_mode=joint_relative", "action_scale=0.05"])
+    env.reset(seed=0)
+    home = env.ctrl_target.clone()
+    env.step(torch.zeros(2, 7))
+    torch.testing.assert_close(env.ctrl_target, home)  # zero action holds the targets
+    for _ in range(3):
+        env.step(torch.full((2, 7), 0.4))
+    expected = home.clone()
+    expected[:, :7] += 3 * 0.05 * 0.4
+    torch.testing.assert_close(env.ctrl_target, torch.minimum(expected, env._ctrl_hi))
+    env._reset_envs(np.array([1]))
+    torch.testing.assert_close(env.ctrl_target[1], home[1])
     env.close()

@@ -22,7 +22,7 @@ from robostack.evaluate import evaluate  # noqa: E402
 from robostack.policies.sac import (  # noqa: E402
     BUFFER_KEYS, SAC, ReplayBuffer, SACConfig, compute_targets, polyak_update, squashed_log_prob)
 from robostack.train import TrainConfig, train  # noqa: E402
-from toy_env import PointMassEnv, make_toy_env  # noqa: E402
+from toy_env import PointMassEnv, make_toy_env, toy_task_config  # noqa: E402
 
 P, C, A = 4, 5, 2  # toy env: policy obs, critic obs, action sizes
 
@@ -318,6 +318,7 @@ sac:
 @pytest.fixture
 def toy(monkeypatch, tmp_path):
     monkeypatch.setattr(robostack.sim, "make_env", make_toy_env, raising=False)
+    monkeypatch.setattr(robostack.sim, "load_task_config", toy_task_config, raising=False)
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(RECIPE)
     old = torch.get_num_threads()

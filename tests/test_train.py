@@ -17,7 +17,7 @@ from robostack.config import ConfigError, config_path, load_config  # noqa: E402
 from robostack.evaluate import evaluate  # noqa: E402
 from robostack.policies.ppo import PPO  # noqa: E402
 from robostack.train import TrainConfig, train  # noqa: E402
-from toy_env import PointMassEnv, make_toy_env  # noqa: E402
+from toy_env import PointMassEnv, make_toy_env, toy_task_config  # noqa: E402
 
 RECIPE = """
 num_envs: 64
@@ -38,11 +38,13 @@ ppo:
 def toy(monkeypatch, tmp_path):
     calls = []
 
-    def make_env(task, num_envs, seed, overrides=(), play=False):
-        calls.append({"task": task, "num_envs": num_envs, "seed": seed, "overrides": list(overrides), "play": play})
-        return make_toy_env(task, num_envs, seed, overrides, play)
+    def make_env(task, num_envs, seed, overrides=(), play=False, config=None):
+        calls.append({"task": task, "num_envs": num_envs, "seed": seed, "play": play,
+                      "config": toy_task_config(task, overrides, play, config)})
+        return make_toy_env(task, num_envs, seed, overrides, play, config)
 
     monkeypatch.setattr(robostack.sim, "make_env", make_env, raising=False)
+    monkeypatch.setattr(robostack.sim, "load_task_config", toy_task_config, raising=False)
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(RECIPE)
     old = torch.get_num_threads()
@@ -67,7 +69,7 @@ def test_train_writes_a_run_folder_and_improves(toy):
 
     # the task override went to make_env (train and play variants), not to the recipe
     assert [c["play"] for c in toy["calls"]] == [False, True]
-    assert all(c["overrides"] == ["max_episode_length=30"] for c in toy["calls"])
+    assert all(c["config"] == {"max_episode_length": 30} for c in toy["calls"])  # task.* overrides reach the task
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["task"] == "toy" and saved["task_overrides"] == ["max_episode_length=30"]
     assert saved["train"]["num_envs"] == 64 and saved["train"]["ppo"]["actor_hidden"] == [32, 32]

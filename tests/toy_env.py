@@ -98,10 +98,18 @@ class PointMassEnv(VecEnv):
         self.closed = True
 
 
-def make_toy_env(task: str, num_envs: int, seed: int, overrides: Sequence[str] = (), play: bool = False):
-    """Same signature as ``robostack.sim.make_env``; overrides are ``name=value`` constructor arguments."""
-    kwargs: dict[str, Any] = {}
+def toy_task_config(task: str, overrides: Sequence[str] = (), play: bool = False,
+                    config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stands in for ``robostack.sim.load_task_config``: the toy's constructor arguments, from ``config`` and
+    ``name=value`` overrides."""
+    kwargs: dict[str, Any] = dict(config or {})
     for item in overrides:
         key, _, value = item.partition("=")
         kwargs[key.strip()] = int(value) if key.strip() == "max_episode_length" else float(value)
-    return PointMassEnv(num_envs=num_envs, seed=seed, **kwargs)
+    return kwargs
+
+
+def make_toy_env(task: str, num_envs: int, seed: int, overrides: Sequence[str] = (), play: bool = False,
+                 config: dict[str, Any] | None = None):
+    """Same signature as ``robostack.sim.make_env``."""
+    return PointMassEnv(num_envs=num_envs, seed=seed, **toy_task_config(task, overrides, play, config))

@@ -226,6 +226,19 @@ def add_sensor(spec: mujoco.MjSpec, name: str, kind: mujoco.mjtSensor, site: str
     spec.add_sensor(name=name, type=kind, objtype=mujoco.mjtObj.mjOBJ_SITE, objname=site)
 
 
+def add_joint_axis_sensors(spec: mujoco.MjSpec, joints: Sequence[str]) -> None:
+    """Per hinge joint, a site at its anchor with z along its axis and the ``<joint>_anchor`` (framepos) and
+    ``<joint>_axis`` (framezaxis) sensors that ``sim.ik`` builds Jacobians from."""
+    from robostack.sim import ik
+
+    for name in joints:
+        joint = spec.joint(name)
+        site = f"{name}_frame"
+        add_site(spec, joint.parent.name, site, joint.pos, ik.axis_quat(joint.axis))
+        add_sensor(spec, ik.anchor_sensor(name), mujoco.mjtSensor.mjSENS_FRAMEPOS, site)
+        add_sensor(spec, ik.axis_sensor(name), mujoco.mjtSensor.mjSENS_FRAMEZAXIS, site)
+
+
 def add_imu(spec: mujoco.MjSpec, site: str = "imu") -> None:
     """``imu_gyro`` and ``imu_acc`` at ``site``, both in the site frame, like the real boards."""
     add_sensor(spec, "imu_gyro", mujoco.mjtSensor.mjSENS_GYRO, site)

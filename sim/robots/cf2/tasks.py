@@ -1,8 +1,9 @@
 """cf2-hover: fly a Crazyflie 2.x to a target position and hold it, from random position, velocity and attitude.
 
 Actions are the four motor thrusts around hover thrust. Observations follow the "Learning to Fly in
-Seconds" recipe (position error, rotation matrix, velocities, last action); the critic also sees the
-wind force and the lagged rotor thrusts, which a real drone cannot measure.
+Seconds" recipe (position error, rotation matrix, velocities, recent actions) plus the position error's
+running integral, which removes the steady offset a mass, thrust or wind mismatch leaves; the critic also
+sees the wind force and the lagged rotor thrusts, which a real drone cannot measure.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RandomizationConfig,
-                                 RewardTerm, SimConfig, TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
+                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Cf2HoverConfig:
     rewards: Rewards
     randomization: Randomization
     action_history: int  # past actions the policy sees (newest first)
+    position_integral_limit: float  # m s: clip of the position error's running integral (an I term)
+    position_integral_radius: float  # m: integrate only this close to the target (no windup on the way)
     success_radius: float  # m from target at the end of the episode
     max_distance: float  # m from target: terminate (flew away)
 
@@ -128,6 +131,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         "linear_velocity": ObsTerm(mdp.base_lin_vel_world, noise=0.01),
         "angular_velocity": ObsTerm(mdp.base_ang_vel, noise=0.05, scale=0.25),
         "action_history": ObsTerm(mdp.action_history),
+        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target")),
     }
     critic_obs = noiseless(policy_obs)
     critic_obs.update({"rotor_thrust": ObsTerm(rotor_thrust), "wind_force": ObsTerm(wind_force)})
@@ -159,6 +163,8 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         command_dim=3,
         action_history=cfg.action_history,
         metrics={"position_error": distance},
+        integrals={"position_error_near_target": Integral(mdp.within(position_error, cfg.position_integral_radius),
+                                                          cfg.position_integral_limit)},
         observation_noise=dr_cfg.observation_noise,
         randomize=dr_cfg.enabled,
         cfg=cfg,

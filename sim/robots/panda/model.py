@@ -40,10 +40,12 @@ EFFORT_LIMIT = _LIMITS.effort
 VELOCITY_LIMIT = _LIMITS.velocity
 
 EE_SITE = "ee"
+ARM_JOINT_NAMES = JOINT_NAMES[:7]
 
 
 def build_spec() -> mujoco.MjSpec:
-    """Panda fixed at the world origin on a floor, with actuators, ``ee`` site and ``ee_*`` sensors."""
+    """Panda fixed at the world origin on a floor, with actuators, ``ee`` site, ``ee_*`` sensors and the
+    arm joints' anchor/axis sensors (for differential IK)."""
     spec = description.load_spec(NAME, floating_base=False)
     # The stiff arm PD gains need implicit damping; the caller may still pick another integrator.
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
@@ -58,6 +60,7 @@ def build_spec() -> mujoco.MjSpec:
         ("ee_linvel", mujoco.mjtSensor.mjSENS_FRAMELINVEL),
     ):
         description.add_sensor(spec, name, kind, EE_SITE)
+    description.add_joint_axis_sensors(spec, ARM_JOINT_NAMES)
     description.add_home_key(spec, dict(zip(JOINT_NAMES, DEFAULT_JOINT_POS)), ctrl=DEFAULT_JOINT_POS)
     return spec
 

@@ -1,11 +1,15 @@
 """panda-reach: bring a Franka Panda's end effector (TCP between the fingertips) to a sampled pose.
 
-Actions are joint position targets around the home pose; the gripper stays open. Success means the TCP
+Actions (``action_mode``) are, by default, end-effector displacements per control step that differential IK
+turns into joint-target changes (``sim.ik``): the policy then only has to learn a Cartesian feedback law, not
+the arm's inverse kinematics. ``joint`` (targets around home) and ``joint_relative`` (per-step joint target
+changes) are the alternatives; the gripper stays open. Success means the TCP
 ends the episode within 2 cm and 0.1 rad of the target pose.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import mujoco
 import numpy as np
@@ -16,8 +20,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, EventConfig, EventTerm, ObsTerm, RandomizationConfig, RewardTerm,
-                                 SimConfig, TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, EndEffectorIK, EventConfig, EventTerm, Integral, ObsTerm,
+                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 ARM_JOINTS = 7
 
@@ -36,6 +40,7 @@ class Rewards:
     position: float  # x distance (m)
     position_kernel: float  # x (1 - tanh(distance / 0.05))
     orientation: float  # x angle error (rad)
+    orientation_kernel: float  # x (1 - tanh(angle error / 0.2))
     action_rate: float
     joint_vel: float
 
@@ -51,11 +56,16 @@ class Randomization(RandomizationConfig):
 @dataclass
 class PandaReachConfig:
     sim: SimConfig
-    action_scale: float  # rad per unit action around the home pose
+    action_mode: Literal["end_effector", "joint", "joint_relative"]
+    action_scale: float  # joint modes: rad per unit action (per control step for joint_relative)
+    ee_step: tuple[float, float]  # end_effector: m and rad of TCP motion per control step per unit action
+    ik_damping: float  # end_effector: damped least squares lambda
     targets: Targets
     rewards: Rewards
     randomization: Randomization
     success_position: float  # m
+    position_integral_limit: float  # m s: clip of the position error's running integral (an I term)
+    position_integral_radius: float  # m: integrate only this close to the target (no windup on the way)
     success_angle: float  # rad
 
 
@@ -85,6 +95,10 @@ def angle_error(env: TaskEnv) -> torch.Tensor:
 
 def position_kernel(env: TaskEnv) -> torch.Tensor:
     return 1.0 - torch.tanh(distance(env) / 0.05)
+
+
+def orientation_kernel(env: TaskEnv) -> torch.Tensor:
+    return 1.0 - torch.tanh(angle_error(env) / 0.2)
 
 
 def reached(env: TaskEnv) -> torch.Tensor:
@@ -129,6 +143,15 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     env.sim.qvel[env_ids] = 0.0
 
 
+def action_map(cfg: PandaReachConfig) -> ActionMap:
+    arm, home = np.arange(ARM_JOINTS), panda.DEFAULT_JOINT_POS.copy()
+    if cfg.action_mode == "end_effector":
+        scale = np.repeat(np.asarray(cfg.ee_step, dtype=np.float64), 3)
+        ik = EndEffectorIK(panda.EE_SITE, panda.ARM_JOINT_NAMES, cfg.ik_damping)
+        return ActionMap(arm, scale, home, ik=ik)
+    return ActionMap(arm, np.full(ARM_JOINTS, cfg.action_scale), home, relative=cfg.action_mode == "joint_relative")
+
+
 @register("task", "panda-reach", "Franka Panda: reach a sampled end-effector pose",
           config=PandaReachConfig, robot="panda")
 def build(cfg: PandaReachConfig) -> TaskDefinition:
@@ -139,21 +162,24 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
     policy_obs = {
         "joint_pos": ObsTerm(arm_pos, noise=0.005),
         "joint_vel": ObsTerm(arm_vel, noise=0.05, scale=0.2),
+        "joint_target": ObsTerm(lambda env: mdp.joint_target_rel(env)[:, :ARM_JOINTS]),
         "target": ObsTerm(mdp.command),
         "position_error": ObsTerm(position_error, noise=0.002),
         "orientation_error": ObsTerm(orientation_error, noise=0.01),
         "last_action": ObsTerm(mdp.last_action),
+        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target")),
     }
     critic_obs = noiseless(policy_obs)
     return TaskDefinition(
         name="panda-reach", robot="panda", model=model, sim=cfg.sim,
-        action=ActionMap(np.arange(ARM_JOINTS), np.full(ARM_JOINTS, cfg.action_scale), panda.DEFAULT_JOINT_POS.copy()),
+        action=action_map(cfg),
         default_joint_pos=panda.DEFAULT_JOINT_POS,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
             "position": RewardTerm(distance, r.position),
             "position_kernel": RewardTerm(position_kernel, r.position_kernel),
             "orientation": RewardTerm(angle_error, r.orientation),
+            "orientation_kernel": RewardTerm(orientation_kernel, r.orientation_kernel),
             "action_rate": RewardTerm(mdp.action_rate_l2, r.action_rate),
             "joint_vel": RewardTerm(mdp.joint_vel_l2, r.joint_vel),
         },
@@ -171,6 +197,8 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
         success=reached,
         command_dim=7,
         metrics={"position_error": distance, "orientation_error": angle_error},
+        integrals={"position_error_near_target": Integral(mdp.within(position_error, cfg.position_integral_radius),
+                                                          cfg.position_integral_limit)},
         observation_noise=dr_cfg.observation_noise,
         randomize=dr_cfg.enabled,
         cfg=cfg,

@@ -1,0 +1,71 @@
+"""ROS message types named by their type string and fields named by dotted paths, both from YAML.
+
+A robot whose driver speaks other messages (PX4's, Crazyswarm2's, a vendor's) is wired up by naming its
+types and fields in ``configs/deploy/<robot>.yaml``; no code changes. Types load at run time:
+``"sensor_msgs/msg/JointState"`` -> ``sensor_msgs.msg.JointState``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class MessageConfigError(ValueError):
+    """A message type or field named in a deploy config does not exist."""
+
+
+def message_type(type_string: str) -> type:
+    """The message class for ``pkg/msg/Name`` (``pkg/Name`` is accepted too)."""
+    parts = type_string.strip().split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or not all(parts) or parts[1] not in ("msg", "srv"):
+        raise MessageConfigError(f"message type {type_string!r} is not of the form package/msg/Name")
+    try:
+        module = importlib.import_module(f"{parts[0]}.{parts[1]}")
+    except ImportError:
+        raise MessageConfigError(f"message type {type_string!r}: package {parts[0]!r} is not installed") from None
+    try:
+        return getattr(module, parts[2])
+    except AttributeError:
+        raise MessageConfigError(f"message type {type_string!r}: {parts[0]}.{parts[1]} has no {parts[2]!r}") from None
+
+
+def check_field(msg_type: type, path: str) -> None:
+    """Raise ``MessageConfigError`` unless ``path`` (dotted) names a field of ``msg_type``."""
+    node: Any = msg_type()
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if not hasattr(type(node), "get_fields_and_field_types") or part not in node.get_fields_and_field_types():
+            fields = sorted(node.get_fields_and_field_types()) if hasattr(node, "get_fields_and_field_types") else []
+            raise MessageConfigError(f"{msg_type.__module__}.{msg_type.__name__} has no field "
+                                     f"{'.'.join(walked)!r} (fields there: {fields})")
+        node = getattr(node, part)
+
+
+def get_field(msg: Any, path: str) -> Any:
+    for part in path.split("."):
+        msg = getattr(msg, part)
+    return msg
+
+
+def set_field(msg: Any, path: str, value: Any) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        msg = getattr(msg, part)
+    setattr(msg, last, value)
+
+
+def read_vector(msg: Any, path: str, keys: Sequence[str] = ("x", "y", "z")) -> np.ndarray:
+    """A geometry_msgs Vector3 / Point / Quaternion-like field as an array, in ``keys`` order."""
+    node = get_field(msg, path)
+    return np.array([float(getattr(node, k)) for k in keys], dtype=np.float64)
+
+
+def write_vector(msg: Any, path: str, values: Sequence[float], keys: Sequence[str] = ("x", "y", "z")) -> None:
+    node = get_field(msg, path)
+    for k, v in zip(keys, values):
+        setattr(node, k, float(v))

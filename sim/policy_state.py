@@ -1,0 +1,89 @@
+"""What a policy's observation terms read besides the physics state: its recent actions, the control targets
+it commanded and the running integrals of the task (``TaskDefinition.integrals``).
+
+The simulator's ``TaskEnv`` keeps this state for a batch while training; the deployment side keeps it for one
+real robot (``robostack.real.observation``). Both inherit ``PolicyState``, so the bookkeeping the observation
+depends on is written once and cannot drift between training and deployment.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robostack.sim import ik
+from robostack.sim.terms import TaskDefinition
+
+
+class PolicyState:
+    """Mixin: ``action``, ``last_action``, ``action_history`` (newest first), ``ctrl_target`` and ``integrals``.
+
+    The host class provides ``num_envs``, ``device``, ``control_dt``, the ``qpos`` / ``qvel`` tensors with
+    ``actuator_qpos_adr`` / ``actuator_dof_adr``, and whatever else the task's integral terms read.
+    """
+
+    task: TaskDefinition
+    num_envs: int
+    device: torch.device
+    control_dt: float
+
+    def init_policy_state(self, task: TaskDefinition, ctrlrange: np.ndarray) -> None:
+        """Allocate the state; ``ctrlrange`` [nu, 2] bounds the controls (+-inf where unlimited)."""
+        n, dev, am = self.num_envs, self.device, task.action
+        self.action_dim = am.dim
+        self._act_ids = torch.as_tensor(am.actuator_ids, device=dev)
+        self._act_scale = torch.as_tensor(am.scale, dtype=torch.float32, device=dev)
+        self._ctrl_offset = torch.as_tensor(am.offset, dtype=torch.float32, device=dev)
+        self._ctrl_lo = torch.as_tensor(ctrlrange[:, 0], dtype=torch.float32, device=dev)
+        self._ctrl_hi = torch.as_tensor(ctrlrange[:, 1], dtype=torch.float32, device=dev)
+        self.action = torch.zeros(n, self.action_dim, device=dev)
+        self.last_action = torch.zeros_like(self.action)
+        self.action_history = torch.zeros(n, task.action_history, self.action_dim, device=dev)
+        self.ctrl_target = self._ctrl_offset.repeat(n, 1)  # the controls the policy commanded (before latency)
+        self.integrals: dict[str, torch.Tensor] = {}  # sized by size_integrals once the state can be read
+
+    @property
+    def joint_pos(self) -> torch.Tensor:
+        """Positions of the actuated joints, in actuator order."""
+        return self.qpos[:, self.actuator_qpos_adr]
+
+    @property
+    def joint_vel(self) -> torch.Tensor:
+        return self.qvel[:, self.actuator_dof_adr]
+
+    def size_integrals(self) -> None:
+        self.integrals = {name: torch.zeros_like(term.func(self)) for name, term in self.task.integrals.items()}
+
+    def apply_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Record ``action`` (clipped to [-1, 1]) and return the control targets it commands: ``offset`` (or,
+        for a relative action map, the previous targets) plus ``scale * action`` (or, for an end-effector map,
+        the joint changes differential IK finds for that displacement), within the control limits."""
+        self.last_action = self.action
+        self.action = torch.clamp(action, -1.0, 1.0)
+        if self.task.action_history:
+            self.action_history = torch.roll(self.action_history, 1, dims=1)
+            self.action_history[:, 0] = self.action
+        am = self.task.action
+        base = self.ctrl_target if am.relative or am.ik else self._ctrl_offset.expand(self.num_envs, -1)
+        ctrl = base.clone()
+        if am.ik is None:
+            ctrl[:, self._act_ids] += self._act_scale * self.action
+        else:
+            jacobian = ik.site_jacobian(self, am.ik.site, am.ik.joints)
+            ctrl[:, self._act_ids] += ik.damped_least_squares(jacobian, self._act_scale * self.action, am.ik.damping)
+        self.ctrl_target = torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi)
+        return self.ctrl_target
+
+    def integrate(self) -> None:
+        """Advance every running integral by one control step (call after the state is refreshed)."""
+        for name, term in self.task.integrals.items():
+            value = self.integrals[name] + self.control_dt * term.func(self)
+            self.integrals[name] = torch.clamp(value, -term.limit, term.limit)
+
+    def clear_policy_state(self, ids: torch.Tensor) -> None:
+        """Start new episodes for ``ids``: no past actions, targets at the offset, integrals at zero."""
+        self.action[ids] = 0.0
+        self.last_action[ids] = 0.0
+        self.action_history[ids] = 0.0
+        self.ctrl_target[ids] = self._ctrl_offset
+        for value in self.integrals.values():
+            value[ids] = 0.0
