@@ -217,8 +217,21 @@ class TaskEnv(PolicyState, VecEnv):
         if not torch.isfinite(action).all():
             bad = torch.nonzero(~torch.isfinite(action).all(dim=1)).flatten().tolist()
             raise ValueError(f"task {self.task.name!r}: non-finite action (NaN or inf) for envs {bad[:10]}")
-        self.ctrl = self._controls(action)
+        return self._advance(self._controls(action))
 
+    def step_controls(self, ctrl: torch.Tensor):
+        """Step with actuator controls [N, nu] given directly (clipped to their limits), bypassing the action
+        map and latency: how a simulated robot driver applies the commands it receives. Same return as
+        ``step``; action terms keep their last values."""
+        ctrl = torch.as_tensor(ctrl, dtype=torch.float32, device=self.device)
+        if ctrl.shape != self.ctrl.shape or not torch.isfinite(ctrl).all():
+            raise ValueError(f"task {self.task.name!r}: controls must be finite with shape {tuple(self.ctrl.shape)}, "
+                             f"got {tuple(ctrl.shape)}")
+        with _torch_single_thread(self.device):
+            return self._advance(torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi))
+
+    def _advance(self, ctrl: torch.Tensor):
+        self.ctrl = ctrl
         self._run_interval_events()
         self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)
         self.episode_length += 1
