@@ -36,5 +36,6 @@ setup(
         (f"share/{PACKAGE}/configs/robots", glob("configs/robots/*.yaml")),
         (f"share/{PACKAGE}/configs/tasks", glob("configs/tasks/*.yaml")),
         (f"share/{PACKAGE}/configs/train", glob("configs/train/*.yaml")),
+        (f"share/{PACKAGE}/configs/deploy", glob("configs/deploy/*.yaml")),
     ],
 )

@@ -1,4 +1,5 @@
-"""The ``robostack`` command: ``list``, ``bench sim``, ``train``, ``export`` (policy bundle) and ``eval``.
+"""The ``robostack`` command: ``list``, ``bench sim|train``, ``train``, ``export`` (policy bundle), ``eval`` and
+``deploy`` (the ROS 2 node graph).
 
 Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
 inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 PROG = "robostack"
@@ -123,6 +125,55 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     else:
         title = f"bench train: task {args.task}, {args.episodes} randomized evaluation episodes"
         _print_table(title, result, ("wall_s", "env_steps", "success_rate"), out)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- deploy
+
+
+def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
+    """Start the deployment node graph (the one the launch files start) and wait for it."""
+    if args.episodes and not args.sim:
+        raise UsageError("--episodes counts simulated episodes: it needs --sim")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration must be positive, got {args.duration}")
+    if not args.episodes and args.duration is None and args.json:
+        raise UsageError("--json needs an end: --duration S or --sim --episodes N")
+    from datetime import datetime
+
+    from robostack.bundle import load_bundle
+    from robostack.deploy import node_graph, run_graph
+
+    bundle = load_bundle(args.policy)
+    if bundle.task != args.task:
+        raise UsageError(f"policy {args.policy} was trained for task {bundle.task!r}, not {args.task!r}")
+    nodes = node_graph(args.policy, sim=args.sim, record=args.record, randomize=not args.play,
+                       episodes=args.episodes, seed=args.seed)
+    log_dir = Path("runs") / "deploy" / f"{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    log_dir.mkdir(parents=True)
+    # a rehearsal stays on this machine unless the user has said otherwise
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")} \
+        if args.sim else None
+    result = run_graph(nodes, duration=args.duration, wait_for="sim_robot_node" if args.episodes else None,
+                       env=env, log_dir=log_dir)
+    summary: dict = {}
+    for line in reversed(result["output"].splitlines()):
+        if line.strip().startswith("{"):
+            summary = json.loads(line)
+            break
+    report = {"task": args.task, "policy": str(args.policy), "sim": args.sim, "randomized": args.sim and not args.play,
+              "nodes": [n.name for n in nodes], "exit_codes": result["exit_codes"], "logs": str(log_dir),
+              **({"record": str(args.record)} if args.record else {}), **summary}
+    if result["failed"]:
+        raise RuntimeError(f"node {result['failed']} exited with code {result['exit_codes'][result['failed']]} "
+                           f"(log: {log_dir / (result['failed'] + '.log')})")
+    if args.episodes and "success_rate" not in summary:
+        raise RuntimeError(f"the simulated robot reported no episodes (logs: {log_dir})")
+    if args.json:
+        out.write(json.dumps(report) + "\n")
+    else:
+        _print_table(f"deploy: {args.task} with {args.policy}", report,
+                     [k for k in ("success_rate", "episodes", "logs", "record") if k in report], out)
     return 0
 
 
@@ -264,6 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint to export instead of checkpoints/last.pt (a path or a name in checkpoints/)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "deploy",
+        help="run a policy bundle through the ROS 2 nodes (policy, safety; --sim: a simulated robot)",
+        description="Start the deployment node graph that launch/*.launch.py starts: policy_node and "
+        "safety_node, plus sim_robot_node with --sim and recorder_node with --record. With --sim --episodes N "
+        "it reports the success rate of N simulated episodes run through ROS 2.",
+        epilog="example: robostack deploy --task cf2-hover --policy bundles/cf2-hover --sim --episodes 20 --json",
+    )
+    p.add_argument("--task", required=True, help="task the policy was trained for (checked against the bundle)")
+    p.add_argument("--policy", required=True, metavar="BUNDLE", help="policy bundle folder")
+    p.add_argument("--sim", action="store_true", help="drive a simulated robot (sim_robot_node) instead of hardware")
+    p.add_argument("--play", action="store_true", help="with --sim: randomization off (default: the training one)")
+    p.add_argument("--episodes", type=int, default=0, help="with --sim: stop after N episodes and report them")
+    p.add_argument("--record", metavar="DIR", default=None, help="record a bag (rosbag2 MCAP) into DIR (new)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated robot (default: 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser(
         "eval",

@@ -1,0 +1,393 @@
+"""``sim_robot_node``: a MuJoCo robot behind the same topics and message types as the real driver.
+
+A deployment (policy node, safety layer, recorder) is rehearsed and tested end to end against it without
+hardware: it subscribes to the driver command topic and publishes joint states, IMU and odometry as
+``configs/deploy/<robot>.yaml`` says, plus the task command a simulated operator chose.
+
+Run::
+
+    python -m robostack.real.sim_robot_node --ros-args -p bundle:=bundles/cf2-hover -p episodes:=10
+    python -m robostack.real.sim_robot_node --ros-args -p task:=go2-walk -p randomize:=false
+
+(or the ``sim_robot_node`` console script).
+
+Parameters
+    ``bundle`` (string): a policy bundle directory; its metadata names the task and holds the exact task
+        config the policy trained with, which is what gets simulated. Or:
+    ``task`` (string): a task name, for use without a bundle (its YAML config).
+    ``overrides`` (string array): ``key=value`` changes to that task config (e.g. ``sim.episode_length_s=2``).
+    ``randomize`` (true): the training randomization (masses, friction, gains, pushes, wind...) runs on
+        startup, reset and interval events; false simulates the play variant.
+    ``latency_s`` (0.0): a received command takes effect this much simulated time later (a queue).
+    ``seed`` (0), ``episodes`` (0: run until stopped), ``real_time_factor`` (1.0: simulated seconds per
+        wall second; tests may run faster).
+
+Topics (relative: they follow the node's namespace)
+    in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order.
+        A message with the wrong length or NaN/inf is not applied (the previous command is held) and a
+        throttled error names the problem. Before the first command the task's default controls apply
+        (the action offset: the home pose, the hover thrust).
+    out, after every control step, stamped with the node clock: ``topics.joint_states`` (names in actuator
+        order, positions, velocities, efforts = the actuators' generalized forces); ``topics.imu``
+        (orientation and body angular velocity of the floating base; linear acceleration from the model's
+        first accelerometer, including gravity as a real IMU reads it, or covariance[0] = -1 "unknown" per
+        REP 145 when the model has none; other covariances 0 = unknown); ``topics.odometry`` (pose in the
+        ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105).
+    out: ``topics.task_command`` at every reset and at ~10 Hz; ``sim/episode`` (std_msgs/String, JSON:
+        index, success, return, length, metrics) at every episode end, transient-local (the last 100 reach a
+        subscriber that joins late and asks for transient-local durability).
+
+Stepping: one ``TaskEnv.step_controls`` per control period on a wall-clock schedule (absolute deadlines;
+subscription callbacks run while waiting). A step that ends after the next one was due is an overrun: it
+is counted and the schedule restarts from now instead of bursting to catch up, as a real robot cannot.
+
+After ``episodes`` episodes, or on SIGINT/SIGTERM, it prints one JSON summary line on stdout (success rate,
+mean return, length and metrics, achieved step rate and overruns) and exits 0. A missing or corrupt bundle,
+an unknown task or a bad parameter exits 2 with a one-line message on stderr.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import mujoco
+import numpy as np
+import rclpy
+import torch
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import String
+
+from robostack import registry, sim
+from robostack.bundle import BundleError, load_bundle
+from robostack.config import ConfigError
+from robostack.real.deploy_config import load_deploy_config
+from robostack.real.messages import MessageConfigError, get_field, message_type, set_field, write_vector
+from robostack.real.state import rotate
+
+WORLD_FRAME = "odom"  # REP 105
+BASE_FRAME = "base_link"
+ROS_QUATERNION = ("w", "x", "y", "z")  # the sim's order, written into a message's x, y, z, w fields by name
+TASK_COMMAND_PERIOD_S = 0.1
+COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
+EPISODE_TOPIC = "sim/episode"
+EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # late joiners get past episodes
+FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+
+
+class SimRobotError(ValueError):
+    """Bad parameters: the message names the parameter and what is wrong."""
+
+
+def _stamp(msg: Any, stamp: Any, frame_id: str) -> None:
+    if hasattr(msg, "header"):
+        msg.header.stamp = stamp
+        msg.header.frame_id = frame_id
+
+
+class SimRobotNode(Node):
+    """One simulated robot; ``run`` paces it, ``summary`` reports it."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__("sim_robot_node", **kwargs)
+        dynamic = ParameterDescriptor(dynamic_typing=True)  # accept "latency_s:=0" (an int) too
+        for name, default in (("bundle", ""), ("task", ""), ("overrides", None), ("randomize", True),
+                              ("latency_s", 0.0), ("seed", 0), ("episodes", 0), ("real_time_factor", 1.0)):
+            self.declare_parameter(name, default, dynamic)
+        p = {name: self.get_parameter(name).value for name in
+             ("bundle", "task", "overrides", "randomize", "latency_s", "seed", "episodes", "real_time_factor")}
+        try:
+            self.latency_s = float(p["latency_s"])
+            self.real_time_factor = float(p["real_time_factor"])
+            self.episodes_wanted = int(p["episodes"])
+            seed = int(p["seed"])
+        except (TypeError, ValueError) as exc:
+            raise SimRobotError(f"latency_s, real_time_factor, episodes and seed must be numbers ({exc})") from None
+        if not (self.latency_s >= 0 and math.isfinite(self.latency_s)):
+            raise SimRobotError(f"latency_s must be >= 0, got {p['latency_s']}")
+        if not (self.real_time_factor > 0 and math.isfinite(self.real_time_factor)):
+            raise SimRobotError(f"real_time_factor must be > 0, got {p['real_time_factor']}")
+        if self.episodes_wanted < 0:
+            raise SimRobotError(f"episodes must be >= 0 (0 runs forever), got {self.episodes_wanted}")
+        overrides = [p["overrides"]] if isinstance(p["overrides"], str) else list(p["overrides"] or [])
+        task, task_config, joint_names = self._resolve_task(str(p["bundle"]), str(p["task"]))
+        self.env = sim.make_env(task, num_envs=1, seed=seed, overrides=overrides, play=not bool(p["randomize"]),
+                                config=task_config)
+        self.env.reset(seed=seed)
+        model = self.env.default_model
+        self.cfg = load_deploy_config(self.env.task.robot)
+        self.control_dt = self.env.control_dt
+        self.joint_names = joint_names or [model.joint(int(model.actuator_trnid[i, 0])).name
+                                           for i in range(model.nu) if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
+        self._check_layout(model)
+        self._setup_physics_readout(model)
+
+        topics = self.cfg.topics
+        self._topic_publishers = {
+            name: self.create_publisher(message_type(getattr(topics, name).type), getattr(topics, name).topic, 10)
+            for name in ("joint_states", "imu", "odometry", "task_command") if getattr(topics, name) is not None}
+        self._episode_publisher = self.create_publisher(String, EPISODE_TOPIC, EPISODE_QOS)
+        self.create_subscription(message_type(topics.driver_command.type), topics.driver_command.topic,
+                                 self._on_driver_command, 10)
+
+        self.default_controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)
+        self.controls = self.default_controls.copy()
+        self._pending: deque[tuple[float, np.ndarray]] = deque()  # (sim time it takes effect, controls)
+        self._last_complaint: dict[str, float] = {}
+        self.rejected_commands = 0
+        self.steps = 0
+        self.overruns = 0
+        self.wall_s = 0.0
+        self.episode_stats: list[dict[str, Any]] = []
+        self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
+        self._publish_task_command()
+        self.get_logger().info(
+            f"simulating {task} ({'randomized' if p['randomize'] else 'play'}, seed {seed}) at "
+            f"{1 / self.control_dt:g} Hz x {self.real_time_factor:g} real time, command latency {self.latency_s:g} s; "
+            f"commands on {topics.driver_command.topic} ({model.nu} actuators)")
+
+    # ----- setup
+    def _resolve_task(self, bundle_path: str, task: str) -> tuple[str, dict | None, list[str] | None]:
+        """Task name, the bundle's task config and joint names (None without a bundle)."""
+        if not bundle_path and not task:
+            raise SimRobotError("give a policy bundle (-p bundle:=DIR) or a task (-p task:=NAME)")
+        resolved: tuple[str, dict | None, list[str] | None] = (task, None, None)
+        if bundle_path:
+            metadata = load_bundle(bundle_path).metadata
+            if task and task != metadata["task"]:
+                raise SimRobotError(f"bundle {bundle_path} is for task {metadata['task']!r}, not {task!r}")
+            resolved = (metadata["task"], metadata["task_config"], list(metadata.get("joint_names") or []))
+        try:
+            registry.get("task", resolved[0])
+        except KeyError as exc:
+            raise SimRobotError(exc.args[0]) from None
+        return resolved
+
+    def _check_layout(self, model: Any) -> None:
+        """The deploy config and the model must agree, or every message would be wrong."""
+        topics = self.cfg.topics
+        if topics.joint_states is not None and len(self.joint_names) != model.nu:
+            raise SimRobotError(f"{len(self.joint_names)} joint names for {model.nu} actuators: joint_states needs "
+                                "one joint per actuator")
+        if topics.task_command is not None and len(topics.task_command.fields) != self.env.task.command_dim:
+            raise SimRobotError(f"deploy config {self.cfg.robot}: task_command has {len(topics.task_command.fields)} "
+                                f"fields, the task's command has {self.env.task.command_dim} values")
+        if (topics.imu is not None or topics.odometry is not None) and self._free_joint(model) is None:
+            raise SimRobotError(f"deploy config {self.cfg.robot} wants IMU/odometry but the model has no floating base")
+
+    @staticmethod
+    def _free_joint(model: Any) -> int | None:
+        free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+        return free[0] if free else None
+
+    def _setup_physics_readout(self, model: Any) -> None:
+        """Addresses of what gets published; one scratch MjData recomputes forces and sensors per step."""
+        self._data = mujoco.MjData(model)
+        self._joint_qpos = self.env.actuator_qpos_adr.cpu().numpy()
+        self._joint_dof = self.env.actuator_dof_adr.cpu().numpy()
+        free = self._free_joint(model)
+        self._base_qpos = None if free is None else int(model.jnt_qposadr[free])
+        self._base_dof = None if free is None else int(model.jnt_dofadr[free])
+        accelerometers = [i for i in range(model.nsensor)
+                          if model.sensor_type[i] == mujoco.mjtSensor.mjSENS_ACCELEROMETER]
+        self._accelerometer = (None if not accelerometers else
+                               slice(model.sensor_adr[accelerometers[0]], model.sensor_adr[accelerometers[0]] + 3))
+
+    # ----- driver commands
+    def _on_driver_command(self, msg: Any) -> None:
+        values = np.asarray(get_field(msg, self.cfg.topics.driver_command.data), dtype=np.float64)
+        nu = len(self.default_controls)
+        if values.shape != (nu,):
+            self._reject("length", f"wrong length: {values.size} values, expected {nu} (one per actuator)")
+        elif not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values)).tolist()
+            self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
+        else:
+            self._pending.append((self.steps * self.control_dt + self.latency_s, values))
+
+    def _reject(self, kind: str, problem: str) -> None:
+        self.rejected_commands += 1
+        now = time.monotonic()
+        if now - self._last_complaint.get(kind, -math.inf) >= COMPLAINT_PERIOD_S:
+            self._last_complaint[kind] = now
+            self.get_logger().error(f"driver command ignored, holding the previous one: {problem} "
+                                    f"({self.rejected_commands} rejected so far)")
+
+    def _due_controls(self) -> np.ndarray:
+        """The newest received command whose latency has elapsed by this step (else the held one)."""
+        now = self.steps * self.control_dt
+        while self._pending and self._pending[0][0] <= now + 1e-9:
+            self.controls = self._pending.popleft()[1]
+        return self.controls
+
+    # ----- stepping
+    def step(self) -> None:
+        controls = torch.as_tensor(self._due_controls(), dtype=torch.float32)[None]
+        _, _, _, _, info = self.env.step_controls(controls)
+        self.steps += 1
+        self._publish_state()
+        if "episode" in info:
+            self._finish_episode(info["episode"])
+            self._publish_task_command()
+        elif self.steps % self._task_command_every == 0:
+            self._publish_task_command()
+
+    def done(self) -> bool:
+        return 0 < self.episodes_wanted <= len(self.episode_stats)
+
+    def run(self, executor: SingleThreadedExecutor, stop_requested: Any) -> None:
+        """Step on a wall-clock schedule until done, handling subscriptions while waiting."""
+        period = self.control_dt / self.real_time_factor
+        start = deadline = time.monotonic()
+        while not self.done() and not stop_requested() and rclpy.ok():
+            executor.spin_once(timeout_sec=0)
+            while (remaining := deadline - time.monotonic()) > 0:
+                executor.spin_once(timeout_sec=remaining)
+            self.step()
+            deadline += period
+            if time.monotonic() > deadline:
+                self.overruns += 1
+                deadline = time.monotonic()
+            self.wall_s = time.monotonic() - start
+
+    # ----- publishing
+    def _read_physics(self) -> Any:
+        """An MjData at the current state with the applied controls: actuator forces and sensors filled in."""
+        batch, data = self.env.sim, self._data
+        mujoco.mj_setState(batch.models[0], data, batch.state[0], FULL_STATE)
+        data.ctrl[:] = batch.ctrl[0]
+        data.qfrc_applied[:] = self.env.external_force[0]  # pushes and wind show in the accelerometer
+        mujoco.mj_forward(batch.models[0], data)
+        return data
+
+    def _publish_state(self) -> None:
+        data = self._read_physics()
+        stamp = self.get_clock().now().to_msg()
+        topics = self.cfg.topics
+        if topics.joint_states is not None:
+            t = topics.joint_states
+            msg = self._topic_publishers["joint_states"].msg_type()
+            _stamp(msg, stamp, "")
+            set_field(msg, t.name, list(self.joint_names))
+            set_field(msg, t.position, data.qpos[self._joint_qpos].tolist())
+            set_field(msg, t.velocity, data.qvel[self._joint_dof].tolist())
+            if hasattr(msg, "effort"):  # never empty: rosbags rejects rclpy messages with empty arrays
+                msg.effort = data.qfrc_actuator[self._joint_dof].tolist()
+            self._topic_publishers["joint_states"].publish(msg)
+        if self._base_qpos is None:
+            return
+        position = data.qpos[self._base_qpos:self._base_qpos + 3]
+        orientation = data.qpos[self._base_qpos + 3:self._base_qpos + 7]  # w, x, y, z
+        world_velocity = data.qvel[self._base_dof:self._base_dof + 3]  # a free joint's: world frame
+        body_angular_velocity = data.qvel[self._base_dof + 3:self._base_dof + 6]  # body frame
+        if topics.imu is not None:
+            t = topics.imu
+            msg = self._topic_publishers["imu"].msg_type()
+            _stamp(msg, stamp, BASE_FRAME)
+            write_vector(msg, t.orientation, orientation, ROS_QUATERNION)
+            write_vector(msg, t.angular_velocity, body_angular_velocity)
+            if hasattr(msg, "linear_acceleration"):
+                if self._accelerometer is None:
+                    msg.linear_acceleration_covariance[0] = -1.0
+                else:
+                    write_vector(msg, "linear_acceleration", data.sensordata[self._accelerometer])
+            self._topic_publishers["imu"].publish(msg)
+        if topics.odometry is not None:
+            t = topics.odometry
+            msg = self._topic_publishers["odometry"].msg_type()
+            _stamp(msg, stamp, WORLD_FRAME)
+            if hasattr(msg, "child_frame_id"):
+                msg.child_frame_id = BASE_FRAME
+            write_vector(msg, t.position, position)
+            write_vector(msg, t.orientation, orientation, ROS_QUATERNION)
+            inverse = orientation * np.array([1.0, -1.0, -1.0, -1.0])
+            linear = rotate(inverse, world_velocity) if t.linear_velocity_frame == "body" else world_velocity
+            write_vector(msg, t.linear_velocity, linear)
+            twist = get_field(msg, t.linear_velocity.rpartition(".")[0] or t.linear_velocity)
+            if hasattr(twist, "angular"):  # a Twist (the standard message): its angular part too, body frame
+                twist.angular.x, twist.angular.y, twist.angular.z = map(float, body_angular_velocity)
+            self._topic_publishers["odometry"].publish(msg)
+
+    def _publish_task_command(self) -> None:
+        t = self.cfg.topics.task_command
+        if t is None:
+            return
+        msg = self._topic_publishers["task_command"].msg_type()
+        _stamp(msg, self.get_clock().now().to_msg(), WORLD_FRAME if self._base_qpos is not None else BASE_FRAME)
+        for path, value in zip(t.fields, self.env.command[0].tolist()):
+            set_field(msg, path, float(value))
+        self._topic_publishers["task_command"].publish(msg)
+
+    def _finish_episode(self, episode: dict[str, Any]) -> None:
+        stats = {"episode": len(self.episode_stats), "success": bool(episode["success"][0] > 0.5),
+                 "return": float(episode["return"][0]), "length": int(episode["length"][0]),
+                 "metrics": {k.removeprefix("metric/"): float(v[0]) for k, v in episode.items()
+                             if k.startswith("metric/")}}
+        self.episode_stats.append(stats)
+        line = json.dumps(stats)
+        self._episode_publisher.publish(String(data=line))
+        self.get_logger().info(f"episode end: {line}")
+
+    def summary(self) -> dict[str, Any]:
+        episodes = self.episode_stats
+        metric_names = episodes[0]["metrics"] if episodes else {}
+
+        def mean(values: list) -> float | None:
+            return float(np.mean(values)) if values else None
+
+        return {
+            "task": self.env.task.name, "episodes": len(episodes),
+            "success_rate": mean([e["success"] for e in episodes]),
+            "mean_return": mean([e["return"] for e in episodes]),
+            "mean_length": mean([e["length"] for e in episodes]),
+            "metrics": {name: mean([e["metrics"][name] for e in episodes]) for name in metric_names},
+            "control_rate_hz": self.real_time_factor / self.control_dt,
+            "steps": self.steps, "steps_per_s": self.steps / self.wall_s if self.wall_s else None,
+            "overruns": self.overruns, "rejected_commands": self.rejected_commands,
+        }
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop: dict[str, str | None] = {"signal": None}
+
+    def request_stop(signum: int, _frame: Any) -> None:  # a flag: the step in progress finishes
+        stop["signal"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    try:
+        try:
+            node = SimRobotNode()
+        except (SimRobotError, BundleError, ConfigError, MessageConfigError, ParameterException) as exc:
+            print(f"sim_robot_node: error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            node.run(executor, lambda: stop["signal"] is not None)
+        except ExternalShutdownException:
+            pass
+        print(json.dumps(node.summary()), flush=True)
+        return 0
+    finally:
+        if node is not None:
+            node.env.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
