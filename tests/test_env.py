@@ -263,3 +263,17 @@ def test_relative_actions_move_the_joint_targets_and_reset_to_home():
     env._reset_envs(np.array([1]))
     torch.testing.assert_close(env.ctrl_target[1], home[1])
     env.close()
+
+
+def test_step_controls_applies_clipped_controls_and_rejects_bad_ones():
+    env = make_env("panda-reach", num_envs=2, seed=0, play=True)
+    env.reset(seed=0)
+    ctrl = env.ctrl_target.clone()
+    ctrl[:, 0] = 100.0  # far beyond joint1's range: clipped to it
+    env.step_controls(ctrl)
+    assert torch.all(env.ctrl[:, 0] == env._ctrl_hi[0]) and torch.all(env.ctrl[:, 1:] == ctrl[:, 1:])
+    with pytest.raises(ValueError, match="controls must be finite"):
+        env.step_controls(torch.full_like(ctrl, float("nan")))
+    with pytest.raises(ValueError, match=r"with shape \(2, 9\)"):
+        env.step_controls(ctrl[:, :7])
+    env.close()

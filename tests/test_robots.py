@@ -242,3 +242,35 @@ def test_menagerie_override(tmp_path, monkeypatch):
     assert model.nkey == 1 and model.key(0).name == "home"
     assert "their_gyro" not in {model.sensor(i).name for i in range(model.nsensor)}
     assert model.njnt == 13  # one free joint, not two
+
+
+def test_ik_jacobian_from_joint_sensors_matches_mujoco_and_dls_moves_the_tcp():
+    """sim.ik builds the TCP Jacobian from per-joint anchor/axis sensors; it must equal mj_jacSite, and a
+    damped least-squares step must move the TCP by (about) the asked displacement."""
+    import mujoco
+    import torch
+
+    from robostack.sim import ik
+    from robostack.sim.robots.panda import model as panda
+
+    m = panda.build_model()
+    d = mujoco.MjData(m)
+    d.qpos[:7] = panda.DEFAULT_JOINT_POS[:7] + np.random.default_rng(0).uniform(-0.3, 0.3, 7)
+    mujoco.mj_forward(m, d)
+
+    class Sensors:
+        def sensor(self, name):
+            i = m.sensor(name).id
+            return torch.tensor(d.sensordata[m.sensor_adr[i]:m.sensor_adr[i] + m.sensor_dim[i]]).reshape(1, -1)
+
+    jac = ik.site_jacobian(Sensors(), "ee", panda.ARM_JOINT_NAMES)[0].numpy()
+    jp, jr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
+    mujoco.mj_jacSite(m, d, jp, jr, m.site("ee").id)
+    np.testing.assert_allclose(jac, np.vstack([jp[:, :7], jr[:, :7]]), atol=1e-12)
+
+    step = torch.tensor([[0.01, -0.005, 0.008, 0.0, 0.0, 0.02]], dtype=torch.float64)
+    dq = ik.damped_least_squares(torch.as_tensor(jac).unsqueeze(0), step, damping=1e-3)[0].numpy()
+    before = d.site("ee").xpos.copy()
+    d.qpos[:7] += dq
+    mujoco.mj_kinematics(m, d)
+    np.testing.assert_allclose(d.site("ee").xpos - before, step[0, :3].numpy(), atol=5e-4)

@@ -1,0 +1,546 @@
+"""The safety reflex layer: the last code between a policy (or a human) and the robot's driver.
+
+Every safety period (``rate_hz``) ``SafetyLayer.filter`` turns the latest command and measured state into
+the one command the driver gets, and lists what it changed and why. Pure logic, no ROS: ``safety_node``
+wires it to topics, and tests drive it with plain numbers and MuJoCo.
+
+It intervenes in two ways:
+
+* clamps reshape a command that is acceptable in kind: joint position bounds (URDF limits minus a margin),
+  a rate limit on position targets (velocity limit x safety period), an effort bound
+  (|kp (target - measured)| <= effort limit), motor thrusts within [0, max], and for an arm a TCP
+  workspace box (a target whose TCP would leave the box is not taken: the previous target is held);
+* fallbacks replace it: a missing, stale, non-finite or wrong-length command, a stale or invalid state, a
+  robot outside its envelope (quadruped tilt and height, drone attitude and geofence), a safety critic's
+  veto, or the e-stop. Each robot kind has its own fallback (arm: hold the measured position; quadruped:
+  glide to a lying pose; drone: hover, then land), and its output passes the same clamps.
+
+Envelope violations, the e-stop and a landing by the fallback latch: the fallback stays until ``reset``,
+which is refused while the state is stale. The other causes last only as long as they do, and the clamps
+(the rate limit above all) make the return to the policy's commands smooth.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import mujoco
+import numpy as np
+
+from robostack.config import ConfigError, from_dict
+from robostack.real.deploy_config import DeployConfig
+from robostack.real.observation import RobotState
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class JointTargetLimits:
+    """Limits on joint position targets, relative to the URDF's joint limits."""
+
+    position_margin: float  # rad (m for a prismatic joint) kept inside the URDF position limits
+    velocity_scale: float  # x URDF velocity limit: how fast a position target may move
+    effort_scale: float  # x URDF effort limit: the bound on kp * (target - measured position)
+
+
+@dataclass
+class Box:
+    min: tuple[float, float, float]
+    max: tuple[float, float, float]
+
+
+@dataclass
+class ArmLimits:
+    workspace: Box  # m, the TCP's box in the robot's base frame
+    tcp_site: str = "ee"  # MuJoCo site of the TCP
+
+
+@dataclass
+class QuadrupedLimits:
+    max_tilt: float  # rad between the base's up axis and the world's
+    height: tuple[float, float]  # m, base height envelope (world frame)
+    stand_down_pose: tuple[float, ...]  # one leg's joint targets when lying (the same for every leg)
+    stand_down_s: float  # s the targets take to glide from the measured pose to the lying pose
+
+
+@dataclass
+class DroneLimits:
+    max_tilt: float  # rad between the body's up axis and the world's
+    geofence: Box  # m, world frame; its z bounds are the altitude limits
+    hover_s: float  # s the fallback holds position before it lands
+    descent_speed: float  # m/s while landing
+    landed_height: float  # m: at or below this the drone is on the ground and the fallback cuts the motors
+    blind_thrust: float  # x hover thrust on every motor while the state is stale: an open-loop slow descent
+    blind_s: float  # s of blind descent before the motors are cut
+
+
+@dataclass
+class SafetyConfig:
+    """The ``safety:`` section of ``configs/deploy/<robot>.yaml``: common keys and one robot-kind section."""
+
+    rate_hz: float  # the reflex loop
+    command_timeout_s: float  # no policy or teleop command for this long: fall back
+    state_timeout_s: float  # from the deploy config's top level: older state is stale
+    critic_threshold: float = 0.0  # a safety critic's score below this triggers the fallback
+    joints: JointTargetLimits | None = None  # jointed robots (arm, quadruped)
+    arm: ArmLimits | None = None
+    quadruped: QuadrupedLimits | None = None
+    drone: DroneLimits | None = None
+
+
+def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:
+    """The checked ``safety:`` section of a deploy config read from ``source`` (named in every error)."""
+    where = f"{source} (section safety)"
+    if "state_timeout_s" in deploy.safety:
+        raise ConfigError(f"{where}: 'state_timeout_s' belongs at the top level of the file",
+                          key="safety.state_timeout_s", source=source)
+    cfg = from_dict(SafetyConfig, {**deploy.safety, "state_timeout_s": deploy.state_timeout_s}, where)
+    kinds = [kind for kind in ("arm", "quadruped", "drone") if getattr(cfg, kind) is not None]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: give exactly one of 'arm', 'quadruped', 'drone' (got {kinds or 'none'})",
+                          source=source)
+    if kinds[0] != "drone" and cfg.joints is None:
+        raise ConfigError(f"{where}: missing required key 'joints' (an {kinds[0]} has joint limits)",
+                          key="safety.joints", source=source)
+    for key in ("rate_hz", "command_timeout_s", "state_timeout_s"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{where}: '{key}' must be > 0, got {getattr(cfg, key)}", key=key, source=source)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class Command:
+    """Actuator controls as the policy or teleop sent them, in driver order, and when they arrived."""
+
+    values: Sequence[float]
+    received: float  # monotonic s
+
+
+@dataclass(frozen=True)
+class Measurement:
+    state: RobotState
+    received: float  # monotonic s when its oldest part arrived
+
+
+class SafetyCritic(Protocol):
+    """A learned judge of a command in a state (higher is safer); the layer falls back on a low score."""
+
+    def score(self, state: RobotState, command: np.ndarray) -> float: ...
+
+
+def tilt(quat_wxyz: np.ndarray) -> float:
+    """Angle (rad) between the body's up axis and the world's."""
+    w, x, y, z = quat_wxyz / np.linalg.norm(quat_wxyz)
+    return math.acos(float(np.clip(1.0 - 2.0 * (x * x + y * y), -1.0, 1.0)))
+
+
+def rotation_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
+    matrix = np.zeros(9)
+    mujoco.mju_quat2Mat(matrix, quat_wxyz / np.linalg.norm(quat_wxyz))
+    return matrix.reshape(3, 3)
+
+
+def _finite(*arrays: np.ndarray | None) -> bool:
+    return all(a is not None and np.all(np.isfinite(a)) for a in arrays)
+
+
+def _box_violations(what: str, point: np.ndarray, box: Box, axis_notes: Sequence[str] = ("", "", "")) -> list[str]:
+    out = []
+    for axis, value, low, high, note in zip("xyz", point, box.min, box.max, axis_notes):
+        if value < low:
+            out.append(f"{what} {axis}={value:.3f} m below {low}{note}")
+        elif value > high:
+            out.append(f"{what} {axis}={value:.3f} m above {high}{note}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+
+class SafetyLayer:
+    """The limits, watchdogs, e-stop latch and fallback common to every robot kind; subclasses say what a
+    valid state is, what the envelope and clamps are and what the fallback does."""
+
+    FALLBACK = ""  # the fallback's name, for reasons and diagnostics
+
+    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        self.robot, self.cfg, self.critic = robot, cfg, critic
+        # The robot's model module holds its URDF limits and builds its MuJoCo model (actuators in driver order)
+        self.robot_module = importlib.import_module(f"robostack.sim.robots.{robot}.model")
+        self.model = self.robot_module.build_model()
+        self.num_actuators = self.model.nu
+        self.period = 1.0 / cfg.rate_hz
+        self.estopped = False
+        self.tripped: str | None = None  # why the fallback is latched besides the e-stop
+        self.fallback_since: float | None = None  # monotonic s; None while commands pass
+        self.last_output: np.ndarray | None = None
+        self._measurement: Measurement | None = None  # the last valid one
+
+    # ----- e-stop and reset
+    @property
+    def latched(self) -> bool:
+        return self.estopped or self.tripped is not None
+
+    def trigger_estop(self) -> None:
+        self.estopped = True
+
+    def state_age(self, now: float) -> float:
+        return math.inf if self._measurement is None else now - self._measurement.received
+
+    def reset(self, now: float) -> tuple[bool, str]:
+        """Clear the e-stop and any latched fallback, unless the state is stale: with no fresh state there
+        is no telling whether the robot is fit to take commands again."""
+        age = self.state_age(now)
+        if age > self.cfg.state_timeout_s:
+            return False, f"reset refused: the state is stale ({self._age_text(age)})"
+        cleared = ["e-stop"] * self.estopped + [self.tripped] * (self.tripped is not None)
+        self.estopped, self.tripped = False, None
+        return True, f"reset: cleared {', '.join(cleared)}" if cleared else "reset: nothing was latched"
+
+    def _age_text(self, age: float) -> str:
+        return "never received" if math.isinf(age) else f"{age * 1e3:.0f} ms old, limit {self.cfg.state_timeout_s * 1e3:.0f} ms"
+
+    # ----- the reflex
+    def filter(self, command: Command | None, measurement: Measurement | None, now: float
+               ) -> tuple[np.ndarray | None, list[str]]:
+        """The command for the driver now (None before the first valid state: nothing is safe to hold) and
+        the reasons for every change made to it, fallback first."""
+        reasons: list[str] = []
+        if measurement is not None:
+            problem = self._state_problem(measurement.state)
+            if problem:
+                reasons.append(f"invalid state: {problem}")
+            else:
+                self._measurement = measurement
+        if self._measurement is None:
+            return None, reasons
+        state = self._measurement.state
+        state_fresh = self.state_age(now) <= self.cfg.state_timeout_s
+        if not state_fresh:
+            reasons.append(f"state stale: {self._age_text(self.state_age(now))}")
+        else:
+            violations = self._envelope(state)
+            if violations and self.tripped is None:
+                self.tripped = "; ".join(violations)
+        if self.estopped:
+            reasons.append("e-stop (latched until reset)")
+        if self.tripped is not None:
+            reasons.append(f"{self.tripped} (latched until reset)")
+        values = self._valid_command(command, now, reasons)
+        if not reasons:
+            safe, clamps = self._limit_command(values, state)
+            veto = self._critic_veto(state, safe)
+            if veto is None:
+                self.fallback_since = None
+                self.last_output = safe
+                return safe, clamps
+            reasons.append(veto)
+        if self.fallback_since is None:
+            self.fallback_since = now
+            self._begin_fallback(self._measurement, now)
+        target, phase = self._fallback(self._measurement, now, state_fresh)
+        safe, clamps = self._clamp(target, state)
+        self.last_output = safe
+        return safe, [f"fallback: {phase}", *reasons, *clamps]
+
+    def _valid_command(self, command: Command | None, now: float, reasons: list[str]) -> np.ndarray | None:
+        if command is None:
+            reasons.append("no command yet")
+            return None
+        age = now - command.received
+        if age > self.cfg.command_timeout_s:
+            reasons.append(f"command stale: {age * 1e3:.0f} ms old, limit {self.cfg.command_timeout_s * 1e3:.0f} ms")
+            return None
+        values = np.asarray(command.values, dtype=np.float64)
+        if values.shape != (self.num_actuators,):
+            reasons.append(f"command has {values.size} values, the {self.robot} takes {self.num_actuators}")
+            return None
+        if not np.all(np.isfinite(values)):
+            reasons.append(f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}")
+            return None
+        return values
+
+    def _critic_veto(self, state: RobotState, command: np.ndarray) -> str | None:
+        if self.critic is None:
+            return None
+        score = float(self.critic.score(state, command))
+        if score >= self.cfg.critic_threshold:  # a NaN score fails this too
+            return None
+        return f"critic score {score:.3g} below {self.cfg.critic_threshold}"
+
+    def _limit_command(self, command: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
+        """The clamps a policy's or teleop's command goes through (the fallback's skips nothing but this)."""
+        return self._clamp(command, state)
+
+    # ----- what each robot kind defines
+    def _state_problem(self, state: RobotState) -> str | None:
+        raise NotImplementedError
+
+    def _envelope(self, state: RobotState) -> list[str]:
+        raise NotImplementedError
+
+    def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
+        raise NotImplementedError
+
+    def _begin_fallback(self, measurement: Measurement, now: float) -> None:
+        raise NotImplementedError
+
+    def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
+        """The fallback's target now and the name of its phase."""
+        raise NotImplementedError
+
+
+class JointSafetyLayer(SafetyLayer):
+    """A robot of PD position-controlled joints: targets are clamped to position bounds, an effort bound
+    around the measured position and a rate limit from the previous target, in that priority."""
+
+    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, cfg, critic)
+        module, limits = self.robot_module, cfg.joints
+        self.joint_names = list(module.JOINT_NAMES)
+        if len(self.joint_names) != self.num_actuators:
+            raise ValueError(f"{robot}: {self.num_actuators} actuators but {len(self.joint_names)} joints")
+        self.lower = module.JOINT_LOWER + limits.position_margin
+        self.upper = module.JOINT_UPPER - limits.position_margin
+        if np.any(self.lower >= self.upper):
+            raise ValueError(f"{robot}: safety.joints.position_margin {limits.position_margin} leaves no range "
+                             f"for {[n for n, lo, hi in zip(self.joint_names, self.lower, self.upper) if lo >= hi]}")
+        self.max_step = module.VELOCITY_LIMIT * limits.velocity_scale * self.period  # per safety period
+        self.max_lead = module.EFFORT_LIMIT * limits.effort_scale / module.KP  # |target - measured|
+
+    def joint_positions(self, state: RobotState) -> np.ndarray:
+        return np.array([state.joint_position[name] for name in self.joint_names])
+
+    def _state_problem(self, state: RobotState) -> str | None:
+        missing = [n for n in self.joint_names if n not in state.joint_position]
+        if missing:
+            return f"no position for {missing}"
+        if not _finite(self.joint_positions(state)):
+            return "joint positions not finite"
+        return None
+
+    def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
+        measured = self.joint_positions(state)
+        previous = measured if self.last_output is None else self.last_output
+        low, high = self.lower.copy(), self.upper.copy()
+        reasons = []
+        # Each window narrows what the stronger ones left; where it lies outside them, its nearest point
+        # wins: the joint bounds are hard, the effort bound comes next, smoothness last.
+        for name, window_low, window_high in (
+            ("joint bounds", self.lower, self.upper),
+            ("effort limit", measured - self.max_lead, measured + self.max_lead),
+            ("rate limit", previous - self.max_step, previous + self.max_step),
+        ):
+            outside = (target < window_low) | (target > window_high)
+            if outside.any():
+                reasons.append(f"{name}: {', '.join(n for n, o in zip(self.joint_names, outside) if o)}")
+            low, high = np.clip(window_low, low, high), np.clip(window_high, low, high)
+        return np.clip(target, low, high), reasons
+
+
+class ArmSafetyLayer(JointSafetyLayer):
+    """A fixed-base arm: the commanded targets' TCP (forward kinematics) must stay in the workspace box;
+    the fallback holds the position measured when it began."""
+
+    FALLBACK = "hold"
+
+    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, cfg, critic)
+        self._data = mujoco.MjData(self.model)
+        self._qpos_address = self.model.jnt_qposadr[self.model.actuator_trnid[:, 0]]
+        self._tcp_site = self.model.site(cfg.arm.tcp_site).id
+        self._hold: np.ndarray | None = None
+
+    def tcp_position(self, joint_targets: np.ndarray) -> np.ndarray:
+        self._data.qpos[self._qpos_address] = joint_targets
+        mujoco.mj_kinematics(self.model, self._data)
+        return self._data.site_xpos[self._tcp_site].copy()
+
+    def _envelope(self, state: RobotState) -> list[str]:
+        return []  # the workspace bounds commands, not the measured arm: holding is always allowed
+
+    def _limit_command(self, command: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
+        safe, reasons = self._clamp(command, state)
+        outside = _box_violations("TCP", self.tcp_position(safe), self.cfg.arm.workspace)
+        if not outside:
+            return safe, reasons
+        previous = self.joint_positions(state) if self.last_output is None else self.last_output
+        held, clamps = self._clamp(previous, state)
+        return held, [f"workspace: {'; '.join(outside)}: holding the previous target", *clamps]
+
+    def _begin_fallback(self, measurement: Measurement, now: float) -> None:
+        self._hold = self.joint_positions(measurement.state)
+
+    def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
+        return self._hold, self.FALLBACK
+
+
+class QuadrupedSafetyLayer(JointSafetyLayer):
+    """A legged floating base: base tilt and height must stay in the envelope; the fallback is a damped
+    stand-down, targets gliding from the measured pose to a lying pose (and the rate limit bounds the glide)."""
+
+    FALLBACK = "stand down"
+
+    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, cfg, critic)
+        leg_pose = np.asarray(cfg.quadruped.stand_down_pose, dtype=np.float64)
+        if leg_pose.size == 0 or self.num_actuators % leg_pose.size:
+            raise ValueError(f"{robot}: safety.quadruped.stand_down_pose has {leg_pose.size} values; one leg's "
+                             f"joints must divide the {self.num_actuators} joints")
+        self.lying_pose = np.tile(leg_pose, self.num_actuators // leg_pose.size)
+        self._glide_from: np.ndarray | None = None
+
+    def _state_problem(self, state: RobotState) -> str | None:
+        problem = super()._state_problem(state)
+        if problem is None and not _finite(state.base_position, state.base_orientation):
+            problem = "base position or orientation missing or not finite"
+        return problem
+
+    def _envelope(self, state: RobotState) -> list[str]:
+        limits, out = self.cfg.quadruped, []
+        base_tilt = tilt(state.base_orientation)
+        if base_tilt > limits.max_tilt:
+            out.append(f"tilt {base_tilt:.2f} rad above {limits.max_tilt}")
+        height = float(state.base_position[2])
+        if not limits.height[0] <= height <= limits.height[1]:
+            out.append(f"base height {height:.3f} m outside {list(limits.height)}")
+        return out
+
+    def _begin_fallback(self, measurement: Measurement, now: float) -> None:
+        self._glide_from = self.joint_positions(measurement.state)
+
+    def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
+        progress = min(1.0, (now - self.fallback_since) / self.cfg.quadruped.stand_down_s)
+        return self._glide_from + progress * (self.lying_pose - self._glide_from), self.FALLBACK
+
+
+# Fallback flight controller: natural frequency (rad/s) and damping ratio of each loop. The attitude loop
+# is several times faster than the position loop and slower than the motors (time constant 0.02 s).
+POSITION_BANDWIDTH, POSITION_DAMPING = 2.5, 0.9
+ATTITUDE_BANDWIDTH, ATTITUDE_DAMPING = np.array([15.0, 15.0, 5.0]), 0.8  # roll, pitch, yaw
+MAX_FALLBACK_TILT = 0.35  # rad: the fallback asks for gentle attitudes only
+MIN_VERTICAL_ACCEL = 0.3  # x g: the thrust axis always points up
+
+
+class DroneSafetyLayer(SafetyLayer):
+    """A multirotor driven by motor thrusts: thrusts within [0, max], attitude and position within the
+    envelope. The fallback holds the position where it began (clipped into the geofence) for ``hover_s``
+    with a cascaded position -> attitude -> thrust controller of its own, descends at ``descent_speed`` and
+    cuts the motors on the ground; the e-stop lands at once. With stale state it cannot close the loop: it
+    descends open-loop on ``blind_thrust`` and cuts the motors after ``blind_s``."""
+
+    FALLBACK = "hover then land"
+
+    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, cfg, critic)
+        model, data = self.model, mujoco.MjData(self.model)
+        mujoco.mj_forward(model, data)
+        base = model.jnt_bodyid[0]  # the free joint's body
+        self.mass = float(model.body_subtreemass[base])
+        self.gravity = float(-model.opt.gravity[2])
+        self.hover_thrust = self.mass * self.gravity / self.num_actuators
+        self.max_thrust = model.actuator_ctrlrange[:, 1].copy()
+        body_rotation = rotation_matrix(model.body_iquat[base])
+        self.inertia = body_rotation @ np.diag(model.body_inertia[base]) @ body_rotation.T
+        # Body wrench (thrust along z, torque) per newton of each motor, from the actuators' sites and gears
+        # at the home pose (body frame = world frame there), about the centre of mass.
+        allocation = np.zeros((4, self.num_actuators))
+        for i in range(self.num_actuators):
+            site = model.actuator_trnid[i, 0]
+            site_rotation = data.site_xmat[site].reshape(3, 3)
+            force = site_rotation @ model.actuator_gear[i, :3]
+            torque = np.cross(data.site_xpos[site] - data.subtree_com[base], force) + site_rotation @ model.actuator_gear[i, 3:]
+            allocation[:, i] = [force[2], *torque]
+        self.mixer = np.linalg.inv(allocation)
+        self.position_gains = (POSITION_BANDWIDTH ** 2, 2 * POSITION_DAMPING * POSITION_BANDWIDTH)
+        self.attitude_gains = (ATTITUDE_BANDWIDTH ** 2, 2 * ATTITUDE_DAMPING * ATTITUDE_BANDWIDTH)
+        self._hold_position = np.zeros(3)
+        self._hold_yaw = 0.0
+        self._land_at = 0.0
+        self._airborne = False
+
+    def _state_problem(self, state: RobotState) -> str | None:
+        if not _finite(state.base_position, state.base_orientation, state.base_linear_velocity,
+                       state.base_angular_velocity):
+            return "base position, orientation or velocities missing or not finite"
+        return None
+
+    def _envelope(self, state: RobotState) -> list[str]:
+        limits, out = self.cfg.drone, []
+        attitude = tilt(state.base_orientation)
+        if attitude > limits.max_tilt:
+            out.append(f"tilt {attitude:.2f} rad above {limits.max_tilt}")
+        return out + _box_violations("geofence:", state.base_position, limits.geofence, ("", "", " (altitude)"))
+
+    def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
+        safe = np.clip(target, 0.0, self.max_thrust)
+        changed = safe != target
+        reasons = [f"thrust limit: motors {np.flatnonzero(changed).tolist()}"] if changed.any() else []
+        return safe, reasons
+
+    def _begin_fallback(self, measurement: Measurement, now: float) -> None:
+        state, fence = measurement.state, self.cfg.drone.geofence
+        self._hold_position = np.clip(state.base_position, fence.min, fence.max)
+        rotation = rotation_matrix(state.base_orientation)
+        self._hold_yaw = math.atan2(rotation[1, 0], rotation[0, 0])
+        self._land_at = now + self.cfg.drone.hover_s
+        self._airborne = state.base_position[2] > self.cfg.drone.landed_height
+
+    def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
+        limits, off = self.cfg.drone, np.zeros(self.num_actuators)
+        if not self._airborne:
+            return off, "motors off"
+        if not state_fresh:
+            if self.state_age(now) > self.cfg.state_timeout_s + limits.blind_s:
+                self._airborne = False
+                self.tripped = self.tripped or f"motors cut after {limits.blind_s} s of blind descent"
+                return off, "motors off"
+            return np.full(self.num_actuators, limits.blind_thrust * self.hover_thrust), "blind descent"
+        if self.estopped:
+            self._land_at = min(self._land_at, now)
+        state = measurement.state
+        if now < self._land_at:
+            return self.position_hold(state, self._hold_position, np.zeros(3)), "hover"
+        if state.base_position[2] <= limits.landed_height:
+            self._airborne = False
+            self.tripped = self.tripped or "landed by the fallback"
+            return off, "motors off"
+        descended = limits.descent_speed * (now - self._land_at)
+        reference = self._hold_position - np.array([0.0, 0.0, descended])
+        return self.position_hold(state, reference, np.array([0.0, 0.0, -limits.descent_speed])), "land"
+
+    def position_hold(self, state: RobotState, position: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """Motor thrusts that steer toward ``position`` moving at ``velocity`` (world frame) with the held yaw:
+        PD position loop -> desired thrust axis and collective thrust -> attitude PD (on SO(3)) -> mixer."""
+        kp, kd = self.position_gains
+        accel = kp * (position - state.base_position) + kd * (velocity - state.base_linear_velocity)
+        accel[2] = max(accel[2] + self.gravity, MIN_VERTICAL_ACCEL * self.gravity)
+        horizontal, max_horizontal = np.linalg.norm(accel[:2]), accel[2] * math.tan(MAX_FALLBACK_TILT)
+        if horizontal > max_horizontal:
+            accel[:2] *= max_horizontal / horizontal
+        rotation = rotation_matrix(state.base_orientation)
+        z_axis = accel / np.linalg.norm(accel)
+        y_axis = np.cross(z_axis, [math.cos(self._hold_yaw), math.sin(self._hold_yaw), 0.0])
+        y_axis /= np.linalg.norm(y_axis)
+        desired = np.column_stack([np.cross(y_axis, z_axis), y_axis, z_axis])
+        error_matrix = desired.T @ rotation - rotation.T @ desired
+        attitude_error = 0.5 * np.array([error_matrix[2, 1], error_matrix[0, 2], error_matrix[1, 0]])
+        rate = state.base_angular_velocity
+        kr, kw = self.attitude_gains
+        torque = self.inertia @ (-kr * attitude_error - kw * rate) + np.cross(rate, self.inertia @ rate)
+        collective = self.mass * float(accel @ rotation[:, 2])
+        return np.clip(self.mixer @ np.array([collective, *torque]), 0.0, self.max_thrust)
+
+
+LAYERS = {"arm": ArmSafetyLayer, "quadruped": QuadrupedSafetyLayer, "drone": DroneSafetyLayer}
+
+
+def safety_layer(robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None) -> SafetyLayer:
+    """The layer for the robot kind whose section the config has (``arm``, ``quadruped`` or ``drone``)."""
+    kind = next(kind for kind in LAYERS if getattr(cfg, kind) is not None)
+    return LAYERS[kind](robot, cfg, critic)
