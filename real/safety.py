@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -40,9 +41,10 @@ from robostack.real.observation import RobotState
 class JointTargetLimits:
     """Limits on joint position targets, relative to the URDF's joint limits."""
 
-    position_margin: float  # rad (m for a prismatic joint) kept inside the URDF position limits
+    position_margin: float  # rad kept inside the URDF position limits of a revolute joint
     velocity_scale: float  # x URDF velocity limit: how fast a position target may move
     effort_scale: float  # x URDF effort limit: the bound on kp * (target - measured position)
+    prismatic_margin: float = 0.0  # m kept inside the URDF position limits of a prismatic joint (a finger)
 
 
 @dataclass
@@ -162,11 +164,9 @@ def _box_violations(what: str, point: np.ndarray, box: Box, axis_notes: Sequence
 # ------------------------------------------------------------------------------------------ layers
 
 
-class SafetyLayer:
+class SafetyLayer(ABC):
     """The limits, watchdogs, e-stop latch and fallback common to every robot kind; subclasses say what a
     valid state is, what the envelope and clamps are and what the fallback does."""
-
-    FALLBACK = ""  # the fallback's name, for reasons and diagnostics
 
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         self.robot, self.cfg, self.critic = robot, cfg, critic
@@ -278,21 +278,25 @@ class SafetyLayer:
         return self._clamp(command, state)
 
     # ----- what each robot kind defines
+    @abstractmethod
     def _state_problem(self, state: RobotState) -> str | None:
-        raise NotImplementedError
+        """Why ``state`` cannot be used (missing or non-finite fields), or None."""
 
+    @abstractmethod
     def _envelope(self, state: RobotState) -> list[str]:
-        raise NotImplementedError
+        """Where the measured robot is outside its envelope (these latch the fallback)."""
 
+    @abstractmethod
     def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
-        raise NotImplementedError
+        """``target`` within the actuator limits, and which limits it broke."""
 
+    @abstractmethod
     def _begin_fallback(self, measurement: Measurement, now: float) -> None:
-        raise NotImplementedError
+        """Remember what the fallback starts from."""
 
+    @abstractmethod
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         """The fallback's target now and the name of its phase."""
-        raise NotImplementedError
 
 
 class JointSafetyLayer(SafetyLayer):
@@ -305,11 +309,12 @@ class JointSafetyLayer(SafetyLayer):
         self.joint_names = list(module.JOINT_NAMES)
         if len(self.joint_names) != self.num_actuators:
             raise ValueError(f"{robot}: {self.num_actuators} actuators but {len(self.joint_names)} joints")
-        self.lower = module.JOINT_LOWER + limits.position_margin
-        self.upper = module.JOINT_UPPER - limits.position_margin
+        prismatic = self.model.jnt_type[self.model.actuator_trnid[:, 0]] == mujoco.mjtJoint.mjJNT_SLIDE
+        margin = np.where(prismatic, limits.prismatic_margin, limits.position_margin)
+        self.lower, self.upper = module.JOINT_LOWER + margin, module.JOINT_UPPER - margin
         if np.any(self.lower >= self.upper):
-            raise ValueError(f"{robot}: safety.joints.position_margin {limits.position_margin} leaves no range "
-                             f"for {[n for n, lo, hi in zip(self.joint_names, self.lower, self.upper) if lo >= hi]}")
+            raise ValueError(f"{robot}: the safety.joints margins leave no range for "
+                             f"{[n for n, lo, hi in zip(self.joint_names, self.lower, self.upper) if lo >= hi]}")
         self.max_step = module.VELOCITY_LIMIT * limits.velocity_scale * self.period  # per safety period
         self.max_lead = module.EFFORT_LIMIT * limits.effort_scale / module.KP  # |target - measured|
 
@@ -347,8 +352,6 @@ class ArmSafetyLayer(JointSafetyLayer):
     """A fixed-base arm: the commanded targets' TCP (forward kinematics) must stay in the workspace box;
     the fallback holds the position measured when it began."""
 
-    FALLBACK = "hold"
-
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         super().__init__(robot, cfg, critic)
         self._data = mujoco.MjData(self.model)
@@ -377,14 +380,12 @@ class ArmSafetyLayer(JointSafetyLayer):
         self._hold = self.joint_positions(measurement.state)
 
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
-        return self._hold, self.FALLBACK
+        return self._hold, "hold"
 
 
 class QuadrupedSafetyLayer(JointSafetyLayer):
     """A legged floating base: base tilt and height must stay in the envelope; the fallback is a damped
     stand-down, targets gliding from the measured pose to a lying pose (and the rate limit bounds the glide)."""
-
-    FALLBACK = "stand down"
 
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         super().__init__(robot, cfg, critic)
@@ -416,7 +417,7 @@ class QuadrupedSafetyLayer(JointSafetyLayer):
 
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         progress = min(1.0, (now - self.fallback_since) / self.cfg.quadruped.stand_down_s)
-        return self._glide_from + progress * (self.lying_pose - self._glide_from), self.FALLBACK
+        return self._glide_from + progress * (self.lying_pose - self._glide_from), "stand down"
 
 
 # Fallback flight controller: natural frequency (rad/s) and damping ratio of each loop. The attitude loop
@@ -434,8 +435,6 @@ class DroneSafetyLayer(SafetyLayer):
     cuts the motors on the ground; the e-stop lands at once. With stale state it cannot close the loop: it
     descends open-loop on ``blind_thrust`` and cuts the motors after ``blind_s``."""
 
-    FALLBACK = "hover then land"
-
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         super().__init__(robot, cfg, critic)
         model, data = self.model, mujoco.MjData(self.model)
@@ -447,15 +446,16 @@ class DroneSafetyLayer(SafetyLayer):
         self.max_thrust = model.actuator_ctrlrange[:, 1].copy()
         body_rotation = rotation_matrix(model.body_iquat[base])
         self.inertia = body_rotation @ np.diag(model.body_inertia[base]) @ body_rotation.T
-        # Body wrench (thrust along z, torque) per newton of each motor, from the actuators' sites and gears
-        # at the home pose (body frame = world frame there), about the centre of mass.
+        # Body-frame wrench (thrust along z, torque about the centre of mass) per newton of each motor, from
+        # the actuators' sites and gears.
+        to_body = data.xmat[base].reshape(3, 3).T
         allocation = np.zeros((4, self.num_actuators))
         for i in range(self.num_actuators):
             site = model.actuator_trnid[i, 0]
-            site_rotation = data.site_xmat[site].reshape(3, 3)
-            force = site_rotation @ model.actuator_gear[i, :3]
-            torque = np.cross(data.site_xpos[site] - data.subtree_com[base], force) + site_rotation @ model.actuator_gear[i, 3:]
-            allocation[:, i] = [force[2], *torque]
+            site_to_body = to_body @ data.site_xmat[site].reshape(3, 3)
+            force = site_to_body @ model.actuator_gear[i, :3]
+            arm = to_body @ (data.site_xpos[site] - data.subtree_com[base])
+            allocation[:, i] = [force[2], *(np.cross(arm, force) + site_to_body @ model.actuator_gear[i, 3:])]
         self.mixer = np.linalg.inv(allocation)
         self.position_gains = (POSITION_BANDWIDTH ** 2, 2 * POSITION_DAMPING * POSITION_BANDWIDTH)
         self.attitude_gains = (ATTITUDE_BANDWIDTH ** 2, 2 * ATTITUDE_DAMPING * ATTITUDE_BANDWIDTH)
@@ -479,9 +479,9 @@ class DroneSafetyLayer(SafetyLayer):
 
     def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
         safe = np.clip(target, 0.0, self.max_thrust)
-        changed = safe != target
-        reasons = [f"thrust limit: motors {np.flatnonzero(changed).tolist()}"] if changed.any() else []
-        return safe, reasons
+        changed = np.flatnonzero(safe != target)
+        names = ", ".join(self.model.actuator(int(i)).name for i in changed)
+        return safe, [f"thrust limit: {names}"] if changed.size else []
 
     def _begin_fallback(self, measurement: Measurement, now: float) -> None:
         state, fence = measurement.state, self.cfg.drone.geofence
