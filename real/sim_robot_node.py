@@ -23,19 +23,21 @@ Parameters
         wall second; tests may run faster).
 
 Topics (relative: they follow the node's namespace)
-    in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order.
-        A message with the wrong length or NaN/inf is not applied (the previous command is held) and a
-        throttled error names the problem. Before the first command the task's default controls apply
-        (the action offset: the home pose, the hover thrust).
+    in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order,
+        clipped to the actuators' control ranges. A message with the wrong length or NaN/inf is not applied
+        (the previous command is held) and a throttled error names the problem. Before the first command the
+        task's default controls apply (the action offset: the home pose, the hover thrust); the latest
+        command is held across episode resets, as the policy node keeps sending.
     out, after every control step, stamped with the node clock: ``topics.joint_states`` (names in actuator
         order, positions, velocities, efforts = the actuators' generalized forces); ``topics.imu``
         (orientation and body angular velocity of the floating base; linear acceleration from the model's
         first accelerometer, including gravity as a real IMU reads it, or covariance[0] = -1 "unknown" per
         REP 145 when the model has none; other covariances 0 = unknown); ``topics.odometry`` (pose in the
         ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105).
-    out: ``topics.task_command`` at every reset and at ~10 Hz; ``sim/episode`` (std_msgs/String, JSON:
-        index, success, return, length, metrics) at every episode end, transient-local (the last 100 reach a
-        subscriber that joins late and asks for transient-local durability).
+    out: ``topics.task_command`` at every reset and every 0.1 s of simulated time; ``sim/episode``
+        (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, transient-local
+        (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
+        exiting the node waits up to 1 s for the reports to be acknowledged).
 
 Stepping: one ``TaskEnv.step_controls`` per control period on a wall-clock schedule (absolute deadlines;
 subscription callbacks run while waiting). A step that ends after the next one was due is an overrun: it
@@ -53,13 +55,14 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import mujoco
 import numpy as np
 import rclpy
 import torch
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -76,16 +79,27 @@ from robostack.real.state import rotate
 
 WORLD_FRAME = "odom"  # REP 105
 BASE_FRAME = "base_link"
-ROS_QUATERNION = ("w", "x", "y", "z")  # the sim's order, written into a message's x, y, z, w fields by name
+SIM_QUATERNION_KEYS = ("w", "x", "y", "z")  # the sim's order; write_vector sets a message's fields by name
 TASK_COMMAND_PERIOD_S = 0.1
 COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
 EPISODE_TOPIC = "sim/episode"
+EPISODE_ACK_TIMEOUT_S = 1.0
 EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # late joiners get past episodes
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+PARAMETERS = {"bundle": "", "task": "", "overrides": None, "randomize": True, "latency_s": 0.0, "seed": 0,
+              "episodes": 0, "real_time_factor": 1.0}
+# One env: mujoco.rollout splits work across envs, so more threads would only sit idle beside the policy node.
+ONE_THREAD = "sim.num_threads=1"
 
 
 class SimRobotError(ValueError):
     """Bad parameters: the message names the parameter and what is wrong."""
+
+
+def actuated_joint_names(model: mujoco.MjModel) -> list[str]:
+    """Joints driven by actuators, in actuator order (what a bundle's ``joint_names`` lists)."""
+    return [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)
+            if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
 
 
 def _stamp(msg: Any, stamp: Any, frame_id: str) -> None:
@@ -100,11 +114,9 @@ class SimRobotNode(Node):
     def __init__(self, **kwargs: Any):
         super().__init__("sim_robot_node", **kwargs)
         dynamic = ParameterDescriptor(dynamic_typing=True)  # accept "latency_s:=0" (an int) too
-        for name, default in (("bundle", ""), ("task", ""), ("overrides", None), ("randomize", True),
-                              ("latency_s", 0.0), ("seed", 0), ("episodes", 0), ("real_time_factor", 1.0)):
+        for name, default in PARAMETERS.items():
             self.declare_parameter(name, default, dynamic)
-        p = {name: self.get_parameter(name).value for name in
-             ("bundle", "task", "overrides", "randomize", "latency_s", "seed", "episodes", "real_time_factor")}
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
         try:
             self.latency_s = float(p["latency_s"])
             self.real_time_factor = float(p["real_time_factor"])
@@ -120,16 +132,15 @@ class SimRobotNode(Node):
             raise SimRobotError(f"episodes must be >= 0 (0 runs forever), got {self.episodes_wanted}")
         overrides = [p["overrides"]] if isinstance(p["overrides"], str) else list(p["overrides"] or [])
         task, task_config, joint_names = self._resolve_task(str(p["bundle"]), str(p["task"]))
-        self.env = sim.make_env(task, num_envs=1, seed=seed, overrides=overrides, play=not bool(p["randomize"]),
-                                config=task_config)
+        self.env = sim.make_env(task, num_envs=1, seed=seed, overrides=[ONE_THREAD, *overrides],
+                                play=not bool(p["randomize"]), config=task_config)
         self.env.reset(seed=seed)
         model = self.env.default_model
         self.cfg = load_deploy_config(self.env.task.robot)
         self.control_dt = self.env.control_dt
-        self.joint_names = joint_names or [model.joint(int(model.actuator_trnid[i, 0])).name
-                                           for i in range(model.nu) if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
-        self._check_layout(model)
+        self.joint_names = joint_names or actuated_joint_names(model)
         self._setup_physics_readout(model)
+        self._check_layout(model)
 
         topics = self.cfg.topics
         self._topic_publishers = {
@@ -139,8 +150,7 @@ class SimRobotNode(Node):
         self.create_subscription(message_type(topics.driver_command.type), topics.driver_command.topic,
                                  self._on_driver_command, 10)
 
-        self.default_controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)
-        self.controls = self.default_controls.copy()
+        self.controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)  # the task's default controls
         self._pending: deque[tuple[float, np.ndarray]] = deque()  # (sim time it takes effect, controls)
         self._last_complaint: dict[str, float] = {}
         self.rejected_commands = 0
@@ -172,7 +182,7 @@ class SimRobotNode(Node):
             raise SimRobotError(exc.args[0]) from None
         return resolved
 
-    def _check_layout(self, model: Any) -> None:
+    def _check_layout(self, model: mujoco.MjModel) -> None:
         """The deploy config and the model must agree, or every message would be wrong."""
         topics = self.cfg.topics
         if topics.joint_states is not None and len(self.joint_names) != model.nu:
@@ -181,22 +191,17 @@ class SimRobotNode(Node):
         if topics.task_command is not None and len(topics.task_command.fields) != self.env.task.command_dim:
             raise SimRobotError(f"deploy config {self.cfg.robot}: task_command has {len(topics.task_command.fields)} "
                                 f"fields, the task's command has {self.env.task.command_dim} values")
-        if (topics.imu is not None or topics.odometry is not None) and self._free_joint(model) is None:
+        if (topics.imu is not None or topics.odometry is not None) and self._base_qpos is None:
             raise SimRobotError(f"deploy config {self.cfg.robot} wants IMU/odometry but the model has no floating base")
 
-    @staticmethod
-    def _free_joint(model: Any) -> int | None:
-        free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
-        return free[0] if free else None
-
-    def _setup_physics_readout(self, model: Any) -> None:
+    def _setup_physics_readout(self, model: mujoco.MjModel) -> None:
         """Addresses of what gets published; one scratch MjData recomputes forces and sensors per step."""
         self._data = mujoco.MjData(model)
         self._joint_qpos = self.env.actuator_qpos_adr.cpu().numpy()
         self._joint_dof = self.env.actuator_dof_adr.cpu().numpy()
-        free = self._free_joint(model)
-        self._base_qpos = None if free is None else int(model.jnt_qposadr[free])
-        self._base_dof = None if free is None else int(model.jnt_dofadr[free])
+        free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+        self._base_qpos = int(model.jnt_qposadr[free[0]]) if free else None  # the floating base, if any
+        self._base_dof = int(model.jnt_dofadr[free[0]]) if free else None
         accelerometers = [i for i in range(model.nsensor)
                           if model.sensor_type[i] == mujoco.mjtSensor.mjSENS_ACCELEROMETER]
         self._accelerometer = (None if not accelerometers else
@@ -205,7 +210,7 @@ class SimRobotNode(Node):
     # ----- driver commands
     def _on_driver_command(self, msg: Any) -> None:
         values = np.asarray(get_field(msg, self.cfg.topics.driver_command.data), dtype=np.float64)
-        nu = len(self.default_controls)
+        nu = len(self.controls)
         if values.shape != (nu,):
             self._reject("length", f"wrong length: {values.size} values, expected {nu} (one per actuator)")
         elif not np.isfinite(values).all():
@@ -244,7 +249,7 @@ class SimRobotNode(Node):
     def done(self) -> bool:
         return 0 < self.episodes_wanted <= len(self.episode_stats)
 
-    def run(self, executor: SingleThreadedExecutor, stop_requested: Any) -> None:
+    def run(self, executor: SingleThreadedExecutor, stop_requested: Callable[[], bool]) -> None:
         """Step on a wall-clock schedule until done, handling subscriptions while waiting."""
         period = self.control_dt / self.real_time_factor
         start = deadline = time.monotonic()
@@ -260,7 +265,7 @@ class SimRobotNode(Node):
             self.wall_s = time.monotonic() - start
 
     # ----- publishing
-    def _read_physics(self) -> Any:
+    def _read_physics(self) -> mujoco.MjData:
         """An MjData at the current state with the applied controls: actuator forces and sensors filled in."""
         batch, data = self.env.sim, self._data
         mujoco.mj_setState(batch.models[0], data, batch.state[0], FULL_STATE)
@@ -293,7 +298,7 @@ class SimRobotNode(Node):
             t = topics.imu
             msg = self._topic_publishers["imu"].msg_type()
             _stamp(msg, stamp, BASE_FRAME)
-            write_vector(msg, t.orientation, orientation, ROS_QUATERNION)
+            write_vector(msg, t.orientation, orientation, SIM_QUATERNION_KEYS)
             write_vector(msg, t.angular_velocity, body_angular_velocity)
             if hasattr(msg, "linear_acceleration"):
                 if self._accelerometer is None:
@@ -308,7 +313,7 @@ class SimRobotNode(Node):
             if hasattr(msg, "child_frame_id"):
                 msg.child_frame_id = BASE_FRAME
             write_vector(msg, t.position, position)
-            write_vector(msg, t.orientation, orientation, ROS_QUATERNION)
+            write_vector(msg, t.orientation, orientation, SIM_QUATERNION_KEYS)
             inverse = orientation * np.array([1.0, -1.0, -1.0, -1.0])
             linear = rotate(inverse, world_velocity) if t.linear_velocity_frame == "body" else world_velocity
             write_vector(msg, t.linear_velocity, linear)
@@ -336,6 +341,10 @@ class SimRobotNode(Node):
         line = json.dumps(stats)
         self._episode_publisher.publish(String(data=line))
         self.get_logger().info(f"episode end: {line}")
+
+    def deliver_episode_reports(self) -> None:
+        """Before exiting: a harness must get the last episode's report, so wait (briefly) for its ack."""
+        self._episode_publisher.wait_for_all_acked(Duration(seconds=EPISODE_ACK_TIMEOUT_S))
 
     def summary(self) -> dict[str, Any]:
         episodes = self.episode_stats
@@ -378,6 +387,7 @@ def main(args: list[str] | None = None) -> int:
             node.run(executor, lambda: stop["signal"] is not None)
         except ExternalShutdownException:
             pass
+        node.deliver_episode_reports()
         print(json.dumps(node.summary()), flush=True)
         return 0
     finally:
