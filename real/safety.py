@@ -15,9 +15,13 @@ It intervenes in two ways:
   veto, or the e-stop. Each robot kind has its own fallback (arm: hold the measured position; quadruped:
   glide to a lying pose; drone: hover, then land), and its output passes the same clamps.
 
-Envelope violations, the e-stop and a landing by the fallback latch: the fallback stays until ``reset``,
-which is refused while the state is stale. The other causes last only as long as they do, and the clamps
-(the rate limit above all) make the return to the policy's commands smooth.
+Envelope violations, the e-stop and the fallback's cutting a drone's motors latch: the fallback stays until
+``reset``, which is refused while the state is stale. The other causes last only as long as they do, and
+the clamps (the rate limit above all) make the return to the policy's commands smooth. Before the first
+command there is no control to lose: a quadruped holds the pose it was found in rather than lying down.
+
+A learned safety critic plugs in as a ``SafetyCritic`` (none by default): commands it scores below
+``critic_threshold`` are replaced by the fallback.
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class JointTargetLimits:
 
 @dataclass
 class Box:
+    """An axis-aligned box (m)."""
+
     min: tuple[float, float, float]
     max: tuple[float, float, float]
 
@@ -92,6 +98,10 @@ class SafetyConfig:
     drone: DroneLimits | None = None
 
 
+POSITIVE_KEYS = ("rate_hz", "command_timeout_s", "state_timeout_s", "joints.velocity_scale", "joints.effort_scale",
+                 "quadruped.stand_down_s", "drone.descent_speed", "drone.landed_height")
+
+
 def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:
     """The checked ``safety:`` section of a deploy config read from ``source`` (named in every error)."""
     where = f"{source} (section safety)"
@@ -106,9 +116,18 @@ def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:
     if kinds[0] != "drone" and cfg.joints is None:
         raise ConfigError(f"{where}: missing required key 'joints' (an {kinds[0]} has joint limits)",
                           key="safety.joints", source=source)
-    for key in ("rate_hz", "command_timeout_s", "state_timeout_s"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"{where}: '{key}' must be > 0, got {getattr(cfg, key)}", key=key, source=source)
+    for key in POSITIVE_KEYS:
+        section, _, name = key.rpartition(".")
+        holder = getattr(cfg, section) if section else cfg
+        if holder is not None and not getattr(holder, name) > 0:
+            raise ConfigError(f"{where}: '{key}' must be > 0, got {getattr(holder, name)}", key=f"safety.{key}",
+                              source=source)
+    for key in ("arm.workspace", "drone.geofence"):
+        section, _, name = key.partition(".")
+        box = getattr(getattr(cfg, section), name) if getattr(cfg, section) is not None else None
+        if box is not None and not all(low < high for low, high in zip(box.min, box.max)):
+            raise ConfigError(f"{where}: '{key}' needs min < max on every axis, got {box}", key=f"safety.{key}",
+                              source=source)
     return cfg
 
 
@@ -125,6 +144,8 @@ class Command:
 
 @dataclass(frozen=True)
 class Measurement:
+    """A measured state and its age's origin, for the watchdog."""
+
     state: RobotState
     received: float  # monotonic s when its oldest part arrived
 
@@ -137,7 +158,7 @@ class SafetyCritic(Protocol):
 
 def tilt(quat_wxyz: np.ndarray) -> float:
     """Angle (rad) between the body's up axis and the world's."""
-    w, x, y, z = quat_wxyz / np.linalg.norm(quat_wxyz)
+    _, x, y, _ = quat_wxyz / np.linalg.norm(quat_wxyz)
     return math.acos(float(np.clip(1.0 - 2.0 * (x * x + y * y), -1.0, 1.0)))
 
 
@@ -147,8 +168,14 @@ def rotation_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
     return matrix.reshape(3, 3)
 
 
-def _finite(*arrays: np.ndarray | None) -> bool:
-    return all(a is not None and np.all(np.isfinite(a)) for a in arrays)
+def _base_problem(state: RobotState, fields: Sequence[str]) -> str | None:
+    """Why the floating base's ``fields`` of ``state`` cannot be used, or None."""
+    bad = [name for name in fields if getattr(state, name) is None or not np.all(np.isfinite(getattr(state, name)))]
+    if bad:
+        return f"{', '.join(bad)} missing or not finite"
+    if abs(np.linalg.norm(state.base_orientation) - 1.0) > 0.1:
+        return "base_orientation is not a unit quaternion"
+    return None
 
 
 def _box_violations(what: str, point: np.ndarray, box: Box, axis_notes: Sequence[str] = ("", "", "")) -> list[str]:
@@ -178,13 +205,16 @@ class SafetyLayer(ABC):
         self.estopped = False
         self.tripped: str | None = None  # why the fallback is latched besides the e-stop
         self.fallback_since: float | None = None  # monotonic s; None while commands pass
+        self.fallback_phase = ""  # what the fallback does now ("hold", "land", ...); empty while commands pass
         self.last_output: np.ndarray | None = None
+        self.commanded = False  # whether any command has passed yet
         self._measurement: Measurement | None = None  # the last valid one
 
     # ----- e-stop and reset
     @property
-    def latched(self) -> bool:
-        return self.estopped or self.tripped is not None
+    def latches(self) -> list[str]:
+        """What holds the fallback until ``reset``."""
+        return ["e-stop"] * self.estopped + [self.tripped] * (self.tripped is not None)
 
     def trigger_estop(self) -> None:
         self.estopped = True
@@ -198,12 +228,14 @@ class SafetyLayer(ABC):
         age = self.state_age(now)
         if age > self.cfg.state_timeout_s:
             return False, f"reset refused: the state is stale ({self._age_text(age)})"
-        cleared = ["e-stop"] * self.estopped + [self.tripped] * (self.tripped is not None)
+        cleared = self.latches
         self.estopped, self.tripped = False, None
         return True, f"reset: cleared {', '.join(cleared)}" if cleared else "reset: nothing was latched"
 
     def _age_text(self, age: float) -> str:
-        return "never received" if math.isinf(age) else f"{age * 1e3:.0f} ms old, limit {self.cfg.state_timeout_s * 1e3:.0f} ms"
+        if math.isinf(age):
+            return "never received"
+        return f"{age * 1e3:.0f} ms old, limit {self.cfg.state_timeout_s * 1e3:.0f} ms"
 
     # ----- the reflex
     def filter(self, command: Command | None, measurement: Measurement | None, now: float
@@ -227,43 +259,40 @@ class SafetyLayer(ABC):
             violations = self._envelope(state)
             if violations and self.tripped is None:
                 self.tripped = "; ".join(violations)
-        if self.estopped:
-            reasons.append("e-stop (latched until reset)")
-        if self.tripped is not None:
-            reasons.append(f"{self.tripped} (latched until reset)")
-        values = self._valid_command(command, now, reasons)
+        reasons += [f"{latch} (latched until reset)" for latch in self.latches]
+        values, problem = self._check_command(command, now)
+        if problem:
+            reasons.append(problem)
         if not reasons:
             safe, clamps = self._limit_command(values, state)
             veto = self._critic_veto(state, safe)
             if veto is None:
-                self.fallback_since = None
+                self.fallback_since, self.fallback_phase = None, ""
+                self.commanded = True
                 self.last_output = safe
                 return safe, clamps
             reasons.append(veto)
         if self.fallback_since is None:
             self.fallback_since = now
             self._begin_fallback(self._measurement, now)
-        target, phase = self._fallback(self._measurement, now, state_fresh)
+        target, self.fallback_phase = self._fallback(self._measurement, now, state_fresh)
         safe, clamps = self._clamp(target, state)
         self.last_output = safe
-        return safe, [f"fallback: {phase}", *reasons, *clamps]
+        return safe, [f"fallback: {self.fallback_phase}", *reasons, *clamps]
 
-    def _valid_command(self, command: Command | None, now: float, reasons: list[str]) -> np.ndarray | None:
+    def _check_command(self, command: Command | None, now: float) -> tuple[np.ndarray | None, str | None]:
+        """The command's values, or why it cannot be used at all."""
         if command is None:
-            reasons.append("no command yet")
-            return None
+            return None, "no command yet"
         age = now - command.received
         if age > self.cfg.command_timeout_s:
-            reasons.append(f"command stale: {age * 1e3:.0f} ms old, limit {self.cfg.command_timeout_s * 1e3:.0f} ms")
-            return None
+            return None, f"command stale: {age * 1e3:.0f} ms old, limit {self.cfg.command_timeout_s * 1e3:.0f} ms"
         values = np.asarray(command.values, dtype=np.float64)
         if values.shape != (self.num_actuators,):
-            reasons.append(f"command has {values.size} values, the {self.robot} takes {self.num_actuators}")
-            return None
+            return None, f"command has {values.size} values, the {self.robot} takes {self.num_actuators}"
         if not np.all(np.isfinite(values)):
-            reasons.append(f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}")
-            return None
-        return values
+            return None, f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}"
+        return values, None
 
     def _critic_veto(self, state: RobotState, command: np.ndarray) -> str | None:
         if self.critic is None:
@@ -325,7 +354,7 @@ class JointSafetyLayer(SafetyLayer):
         missing = [n for n in self.joint_names if n not in state.joint_position]
         if missing:
             return f"no position for {missing}"
-        if not _finite(self.joint_positions(state)):
+        if not np.all(np.isfinite(self.joint_positions(state))):
             return "joint positions not finite"
         return None
 
@@ -385,7 +414,9 @@ class ArmSafetyLayer(JointSafetyLayer):
 
 class QuadrupedSafetyLayer(JointSafetyLayer):
     """A legged floating base: base tilt and height must stay in the envelope; the fallback is a damped
-    stand-down, targets gliding from the measured pose to a lying pose (and the rate limit bounds the glide)."""
+    stand-down, targets gliding from the measured pose to a lying pose (and the rate limit bounds the glide).
+    Before the first command it holds the pose it found instead: there is no control to lose yet, and the
+    policy should start from the pose the robot was put in, not from half-way down."""
 
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         super().__init__(robot, cfg, critic)
@@ -395,12 +426,10 @@ class QuadrupedSafetyLayer(JointSafetyLayer):
                              f"joints must divide the {self.num_actuators} joints")
         self.lying_pose = np.tile(leg_pose, self.num_actuators // leg_pose.size)
         self._glide_from: np.ndarray | None = None
+        self._glide_start = 0.0
 
     def _state_problem(self, state: RobotState) -> str | None:
-        problem = super()._state_problem(state)
-        if problem is None and not _finite(state.base_position, state.base_orientation):
-            problem = "base position or orientation missing or not finite"
-        return problem
+        return super()._state_problem(state) or _base_problem(state, ("base_position", "base_orientation"))
 
     def _envelope(self, state: RobotState) -> list[str]:
         limits, out = self.cfg.quadruped, []
@@ -414,9 +443,13 @@ class QuadrupedSafetyLayer(JointSafetyLayer):
 
     def _begin_fallback(self, measurement: Measurement, now: float) -> None:
         self._glide_from = self.joint_positions(measurement.state)
+        self._glide_start = now - self.period  # one period in at the first tick: the fallback shows at once
 
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
-        progress = min(1.0, (now - self.fallback_since) / self.cfg.quadruped.stand_down_s)
+        if not self.commanded and not self.latches:
+            self._glide_start = now  # a stand-down would start from here, one period on
+            return self._glide_from, "hold until the first command"
+        progress = min(1.0, (now - self._glide_start) / self.cfg.quadruped.stand_down_s)
         return self._glide_from + progress * (self.lying_pose - self._glide_from), "stand down"
 
 
@@ -456,7 +489,7 @@ class DroneSafetyLayer(SafetyLayer):
             force = site_to_body @ model.actuator_gear[i, :3]
             arm = to_body @ (data.site_xpos[site] - data.subtree_com[base])
             allocation[:, i] = [force[2], *(np.cross(arm, force) + site_to_body @ model.actuator_gear[i, 3:])]
-        self.mixer = np.linalg.inv(allocation)
+        self.mixer = np.linalg.pinv(allocation)  # motor thrusts for a wanted (thrust, torque)
         self.position_gains = (POSITION_BANDWIDTH ** 2, 2 * POSITION_DAMPING * POSITION_BANDWIDTH)
         self.attitude_gains = (ATTITUDE_BANDWIDTH ** 2, 2 * ATTITUDE_DAMPING * ATTITUDE_BANDWIDTH)
         self._hold_position = np.zeros(3)
@@ -465,10 +498,8 @@ class DroneSafetyLayer(SafetyLayer):
         self._airborne = False
 
     def _state_problem(self, state: RobotState) -> str | None:
-        if not _finite(state.base_position, state.base_orientation, state.base_linear_velocity,
-                       state.base_angular_velocity):
-            return "base position, orientation or velocities missing or not finite"
-        return None
+        return _base_problem(state, ("base_position", "base_orientation", "base_linear_velocity",
+                                     "base_angular_velocity"))
 
     def _envelope(self, state: RobotState) -> list[str]:
         limits, out = self.cfg.drone, []

@@ -1,0 +1,217 @@
+"""``safety_node``: the safety reflex layer between the policy (or a human) and the robot's driver.
+
+Run::
+
+    python -m robostack.real.safety_node --ros-args -p robot:=go2
+
+Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
+``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``).
+
+It alone talks to the driver. Every safety period (``safety.rate_hz``) it takes the latest command (the
+human's on ``teleop/command`` while ``teleop/active`` is true, else the policy's on ``policy/command``) and
+the latest measured state (``robostack.real.state.StateListener``), passes them through
+``robostack.real.safety.SafetyLayer`` and publishes the result on the driver's command topic. Every change
+the layer makes is published on ``safety/override`` as JSON ``{"reasons": [...], "t": <ROS time, s>}``,
+and its health on ``/diagnostics`` at 2 Hz. ``true`` on ``safety/estop`` or a call of
+``safety/trigger_estop`` latches the e-stop; only ``safety/reset`` clears it (and any latched fallback),
+and it refuses while the state is stale. Before the first valid state it publishes no command: there is
+nothing safe to hold.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from robostack.config import config_path
+from robostack.real.deploy_config import INTERNAL, load_deploy_config
+from robostack.real.messages import message_type, set_field
+from robostack.real.safety import Command, Measurement, safety_config, safety_layer
+from robostack.real.state import StateListener
+
+DIAGNOSTICS_PERIOD_S = 0.5
+
+
+class SafetyNode(Node):
+    """Topics and services around one ``SafetyLayer``; the layer decides, the node only carries."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__("safety_node", **kwargs)
+        self.robot = self.declare_parameter("robot", "").value
+        config = self.declare_parameter("config", "").value
+        if not self.robot:
+            raise ValueError("parameter 'robot' is required (panda, go2 or cf2)")
+        source = config or str(config_path("deploy", f"{self.robot}.yaml"))
+        self.deploy = load_deploy_config(self.robot, source)
+        self.layer = safety_layer(self.robot, safety_config(self.deploy, source))
+        self.listener = StateListener(self, self.deploy)
+
+        self.policy_command: Command | None = None
+        self.teleop_command: Command | None = None
+        self.teleop_active = False
+        self.last_override = ""
+        self.last_override_at = -float("inf")  # monotonic s
+
+        driver = self.deploy.topics.driver_command
+        self.driver_type = message_type(driver.type)
+        self.driver_field = driver.data
+        self.driver_publisher = self.create_publisher(self.driver_type, driver.topic, 10)
+        self.override_publisher = self.create_publisher(String, INTERNAL["override"][0], 10)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, INTERNAL["diagnostics"][0], 10)
+        self.create_subscription(Float64MultiArray, INTERNAL["policy_command"][0], self._on_policy, 10)
+        self.create_subscription(Float64MultiArray, INTERNAL["teleop_command"][0], self._on_teleop, 10)
+        self.create_subscription(Bool, INTERNAL["teleop_active"][0], self._on_teleop_active, 10)
+        self.create_subscription(Bool, INTERNAL["estop"][0], self._on_estop, 10)
+        self.create_service(Trigger, INTERNAL["estop_service"][0], self._on_trigger_estop)
+        self.create_service(Trigger, INTERNAL["reset_service"][0], self._on_reset)
+        self.create_timer(self.layer.period, self._tick)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self.get_logger().info(f"{type(self.layer).__name__} for the {self.robot} at {self.layer.cfg.rate_hz:g} Hz "
+                               f"on {self.resolve_topic_name(driver.topic)}; no command until the state arrives")
+
+    # ----- inputs
+    def _on_policy(self, msg: Float64MultiArray) -> None:
+        self.policy_command = Command(np.asarray(msg.data, dtype=np.float64), time.monotonic())
+
+    def _on_teleop(self, msg: Float64MultiArray) -> None:
+        self.teleop_command = Command(np.asarray(msg.data, dtype=np.float64), time.monotonic())
+
+    def _on_teleop_active(self, msg: Bool) -> None:
+        self.teleop_active = bool(msg.data)
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:  # false does not release it: only the reset service does
+            self._estop("topic")
+
+    def _on_trigger_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._estop("service")
+        response.success, response.message = True, "e-stop latched until safety/reset"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.layer.reset(time.monotonic())
+        if response.success:  # rclpy wants one severity per logging call site
+            self.get_logger().info(response.message)
+        else:
+            self.get_logger().warning(response.message)
+        return response
+
+    def _estop(self, via: str) -> None:
+        if not self.layer.estopped:
+            self.get_logger().warning(f"e-stop latched (via {via})")
+        self.layer.trigger_estop()
+
+    # ----- the reflex
+    @property
+    def source(self) -> str:
+        return "teleop" if self.teleop_active else "policy"
+
+    @property
+    def command(self) -> Command | None:
+        return self.teleop_command if self.teleop_active else self.policy_command
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        ready = self.listener.ready()
+        measurement = Measurement(self.listener.state(), now - self.listener.age(now)) if ready else None
+        phase_before = self.layer.fallback_phase
+        output, reasons = self.layer.filter(self.command, measurement, now)
+        if self.layer.fallback_phase != phase_before:
+            self._log_fallback(phase_before, reasons)
+        if output is not None:
+            msg = self.driver_type()
+            set_field(msg, self.driver_field, output.tolist())
+            self.driver_publisher.publish(msg)
+        if reasons:
+            self.last_override, self.last_override_at = "; ".join(reasons), now
+            t = self.get_clock().now().nanoseconds * 1e-9
+            self.override_publisher.publish(String(data=json.dumps({"reasons": reasons, "t": t})))
+
+    def _log_fallback(self, phase_before: str, reasons: list[str]) -> None:
+        """Fallback changes, at most one a second of each kind: bad commands can toggle it every period
+        (``safety/override`` and ``/diagnostics`` carry every change)."""
+        if self.layer.fallback_phase:
+            self.get_logger().warning("; ".join(reasons), throttle_duration_sec=1.0)
+        else:
+            self.get_logger().info(f"fallback ({phase_before}) over: passing {self.source} commands",
+                                   throttle_duration_sec=1.0)
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        command = self.command
+        command_age = now - command.received if command is not None else float("inf")
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: {self.robot} safety layer",
+                                  hardware_id=self.robot)
+        if self.layer.last_output is None:
+            status.level = DiagnosticStatus.ERROR
+            missing = self.listener.missing()
+            status.message = (f"no valid state yet (waiting for {', '.join(missing)}): publishing no command"
+                              if missing else "no valid state yet: publishing no command")
+        elif self.layer.latches:
+            status.level = DiagnosticStatus.ERROR
+            status.message = (f"fallback ({self.layer.fallback_phase}) latched until reset: "
+                              f"{'; '.join(self.layer.latches)}")
+        elif self.layer.fallback_phase:
+            status.level, status.message = DiagnosticStatus.WARN, f"fallback: {self.layer.fallback_phase}"
+        elif now - self.last_override_at < DIAGNOSTICS_PERIOD_S:
+            status.level, status.message = DiagnosticStatus.WARN, "limiting commands"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, f"passing {self.source} commands"
+        values = {
+            "estop": str(self.layer.estopped).lower(),
+            "latched": self.layer.tripped or "",
+            "state_age_s": f"{self.layer.state_age(now):.4f}",
+            "command_age_s": f"{command_age:.4f}",
+            "source": self.source,
+            "fallback": self.layer.fallback_phase,
+            "last_override": self.last_override,
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+
+def main(args: list[str] | None = None) -> int:
+    # SIGINT/SIGTERM only set a flag that the spin loop checks: rclpy's own handler shuts the context down
+    # under a callback that may be taking a message, which can raise instead of stopping cleanly.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: stop.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    try:
+        try:
+            node = SafetyNode()
+        except (ValueError, ImportError, KeyError) as exc:  # a bad parameter, config, robot or site name
+            print(f"safety_node: error: {exc}", file=sys.stderr)
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            while not stop and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
