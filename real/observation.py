@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from robostack.sim.policy_state import PolicyState
-from robostack.sim.task_env import actuated_joint_addresses, control_limits
+from robostack.sim.task_env import actuated_joint_addresses, control_limits, sensor_slices
 
 
 class ObservationError(ValueError):
@@ -62,10 +62,7 @@ class ObservationBuilder(PolicyState):
         self.max_episode_length = int(metadata["max_episode_length"])
         model = self.model = self.task.model
         self._data = mujoco.MjData(model)
-        self._sensor_slices = {
-            model.sensor(i).name: slice(model.sensor_adr[i], model.sensor_adr[i] + model.sensor_dim[i])
-            for i in range(model.nsensor)
-        }
+        self._sensor_slices = sensor_slices(model)
         self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, self.device)
         self.default_joint_pos = torch.as_tensor(self.task.default_joint_pos, dtype=torch.float32)
         self.joint_names: list[str] = list(metadata["joint_names"])

@@ -47,6 +47,12 @@ def control_limits(model: mujoco.MjModel) -> np.ndarray:
     return ctrlrange
 
 
+def sensor_slices(model: mujoco.MjModel) -> dict[str, slice]:
+    """Sensor name -> its slice of ``sensordata``."""
+    return {model.sensor(i).name: slice(model.sensor_adr[i], model.sensor_adr[i] + model.sensor_dim[i])
+            for i in range(model.nsensor)}
+
+
 def actuated_joint_addresses(model: mujoco.MjModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """qpos and qvel addresses of the joints the actuators drive, in actuator order."""
     jnt = [model.actuator_trnid[i, 0] for i in range(model.nu) if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
@@ -79,10 +85,7 @@ class TaskEnv(PolicyState, VecEnv):
         self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
         self.ctrl = self._ctrl_offset.repeat(n, 1)  # controls applied this step (after any latency)
         self._ctrl_history: torch.Tensor | None = None  # [max_latency+1, N, nu], newest first
-        self._sensor_slices = {
-            model.sensor(i).name: slice(model.sensor_adr[i], model.sensor_adr[i] + model.sensor_dim[i])
-            for i in range(model.nsensor)
-        }
+        self._sensor_slices = sensor_slices(model)
         self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, dev)
         self.default_joint_pos = torch.as_tensor(task.default_joint_pos, dtype=torch.float32, device=dev)
         self.buffers: dict[str, torch.Tensor] = {}  # task-specific per-env state (e.g. feet air time)
