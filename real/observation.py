@@ -118,8 +118,9 @@ class ObservationBuilder(PolicyState):
         """Take a new measurement (then ``integrate`` once per control step, ``observation`` to read)."""
         qpos = self.qpos.clone()
         qvel = self.qvel.clone()
-        for names, values, target, adr in ((self.joint_names, state.joint_position, qpos, self.actuator_qpos_adr),
-                                           (self.joint_names, state.joint_velocity, qvel, self.actuator_dof_adr)):
+        names = self.joint_names
+        for values, target, adr in ((state.joint_position, qpos, self.actuator_qpos_adr),
+                                    (state.joint_velocity, qvel, self.actuator_dof_adr)):
             missing = [n for n in names if n not in values]
             if missing:
                 raise ObservationError(f"state has no value for joint(s) {missing} (bundle joints: {names})")
