@@ -479,10 +479,20 @@ class LoadedRun:
         self.algo: str = ckpt.get("algo") or self.train_config.get("algo") or config.get("algo") or "ppo"
         overrides = ckpt.get("task_overrides")
         self.task_overrides: list[str] = list(overrides if overrides is not None else config.get("task_overrides", []))
-        # the full task config the run trained with (runs written before it was saved: YAML + overrides)
-        self.task_config: dict[str, Any] | None = ckpt.get("task_config") or config.get("task_config")
         if not self.task:
             raise ValueError(f"checkpoint {checkpoint}: does not say which task it was trained on")
+        self._task_config: dict[str, Any] | None = ckpt.get("task_config") or config.get("task_config")
+
+    @property
+    def task_config(self) -> dict[str, Any]:
+        """The full task config the run trained with, so its task is rebuilt exactly even after the task's YAML
+        file changes (runs written before it was saved: the current YAML + the run's overrides)."""
+        if self._task_config is None:
+            from robostack import sim
+            from robostack.config import to_dict
+
+            self._task_config = to_dict(sim.load_task_config(self.task, self.task_overrides))
+        return self._task_config
 
     def build_algorithm(self, env: Any) -> Any:
         """The algorithm object for ``env`` with the checkpoint's weights (through the registry)."""
@@ -535,20 +545,7 @@ class LoadedRun:
     def make_env(self, num_envs: int = 1, seed: int = 0, play: bool = True) -> Any:
         from robostack import sim
 
-        if self.task_config is not None:
-            return sim.make_env(self.task, num_envs=num_envs, seed=seed, play=play, config=self.task_config)
-        return sim.make_env(self.task, num_envs=num_envs, seed=seed, overrides=self.task_overrides, play=play)
-
-
-def _task_config(run: LoadedRun) -> dict[str, Any]:
-    """The full task config the run trained with (YAML + overrides, randomization as in training), so a
-    bundle rebuilds its task exactly even after the task's YAML file changes."""
-    from robostack import sim
-    from robostack.config import to_dict
-
-    if run.task_config is not None:
-        return run.task_config
-    return to_dict(sim.load_task_config(run.task, run.task_overrides))
+        return sim.make_env(self.task, num_envs=num_envs, seed=seed, play=play, config=self.task_config)
 
 
 def load_run(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> LoadedRun:
@@ -636,7 +633,7 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
         "task": facts.pop("task"),
         "algo": run.algo,
         **facts,
-        "task_config": _task_config(run),
+        "task_config": run.task_config,
         "training": {
             "task_overrides": list(run.task_overrides),
             "train_config": run.train_config,

@@ -162,8 +162,8 @@ def _is_bundle(path: Path) -> bool:
 
 
 def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What ``eval_policy`` needs: ``kind`` ("bundle" | "run"), ``task``, ``task_config`` (None: the YAML with
-    ``task_overrides``), ``algo`` and a ``make_policy(env) -> (obs dict -> action tensor)``."""
+    """What ``eval_policy`` needs: ``kind`` ("bundle" | "run"), ``task``, ``task_config`` (the full config it
+    trained with), ``algo`` and a ``make_policy(env) -> (obs dict -> action tensor)``."""
     path = Path(source)
     if _is_bundle(path):
         from robostack.bundle import load_bundle
@@ -186,7 +186,7 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
             return policy
 
         return {"kind": "bundle", "task": meta["task"], "robot": meta["robot"], "algo": meta.get("algo"),
-                "task_overrides": [], "task_config": meta["task_config"],
+                "task_config": meta["task_config"],
                 "make_policy": make_bundle_policy, "bundle": bundle}
 
     from robostack.bundle import load_run
@@ -204,9 +204,8 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
 
         return policy
 
-    saved = run.task_config is not None  # older runs: rebuild from the YAML and their overrides
     return {"kind": "run", "task": run.task, "algo": run.algo, "task_config": run.task_config,
-            "task_overrides": [] if saved else list(run.task_overrides), "make_policy": make_run_policy, "run": run}
+            "make_policy": make_run_policy, "run": run}
 
 
 def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = False,
@@ -226,8 +225,7 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
     from robostack.evaluate import evaluate
 
     n = num_envs or min(episodes, 32)
-    env = sim.make_env(loaded["task"], num_envs=n, seed=seed, overrides=loaded["task_overrides"],
-                       play=not randomized, config=loaded.get("task_config"))
+    env = sim.make_env(loaded["task"], num_envs=n, seed=seed, play=not randomized, config=loaded["task_config"])
     recorder = None
     try:
         policy = loaded["make_policy"](env)
