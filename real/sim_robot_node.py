@@ -21,6 +21,13 @@ Parameters
     ``latency_s`` (0.0): a received command takes effect this much simulated time later (a queue).
     ``seed`` (0), ``episodes`` (0: run until stopped), ``real_time_factor`` (1.0: simulated seconds per
         wall second; tests may run faster).
+    ``start_paused`` (false): hold the first episode's initial state (publishing it at the control rate)
+        until the policy node or a human is in control: the first driver command that arrives after a
+        message on ``policy/command`` or ``teleop/command``, i.e. once policy and safety layer are both up.
+        A real robot stands still until it is driven; so no episode is lost to nodes that start slowly.
+        Driver commands before that (the safety layer's fallback) are dropped.
+    ``reset_safety`` (false): at every episode start, call the safety layer's ``safety/reset`` service,
+        as an operator who puts the robot back clears a tripped envelope; so each episode is its own trial.
 
 Topics (relative: they follow the node's namespace)
     in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order,
@@ -69,11 +76,12 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from robostack import registry, sim
 from robostack.bundle import BundleError, load_bundle
 from robostack.config import ConfigError
-from robostack.real.deploy_config import load_deploy_config
+from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field, write_vector
 from robostack.real.state import rotate
 
@@ -87,7 +95,8 @@ EPISODE_ACK_TIMEOUT_S = 1.0
 EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # late joiners get past episodes
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
 PARAMETERS = {"bundle": "", "task": "", "overrides": None, "randomize": True, "latency_s": 0.0, "seed": 0,
-              "episodes": 0, "real_time_factor": 1.0}
+              "episodes": 0, "real_time_factor": 1.0, "start_paused": False,
+              "reset_safety": False}
 # One env: mujoco.rollout splits work across envs, so more threads would only sit idle beside the policy node.
 ONE_THREAD = "sim.num_threads=1"
 
@@ -158,6 +167,14 @@ class SimRobotNode(Node):
         self.overruns = 0
         self.wall_s = 0.0
         self.episode_stats: list[dict[str, Any]] = []
+        self.paused = bool(p["start_paused"])
+        self._commander_seen = False  # while paused: whether the policy or a human has spoken yet
+        if self.paused:
+            for key in ("policy_command", "teleop_command"):
+                topic, type_ = INTERNAL[key]
+                self.create_subscription(message_type(type_), topic, self._on_commander, 10)
+        self._safety_reset = (self.create_client(Trigger, INTERNAL["reset_service"][0])
+                              if p["reset_safety"] else None)
         self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
         self._publish_task_command()
         self.get_logger().info(
@@ -216,8 +233,15 @@ class SimRobotNode(Node):
         elif not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values)).tolist()
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
-        else:
+        elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
+        elif self._commander_seen:
+            self.paused = False
+            self._pending.append((self.latency_s, values))
+            self.get_logger().info("the policy (or a human) drives the robot now: the simulation starts")
+
+    def _on_commander(self, _msg: Any) -> None:
+        self._commander_seen = True
 
     def _reject(self, kind: str, problem: str) -> None:
         self.rejected_commands += 1
@@ -236,6 +260,10 @@ class SimRobotNode(Node):
 
     # ----- stepping
     def step(self) -> None:
+        if self.paused:  # the policy needs the state and the task command to start
+            self._publish_state()
+            self._publish_task_command()
+            return
         controls = torch.as_tensor(self._due_controls(), dtype=torch.float32)[None]
         _, _, _, _, info = self.env.step_controls(controls)
         self.steps += 1
@@ -257,6 +285,8 @@ class SimRobotNode(Node):
             executor.spin_once(timeout_sec=0)
             while (remaining := deadline - time.monotonic()) > 0:
                 executor.spin_once(timeout_sec=remaining)
+            if self.paused:
+                start = time.monotonic()  # the achieved rate counts simulated steps only
             self.step()
             deadline += period
             if time.monotonic() > deadline:
@@ -341,6 +371,8 @@ class SimRobotNode(Node):
         line = json.dumps(stats)
         self._episode_publisher.publish(String(data=line))
         self.get_logger().info(f"episode end: {line}")
+        if self._safety_reset is not None and self._safety_reset.service_is_ready():
+            self._safety_reset.call_async(Trigger.Request())
 
     def deliver_episode_reports(self) -> None:
         """Before exiting: a harness must get the last episode's report, so wait (briefly) for its ack."""

@@ -55,7 +55,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     ]
     if sim:
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
-                              {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed}))
+                              {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
+                               "start_paused": True, "reset_safety": True}))
     if record:
         nodes.append(NodeSpec("recorder_node", "recorder_node",
                               {"topics": recorded_topics(bundle.robot), "output": str(Path(record).resolve())}))

@@ -192,21 +192,33 @@ def test_bad_driver_commands_are_ignored_and_the_last_good_one_is_held(probe, go
     assert len(complaints) <= 4, "errors are throttled per kind of problem"
 
 
-def test_a_held_panda_target_moves_the_joint_after_the_latency(probe):
+def test_a_paused_panda_starts_when_driven_and_moves_to_a_held_target_after_the_latency(probe):
+    """Started paused, the robot publishes its still initial state and drops driver commands until the
+    policy has spoken and a driver command follows (the safety layer is up); that command then moves the
+    joint after the injected latency."""
     namespace = f"/sim_panda_{RUN}"
     latency_s = 0.3
     proc = start_node(namespace, "task:=panda-reach", "randomize:=false", f"latency_s:={latency_s}",
-                      "overrides:=[sim.episode_length_s=30]")
+                      "overrides:=[sim.episode_length_s=30]", "start_paused:=true")
     try:
         joints = probe.listen(JointState, f"{namespace}/joint_states")
         publisher = probe.node.create_publisher(Float64MultiArray, f"{namespace}/{DRIVER_COMMAND}", 10)
-        probe.spin_until(lambda: joints and publisher.get_subscription_count() > 0, timeout=30, proc=proc)
-        probe.spin_for(0.2)
+        policy = probe.node.create_publisher(Float64MultiArray, f"{namespace}/policy/command", 10)
+        probe.spin_until(lambda: joints and publisher.get_subscription_count() > 0
+                         and policy.get_subscription_count() > 0, timeout=30, proc=proc)
         first = joints[-1][1]
         assert list(first.name) == PANDA_JOINTS and len(first.effort) == 9
         home = np.array(first.position)
         target = home.copy()
         target[0] += 0.4
+        paused_from = len(joints)
+        publisher.publish(Float64MultiArray(data=target.tolist()))  # dropped: no policy yet (a fallback)
+        probe.spin_for(0.2)
+        policy.publish(Float64MultiArray(data=target.tolist()))  # the policy speaks; no driver command yet
+        probe.spin_for(latency_s + 0.3)
+        paused = [np.array(m.position) for _, m in joints[paused_from:]]
+        assert len(paused) >= 30, "a paused robot still publishes its state at the control rate"
+        assert all(np.array_equal(q, home) for q in paused), "paused: the state does not move"
         sent = time.monotonic()
         for _ in range(3):  # then silence: the driver holds the last command
             publisher.publish(Float64MultiArray(data=target.tolist()))
