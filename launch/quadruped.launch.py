@@ -1,6 +1,7 @@
 """ROS 2 launch file: a policy bundle on a go2 (quadruped) behind the safety layer.
 
-    ros2 launch robostack quadruped.launch.py policy:=/path/to/bundle [sim:=true] [record:=true record_dir:=DIR]
+    ros2 launch robostack quadruped.launch.py policy:=/path/to/bundle [sim:=true] [teleop:=joy|twist]
+        [record:=true record_dir:=DIR]
 
 The node graph is described once in robostack.deploy.node_graph, which ``robostack deploy`` also runs.
 """

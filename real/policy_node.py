@@ -1,4 +1,4 @@
-"""``policy_node``: runs an exported policy bundle on a robot, at the bundle's control rate.
+"""``policy_node``: runs an exported policy bundle on a robot, at the bundle's control rate or on every state.
 
 Run::
 
@@ -11,14 +11,19 @@ from ``configs/deploy/<robot>.yaml`` (parameter ``config`` to use another file).
 
 Each control tick it reads the latest measured state, builds the observation, runs the ONNX policy and
 publishes the actuator controls on ``policy/command`` for the safety layer (``safety_node``), which alone
-talks to the driver. Missing or stale inputs (any state topic older than ``state_timeout_s``) stop it from
-acting: it publishes nothing, so the safety layer's command watchdog takes over, and it logs which topic is
-missing or how old the state is. A new task command (``topics.task_command``: a velocity, a target) is used
-from the next tick; ``sim/episode`` (published by ``sim_robot_node`` when a rehearsal episode ends) starts a
-new episode of the policy's own state (past actions, integrals).
+talks to the driver. The tick comes from a timer at the control rate (``trigger:=timer``), or from the
+driver (``trigger:=state``): every message of the primary state topic
+(``robostack.real.state.primary_source``: joint states, else odometry, else the IMU) is acted on at once,
+which is how a low-latency deployment runs; the driver's state rate is then the control rate (the bundle's,
+for the policy's integrals and action history to mean what they meant in training), and only the newest
+state is kept, never a queue. Missing or stale inputs (any state topic older than ``state_timeout_s``) stop
+it from acting: it publishes nothing, so the safety layer's command watchdog takes over, and it logs which
+topic is missing or how old the state is. A new task command (``topics.task_command``: a velocity, a target)
+is used from the next tick; ``sim/episode`` (published by ``sim_robot_node`` when a rehearsal episode ends)
+starts a new episode of the policy's own state (past actions, integrals).
 
 Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/deploy/<robot>.yaml``),
-``rate_hz`` (0 = the bundle's control rate).
+``trigger`` (``timer``, the default, or ``state``), ``rate_hz`` (the timer's; 0 = the bundle's control rate).
 """
 from __future__ import annotations
 
@@ -29,9 +34,12 @@ import numpy as np
 
 from robostack.bundle import BundleError, load_bundle
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
+from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
-from robostack.real.state import StateListener
+from robostack.real.state import StateListener, primary_source
+
+TRIGGERS = ("timer", "state")
 
 
 class PolicyRunner:
@@ -40,6 +48,7 @@ class PolicyRunner:
     def __init__(self, bundle_path: str, config_path: str | None = None):
         self.bundle = load_bundle(bundle_path)
         self.deploy = load_deploy_config(self.bundle.robot, config_path or None)
+        self.primary = primary_source(self.deploy)  # the state source whose arrival is a new state
         self.builder = ObservationBuilder(self.bundle.metadata)
         self.fresh_episode = True
         if self.deploy.topics.task_command is not None:
@@ -68,29 +77,17 @@ class PolicyRunner:
         return controls, "ok"
 
 
-def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-    from rclpy.node import Node
-
-    rclpy.init(args=args)
-    node = Node("policy_node")
-    try:
-        bundle_path = node.declare_parameter("bundle", "").value
-        config_path = node.declare_parameter("config", "").value
-        rate_hz = float(node.declare_parameter("rate_hz", 0.0).value)
-        if not bundle_path:
-            raise BundleError("parameter 'bundle' is required (a policy bundle directory)")
-        runner = PolicyRunner(bundle_path, config_path)
-    except (BundleError, ValueError, FileNotFoundError) as exc:
-        print(f"policy_node: error: {exc}", file=sys.stderr)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-
+def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None:
+    """Wire ``runner`` to the node's topics and start acting on the timer or on every primary state."""
     import std_msgs.msg
 
-    listener = StateListener(node, runner.deploy)
+    per_state = trigger == "state"
+
+    def on_state(source: str) -> None:
+        if source == runner.primary:
+            on_tick()
+
+    listener = StateListener(node, runner.deploy, qos=1 if per_state else 10, on_update=on_state if per_state else None)
     topic, type_ = INTERNAL["policy_command"]
     publisher = node.create_publisher(message_type(type_), topic, 10)
     task = runner.deploy.topics.task_command
@@ -113,18 +110,43 @@ def main(args: list[str] | None = None) -> int:
         msg.data = controls.tolist()
         publisher.publish(msg)
 
-    period = 1.0 / (rate_hz or runner.bundle.control_rate_hz)
-    node.create_timer(period, on_tick)
-    node.get_logger().info(f"policy_node: {runner.bundle.task} on {runner.bundle.robot} at {1 / period:.0f} Hz, "
-                           f"publishing {topic}")
+    if per_state:
+        pace = f"on every {getattr(runner.deploy.topics, runner.primary).topic} message"
+    else:
+        period = 1.0 / (rate_hz or runner.bundle.control_rate_hz)
+        node.create_timer(period, on_tick)
+        pace = f"at {1 / period:.0f} Hz"
+    node.get_logger().info(f"policy_node: {runner.bundle.task} on {runner.bundle.robot} {pace}, publishing {topic}")
+
+
+def main(args: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # see robostack.real.executor
+    node = Node("policy_node")
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with stop_on_signals() as stop:
+            try:
+                bundle_path = node.declare_parameter("bundle", "").value
+                config_path = node.declare_parameter("config", "").value
+                rate_hz = float(node.declare_parameter("rate_hz", 0.0).value)
+                trigger = node.declare_parameter("trigger", "timer").value
+                if not bundle_path:
+                    raise BundleError("parameter 'bundle' is required (a policy bundle directory)")
+                if trigger not in TRIGGERS:
+                    raise ValueError(f"parameter 'trigger' must be one of {list(TRIGGERS)}, got {trigger!r}")
+                runner = PolicyRunner(bundle_path, config_path)
+            except (BundleError, ValueError, FileNotFoundError) as exc:
+                print(f"policy_node: error: {exc}", file=sys.stderr)
+                return 2
+            start(node, runner, trigger, rate_hz)
+            spin(node, stop)
+            return 0
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """The safety reflex layer: the last code between a policy (or a human) and the robot's driver.
 
-Every safety period (``rate_hz``) ``SafetyLayer.filter`` turns the latest command and measured state into
-the one command the driver gets, and lists what it changed and why. Pure logic, no ROS: ``safety_node``
-wires it to topics, and tests drive it with plain numbers and MuJoCo.
+Every safety period (``rate_hz``), and whenever a command arrives, ``SafetyLayer.filter`` turns the latest
+command and measured state into the one command the driver gets, and lists what it changed and why. Pure
+logic, no ROS: ``safety_node`` wires it to topics, and tests drive it with plain numbers and MuJoCo.
 
 It intervenes in two ways:
 
 * clamps reshape a command that is acceptable in kind: joint position bounds (URDF limits minus a margin),
-  a rate limit on position targets (velocity limit x safety period), an effort bound
-  (|kp (target - measured)| <= effort limit), motor thrusts within [0, max], and for an arm a TCP
+  a rate limit on position targets (velocity limit x the time since the previous output, at most one
+  safety period: commands that arrive faster than the safety rate move no faster), an effort bound
+  (|kp (target - measured) - kd measured velocity| <= effort limit: the PD torque the driver will apply), motor thrusts within [0, max], and for an arm a TCP
   workspace box (a target whose TCP would leave the box is not taken: the previous target is held);
 * fallbacks replace it: a missing, stale, non-finite or wrong-length command, a stale or invalid state, a
   robot outside its envelope (quadruped tilt and height, drone attitude and geofence), a safety critic's
@@ -37,18 +38,9 @@ import numpy as np
 from robostack.config import ConfigError, from_dict
 from robostack.real.deploy_config import DeployConfig
 from robostack.real.observation import RobotState
+from robostack.sim.joint_limits import WINDOWS, JointTargetLimits, TargetBounds, limit_targets
 
 # ------------------------------------------------------------------------------------------ config
-
-
-@dataclass
-class JointTargetLimits:
-    """Limits on joint position targets, relative to the URDF's joint limits."""
-
-    position_margin: float  # rad kept inside the URDF position limits of a revolute joint
-    velocity_scale: float  # x URDF velocity limit: how fast a position target may move
-    effort_scale: float  # x URDF effort limit: the bound on kp * (target - measured position)
-    prismatic_margin: float = 0.0  # m kept inside the URDF position limits of a prismatic joint (a finger)
 
 
 @dataclass
@@ -207,6 +199,8 @@ class SafetyLayer(ABC):
         self.fallback_since: float | None = None  # monotonic s; None while commands pass
         self.fallback_phase = ""  # what the fallback does now ("hold", "land", ...); empty while commands pass
         self.last_output: np.ndarray | None = None
+        self.last_output_at = -math.inf  # monotonic s
+        self.output_interval = self.period  # s since the previous output, at most one period (the rate limit's)
         self.commanded = False  # whether any command has passed yet
         self._measurement: Measurement | None = None  # the last valid one
 
@@ -243,6 +237,7 @@ class SafetyLayer(ABC):
         """The command for the driver now (None before the first valid state: nothing is safe to hold) and
         the reasons for every change made to it, fallback first."""
         reasons: list[str] = []
+        self.output_interval = min(self.period, max(0.0, now - self.last_output_at))
         if measurement is not None:
             problem = self._state_problem(measurement.state)
             if problem:
@@ -269,7 +264,7 @@ class SafetyLayer(ABC):
             if veto is None:
                 self.fallback_since, self.fallback_phase = None, ""
                 self.commanded = True
-                self.last_output = safe
+                self.last_output, self.last_output_at = safe, now
                 return safe, clamps
             reasons.append(veto)
         if self.fallback_since is None:
@@ -277,7 +272,7 @@ class SafetyLayer(ABC):
             self._begin_fallback(self._measurement, now)
         target, self.fallback_phase = self._fallback(self._measurement, now, state_fresh)
         safe, clamps = self._clamp(target, state)
-        self.last_output = safe
+        self.last_output, self.last_output_at = safe, now
         return safe, [f"fallback: {self.fallback_phase}", *reasons, *clamps]
 
     def _check_command(self, command: Command | None, now: float) -> tuple[np.ndarray | None, str | None]:
@@ -330,25 +325,23 @@ class SafetyLayer(ABC):
 
 class JointSafetyLayer(SafetyLayer):
     """A robot of PD position-controlled joints: targets are clamped to position bounds, an effort bound
-    around the measured position and a rate limit from the previous target, in that priority."""
+    around the measured state and a rate limit from the previous target, in that priority
+    (``robostack.sim.joint_limits``, the same clamps a task may train under)."""
 
     def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         super().__init__(robot, cfg, critic)
-        module, limits = self.robot_module, cfg.joints
+        module = self.robot_module
         self.joint_names = list(module.JOINT_NAMES)
         if len(self.joint_names) != self.num_actuators:
             raise ValueError(f"{robot}: {self.num_actuators} actuators but {len(self.joint_names)} joints")
-        prismatic = self.model.jnt_type[self.model.actuator_trnid[:, 0]] == mujoco.mjtJoint.mjJNT_SLIDE
-        margin = np.where(prismatic, limits.prismatic_margin, limits.position_margin)
-        self.lower, self.upper = module.JOINT_LOWER + margin, module.JOINT_UPPER - margin
-        if np.any(self.lower >= self.upper):
-            raise ValueError(f"{robot}: the safety.joints margins leave no range for "
-                             f"{[n for n, lo, hi in zip(self.joint_names, self.lower, self.upper) if lo >= hi]}")
-        self.max_step = module.VELOCITY_LIMIT * limits.velocity_scale * self.period  # per safety period
-        self.max_lead = module.EFFORT_LIMIT * limits.effort_scale / module.KP  # |target - measured|
+        self.bounds = TargetBounds.for_robot(module, self.model, cfg.joints)
 
     def joint_positions(self, state: RobotState) -> np.ndarray:
         return np.array([state.joint_position[name] for name in self.joint_names])
+
+    def joint_velocities(self, state: RobotState) -> np.ndarray:
+        """Measured velocities; a joint whose driver reports none counts as still (the stricter bound)."""
+        return np.array([state.joint_velocity.get(name, 0.0) for name in self.joint_names])
 
     def _state_problem(self, state: RobotState) -> str | None:
         missing = [n for n in self.joint_names if n not in state.joint_position]
@@ -356,25 +349,17 @@ class JointSafetyLayer(SafetyLayer):
             return f"no position for {missing}"
         if not np.all(np.isfinite(self.joint_positions(state))):
             return "joint positions not finite"
+        if not np.all(np.isfinite(self.joint_velocities(state))):
+            return "joint velocities not finite"
         return None
 
     def _clamp(self, target: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
         measured = self.joint_positions(state)
         previous = measured if self.last_output is None else self.last_output
-        low, high = self.lower.copy(), self.upper.copy()
-        reasons = []
-        # Each window narrows what the stronger ones left; where it lies outside them, its nearest point
-        # wins: the joint bounds are hard, the effort bound comes next, smoothness last.
-        for name, window_low, window_high in (
-            ("joint bounds", self.lower, self.upper),
-            ("effort limit", measured - self.max_lead, measured + self.max_lead),
-            ("rate limit", previous - self.max_step, previous + self.max_step),
-        ):
-            outside = (target < window_low) | (target > window_high)
-            if outside.any():
-                reasons.append(f"{name}: {', '.join(n for n, o in zip(self.joint_names, outside) if o)}")
-            low, high = np.clip(window_low, low, high), np.clip(window_high, low, high)
-        return np.clip(target, low, high), reasons
+        safe, outside = limit_targets(target, measured, self.joint_velocities(state), previous, self.bounds,
+                                      self.output_interval)
+        return safe, [f"{name}: {', '.join(n for n, o in zip(self.joint_names, mask) if o)}"
+                      for name, mask in zip(WINDOWS, outside) if mask.any()]
 
 
 class ArmSafetyLayer(JointSafetyLayer):

@@ -7,20 +7,27 @@ Run::
 Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
 ``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``).
 
-It alone talks to the driver. Every safety period (``safety.rate_hz``) it takes the latest command (the
-human's on ``teleop/command`` while ``teleop/active`` is true, else the policy's on ``policy/command``) and
-the latest measured state (``robostack.real.state.StateListener``), passes them through
-``robostack.real.safety.SafetyLayer`` and publishes the result on the driver's command topic. Every change
-the layer makes is published on ``safety/override`` as JSON ``{"reasons": [...], "t": <ROS time, s>}``,
-and its health on ``/diagnostics`` at 2 Hz. ``true`` on ``safety/estop`` or a call of
-``safety/trigger_estop`` latches the e-stop; only ``safety/reset`` clears it (and any latched fallback),
-and it refuses while the state is stale. Before the first valid state it publishes no command: there is
-nothing safe to hold.
+It alone talks to the driver. It takes the latest command (the human's on ``teleop/command`` while
+``teleop/active`` is true, else the policy's on ``policy/command``) and the latest measured state
+(``robostack.real.state.StateListener``), passes them through ``robostack.real.safety.SafetyLayer`` and
+publishes the result on the driver's command topic: at once when a command of the active source arrives
+(so it is not held back up to a period), and on a timer every safety period (``safety.rate_hz``) unless a
+command went out since the timer's previous tick. The timer is the watchdog's beat: with no commands
+arriving it keeps the driver supplied, and the fallback engages on it.
+
+What the layer changes is published on ``safety/override`` as JSON ``{"reasons": [...], "t": <ROS time,
+s>}`` when it changes (the reasons with their measured values masked: a stale command's growing age is
+no change), while it persists every ``OVERRIDE_HEARTBEAT_S``, and as an empty list when commands pass
+unchanged again; so a fallback at 500 Hz does not flood the topic. Health goes on ``/diagnostics`` at 2 Hz.
+
+``true`` on ``safety/estop`` or a call of ``safety/trigger_estop`` latches the e-stop; only ``safety/reset``
+clears it (and any latched fallback), and it refuses while the state is stale. Before the first valid state
+it publishes no command: there is nothing safe to hold.
 """
 from __future__ import annotations
 
 import json
-import signal
+import re
 import sys
 import time
 from typing import Any
@@ -28,7 +35,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Float64MultiArray, String
@@ -36,11 +42,19 @@ from std_srvs.srv import Trigger
 
 from robostack.config import config_path
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
+from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import message_type, set_field
 from robostack.real.safety import Command, Measurement, safety_config, safety_layer
 from robostack.real.state import StateListener
 
 DIAGNOSTICS_PERIOD_S = 0.5
+OVERRIDE_HEARTBEAT_S = 0.5  # a persisting override is repeated this often
+MEASURED_VALUE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")  # 104 ms, x=2.500, [11]; not names like joint1, m2
+
+
+def override_kind(reasons: list[str]) -> tuple[str, ...]:
+    """What is overridden, without the measured values in the reasons."""
+    return tuple(MEASURED_VALUE.sub("#", reason) for reason in reasons)
 
 
 class SafetyNode(Node):
@@ -62,6 +76,9 @@ class SafetyNode(Node):
         self.teleop_active = False
         self.last_override = ""
         self.last_override_at = -float("inf")  # monotonic s
+        self.published_override: tuple[str, ...] = ()  # override_kind of what safety/override last said
+        self.published_override_at = -float("inf")  # monotonic s
+        self.forwarded_since_tick = False
 
         driver = self.deploy.topics.driver_command
         self.driver_type = message_type(driver.type)
@@ -83,9 +100,13 @@ class SafetyNode(Node):
     # ----- inputs
     def _on_policy(self, msg: Float64MultiArray) -> None:
         self.policy_command = Command(np.asarray(msg.data, dtype=np.float64), time.monotonic())
+        if not self.teleop_active:
+            self._forward()
 
     def _on_teleop(self, msg: Float64MultiArray) -> None:
         self.teleop_command = Command(np.asarray(msg.data, dtype=np.float64), time.monotonic())
+        if self.teleop_active:
+            self._forward()
 
     def _on_teleop_active(self, msg: Bool) -> None:
         self.teleop_active = bool(msg.data)
@@ -121,7 +142,21 @@ class SafetyNode(Node):
     def command(self) -> Command | None:
         return self.teleop_command if self.teleop_active else self.policy_command
 
+    def _forward(self) -> None:
+        """A command of the active source goes through the layer to the driver as it arrives."""
+        if self._filter_and_publish():
+            self.forwarded_since_tick = True
+
     def _tick(self) -> None:
+        """The safety period's beat; silent when a command went out since the previous tick (the driver
+        would get it twice)."""
+        if self.forwarded_since_tick:
+            self.forwarded_since_tick = False
+            return
+        self._filter_and_publish()
+
+    def _filter_and_publish(self) -> bool:
+        """The layer's output for the latest command and state to the driver; False if there is none yet."""
         now = time.monotonic()
         ready = self.listener.ready()
         measurement = Measurement(self.listener.state(), now - self.listener.age(now)) if ready else None
@@ -133,10 +168,19 @@ class SafetyNode(Node):
             msg = self.driver_type()
             set_field(msg, self.driver_field, output.tolist())
             self.driver_publisher.publish(msg)
+        self._report_override(reasons, now)
+        return output is not None
+
+    def _report_override(self, reasons: list[str], now: float) -> None:
+        """On ``safety/override`` when what is overridden changes, and as a heartbeat while it lasts."""
         if reasons:
             self.last_override, self.last_override_at = "; ".join(reasons), now
-            t = self.get_clock().now().nanoseconds * 1e-9
-            self.override_publisher.publish(String(data=json.dumps({"reasons": reasons, "t": t})))
+        kind = override_kind(reasons)
+        if kind == self.published_override and (not reasons or now - self.published_override_at < OVERRIDE_HEARTBEAT_S):
+            return
+        self.published_override, self.published_override_at = kind, now
+        t = self.get_clock().now().nanoseconds * 1e-9
+        self.override_publisher.publish(String(data=json.dumps({"reasons": reasons, "t": t})))
 
     def _log_fallback(self, phase_before: str, reasons: list[str]) -> None:
         """Fallback changes, at most one a second of each kind: bad commands can toggle it every period
@@ -184,33 +228,21 @@ class SafetyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # SIGINT/SIGTERM only set a flag that the spin loop checks: rclpy's own handler shuts the context down
-    # under a callback that may be taking a message, which can raise instead of stopping cleanly.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: stop.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # see robostack.real.executor
     node = None
     try:
-        try:
-            node = SafetyNode()
-        except (ValueError, ImportError, KeyError) as exc:  # a bad parameter, config, robot or site name
-            print(f"safety_node: error: {exc}", file=sys.stderr)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        return 0
+        with stop_on_signals() as stop:
+            try:
+                node = SafetyNode()
+            except (ValueError, ImportError, KeyError) as exc:  # a bad parameter, config, robot or site name
+                print(f"safety_node: error: {exc}", file=sys.stderr)
+                return 2
+            spin(node, stop)
+            return 0
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ Topics (relative: they follow the node's namespace)
         (orientation and body angular velocity of the floating base; linear acceleration from the model's
         first accelerometer, including gravity as a real IMU reads it, or covariance[0] = -1 "unknown" per
         REP 145 when the model has none; other covariances 0 = unknown); ``topics.odometry`` (pose in the
-        ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105).
-    out: ``topics.task_command`` at every reset and every 0.1 s of simulated time; ``sim/episode``
+        ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105);
+        the primary source (``robostack.real.state.primary_source``) last, so a policy that acts on it
+        sees the whole step.
+    out: ``topics.task_command`` at every reset and every 0.1 s of simulated time, except while a human has
+        taken over (between ``start`` and ``end`` on ``teleop/intervention``): the human's task command then
+        replaces the simulated operator's (``teleop_node``); ``sim/episode``
         (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, transient-local
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
@@ -82,12 +86,10 @@ from robostack import registry, sim
 from robostack.bundle import BundleError, load_bundle
 from robostack.config import ConfigError
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
-from robostack.real.messages import MessageConfigError, get_field, message_type, set_field, write_vector
-from robostack.real.state import rotate
+from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
+from robostack.real.observation import RobotState
+from robostack.real.state import BASE_FRAME, WORLD_FRAME, stamp_header, state_messages
 
-WORLD_FRAME = "odom"  # REP 105
-BASE_FRAME = "base_link"
-SIM_QUATERNION_KEYS = ("w", "x", "y", "z")  # the sim's order; write_vector sets a message's fields by name
 TASK_COMMAND_PERIOD_S = 0.1
 COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
 EPISODE_TOPIC = "sim/episode"
@@ -109,12 +111,6 @@ def actuated_joint_names(model: mujoco.MjModel) -> list[str]:
     """Joints driven by actuators, in actuator order (what a bundle's ``joint_names`` lists)."""
     return [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)
             if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
-
-
-def _stamp(msg: Any, stamp: Any, frame_id: str) -> None:
-    if hasattr(msg, "header"):
-        msg.header.stamp = stamp
-        msg.header.frame_id = frame_id
 
 
 class SimRobotNode(Node):
@@ -175,6 +171,8 @@ class SimRobotNode(Node):
                 self.create_subscription(message_type(type_), topic, self._on_commander, 10)
         self._safety_reset = (self.create_client(Trigger, INTERNAL["reset_service"][0])
                               if p["reset_safety"] else None)
+        self._human_in_control = False
+        self.create_subscription(String, INTERNAL["intervention"][0], self._on_intervention, 10)
         self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
         self._publish_task_command()
         self.get_logger().info(
@@ -243,6 +241,9 @@ class SimRobotNode(Node):
     def _on_commander(self, _msg: Any) -> None:
         self._commander_seen = True
 
+    def _on_intervention(self, msg: String) -> None:
+        self._human_in_control = msg.data == "start"
+
     def _reject(self, kind: str, problem: str) -> None:
         self.rejected_commands += 1
         now = time.monotonic()
@@ -306,58 +307,25 @@ class SimRobotNode(Node):
 
     def _publish_state(self) -> None:
         data = self._read_physics()
-        stamp = self.get_clock().now().to_msg()
-        topics = self.cfg.topics
-        if topics.joint_states is not None:
-            t = topics.joint_states
-            msg = self._topic_publishers["joint_states"].msg_type()
-            _stamp(msg, stamp, "")
-            set_field(msg, t.name, list(self.joint_names))
-            set_field(msg, t.position, data.qpos[self._joint_qpos].tolist())
-            set_field(msg, t.velocity, data.qvel[self._joint_dof].tolist())
-            if hasattr(msg, "effort"):  # never empty: rosbags rejects rclpy messages with empty arrays
-                msg.effort = data.qfrc_actuator[self._joint_dof].tolist()
-            self._topic_publishers["joint_states"].publish(msg)
-        if self._base_qpos is None:
-            return
-        position = data.qpos[self._base_qpos:self._base_qpos + 3]
-        orientation = data.qpos[self._base_qpos + 3:self._base_qpos + 7]  # w, x, y, z
-        world_velocity = data.qvel[self._base_dof:self._base_dof + 3]  # a free joint's: world frame
-        body_angular_velocity = data.qvel[self._base_dof + 3:self._base_dof + 6]  # body frame
-        if topics.imu is not None:
-            t = topics.imu
-            msg = self._topic_publishers["imu"].msg_type()
-            _stamp(msg, stamp, BASE_FRAME)
-            write_vector(msg, t.orientation, orientation, SIM_QUATERNION_KEYS)
-            write_vector(msg, t.angular_velocity, body_angular_velocity)
-            if hasattr(msg, "linear_acceleration"):
-                if self._accelerometer is None:
-                    msg.linear_acceleration_covariance[0] = -1.0
-                else:
-                    write_vector(msg, "linear_acceleration", data.sensordata[self._accelerometer])
-            self._topic_publishers["imu"].publish(msg)
-        if topics.odometry is not None:
-            t = topics.odometry
-            msg = self._topic_publishers["odometry"].msg_type()
-            _stamp(msg, stamp, WORLD_FRAME)
-            if hasattr(msg, "child_frame_id"):
-                msg.child_frame_id = BASE_FRAME
-            write_vector(msg, t.position, position)
-            write_vector(msg, t.orientation, orientation, SIM_QUATERNION_KEYS)
-            inverse = orientation * np.array([1.0, -1.0, -1.0, -1.0])
-            linear = rotate(inverse, world_velocity) if t.linear_velocity_frame == "body" else world_velocity
-            write_vector(msg, t.linear_velocity, linear)
-            twist = get_field(msg, t.linear_velocity.rpartition(".")[0] or t.linear_velocity)
-            if hasattr(twist, "angular"):  # a Twist (the standard message): its angular part too, body frame
-                twist.angular.x, twist.angular.y, twist.angular.z = map(float, body_angular_velocity)
-            self._topic_publishers["odometry"].publish(msg)
+        base = {}
+        if self._base_qpos is not None:
+            base = dict(base_position=data.qpos[self._base_qpos:self._base_qpos + 3],
+                        base_orientation=data.qpos[self._base_qpos + 3:self._base_qpos + 7],  # w, x, y, z
+                        base_linear_velocity=data.qvel[self._base_dof:self._base_dof + 3],  # a free joint's: world
+                        base_angular_velocity=data.qvel[self._base_dof + 3:self._base_dof + 6])  # body frame
+        state = RobotState(joint_position=dict(zip(self.joint_names, data.qpos[self._joint_qpos])),
+                           joint_velocity=dict(zip(self.joint_names, data.qvel[self._joint_dof])), **base)
+        accelerometer = None if self._accelerometer is None else data.sensordata[self._accelerometer]
+        for source, msg in state_messages(self.cfg, state, self.get_clock().now().to_msg(), self.joint_names,
+                                          data.qfrc_actuator[self._joint_dof], accelerometer):
+            self._topic_publishers[source].publish(msg)
 
     def _publish_task_command(self) -> None:
         t = self.cfg.topics.task_command
-        if t is None:
+        if t is None or self._human_in_control:
             return
         msg = self._topic_publishers["task_command"].msg_type()
-        _stamp(msg, self.get_clock().now().to_msg(), WORLD_FRAME if self._base_qpos is not None else BASE_FRAME)
+        stamp_header(msg, self.get_clock().now().to_msg(), WORLD_FRAME if self._base_qpos is not None else BASE_FRAME)
         for path, value in zip(t.fields, self.env.command[0].tolist()):
             set_field(msg, path, float(value))
         self._topic_publishers["task_command"].publish(msg)

@@ -4,19 +4,38 @@
 keeps the latest of each with its arrival time (monotonic clock), so nodes can tell a fresh state from a
 stale one. ``state()`` gives a ``RobotState`` in the simulator's conventions (quaternion w, x, y, z; base
 linear velocity in the world frame; angular velocity in the body frame).
+
+``primary_source`` names the topic whose every message is a new state for nodes that act per state;
+``state_messages`` is the inverse of the listener, the messages a driver publishes for a state (the
+simulated robot and ``robostack bench deploy`` use it).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from robostack.real.deploy_config import DeployConfig
-from robostack.real.messages import get_field, message_type, read_vector
+from robostack.real.messages import get_field, message_type, read_vector, set_field, write_vector
 from robostack.real.observation import RobotState
 
 QUAT_FIELDS = ("w", "x", "y", "z")
+WORLD_FRAME = "odom"  # REP 105
+BASE_FRAME = "base_link"
+STATE_SOURCES = ("joint_states", "imu", "odometry")
+# A policy that acts per state acts on the joint encoders of a jointed robot, else on the state estimate
+# (odometry), else on the IMU; drivers publish it last of a cycle's topics, so the others are from it too.
+PRIMARY_PREFERENCE = ("joint_states", "odometry", "imu")
+
+
+def primary_source(cfg: DeployConfig) -> str:
+    """The state source (``joint_states``, ``odometry`` or ``imu``) whose arrival is a new state."""
+    source = next((name for name in PRIMARY_PREFERENCE if getattr(cfg.topics, name) is not None), None)
+    if source is None:
+        raise ValueError(f"deploy config for robot {cfg.robot!r} names no state topic (joint_states, imu or "
+                         "odometry): there is no state to act on")
+    return source
 
 
 def rotate(quat_wxyz: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -24,6 +43,64 @@ def rotate(quat_wxyz: np.ndarray, vector: np.ndarray) -> np.ndarray:
     w, xyz = quat_wxyz[0], quat_wxyz[1:]
     t = 2.0 * np.cross(xyz, vector)
     return vector + w * t + np.cross(xyz, t)
+
+
+def state_messages(cfg: DeployConfig, state: RobotState, stamp: Any, joint_names: Sequence[str],
+                   joint_effort: Sequence[float] | None = None, linear_acceleration: np.ndarray | None = None
+                   ) -> list[tuple[str, Any]]:
+    """(source, message) for each configured state topic, the primary source last. Joint states carry
+    ``joint_effort`` (zeros if None: rosbags rejects rclpy messages with empty arrays); the IMU carries
+    ``linear_acceleration`` or, if None, covariance[0] = -1 ("unknown", REP 145); odometry's twist is in
+    the frame the config says (body by default, REP 105)."""
+    topics, messages = cfg.topics, {}
+    if topics.joint_states is not None:
+        t = topics.joint_states
+        msg = message_type(t.type)()
+        stamp_header(msg, stamp, "")
+        set_field(msg, t.name, list(joint_names))
+        set_field(msg, t.position, [float(state.joint_position[n]) for n in joint_names])
+        set_field(msg, t.velocity, [float(state.joint_velocity[n]) for n in joint_names])
+        if hasattr(msg, "effort"):
+            msg.effort = [float(e) for e in joint_effort] if joint_effort is not None else [0.0] * len(joint_names)
+        messages["joint_states"] = msg
+    if topics.imu is not None:
+        t = topics.imu
+        msg = message_type(t.type)()
+        stamp_header(msg, stamp, BASE_FRAME)
+        write_vector(msg, t.orientation, state.base_orientation, QUAT_FIELDS)
+        write_vector(msg, t.angular_velocity, state.base_angular_velocity)
+        if hasattr(msg, "linear_acceleration"):
+            if linear_acceleration is None:
+                msg.linear_acceleration_covariance[0] = -1.0
+            else:
+                write_vector(msg, "linear_acceleration", linear_acceleration)
+        messages["imu"] = msg
+    if topics.odometry is not None:
+        t = topics.odometry
+        msg = message_type(t.type)()
+        stamp_header(msg, stamp, WORLD_FRAME)
+        if hasattr(msg, "child_frame_id"):
+            msg.child_frame_id = BASE_FRAME
+        orientation = np.asarray(state.base_orientation, dtype=np.float64)
+        write_vector(msg, t.position, state.base_position)
+        write_vector(msg, t.orientation, orientation, QUAT_FIELDS)
+        velocity = state.base_linear_velocity
+        if t.linear_velocity_frame == "body":
+            velocity = rotate(orientation * np.array([1.0, -1.0, -1.0, -1.0]), velocity)
+        write_vector(msg, t.linear_velocity, velocity)
+        twist = get_field(msg, t.linear_velocity.rpartition(".")[0] or t.linear_velocity)
+        if hasattr(twist, "angular"):  # a Twist (the standard message): its angular part too, body frame
+            write_vector(twist, "angular", state.base_angular_velocity)
+        messages["odometry"] = msg
+    primary = primary_source(cfg)
+    return [(name, msg) for name, msg in messages.items() if name != primary] + [(primary, messages[primary])]
+
+
+def stamp_header(msg: Any, stamp: Any, frame_id: str) -> None:
+    """Stamp and frame of a message with a header (a driver's own message type may have none)."""
+    if hasattr(msg, "header"):
+        msg.header.stamp = stamp
+        msg.header.frame_id = frame_id
 
 
 class StateListener:
@@ -39,7 +116,7 @@ class StateListener:
         self.base_linear_velocity: np.ndarray | None = None
         self.base_angular_velocity: np.ndarray | None = None
         self.received: dict[str, float] = {}  # source -> monotonic time of its last message
-        self.sources = [name for name in ("joint_states", "imu", "odometry") if getattr(cfg.topics, name) is not None]
+        self.sources = [name for name in STATE_SOURCES if getattr(cfg.topics, name) is not None]
         handlers = {"joint_states": self._joint_states, "imu": self._imu, "odometry": self._odometry}
         self.subscriptions = [
             node.create_subscription(message_type(getattr(cfg.topics, name).type), getattr(cfg.topics, name).topic,

@@ -127,6 +127,7 @@ class PolicyBundle:
         self._ctrl_lo = np.array([-np.inf if v is None else v for v in act["ctrl_min"]], dtype=np.float64)
         self._ctrl_hi = np.array([np.inf if v is None else v for v in act["ctrl_max"]], dtype=np.float64)
         self.relative = bool(act.get("relative", False))
+        self.target_limits = act.get("target_limits")  # the safety layer's clamps, at the measured state
 
     # -- convenience views of the metadata
     @property
@@ -186,6 +187,9 @@ class PolicyBundle:
         if self.ik:
             raise BundleError(f"bundle {self.path}: its actions are end-effector displacements; controls need the "
                               "robot's kinematics (robostack.real.observation.ObservationBuilder.controls)")
+        if self.target_limits:
+            raise BundleError(f"bundle {self.path}: its targets are limited at the measured joint state; controls "
+                              "need it (robostack.real.observation.ObservationBuilder.controls)")
         base = self._ctrl_offset if previous is None or not self.relative else np.asarray(previous, np.float64)
         if base.shape[-1] != self._ctrl_offset.shape[-1]:
             raise BundleError(f"bundle {self.path}: previous controls must have {self._ctrl_offset.shape[-1]} "
@@ -429,7 +433,11 @@ def describe_env(env: Any) -> dict[str, Any]:
             "formula": ("ctrl = previous ctrl (offset at episode start)" if am.relative or am.ik else "ctrl = offset")
                        + ("; ctrl[ik.actuator_indices] += dls(J(ik.site), terms.scale * clip(a, -1, 1), ik.damping)"
                           if am.ik else "; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1)")
-                       + "; ctrl = clip(ctrl, ctrl_min, ctrl_max)",
+                       + "; ctrl = clip(ctrl, ctrl_min, ctrl_max)"
+                       + ("; ctrl = robostack.sim.joint_limits.limit_targets(ctrl, measured q, qdot, previous ctrl, "
+                          "target_limits, control dt)" if am.limits is not None else ""),
+            "target_limits": None if am.limits is None else {k: np.asarray(v).tolist()
+                                                             for k, v in vars(am.limits).items()},
         },
         "actuators": actuators,
         "joint_names": joint_names,

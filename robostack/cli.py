@@ -1,4 +1,4 @@
-"""The ``robostack`` command: ``list``, ``bench sim|train``, ``train``, ``export`` (policy bundle), ``eval`` and
+"""The ``robostack`` command: ``list``, ``bench sim|train|deploy``, ``train``, ``export`` (policy bundle), ``eval`` and
 ``deploy`` (the ROS 2 node graph).
 
 Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
@@ -128,6 +128,35 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
+    for name, value in (("--rate", args.rate), ("--duration", args.duration)):
+        if not value > 0:
+            raise UsageError(f"{name} must be positive, got {value}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    from datetime import datetime
+
+    with _stdout_to_stderr(args.json):
+        from robostack.bundle import load_bundle
+        from robostack.real.bench import bench_deploy, resolve_bundle
+
+        bundle = resolve_bundle(args.task, args.policy)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        log_dir = Path("runs") / "bench-deploy" / f"{load_bundle(bundle).task}-{stamp}"
+        log_dir.mkdir(parents=True)
+        result = bench_deploy(policy=bundle, rate_hz=args.rate, duration_s=args.duration, warmup_s=args.warmup,
+                              log_dir=log_dir)
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+        return 0
+    latency = result["latency_ms"] or {}
+    out.write(f"bench deploy: {result['task']} at {result['rate_hz']:g} Hz for {result['duration_s']:g} s: "
+              f"state-to-command latency p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
+              f"(max {latency.get('max')}), achieved {result['achieved_rate_hz']} Hz, "
+              f"{result['lost']} of {result['cycles']} cycles lost\n")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- deploy
 
 
@@ -148,7 +177,7 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     if bundle.task != args.task:
         raise UsageError(f"policy {args.policy} was trained for task {bundle.task!r}, not {args.task!r}")
     nodes = node_graph(args.policy, sim=args.sim, record=args.record, randomize=not args.play,
-                       episodes=args.episodes, seed=args.seed)
+                       episodes=args.episodes, seed=args.seed, teleop=args.teleop)
     log_dir = Path("runs") / "deploy" / f"{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     log_dir.mkdir(parents=True)
     # a rehearsal stays on this machine unless the user has said otherwise
@@ -285,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_train)
+    p = bench.add_parser(
+        "deploy", help="state-to-command latency through policy_node and safety_node, and the rate they sustain",
+        description="Start policy_node (acting on every state) and safety_node as processes and drive them "
+        "from this process as the robot's driver, in a closed loop at --rate: report the latency from a state "
+        "to the driver command that answers it (p50, p90, p99, max), the achieved rate, lost cycles and CPU.",
+        epilog="example: robostack bench deploy --task cf2-hover --rate 500 --duration 10 --json")
+    p.add_argument("--task", default=None, help="task whose shipped bundle (bundles/TASK) to bench (default: "
+                   "the first of go2-walk, panda-reach, cf2-hover shipped); with --policy: checked against it")
+    p.add_argument("--policy", metavar="BUNDLE", default=None, help="policy bundle folder instead")
+    p.add_argument("--rate", type=float, default=500.0, help="driver state rate in Hz (default: 500)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured (default: 10)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds run before measuring (default: 1)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_deploy)
 
     p = sub.add_parser(
         "train",
@@ -320,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy",
         help="run a policy bundle through the ROS 2 nodes (policy, safety; --sim: a simulated robot)",
         description="Start the deployment node graph that launch/*.launch.py starts: policy_node and "
-        "safety_node, plus sim_robot_node with --sim and recorder_node with --record. With --sim --episodes N "
-        "it reports the success rate of N simulated episodes run through ROS 2.",
+        "safety_node, plus sim_robot_node with --sim, teleop_node with --teleop and recorder_node with --record. "
+        "With --sim --episodes N it reports the success rate of N simulated episodes run through ROS 2.",
         epilog="example: robostack deploy --task cf2-hover --policy bundles/cf2-hover --sim --episodes 20 --json",
     )
     p.add_argument("--task", required=True, help="task the policy was trained for (checked against the bundle)")
@@ -330,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--play", action="store_true", help="with --sim: randomization off (default: the training one)")
     p.add_argument("--episodes", type=int, default=0, help="with --sim: stop after N episodes and report them")
     p.add_argument("--record", metavar="DIR", default=None, help="record a bag (rosbag2 MCAP) into DIR (new)")
+    p.add_argument("--teleop", choices=("joy", "twist"), default=None,
+                   help="a human can take over (teleop_node) with a gamepad (joy driver) or a Twist stream")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated robot (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

@@ -1,12 +1,15 @@
 """The deployment node graph, described once: the ROS 2 launch files and ``robostack deploy`` both read it.
 
 ``node_graph`` says which RoboStack nodes run for a policy bundle (policy, safety, optionally a simulated
-robot and a recorder) with which parameters. ``launch_description`` turns it into a ROS 2
-``LaunchDescription`` (``launch/*.launch.py``); ``run_graph`` starts the same processes directly, which is
-how ``robostack deploy`` works where the ROS 2 launch packages are not installed.
+robot, a human takeover by gamepad or Twist and a recorder) with which parameters. ``launch_description``
+turns it into a ROS 2 ``LaunchDescription`` (``launch/*.launch.py``); ``run_graph`` starts the same
+processes directly, which is how ``robostack deploy`` works where the ROS 2 launch packages are not
+installed (``started_graph`` hands the running processes to callers that work beside them: ``robostack
+bench deploy``, tests).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from robostack.bundle import load_bundle
 
 # Launch-file robot kinds and the robot each one runs by default.
 KIND_ROBOTS = {"arm": "panda", "quadruped": "go2", "drone": "cf2"}
+TELEOP_INPUTS = ("joy", "twist")  # teleop_node's inputs: a gamepad (the joy driver) or a Twist stream
 
 
 @dataclass
@@ -44,9 +48,11 @@ def recorded_topics(robot: str) -> list[str]:
 
 
 def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.PathLike | None = None,
-               randomize: bool = True, episodes: int = 0, seed: int = 0) -> list[NodeSpec]:
+               randomize: bool = True, episodes: int = 0, seed: int = 0, teleop: str | None = None) -> list[NodeSpec]:
     """The nodes of one deployment of the bundle at ``policy``; ``sim`` adds the simulated robot driver,
-    ``record`` (a new bag directory) the recorder."""
+    ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the recorder."""
+    if teleop is not None and teleop not in TELEOP_INPUTS:
+        raise ValueError(f"teleop must be one of {TELEOP_INPUTS} or None, got {teleop!r}")
     bundle = load_bundle(policy)
     policy = str(Path(policy).resolve())
     nodes = [
@@ -57,6 +63,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
                               {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
                                "start_paused": True, "reset_safety": True}))
+    if teleop:
+        nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": bundle.robot, "input": teleop}))
     if record:
         nodes.append(NodeSpec("recorder_node", "recorder_node",
                               {"topics": recorded_topics(bundle.robot), "output": str(Path(record).resolve())}))
@@ -65,7 +73,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
 
 def launch_description(kind: str):
     """A ROS 2 ``LaunchDescription`` for a robot kind ("arm", "quadruped", "drone"): arguments ``robot``,
-    ``policy`` (bundle), ``sim`` and ``record`` (true|false, into ``record_dir``), nodes from ``node_graph``."""
+    ``policy`` (bundle), ``sim``, ``teleop`` (none|joy|twist) and ``record`` (true|false, into ``record_dir``),
+    nodes from ``node_graph``."""
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.substitutions import LaunchConfiguration
@@ -75,39 +84,45 @@ def launch_description(kind: str):
 
     def nodes(context: Any) -> list[Any]:
         arg = {name: LaunchConfiguration(name).perform(context)
-               for name in ("robot", "policy", "sim", "record", "record_dir")}
+               for name in ("robot", "policy", "sim", "teleop", "record", "record_dir")}
         bundle = load_bundle(arg["policy"])
         if bundle.robot != arg["robot"]:
             raise ValueError(f"policy {arg['policy']} is for robot {bundle.robot!r}, not {arg['robot']!r}")
         record = arg["record_dir"] if arg["record"].lower() == "true" else None
+        teleop = None if arg["teleop"].lower() == "none" else arg["teleop"].lower()
         return [Node(package="robostack", executable=spec.executable, name=spec.name,
                      parameters=[spec.parameters], output="screen")
-                for spec in node_graph(arg["policy"], sim=arg["sim"].lower() == "true", record=record)]
+                for spec in node_graph(arg["policy"], sim=arg["sim"].lower() == "true", record=record,
+                                       teleop=teleop)]
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return LaunchDescription([
         DeclareLaunchArgument("robot", default_value=robot, description="robot the policy runs on"),
         DeclareLaunchArgument("policy", description="policy bundle directory (robostack export)"),
         DeclareLaunchArgument("sim", default_value="false", description="true: a simulated robot driver"),
+        DeclareLaunchArgument("teleop", default_value="none",
+                              description="joy|twist: a human can take over (teleop_node); none: no takeover"),
         DeclareLaunchArgument("record", default_value="false", description="true: record a bag"),
         DeclareLaunchArgument("record_dir", default_value=f"bags/{robot}-{stamp}", description="the bag"),
         OpaqueFunction(function=nodes),
     ])
 
 
-def ros_arguments(spec: NodeSpec) -> list[str]:
-    """``--ros-args`` for a node: its name and parameters (YAML values, as ``ros2 run`` takes them)."""
-    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+def ros_arguments(spec: NodeSpec, namespace: str | None = None) -> list[str]:
+    """``--ros-args`` for a node: its name, namespace (if any) and parameters (YAML values, as ``ros2 run``
+    takes them)."""
+    args = ["--ros-args", "-r", f"__node:={spec.name}"] + (["-r", f"__ns:={namespace}"] if namespace else [])
     for key, value in spec.parameters.items():
         args += ["-p", f"{key}:={json.dumps(value)}"]
     return args
 
 
-def run_graph(nodes: list[NodeSpec], duration: float | None = None, wait_for: str | None = None,
-              env: dict[str, str] | None = None, log_dir: Path | None = None) -> dict[str, Any]:
-    """Start ``nodes`` as processes; stop them all (SIGINT, then SIGKILL after 5 s) when ``duration`` has
-    passed, when node ``wait_for`` exits, or when any node fails. Returns exit codes and the stdout of
-    ``wait_for``."""
+@contextlib.contextmanager
+def started_graph(nodes: list[NodeSpec], env: dict[str, str] | None = None, log_dir: Path | None = None,
+                  capture: str | None = None, namespace: str | None = None) -> Iterator[dict[str, subprocess.Popen]]:
+    """Start ``nodes`` as processes (stdout and stderr to ``log_dir/<name>.log``; the stdout of node
+    ``capture`` to a pipe instead) and yield them by name; on exit stop those still running: SIGINT, then
+    SIGKILL after 5 s."""
     env = {**os.environ, **(env or {})}
     procs: dict[str, subprocess.Popen] = {}
     logs = {}
@@ -115,20 +130,10 @@ def run_graph(nodes: list[NodeSpec], duration: float | None = None, wait_for: st
         for spec in nodes:
             log = open(log_dir / f"{spec.name}.log", "w") if log_dir else subprocess.DEVNULL
             logs[spec.name] = log
-            stdout = subprocess.PIPE if spec.name == wait_for else log
             procs[spec.name] = subprocess.Popen(
-                [sys.executable, "-m", f"robostack.real.{spec.executable}", *ros_arguments(spec)],
-                stdout=stdout, stderr=log, env=env, text=True)
-        start = time.monotonic()
-        failed = None
-        while True:
-            if wait_for is not None and procs[wait_for].poll() is not None:
-                break
-            failed = next((n for n, p in procs.items() if p.poll() not in (None, 0)), None)
-            if failed is not None or (duration is not None and time.monotonic() - start >= duration):
-                break
-            time.sleep(0.1)
-        output = procs[wait_for].communicate()[0] if wait_for is not None and procs[wait_for].poll() is not None else ""
+                [sys.executable, "-m", f"robostack.real.{spec.executable}", *ros_arguments(spec, namespace)],
+                stdout=subprocess.PIPE if spec.name == capture else log, stderr=log, env=env, text=True)
+        yield procs
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -143,4 +148,21 @@ def run_graph(nodes: list[NodeSpec], duration: float | None = None, wait_for: st
         for log in logs.values():
             if log is not subprocess.DEVNULL:
                 log.close()
+
+
+def run_graph(nodes: list[NodeSpec], duration: float | None = None, wait_for: str | None = None,
+              env: dict[str, str] | None = None, log_dir: Path | None = None) -> dict[str, Any]:
+    """Start ``nodes`` as processes; stop them all when ``duration`` has passed, when node ``wait_for``
+    exits, or when any node fails. Returns exit codes and the stdout of ``wait_for``."""
+    with started_graph(nodes, env, log_dir, capture=wait_for) as procs:
+        start = time.monotonic()
+        failed = None
+        while True:
+            if wait_for is not None and procs[wait_for].poll() is not None:
+                break
+            failed = next((n for n, p in procs.items() if p.poll() not in (None, 0)), None)
+            if failed is not None or (duration is not None and time.monotonic() - start >= duration):
+                break
+            time.sleep(0.1)
+        output = procs[wait_for].communicate()[0] if wait_for is not None and procs[wait_for].poll() is not None else ""
     return {"exit_codes": {n: p.returncode for n, p in procs.items()}, "failed": failed, "output": output}

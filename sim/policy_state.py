@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from robostack.sim import ik
+from robostack.sim.joint_limits import limit_targets
 from robostack.sim.terms import TaskDefinition
 
 
@@ -38,6 +39,7 @@ class PolicyState:
         self.action = torch.zeros(n, self.action_dim, device=dev)
         self.last_action = torch.zeros_like(self.action)
         self.action_history = torch.zeros(n, task.action_history, self.action_dim, device=dev)
+        self._limits = None if am.limits is None else am.limits.as_tensors(dev)
         self.ctrl_target = self._ctrl_offset.repeat(n, 1)  # the controls the policy commanded (before latency)
         self.integrals: dict[str, torch.Tensor] = {}  # sized by size_integrals once the state can be read
 
@@ -56,7 +58,8 @@ class PolicyState:
     def apply_action(self, action: torch.Tensor) -> torch.Tensor:
         """Record ``action`` (clipped to [-1, 1]) and return the control targets it commands: ``offset`` (or,
         for a relative action map, the previous targets) plus ``scale * action`` (or, for an end-effector map,
-        the joint changes differential IK finds for that displacement), within the control limits."""
+        the joint changes differential IK finds for that displacement), within the control limits and, where
+        the action map has them, the safety layer's joint target limits at the current state."""
         self.last_action = self.action
         self.action = torch.clamp(action, -1.0, 1.0)
         if self.task.action_history:
@@ -70,7 +73,11 @@ class PolicyState:
         else:
             jacobian = ik.site_jacobian(self, am.ik.site, am.ik.joints)
             ctrl[:, self._act_ids] += ik.damped_least_squares(jacobian, self._act_scale * self.action, am.ik.damping)
-        self.ctrl_target = torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi)
+        ctrl = torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi)
+        if self._limits is not None:
+            ctrl, _ = limit_targets(ctrl, self.joint_pos, self.joint_vel, self.ctrl_target, self._limits,
+                                    self.control_dt, xp=torch)
+        self.ctrl_target = ctrl
         return self.ctrl_target
 
     def integrate(self) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 import torch
 
+from robostack.sim.joint_limits import TargetBounds
+
 if TYPE_CHECKING:
     from robostack.sim.task_env import TaskEnv
 
@@ -111,6 +113,7 @@ class ActionMap:
     offset: np.ndarray  # [nu] control for actuators at zero action (and for undriven actuators)
     relative: bool = False
     ik: EndEffectorIK | None = None  # actions move the end effector instead (always relative)
+    limits: TargetBounds | None = None  # the deployment's safety clamps on joint targets, trained under
 
     @property
     def dim(self) -> int:

@@ -181,7 +181,7 @@ def test_relative_action_controls_match_the_env():
     from robostack.bundle import PolicyBundle
 
     env = sim.make_env("panda-reach", num_envs=2, seed=0, play=True,
-                       overrides=["action_mode=joint_relative", "action_scale=0.05"])
+                       overrides=["action_mode=joint_relative", "action_scale=0.05", "target_limits=null"])
     try:
         env.reset(seed=0)
         facts = describe_env(env)
@@ -199,6 +199,21 @@ def test_relative_action_controls_match_the_env():
             bundle.controls(np.zeros(7), np.zeros(3))
     finally:
         env.close()
+
+
+def test_a_bundle_trained_under_target_limits_states_them_and_needs_the_state_for_controls():
+    from robostack.bundle import PolicyBundle
+
+    env = sim.make_env("go2-walk", num_envs=1, play=True)
+    try:
+        facts = describe_env(env)
+    finally:
+        env.close()
+    limits = facts["action"]["target_limits"]
+    assert set(limits) == {"lower", "upper", "max_velocity", "max_lead", "damping_lead"}
+    assert all(len(v) == 12 for v in limits.values())
+    with pytest.raises(BundleError, match="limited at the measured joint state"):
+        PolicyBundle(Path("go2"), facts, session=None).controls(np.zeros(12))
 
 
 @pytest.mark.parametrize("task", ["go2-walk", "panda-reach"])

@@ -3,11 +3,15 @@ real DDS (separate processes)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import types
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +81,7 @@ def test_launch_files_start_the_same_graph_as_robostack_deploy(kind, toy_bundles
     robot = KIND_ROBOTS[kind]
     task = {"panda": "panda-reach", "go2": "go2-walk", "cf2": "cf2-hover"}[robot]
     bundle = toy_bundles[task]
-    arguments = {"robot": robot, "policy": str(bundle), "sim": "true", "record": "true",
+    arguments = {"robot": robot, "policy": str(bundle), "sim": "true", "teleop": "joy", "record": "true",
                  "record_dir": str(tmp_path / "bag")}
     _fake_launch_modules(monkeypatch, arguments)
     spec = importlib.util.spec_from_file_location(f"{kind}_launch", ROOT / "launch" / f"{kind}.launch.py")
@@ -86,18 +90,27 @@ def test_launch_files_start_the_same_graph_as_robostack_deploy(kind, toy_bundles
     description = module.generate_launch_description()
     actions = description.args[0]
     declared = {a.args[0] for a in actions if a.kwargs.get("description")}
-    assert declared == {"robot", "policy", "sim", "record", "record_dir"}
+    assert declared == {"robot", "policy", "sim", "teleop", "record", "record_dir"}
     opaque = next(a for a in actions if "function" in a.kwargs)
     launched = opaque.kwargs["function"](context=None)
 
-    expected = node_graph(bundle, sim=True, record=tmp_path / "bag")
+    expected = node_graph(bundle, sim=True, record=tmp_path / "bag", teleop="joy")
     assert [(n.kwargs["executable"], n.kwargs["name"], n.kwargs["parameters"]) for n in launched] == \
         [(s.executable, s.name, [s.parameters]) for s in expected]
-    assert [s.name for s in expected] == ["policy_node", "safety_node", "sim_robot_node", "recorder_node"]
+    assert [s.name for s in expected] == ["policy_node", "safety_node", "sim_robot_node", "teleop_node",
+                                          "recorder_node"]
+    assert expected[3].parameters == {"robot": robot, "input": "joy"}
     assert all(n.kwargs["package"] == "robostack" for n in launched)
     recorded = expected[-1].parameters["topics"]
     assert any(t.startswith("policy/command:") for t in recorded)
     assert any(t.startswith("teleop/intervention:") for t in recorded)
+
+    defaults = {a.args[0]: a.kwargs.get("default_value") for a in actions if a.kwargs.get("description")}
+    assert defaults["teleop"] == "none" and defaults["sim"] == "false" and defaults["record"] == "false"
+    arguments.update(teleop="none", sim="false", record="false")  # the defaults: no takeover, hardware
+    assert [n.kwargs["name"] for n in opaque.kwargs["function"](context=None)] == ["policy_node", "safety_node"]
+    with pytest.raises(ValueError, match="teleop must be one of"):
+        node_graph(bundle, teleop="keyboard")
 
     arguments["robot"] = "panda" if robot != "panda" else "go2"
     with pytest.raises(ValueError, match=f"is for robot '{robot}'"):
@@ -114,7 +127,7 @@ def test_ros_arguments_name_the_node_and_pass_yaml_values():
 
 def test_every_graph_executable_is_a_console_script():
     text = (ROOT / "pyproject.toml").read_text()
-    for name in ("policy_node", "safety_node", "sim_robot_node", "recorder_node"):
+    for name in ("policy_node", "safety_node", "sim_robot_node", "recorder_node", "teleop_node"):
         assert f'{name} = "robostack.real.{name}:main"' in text
 
 
@@ -227,3 +240,153 @@ def test_robostack_deploy_rehearses_the_shipped_drone_policy_and_records_it(tmp_
     # a mismatched task is refused before anything starts
     assert main(["deploy", "--task", "go2-walk", "--policy", str(ROOT / "bundles" / "cf2-hover"), "--sim"]) == 2
     assert "trained for task 'cf2-hover', not 'go2-walk'" in capsys.readouterr().err
+
+
+
+# ------------------------------------------------------------------------------- fault injection, bench
+
+
+class GraphMonitor:
+    """An independent subscriber on a cf2 deployment's topics, keeping receive stamps (ns): the driver's
+    commands, the policy's commands, the safety layer's overrides and the odometry's height."""
+
+    def __init__(self, namespace: str, domain_id: int):
+        import rclpy
+        from nav_msgs.msg import Odometry
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import Float64MultiArray, String
+
+        from robostack.real.deploy_config import load_deploy_config
+
+        topics = load_deploy_config("cf2").topics
+        self.rclpy, self.context = rclpy, rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, args=["--ros-args", "-r", f"__ns:={namespace}"])
+        node = self.node = rclpy.create_node("graph_monitor", context=self.context)
+        self.driver: list[tuple[int, list[float]]] = []
+        self.policy: list[int] = []
+        self.overrides: list[tuple[int, list[str]]] = []
+        self.height: list[tuple[int, float]] = []
+        node.create_subscription(Float64MultiArray, topics.driver_command.topic,
+                                 lambda m, i: self.driver.append((i["received_timestamp"], list(m.data))), 5000)
+        node.create_subscription(Float64MultiArray, "policy/command",
+                                 lambda m, i: self.policy.append(i["received_timestamp"]), 5000)
+        node.create_subscription(String, "safety/override", lambda m, i: self.overrides.append(
+            (i["received_timestamp"], json.loads(m.data)["reasons"])), 5000)
+        node.create_subscription(Odometry, topics.odometry.topic, lambda m, i: self.height.append(
+            (i["received_timestamp"], m.pose.pose.position.z)), 5000)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def wait_until(condition, timeout: float, what: str, procs: dict[str, subprocess.Popen]) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        exited = {name: proc.poll() for name, proc in procs.items() if proc.poll() is not None}
+        assert not exited, f"{what}: nodes exited {exited}"
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# The fallback must show within one safety period of the command timeout, from the monitor's receive stamps
+# of the last policy command and of the override. On top: scheduling on this loaded 2-core machine, where
+# three nodes, the monitor and other jobs share the cores (seen at a load average of 7.4: 1 to 22 ms past
+# the period).
+SCHEDULING_TOLERANCE_S = 0.030
+
+
+def test_killing_the_policy_process_hands_the_drone_to_the_safety_fallback(tmp_path):
+    """The real graph for the shipped cf2-hover bundle (policy_node, safety_node, sim_robot_node as
+    processes); once the policy flies the drone, SIGKILL its process. No command outside the motors' range
+    reaches the driver, the hover fallback engages within one safety period of the command timeout, and
+    the drone keeps its height."""
+    from robostack.deploy import started_graph
+    from robostack.real.deploy_config import load_deploy_config
+    from robostack.real.safety import safety_config
+    from robostack.sim.robots.cf2.model import build_model
+
+    safety = safety_config(load_deploy_config("cf2"), "configs/deploy/cf2.yaml")
+    max_thrust = build_model().actuator_ctrlrange[:, 1]
+    namespace, domain_id = f"/policy_kill_{uuid.uuid4().hex[:6]}", 43
+    env = {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    monitor = GraphMonitor(namespace, domain_id)
+    try:
+        nodes = node_graph(ROOT / "bundles" / "cf2-hover", sim=True, randomize=False)
+        with started_graph(nodes, env=env, log_dir=tmp_path, namespace=namespace) as procs:
+            wait_until(lambda: len(monitor.policy) >= 150, 60, "1.5 s of the policy flying", procs)
+            procs["policy_node"].send_signal(signal.SIGKILL)
+            killed = time.time_ns()
+            time.sleep(1.5)
+            alive = {name: proc.poll() for name, proc in procs.items() if name != "policy_node"}
+    finally:
+        monitor.close()
+    logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+    assert alive == {"safety_node": None, "sim_robot_node": None}, logs
+
+    commands = np.array([values for _, values in monitor.driver])
+    assert commands.shape[1] == 4 and np.isfinite(commands).all()
+    assert (commands >= 0).all() and (commands <= max_thrust).all()
+
+    last_policy = max(monitor.policy)
+    assert last_policy < killed
+    fallback = next((t for t, reasons in monitor.overrides if t > last_policy and "fallback: hover" in reasons
+                     and any(r.startswith("command stale") for r in reasons)), None)
+    assert fallback is not None, monitor.overrides[-5:]
+    latency = (fallback - last_policy) * 1e-9
+    assert safety.command_timeout_s - 0.002 < latency <= \
+        safety.command_timeout_s + 1 / safety.rate_hz + SCHEDULING_TOLERANCE_S, latency
+
+    after = [z for t, z in monitor.height if killed <= t <= killed + 1_000_000_000]
+    assert len(after) > 50 and min(after) > 0.3, (len(after), min(after, default=None))
+
+
+def test_bench_deploy_measures_the_closed_loop(tmp_path, capsys, monkeypatch):
+    """2 s at 100 Hz on the shipped cf2-hover bundle: the report's fields, a cycle count that matches the
+    rate, ordered positive latencies, few lost cycles; bad input is one line."""
+    from robostack.cli import main
+    from robostack.real.bench import LOST_AFTER_S
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "44")
+    monkeypatch.chdir(tmp_path)  # node logs go to runs/bench-deploy/ here
+    assert main(["bench", "deploy", "--task", "cf2-hover", "--rate", "100", "--duration", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["robot"] == "cf2" and report["state_topic"] == "odom" and report["rate_hz"] == 100
+    assert abs(report["cycles"] - 200) <= 20 and abs(report["achieved_rate_hz"] - 100) <= 10, report
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < LOST_AFTER_S * 1e3, report
+    assert report["lost"] <= 0.02 * report["cycles"], report
+    assert report["driver_commands"] >= report["cycles"] - report["lost"]
+    assert set(report["cpu_percent"]) == {"policy_node", "safety_node", "driver"}
+    assert report["machine"]["cores"] == os.cpu_count()
+    assert (tmp_path / report["logs"] / "safety_node.log").is_file()
+
+    assert main(["bench", "deploy", "--task", "go2-walk"]) == 2  # no shipped bundle
+    assert "no shipped bundle for go2-walk" in capsys.readouterr().err
+    assert main(["bench", "deploy", "--rate", "0"]) == 2
+    assert "--rate must be positive, got 0.0" in capsys.readouterr().err
+
+
+def test_primary_state_source_is_published_last_and_required():
+    """A policy acting per state acts on the primary source's arrival, so a driver sends it last; a robot
+    with no state topic has nothing to act on."""
+    from builtin_interfaces.msg import Time
+
+    from robostack.real.bench import home_state
+    from robostack.real.deploy_config import Topics, load_deploy_config
+    from robostack.real.state import primary_source, state_messages
+
+    expected = {"panda": ["joint_states"], "go2": ["imu", "odometry", "joint_states"], "cf2": ["imu", "odometry"]}
+    for robot, order in expected.items():
+        cfg = load_deploy_config(robot)
+        joints = list(importlib.import_module(f"robostack.sim.robots.{robot}.model").JOINT_NAMES)
+        messages = state_messages(cfg, home_state(robot, joints), Time(), joints)
+        assert [source for source, _ in messages] == order and primary_source(cfg) == order[-1]
+    stateless = load_deploy_config("cf2")
+    stateless.topics = Topics()
+    with pytest.raises(ValueError, match="names no state topic"):
+        primary_source(stateless)

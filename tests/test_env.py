@@ -250,7 +250,8 @@ def test_integral_runs_near_the_target_is_clipped_and_clears_on_reset():
 
 
 def test_relative_actions_move_the_joint_targets_and_reset_to_home():
-    env = make_env("panda-reach", num_envs=2, seed=0, play=True, overrides=["action_mode=joint_relative", "action_scale=0.05"])
+    env = make_env("panda-reach", num_envs=2, seed=0, play=True,  # the action map alone, no target limits
+                   overrides=["action_mode=joint_relative", "action_scale=0.05", "target_limits=null"])
     env.reset(seed=0)
     home = env.ctrl_target.clone()
     env.step(torch.zeros(2, 7))

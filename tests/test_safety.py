@@ -141,6 +141,19 @@ def test_rate_limit_bounds_how_far_a_target_moves_per_period():
     assert reasons == ["rate limit: joint1"]
 
 
+def test_rate_limit_is_a_velocity_when_commands_arrive_faster_than_the_safety_rate():
+    """safety_node filters every arriving command as well as every period: four commands within one period
+    move a target no further than one command a period would."""
+    layer = layer_for("panda")
+    step(layer, PANDA_HOME, panda(), 0.0)
+    command = PANDA_HOME.copy()
+    command[0] += 0.01
+    outputs = [step(layer, command, panda(), 0.002 + k * 0.0005)[0][0] for k in range(4)]
+    per_second = panda_model.VELOCITY_LIMIT[0] * 0.8
+    np.testing.assert_allclose(np.array(outputs) - PANDA_HOME[0], per_second * np.array([0.002, 0.0025, 0.003, 0.0035]))
+    assert step(layer, command, panda(), 0.0035)[0][0] == outputs[-1]  # no time passed, no motion
+
+
 def test_effort_limit_keeps_the_target_near_the_measured_position():
     layer = layer_for("panda")
     step(layer, PANDA_HOME, panda(), 0.0)
@@ -150,6 +163,26 @@ def test_effort_limit_keeps_the_target_near_the_measured_position():
     torque = panda_model.KP[0] * (out[0] - lagging[0])
     assert torque == pytest.approx(panda_model.EFFORT_LIMIT[0])  # at the bound, not beyond
     assert "effort limit: joint1" in reasons
+
+
+def test_effort_bound_is_on_the_pd_torque_so_a_moving_joint_may_lead_by_its_damping():
+    """A joint moving at 0.5 rad/s needs kd * 0.5 = 225 N m of lead just to cancel its damping: the bound is
+    on the torque the driver applies, kp (target - q) - kd qdot, which is what the simulator saturates."""
+    layer = layer_for("panda")
+    state = panda()
+    step(layer, PANDA_HOME, state, 0.0)
+    state.joint_velocity["joint1"] = 0.5
+    far = PANDA_HOME.copy()
+    far[0] += 1.0
+    layer.bounds.max_velocity[:] = np.inf  # the effort bound alone
+    out, reasons = step(layer, far, state, 0.002)
+    torque = panda_model.KP[0] * (out[0] - PANDA_HOME[0]) - panda_model.KD[0] * 0.5
+    assert torque == pytest.approx(panda_model.EFFORT_LIMIT[0])
+    assert "effort limit: joint1" in reasons
+    broken = panda()
+    broken.joint_velocity["joint1"] = float("nan")
+    out, reasons = step(layer, far, broken, 0.004)
+    assert "invalid state: joint velocities not finite" in reasons and np.isfinite(out).all()
 
 
 def test_arm_holds_the_previous_target_when_the_tcp_would_leave_the_workspace():
@@ -178,11 +211,11 @@ def test_random_and_huge_commands_never_leave_the_limits(robot):
     previous = PANDA_HOME if robot == "panda" else GO2_STAND
     step(layer, previous, make_state(previous), -layer.period)
     for i in range(2000):
-        measured = previous + rng.uniform(-0.5, 0.5, previous.size) * layer.max_lead  # a driver that tracks
+        measured = previous + rng.uniform(-0.5, 0.5, previous.size) * layer.bounds.max_lead  # a driver that tracks
         scale = 1e6 if i % 10 == 0 else 3.0
         out, _ = step(layer, rng.uniform(-scale, scale, previous.size), make_state(measured), i * layer.period)
-        assert np.all(out >= layer.lower) and np.all(out <= layer.upper)
-        assert np.all(np.abs(out - previous) <= layer.max_step + 1e-12)
+        assert np.all(out >= layer.bounds.lower) and np.all(out <= layer.bounds.upper)
+        assert np.all(np.abs(out - previous) <= layer.bounds.max_velocity * layer.period + 1e-12)
         assert np.all(np.abs(module.KP * (out - measured)) <= module.EFFORT_LIMIT + 1e-9)
         previous = out
 
@@ -290,10 +323,10 @@ def test_quadruped_stands_down_when_tilted_and_stays_down_until_reset():
     while now < 0.002 + layer.cfg.quadruped.stand_down_s + 0.1:  # a driver that tracks, the robot upright again
         now += layer.period
         out, reasons = step(layer, GO2_STAND, go2(measured, quat=UPRIGHT), now)
-        assert np.all(np.abs(out - previous) <= layer.max_step + 1e-12)  # bounded rate
+        assert np.all(np.abs(out - previous) <= layer.bounds.max_velocity * layer.period + 1e-12)  # bounded rate
         assert reasons[0] == "fallback: stand down"
         measured = previous = out
-    np.testing.assert_allclose(out, np.clip(layer.lying_pose, layer.lower, layer.upper))
+    np.testing.assert_allclose(out, np.clip(layer.lying_pose, layer.bounds.lower, layer.bounds.upper))
     assert layer.reset(now)[0]
     out, reasons = step(layer, GO2_STAND, go2(measured, base_z=0.11), now + 0.002)
     assert len(reasons) == 1 and reasons[0].startswith("rate limit: FR_thigh_joint")  # back to the policy, gradually
@@ -711,11 +744,11 @@ def test_safety_node_over_dds_with_a_fake_go2_driver():
     # The independent monitor's verdict on every command the driver got.
     commands = np.array([values for _, _, values in bench.driver])
     assert commands.shape[1] == 12 and np.all(np.isfinite(commands))
-    assert np.all(commands >= layer.lower) and np.all(commands <= layer.upper)
+    assert np.all(commands >= layer.bounds.lower) and np.all(commands <= layer.bounds.upper)
     sequence = np.array([seq for _, seq, _ in bench.driver])
     consecutive = np.diff(sequence) == 1  # the rate check needs the pairs the monitor got with none lost between
     assert consecutive.mean() > 0.95
-    assert np.all(np.abs(np.diff(commands, axis=0))[consecutive] <= layer.max_step + 1e-12)
+    assert np.all(np.abs(np.diff(commands, axis=0))[consecutive] <= layer.bounds.max_velocity * layer.period + 1e-12)
     for latency, limit in ((command_latency, layer.cfg.command_timeout_s), (state_latency, layer.cfg.state_timeout_s)):
         assert limit - DELIVERY_SKEW_S < latency <= limit + period + SCHEDULING_MARGIN_S, \
             (command_latency, state_latency)

@@ -13,6 +13,7 @@ import torch
 from robostack.registry import register
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
+from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.go2 import model as go2
 from robostack.sim.task_env import TaskEnv
 from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RandomizationConfig,
@@ -66,6 +67,7 @@ class Go2WalkConfig:
     randomization: Randomization
     min_base_height: float  # below this the robot has fallen
     max_tilt_cos: float  # projected gravity z above -this: tilted past 60 degrees
+    target_limits: JointTargetLimits | None = None  # train under the safety layer's clamps (deploy YAML)
 
 
 # ----- commands -----
@@ -145,7 +147,8 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
 def build(cfg: Go2WalkConfig) -> TaskDefinition:
     model = go2.build_model()
     r, dr_cfg = cfg.rewards, cfg.randomization
-    policy_obs = {
+    policy_obs = {  # base velocity as a state estimator gives it (odometry), as Isaac Lab and Playground do
+        "base_lin_vel": ObsTerm(mdp.base_lin_vel, noise=0.1, scale=2.0),
         "base_ang_vel": ObsTerm(mdp.base_ang_vel, noise=0.2, scale=0.25),
         "projected_gravity": ObsTerm(mdp.projected_gravity, noise=0.05),
         "command": ObsTerm(mdp.command),
@@ -155,13 +158,14 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
     }
     critic_obs = noiseless(policy_obs)
     critic_obs.update({
-        "base_lin_vel": ObsTerm(mdp.base_lin_vel, scale=2.0),
         "base_height": ObsTerm(mdp.base_height),
         "feet_contact": ObsTerm(lambda env: feet_contact(env).float()),
     })
     definition = TaskDefinition(
         name="go2-walk", robot="go2", model=model, sim=cfg.sim,
-        action=ActionMap(np.arange(model.nu), np.full(model.nu, cfg.action_scale), go2.DEFAULT_JOINT_POS.copy()),
+        action=ActionMap(np.arange(model.nu), np.full(model.nu, cfg.action_scale), go2.DEFAULT_JOINT_POS.copy(),
+                         limits=None if cfg.target_limits is None
+                         else TargetBounds.for_robot(go2, model, cfg.target_limits)),
         default_joint_pos=go2.DEFAULT_JOINT_POS,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={

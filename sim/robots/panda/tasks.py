@@ -18,6 +18,7 @@ import torch
 from robostack.registry import register
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
+from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.task_env import TaskEnv
 from robostack.sim.terms import (ActionMap, EndEffectorIK, EventConfig, EventTerm, Integral, ObsTerm,
@@ -67,6 +68,7 @@ class PandaReachConfig:
     position_integral_limit: float  # m s: clip of the position error's running integral (an I term)
     position_integral_radius: float  # m: integrate only this close to the target (no windup on the way)
     success_angle: float  # rad
+    target_limits: JointTargetLimits | None = None  # train under the safety layer's clamps (deploy YAML)
 
 
 def ee_pos(env: TaskEnv) -> torch.Tensor:
@@ -143,13 +145,15 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     env.sim.qvel[env_ids] = 0.0
 
 
-def action_map(cfg: PandaReachConfig) -> ActionMap:
+def action_map(cfg: PandaReachConfig, model: mujoco.MjModel) -> ActionMap:
     arm, home = np.arange(ARM_JOINTS), panda.DEFAULT_JOINT_POS.copy()
+    limits = None if cfg.target_limits is None else TargetBounds.for_robot(panda, model, cfg.target_limits)
     if cfg.action_mode == "end_effector":
         scale = np.repeat(np.asarray(cfg.ee_step, dtype=np.float64), 3)
         ik = EndEffectorIK(panda.EE_SITE, panda.ARM_JOINT_NAMES, cfg.ik_damping)
-        return ActionMap(arm, scale, home, ik=ik)
-    return ActionMap(arm, np.full(ARM_JOINTS, cfg.action_scale), home, relative=cfg.action_mode == "joint_relative")
+        return ActionMap(arm, scale, home, ik=ik, limits=limits)
+    return ActionMap(arm, np.full(ARM_JOINTS, cfg.action_scale), home, relative=cfg.action_mode == "joint_relative",
+                     limits=limits)
 
 
 @register("task", "panda-reach", "Franka Panda: reach a sampled end-effector pose",
@@ -172,7 +176,7 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
     critic_obs = noiseless(policy_obs)
     return TaskDefinition(
         name="panda-reach", robot="panda", model=model, sim=cfg.sim,
-        action=action_map(cfg),
+        action=action_map(cfg, model),
         default_joint_pos=panda.DEFAULT_JOINT_POS,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={

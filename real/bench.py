@@ -1,0 +1,252 @@
+"""``robostack bench deploy``: the state-to-command latency through policy and safety layer, and the control
+rate the deployment sustains.
+
+``policy_node`` (acting on every state, ``trigger:=state``) and ``safety_node`` run as processes, as in a
+deployment (``robostack.deploy``); this process is the robot's driver. It publishes the robot's state topics
+(``configs/deploy/<robot>.yaml``, the primary source last, see ``robostack.real.state.primary_source``) in a
+closed loop at ``rate_hz``: state k goes out at its deadline start + k / rate, or when the answer to state
+k - 1 arrives if that is later. The answer is the first driver command that the safety node sent after the
+policy sent its command for state k (the first on ``policy/command`` sent after the state), as told by the
+senders' stamps. Driver commands in between are the safety node's own beat, not answers: a watchdog repeat,
+or for a jointed robot the old command clamped around the new state (10% of panda-reach cycles), which can
+even equal the answer, so values cannot tell them apart. (A beat between the policy's sending and the safety
+node's taking the command would be taken for the answer, early by at most that transit.) The latency of
+cycle k is the answer's arrival (the middleware's receive stamp) minus the time state k went out; no answer
+within ``LOST_AFTER_S`` and the cycle is lost. A state that goes out more than a period late restarts the
+schedule from then, so the loop never bursts to catch up.
+
+The state is the robot model's home keyframe (the arm at home, the quadruped standing, the drone hovering)
+with a little noise in every cycle, so that every state is new to the policy. The nodes and this driver run
+in a namespace of their own, and discovery stays on this machine unless ``ROS_AUTOMATIC_DISCOVERY_RANGE``
+says otherwise: fake states must not reach a real robot's nodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import mujoco
+import numpy as np
+
+from robostack.bundle import load_bundle
+from robostack.deploy import node_graph, started_graph
+from robostack.real.deploy_config import INTERNAL, DeployConfig, load_deploy_config
+from robostack.real.messages import message_type
+from robostack.real.observation import RobotState
+from robostack.real.state import primary_source, state_messages
+
+SHIPPED_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"  # in a source checkout
+DEFAULT_TASKS = ("go2-walk", "panda-reach", "cf2-hover")  # the first one with a shipped bundle is benched
+BENCHED_NODES = ("policy_node", "safety_node")
+LOST_AFTER_S = 0.05
+STARTUP_TIMEOUT_S = 60.0  # the nodes import torch, MuJoCo and onnxruntime: slow on a loaded machine
+STATE_NOISE = 1e-3  # rad, m, rad/s, m/s of noise on the home state
+
+
+def resolve_bundle(task: str | None, policy: str | os.PathLike | None) -> Path:
+    """The bundle to bench: ``policy``, else the shipped bundle of ``task``, else of the first of
+    ``DEFAULT_TASKS`` that has one. A ``task`` that disagrees with the bundle's is an error."""
+    if policy is not None:
+        bundle_task = load_bundle(policy).task
+        if task is not None and bundle_task != task:
+            raise ValueError(f"policy {policy} was trained for task {bundle_task!r}, not {task!r}")
+        return Path(policy)
+    candidates = [task] if task is not None else list(DEFAULT_TASKS)
+    for name in candidates:
+        if (SHIPPED_BUNDLES / name).is_dir():
+            return SHIPPED_BUNDLES / name
+    raise FileNotFoundError(f"no shipped bundle for {' or '.join(candidates)} in {SHIPPED_BUNDLES}: "
+                            "give one with --policy")
+
+
+def home_state(robot: str, joint_names: list[str]) -> RobotState:
+    """The robot at rest as its model's home keyframe has it, velocities zero."""
+    model = importlib.import_module(f"robostack.sim.robots.{robot}.model").build_model()
+    data = mujoco.MjData(model)
+    mujoco.mj_resetDataKeyframe(model, data, 0)
+    positions = {name: float(data.qpos[model.jnt_qposadr[model.joint(name).id]]) for name in joint_names}
+    base = {}
+    if model.njnt and model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE:
+        base = dict(base_position=data.qpos[0:3].copy(), base_orientation=data.qpos[3:7].copy(),
+                    base_linear_velocity=np.zeros(3), base_angular_velocity=np.zeros(3))
+    return RobotState(joint_position=positions, joint_velocity=dict.fromkeys(joint_names, 0.0), **base)
+
+
+def jittered(state: RobotState, rng: np.random.Generator) -> RobotState:
+    """``state`` with ``STATE_NOISE`` on every value (the orientation kept a unit quaternion)."""
+    def noisy(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values + rng.normal(0.0, STATE_NOISE, len(values))
+
+    orientation = noisy(state.base_orientation)
+    return RobotState(
+        joint_position={n: v + rng.normal(0.0, STATE_NOISE) for n, v in state.joint_position.items()},
+        joint_velocity={n: v + rng.normal(0.0, STATE_NOISE) for n, v in state.joint_velocity.items()},
+        base_position=noisy(state.base_position),
+        base_orientation=None if orientation is None else orientation / np.linalg.norm(orientation),
+        base_linear_velocity=noisy(state.base_linear_velocity),
+        base_angular_velocity=noisy(state.base_angular_velocity))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Cycles:
+    """What one run of the closed loop measured."""
+
+    latencies_ns: list[int] = dataclasses.field(default_factory=list)
+    sent: int = 0
+    lost: int = 0
+    driver_commands: int = 0  # answers and the safety node's own beats
+    wall_s: float = 0.0
+
+
+class ClosedLoopDriver:
+    """This process as the robot's driver: state out, then wait for the driver command that answers it."""
+
+    def __init__(self, cfg: DeployConfig, joint_names: list[str], namespace: str, seed: int = 0):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy, self.cfg, self.joint_names = rclpy, cfg, joint_names
+        self.rest = home_state(cfg.robot, joint_names)
+        self.rng = np.random.default_rng(seed)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, args=["--ros-args", "-r", f"__ns:={namespace}"])
+        self.node = rclpy.create_node("bench_driver", context=self.context)
+        topics = cfg.topics
+        self.publishers = {name: self.node.create_publisher(message_type(getattr(topics, name).type),
+                                                            getattr(topics, name).topic, 10)
+                           for name in ("joint_states", "imu", "odometry") if getattr(topics, name) is not None}
+        driver = topics.driver_command
+        self.node.create_subscription(message_type(driver.type), driver.topic, self._on_command, 10)
+        topic, type_ = INTERNAL["policy_command"]
+        self.node.create_subscription(message_type(type_), topic, self._on_policy_command, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.sent_ns = 0  # when this cycle's state went out (system clock, as the middleware's stamps)
+        self.policy_ns: int | None = None  # when the policy sent its command for it
+        self.candidates: list[tuple[int, int]] = []  # (sent, received) of driver commands since the state
+        self.answer_ns: int | None = None
+        self.awaiting = False
+        self.driver_commands = 0
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+    def _on_policy_command(self, msg: Any, info: Any) -> None:
+        if self.awaiting and self.policy_ns is None and info["source_timestamp"] >= self.sent_ns:
+            self.policy_ns = info["source_timestamp"]
+            self._settle()
+
+    def _on_command(self, msg: Any, info: Any) -> None:
+        self.driver_commands += 1
+        if self.awaiting and info["received_timestamp"] >= self.sent_ns:
+            self.candidates.append((info["source_timestamp"], info["received_timestamp"]))
+            self._settle()
+
+    def _settle(self) -> None:
+        """The answer, once the policy's command and a driver command sent after it are both in (the
+        executor may take them in either order)."""
+        if self.policy_ns is not None:
+            self.answer_ns = next((received for sent, received in self.candidates if sent >= self.policy_ns), None)
+            self.awaiting = self.answer_ns is None
+
+    def _spin_until(self, deadline: float) -> None:
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.executor.spin_once(timeout_sec=remaining)
+
+    def _publish_state(self) -> None:
+        messages = state_messages(self.cfg, jittered(self.rest, self.rng), self.node.get_clock().now().to_msg(),
+                                  self.joint_names)
+        for source, msg in messages[:-1]:
+            self.publishers[source].publish(msg)
+        source, msg = messages[-1]  # the primary: the state is complete, the policy acts now
+        self.answer_ns, self.policy_ns, self.candidates, self.awaiting = None, None, [], True
+        self.sent_ns = time.time_ns()  # the clock of the middleware's receive stamps
+        self.publishers[source].publish(msg)
+
+    def run(self, rate_hz: float, seconds: float, until: Callable[[Cycles], bool] = lambda cycles: False) -> Cycles:
+        """Closed-loop cycles for ``seconds`` (or until ``until(cycles)`` is true)."""
+        period, cycles = 1.0 / rate_hz, Cycles()
+        driver_commands_before = self.driver_commands
+        start = deadline = time.monotonic()
+        while deadline - start < seconds and not until(cycles):
+            self._spin_until(deadline)
+            sent = time.monotonic()
+            self._publish_state()
+            if sent > deadline + period:  # over a period late: a new schedule from now, not a burst
+                deadline = sent
+            deadline += period
+            lost_at = sent + LOST_AFTER_S
+            while self.answer_ns is None and (remaining := lost_at - time.monotonic()) > 0:
+                self.executor.spin_once(timeout_sec=remaining)
+            self.awaiting = False
+            cycles.sent += 1
+            if self.answer_ns is None:
+                cycles.lost += 1
+            else:
+                cycles.latencies_ns.append(self.answer_ns - self.sent_ns)
+        self._spin_until(deadline)  # the last cycle lasts its period too
+        cycles.wall_s = time.monotonic() - start
+        cycles.driver_commands = self.driver_commands - driver_commands_before
+        return cycles
+
+
+def bench_deploy(task: str | None = None, policy: str | os.PathLike | None = None, rate_hz: float = 500.0,
+                 duration_s: float = 10.0, warmup_s: float = 1.0, log_dir: Path | None = None) -> dict[str, Any]:
+    """Run the closed loop (see the module docstring) and report latency percentiles, achieved rate, lost
+    cycles, each process's CPU share and the machine."""
+    bundle_path = resolve_bundle(task, policy)
+    bundle = load_bundle(bundle_path)
+    cfg = load_deploy_config(bundle.robot)
+    primary = primary_source(cfg)
+    nodes = [spec for spec in node_graph(bundle_path) if spec.name in BENCHED_NODES]
+    nodes = [dataclasses.replace(spec, parameters={**spec.parameters, "trigger": "state"})
+             if spec.name == "policy_node" else spec for spec in nodes]
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # read by this process's rclpy too
+    namespace = f"/robostack_bench_{os.getpid()}"
+    driver = ClosedLoopDriver(cfg, list(bundle.metadata["joint_names"]), namespace)
+    try:
+        with started_graph(nodes, log_dir=log_dir, namespace=namespace) as procs:
+            def exit_codes() -> dict[str, int | None]:
+                return {name: proc.poll() for name, proc in procs.items()}
+
+            def node_exited() -> bool:
+                return any(code is not None for code in exit_codes().values())
+
+            started = driver.run(rate_hz, STARTUP_TIMEOUT_S, until=lambda c: node_exited() or bool(c.latencies_ns))
+            if not started.latencies_ns or node_exited():
+                raise RuntimeError(f"the nodes did not answer the driver within {STARTUP_TIMEOUT_S:g} s (exit codes "
+                                   f"{exit_codes()}{f', logs: {log_dir}' if log_dir else ''})")
+            driver.run(rate_hz, warmup_s)
+            pids = {**{name: proc.pid for name, proc in procs.items()}, "driver": os.getpid()}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            cycles = driver.run(rate_hz, duration_s)
+            cpu = {name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cycles.wall_s, 1)
+                   for name, pid in pids.items()}
+            if node_exited():
+                raise RuntimeError(f"a node exited during the measurement (exit codes {exit_codes()})")
+    finally:
+        driver.close()
+    latency_ms = np.array(cycles.latencies_ns) * 1e-6
+    percentiles = ({f"p{q}": round(float(np.percentile(latency_ms, q)), 3) for q in (50, 90, 99)}
+                   | {"max": round(float(latency_ms.max()), 3)}) if latency_ms.size else None
+    return {
+        "task": bundle.task, "robot": bundle.robot, "policy": str(bundle_path),
+        "state_topic": getattr(cfg.topics, primary).topic, "driver_topic": cfg.topics.driver_command.topic,
+        "rate_hz": rate_hz, "duration_s": duration_s, "achieved_rate_hz": round(cycles.sent / cycles.wall_s, 2),
+        "cycles": cycles.sent, "lost": cycles.lost, "driver_commands": cycles.driver_commands,
+        "latency_ms": percentiles,
+        "cpu_percent": cpu, "machine": {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
+        **({"logs": str(log_dir)} if log_dir else {}),
+    }

@@ -1,0 +1,607 @@
+"""``teleop_node``: a human takes over from the policy with a gamepad or a Twist stream, through the safety layer.
+
+Run::
+
+    python -m robostack.real.teleop_node --ros-args -p robot:=panda            # a gamepad (the joy driver)
+    python -m robostack.real.teleop_node --ros-args -p robot:=go2 -p input:=twist
+
+(or the ``teleop_node`` console script). Start the gamepad's driver beside it (``ros2 run joy joy_node``,
+with its default 20 Hz autorepeat, so a held button keeps arriving).
+
+The deadman: with ``input:=joy`` the human is in control while button ``deadman_button`` is held in the
+latest ``sensor_msgs/Joy``; with ``input:=twist`` (``geometry_msgs/Twist``, e.g. teleop_twist_keyboard), while
+Twists keep arriving. Either way, input older than ``input_timeout_s`` ends the takeover: a gamepad that
+dies or unplugs with the button held must not keep control. A message that cannot be read (too few axes or
+buttons, NaN or inf) is dropped with a throttled error, as if it had not come.
+
+What the human commands depends on the robot's kind (the ``safety:`` section of its deploy config):
+
+* arm (panda): the end effector's velocity (x, y, z in the base frame, and yaw about the vertical),
+  integrated into an end-effector target that starts at the measured pose when the takeover starts (so
+  the arm does not jump) and stays within ``ARM_LEAD`` of the measured pose (a blocked arm does not wind up).
+  Damped least squares on the Jacobian at the measured joints (``robostack.sim.ik``, as the panda-reach
+  action map) turns the pose error into joint position targets; gripper buttons open or close the fingers.
+  The result is a full actuator control vector in MuJoCo actuator order, the one the policy sends, on
+  ``teleop/command``; ``teleop/active`` tells the safety layer to take it instead of the policy's.
+* quadruped (go2) and drone (cf2): the human does not drive joints or motors (no one can balance a
+  quadruped or fly a quadrotor motor by motor); the human's command replaces the *task command* the
+  policy follows, on the deploy config's ``topics.task_command``: go2 the velocity (vx, vy, yaw rate) from
+  the sticks, cf2 a position setpoint the sticks move from where the drone was when the takeover started.
+  The policy keeps running and the safety layer keeps filtering its output, so ``teleop/active`` is not
+  published: true would make the safety layer wait for joint commands that never come. When the takeover
+  ends, one last task command with the sticks centred is sent (go2: stand still; cf2: hold the setpoint),
+  so the policy is not left running on the human's last stick position. Another source of task commands
+  must yield meanwhile (``sim_robot_node``'s simulated operator does, on ``teleop/intervention``; on a
+  robot, e.g. a twist_mux that gives this node priority).
+
+For every kind ``teleop/intervention`` carries ``start`` and ``end`` (once each per takeover) and
+``teleop/active`` (arm only) is published on every change and at ``ACTIVE_PERIOD_S``, for late joiners.
+Commands go out at ``rate_hz`` while the human is in control, and only through the safety layer: never to
+the driver's topic. Nothing is sent without a fresh measured state (the arm's IK and the drone's setpoint
+start from it); a takeover does not start without one. On shutdown a takeover in progress is ended.
+
+Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
+``configs/deploy/<robot>.yaml``), ``input`` (``joy`` or ``twist``), ``input_topic`` (default ``joy`` or
+``teleop/twist``), ``deadman_button`` (4: LB), ``axes`` and ``scales`` (per commanded component, below),
+``gripper_open_button`` (1: B), ``gripper_close_button`` (0: A), ``rate_hz`` (0: the robot's control rate),
+``input_timeout_s`` (0.5).
+
+Defaults per kind (``KINDS``; axes and buttons as the joy driver numbers an Xbox pad: axis 0/1 left stick
+left/up, 3/4 right stick left/up, positive toward left and up). A full stick gives ``scales``; a Twist's
+value is clipped to it:
+
+==========  ====================================  ==========  ===================  ======================
+kind        components                            axes        scales               Twist fields
+==========  ====================================  ==========  ===================  ======================
+arm         x, y, z (m/s), yaw (rad/s)            1, 0, 4, 3  0.1, 0.1, 0.1, 0.5   linear.x/y/z, angular.z
+quadruped   vx, vy (m/s), yaw rate (rad/s)        1, 0, 3     1.0, 0.5, 1.0        linear.x/y, angular.z
+drone       x, y, z setpoint velocity (m/s)       1, 0, 4     0.5, 0.5, 0.5        linear.x/y/z
+==========  ====================================  ==========  ===================  ======================
+
+The quadruped's scales are the go2-walk training ranges: the policy never saw faster commands.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import mujoco
+import numpy as np
+import rclpy
+import torch
+from geometry_msgs.msg import Twist
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Joy
+from std_msgs.msg import Bool, Float64MultiArray, String
+
+from robostack.config import config_path
+from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
+from robostack.real.messages import get_field, message_type, set_field
+from robostack.real.observation import RobotState
+from robostack.real.safety import safety_config
+from robostack.real.state import StateListener
+from robostack.sim import ik
+
+ACTIVE_PERIOD_S = 0.1  # teleop/active is repeated this often, so the safety layer and late joiners know
+IK_DAMPING = 0.05  # damped least squares lambda (m), as the panda-reach action map
+ERROR_THROTTLE_S = 1.0
+# How far a target may run ahead of the measured pose: a blocked robot does not wind up, and it stops soon
+# after the stick is let go. Arm: about 0.5 s at full stick (m, rad); drone: 1 s (m).
+ARM_LEAD = (0.05, 0.3)
+DRONE_LEAD = 0.5
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a human commands on one kind of robot, and how the default inputs map onto it."""
+
+    components: tuple[str, ...]
+    axes: tuple[int, ...]  # Joy axis per component
+    scales: tuple[float, ...]  # at full stick; Twist values are clipped to it
+    twist_fields: tuple[str, ...]
+
+
+KINDS = {
+    "arm": Kind(("x", "y", "z", "yaw"), (1, 0, 4, 3), (0.1, 0.1, 0.1, 0.5),
+                ("linear.x", "linear.y", "linear.z", "angular.z")),
+    "quadruped": Kind(("vx", "vy", "yaw_rate"), (1, 0, 3), (1.0, 0.5, 1.0), ("linear.x", "linear.y", "angular.z")),
+    "drone": Kind(("x", "y", "z"), (1, 0, 4), (0.5, 0.5, 0.5), ("linear.x", "linear.y", "linear.z")),
+}
+
+
+class TeleopError(ValueError):
+    """A bad parameter or a deploy config the teleop cannot serve (the message says which)."""
+
+
+@dataclass
+class TeleopSettings:
+    input: str = "joy"  # "joy" | "twist"
+    deadman_button: int = 4
+    axes: Sequence[int] = ()  # () = the kind's default
+    scales: Sequence[float] = ()
+    gripper_open_button: int = 1
+    gripper_close_button: int = 0
+    rate_hz: float = 0.0  # 0 = the robot's control rate
+    input_timeout_s: float = 0.5
+
+
+@dataclass
+class HumanInput:
+    """The latest readable input: a velocity per component (scaled, clipped), the buttons held, when."""
+
+    velocity: np.ndarray
+    buttons: frozenset[int]
+    deadman: bool
+    received: float  # monotonic s
+
+
+@dataclass
+class TeleopStep:
+    """What one tick decided: intervention events to publish, whether the human is in control, the command
+    (None: send nothing) and, if something stops it, why."""
+
+    events: list[str] = field(default_factory=list)
+    active: bool = False
+    command: np.ndarray | None = None
+    problem: str = ""
+
+
+def robot_kind(deploy: DeployConfig) -> str:
+    """``arm``, ``quadruped`` or ``drone``: the section of the deploy config's safety limits."""
+    kinds = [k for k in KINDS if k in deploy.safety]
+    if len(kinds) != 1:
+        raise TeleopError(f"deploy config for {deploy.robot}: its safety section names {kinds or 'no'} robot kind "
+                          f"(one of {list(KINDS)} expected)")
+    return kinds[0]
+
+
+def control_rate_hz(robot: str) -> float:
+    """The rate the robot's policies act at (its tasks' control rate; the fastest, should they differ)."""
+    from robostack import registry, sim
+
+    tasks = [entry.name for entry in registry.entries("task") if entry.extra.get("robot") == robot]
+    rates = [1.0 / (cfg.sim.timestep * cfg.sim.decimation) for cfg in map(sim.load_task_config, tasks)]
+    if not rates:
+        raise TeleopError(f"no task is registered for robot {robot!r}: give rate_hz")
+    return max(rates)
+
+
+def limit_lead(target: np.ndarray, measured: np.ndarray, lead: float) -> np.ndarray:
+    """``target``, pulled back to within ``lead`` (Euclidean) of ``measured``."""
+    offset = target - measured
+    distance = float(np.linalg.norm(offset))
+    return target if distance <= lead else measured + offset * (lead / distance)
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(4)
+    mujoco.mju_mulQuat(out, a, b)
+    return out
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """World-frame rotation vector taking orientation ``current`` to ``target`` (quaternions w, x, y, z)."""
+    inverse, error = np.empty(4), np.empty(3)
+    mujoco.mju_negQuat(inverse, current)
+    mujoco.mju_quat2Vel(error, quat_mul(target, inverse), 1.0)
+    return error
+
+
+def rotation_quat(rotation_vector: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(rotation_vector))
+    quat = np.array([1.0, 0.0, 0.0, 0.0])
+    if angle > 0.0:
+        mujoco.mju_axisAngle2Quat(quat, rotation_vector / angle, angle)
+    return quat
+
+
+# ----------------------------------------------------------------------------------- one takeover per kind
+
+
+class ArmKinematics:
+    """Sensors of the arm's MuJoCo model at a measured joint configuration: what ``ik.site_jacobian`` reads."""
+
+    def __init__(self, model: mujoco.MjModel):
+        from robostack.sim.task_env import sensor_slices
+
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.slices = sensor_slices(model)
+        self.qpos_address = {model.joint(j).name: int(model.jnt_qposadr[j]) for j in range(model.njnt)}
+
+    def update(self, joint_position: Mapping[str, float]) -> None:
+        for name, value in joint_position.items():
+            self.data.qpos[self.qpos_address[name]] = value
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_sensorPos(self.model, self.data)
+
+    def sensor(self, name: str) -> torch.Tensor:
+        return torch.as_tensor(self.data.sensordata[self.slices[name]]).reshape(1, -1)
+
+
+class ArmTakeover:
+    """End-effector velocity -> end-effector target -> joint position targets (differential IK at the
+    measured joints), fingers from the gripper buttons; all actuators, in actuator order."""
+
+    joint_level = True
+
+    def __init__(self, robot: str, tcp_site: str, lead: tuple[float, float], gripper_buttons: tuple[int, int]):
+        from robostack import registry
+
+        model = registry.get("robot", robot).target()
+        self.kinematics = ArmKinematics(model)
+        self.site = tcp_site
+        self.position_lead, self.angle_lead = lead
+        self.open_button, self.close_button = gripper_buttons
+        sensors = set(self.kinematics.slices)
+        self.actuated = [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)]
+        self.ik_joints = [j for j in self.actuated if ik.anchor_sensor(j) in sensors]  # the chain IK moves
+        self.is_ik = np.array([j in self.ik_joints for j in self.actuated])
+        self.lower, self.upper = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
+        self.target_position = np.zeros(3)
+        self.target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.gripper = self.lower[~self.is_ik].copy()
+
+    def state_problem(self, state: RobotState) -> str:
+        missing = [j for j in self.actuated if not math.isfinite(state.joint_position.get(j, math.nan))]
+        return f"no finite position for joints {missing}" if missing else ""
+
+    def _measure(self, state: RobotState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The actuated joints' positions, the end effector's position and orientation."""
+        joints = np.array([state.joint_position[j] for j in self.actuated])
+        self.kinematics.update(dict(zip(self.actuated, joints)))
+        return (joints, self.kinematics.sensor(f"{self.site}_pos")[0].numpy().copy(),
+                self.kinematics.sensor(f"{self.site}_quat")[0].numpy().copy())
+
+    def begin(self, state: RobotState) -> None:
+        joints, self.target_position, self.target_quat = self._measure(state)
+        self.gripper = joints[~self.is_ik]
+
+    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
+        joints, position, quat = self._measure(state)
+        self.target_position = limit_lead(self.target_position + velocity[:3] * dt, position, self.position_lead)
+        turned = quat_mul(rotation_quat(np.array([0.0, 0.0, velocity[3] * dt])), self.target_quat)
+        angle = limit_lead(rotation_error(turned, quat), np.zeros(3), self.angle_lead)
+        self.target_quat = quat_mul(rotation_quat(angle), quat)
+        error = torch.as_tensor(np.concatenate([self.target_position - position, angle]))[None]
+        jacobian = ik.site_jacobian(self.kinematics, self.site, self.ik_joints)
+        step = ik.damped_least_squares(jacobian, error, IK_DAMPING)[0].numpy()
+        if self.close_button in buttons:
+            self.gripper = self.lower[~self.is_ik].copy()
+        elif self.open_button in buttons:
+            self.gripper = self.upper[~self.is_ik].copy()
+        controls = joints.copy()
+        controls[self.is_ik] += step
+        controls[~self.is_ik] = self.gripper
+        return np.clip(controls, self.lower, self.upper)
+
+    def release(self) -> np.ndarray | None:
+        return None  # the policy's own commands take over again
+
+
+class VelocityTakeover:
+    """Quadruped: the sticks' velocity is the task command."""
+
+    joint_level = False
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def state_problem(self, state: RobotState) -> str:
+        return ""
+
+    def begin(self, state: RobotState) -> None:
+        pass
+
+    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
+        return velocity.copy()
+
+    def release(self) -> np.ndarray | None:
+        return np.zeros(self.dim)  # stand still
+
+
+class SetpointTakeover:
+    """Drone: the sticks move a position setpoint from where the drone was when the takeover began; it stays
+    within ``lead`` of the measured position."""
+
+    joint_level = False
+
+    def __init__(self, lead: float):
+        self.lead = lead
+        self.setpoint = np.zeros(3)
+
+    def state_problem(self, state: RobotState) -> str:
+        known = state.base_position is not None and np.all(np.isfinite(state.base_position))
+        return "" if known else "no finite base position"
+
+    def begin(self, state: RobotState) -> None:
+        self.setpoint = np.asarray(state.base_position, dtype=np.float64).copy()
+
+    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
+        self.setpoint = limit_lead(self.setpoint + velocity * dt, np.asarray(state.base_position), self.lead)
+        return self.setpoint.copy()
+
+    def release(self) -> np.ndarray | None:
+        return self.setpoint.copy()  # hold where the human left it
+
+
+def takeover_for(robot: str, kind: str, deploy: DeployConfig, safety: Any, settings: TeleopSettings):
+    """The kind's takeover; a task-level one checks that the deploy config has a task command to replace."""
+    spec = KINDS[kind]
+    if kind == "arm":
+        return ArmTakeover(robot, safety.arm.tcp_site, ARM_LEAD,
+                           (settings.gripper_open_button, settings.gripper_close_button))
+    task = deploy.topics.task_command
+    if task is None or len(task.fields) != len(spec.components):
+        raise TeleopError(f"deploy config for {robot}: a {kind} takeover replaces the task command "
+                          f"({', '.join(spec.components)}), but topics.task_command is "
+                          f"{'missing' if task is None else f'{len(task.fields)} fields'}")
+    return VelocityTakeover(len(spec.components)) if kind == "quadruped" else SetpointTakeover(DRONE_LEAD)
+
+
+# ----------------------------------------------------------------------------------------- the logic
+
+
+class TeleopRunner:
+    """The node's logic without ROS: human input and measured state in, takeover events and commands out."""
+
+    def __init__(self, robot: str, settings: TeleopSettings, config: str | None = None):
+        source = config or str(config_path("deploy", f"{robot}.yaml"))
+        self.robot = robot
+        self.deploy = load_deploy_config(robot, source)
+        self.kind = robot_kind(self.deploy)
+        spec = KINDS[self.kind]
+        if settings.input not in ("joy", "twist"):
+            raise TeleopError(f"input must be 'joy' or 'twist', got {settings.input!r}")
+        self.settings = settings
+        self.axes = [int(a) for a in (settings.axes or spec.axes)]
+        self.scales = np.asarray(settings.scales or spec.scales, dtype=np.float64)
+        self.twist_fields = spec.twist_fields
+        if len(self.axes) != len(spec.components) or len(self.scales) != len(spec.components):
+            raise TeleopError(f"axes and scales need one value per component of a {self.kind} command "
+                              f"({', '.join(spec.components)}), got {self.axes} and {self.scales.tolist()}")
+        if min(self.axes) < 0 or not np.all(self.scales > 0):
+            raise TeleopError(f"axes must be >= 0 and scales > 0, got {self.axes} and {self.scales.tolist()}")
+        self.buttons = [settings.deadman_button] + (
+            [settings.gripper_open_button, settings.gripper_close_button] if self.kind == "arm" else [])
+        if min(self.buttons) < 0:
+            raise TeleopError(f"button indices must be >= 0, got {self.buttons}")
+        if not settings.input_timeout_s > 0:
+            raise TeleopError(f"input_timeout_s must be > 0, got {settings.input_timeout_s}")
+        self.rate_hz = float(settings.rate_hz) or control_rate_hz(robot)
+        if not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
+            raise TeleopError(f"rate_hz must be > 0, got {settings.rate_hz}")
+        self.takeover = takeover_for(robot, self.kind, self.deploy, safety_config(self.deploy, source), settings)
+        self.latest: HumanInput | None = None
+        self.active = False
+
+    @property
+    def task_command(self) -> TaskCommandTopic | None:
+        """Where the human's command goes for a task-level takeover (None: joint level, ``teleop/command``)."""
+        return None if self.takeover.joint_level else self.deploy.topics.task_command
+
+    # ----- input
+    def take_joy(self, axes: Sequence[float], buttons: Sequence[int], now: float) -> str | None:
+        """Keep a Joy message as the latest input, or return why it cannot be used."""
+        if len(axes) <= max(self.axes) or len(buttons) <= max(self.buttons):
+            return (f"Joy with {len(axes)} axes and {len(buttons)} buttons: the {self.kind} mapping reads axes "
+                    f"{self.axes} and buttons {self.buttons}")
+        values = np.array([axes[a] for a in self.axes], dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            return f"Joy axes {[a for a, v in zip(self.axes, values) if not math.isfinite(v)]} are not finite"
+        held = frozenset(i for i, b in enumerate(buttons) if b)
+        self.latest = HumanInput(np.clip(values, -1.0, 1.0) * self.scales, held,
+                                 self.settings.deadman_button in held, now)
+        return None
+
+    def take_twist(self, values: Sequence[float], now: float) -> str | None:
+        """Keep a Twist (its ``twist_fields`` in order) as the latest input, or return why it cannot be used."""
+        velocity = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(velocity)):
+            return f"Twist {dict(zip(self.twist_fields, velocity.tolist()))} is not finite"
+        self.latest = HumanInput(np.clip(velocity, -self.scales, self.scales), frozenset(), True, now)
+        return None
+
+    def deadman_held(self, now: float) -> bool:
+        latest = self.latest
+        return latest is not None and latest.deadman and now - latest.received <= self.settings.input_timeout_s
+
+    # ----- one tick
+    def tick(self, state: RobotState | None, now: float, no_state_reason: str = "no state") -> TeleopStep:
+        """Start, continue or end the takeover; ``state`` is the fresh measured state or None (then
+        ``no_state_reason`` says why)."""
+        step = TeleopStep()
+        held = self.deadman_held(now)
+        if self.active and not held:
+            return self.end()
+        if not held:
+            return step
+        problem = no_state_reason if state is None else self.takeover.state_problem(state)
+        if problem:
+            step.active, step.problem = self.active, f"deadman held, but no command: {problem}"
+            return step
+        if not self.active:
+            self.takeover.begin(state)
+            self.active = True
+            step.events.append("start")
+        step.active = True
+        command = self.takeover.command(self.latest.velocity, self.latest.buttons, state, 1.0 / self.rate_hz)
+        if np.all(np.isfinite(command)):
+            step.command = command
+        else:
+            step.problem = f"no command: the {self.kind} mapping gave non-finite values {command.tolist()}"
+        return step
+
+    def end(self) -> TeleopStep:
+        """End the takeover now (released, timed out or shutting down); nothing if none is in progress."""
+        if not self.active:
+            return TeleopStep()
+        self.active = False
+        return TeleopStep(events=["end"], command=self.takeover.release())
+
+
+def fresh_state(listener: StateListener, timeout_s: float, now: float) -> tuple[RobotState | None, str]:
+    """The listener's state if every topic is younger than ``timeout_s``, else (None, why not)."""
+    if not listener.ready():
+        return None, f"waiting for state topics {listener.missing()}"
+    age = listener.age(now)
+    if age > timeout_s:
+        return None, f"state is stale: {age * 1000:.0f} ms old (limit {timeout_s * 1000:.0f} ms)"
+    return listener.state(), ""
+
+
+# ----------------------------------------------------------------------------------------- the node
+
+
+def arrival(info: dict) -> float:
+    """When a message reached this machine, on the monotonic clock: input that waited in a queue behind a
+    busy executor is that much older, so a backlog cannot hold (or restart) a takeover."""
+    received_ns = info.get("received_timestamp") or time.time_ns()  # system clock, set by the middleware
+    return time.monotonic() - max(0, time.time_ns() - received_ns) * 1e-9
+
+
+PARAMETERS = {"robot": "", "config": "", "input": "joy", "input_topic": "", "deadman_button": 4, "axes": None,
+              "scales": None, "gripper_open_button": 1, "gripper_close_button": 0, "rate_hz": 0.0,
+              "input_timeout_s": 0.5}
+
+
+class TeleopNode(Node):
+    """Topics around one ``TeleopRunner``: the runner decides, the node only carries."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__("teleop_node", **kwargs)
+        dynamic = ParameterDescriptor(dynamic_typing=True)  # "scales:=[1, 2]" (ints) or "rate_hz:=50" too
+        p = {name: self.declare_parameter(name, default, dynamic).value for name, default in PARAMETERS.items()}
+        if not p["robot"]:
+            raise TeleopError("parameter 'robot' is required (panda, go2 or cf2)")
+        try:
+            settings = TeleopSettings(
+                input=str(p["input"]), deadman_button=int(p["deadman_button"]), axes=[int(a) for a in p["axes"] or []],
+                scales=[float(s) for s in p["scales"] or []], gripper_open_button=int(p["gripper_open_button"]),
+                gripper_close_button=int(p["gripper_close_button"]), rate_hz=float(p["rate_hz"]),
+                input_timeout_s=float(p["input_timeout_s"]))
+        except (TypeError, ValueError) as exc:
+            raise TeleopError(f"a numeric parameter is not a number: {exc}") from None
+        self.runner = runner = TeleopRunner(str(p["robot"]), settings, p["config"] or None)
+        self.listener = StateListener(self, runner.deploy)
+        self.intervention_publisher = self.create_publisher(String, INTERNAL["intervention"][0], 10)
+        self.active_publisher = (self.create_publisher(Bool, INTERNAL["teleop_active"][0], 10)
+                                 if runner.task_command is None else None)
+        if runner.task_command is None:
+            self.command_type, command_topic = Float64MultiArray, INTERNAL["teleop_command"][0]
+        else:
+            self.command_type, command_topic = message_type(runner.task_command.type), runner.task_command.topic
+        self.command_publisher = self.create_publisher(self.command_type, command_topic, 10)
+        if settings.input == "joy":
+            input_topic = p["input_topic"] or "joy"
+            self.create_subscription(Joy, input_topic, self._on_joy, 10)
+        else:
+            input_topic = p["input_topic"] or "teleop/twist"
+            self.create_subscription(Twist, input_topic, self._on_twist, 10)
+        self.create_timer(1.0 / runner.rate_hz, self._tick)
+        if self.active_publisher is not None:
+            self.create_timer(ACTIVE_PERIOD_S, self._publish_active)
+        deadman = f"button {settings.deadman_button}" if settings.input == "joy" else "Twists arriving"
+        self.get_logger().info(
+            f"{runner.kind} teleop for the {runner.robot}: {settings.input} on {self.resolve_topic_name(input_topic)} "
+            f"(deadman: {deadman}, input timeout {settings.input_timeout_s:g} s) -> "
+            f"{self.resolve_topic_name(command_topic)} at {runner.rate_hz:g} Hz while the human is in control")
+
+    def _on_joy(self, msg: Joy, info: dict) -> None:
+        self._complain(self.runner.take_joy(list(msg.axes), list(msg.buttons), arrival(info)))
+
+    def _on_twist(self, msg: Twist, info: dict) -> None:
+        values = [float(get_field(msg, path)) for path in self.runner.twist_fields]
+        self._complain(self.runner.take_twist(values, arrival(info)))
+
+    def _complain(self, problem: str | None) -> None:
+        if problem:
+            self.get_logger().error(f"input ignored: {problem}", throttle_duration_sec=ERROR_THROTTLE_S)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        state, why = fresh_state(self.listener, self.runner.deploy.state_timeout_s, now)
+        self.publish(self.runner.tick(state, now, why))
+
+    def publish(self, step: TeleopStep) -> None:
+        """In the order the safety layer needs: a takeover's first command before ``teleop/active`` true
+        (else it would take an old one), ``teleop/active`` false before ``end``."""
+        if step.problem:
+            self.get_logger().error(step.problem, throttle_duration_sec=ERROR_THROTTLE_S)
+        if "start" in step.events:
+            self.intervention_publisher.publish(String(data="start"))
+            self.get_logger().info("takeover: the human is in control")
+        if step.command is not None:
+            self.command_publisher.publish(self._command_message(step.command))
+        if step.events:
+            self._publish_active()
+        if "end" in step.events:
+            self.intervention_publisher.publish(String(data="end"))
+            self.get_logger().info("takeover over: the policy is in control")
+
+    def _command_message(self, command: np.ndarray) -> Any:
+        msg = self.command_type()
+        task = self.runner.task_command
+        if task is None:
+            msg.data = command.tolist()
+            return msg
+        if hasattr(msg, "header"):
+            msg.header.stamp = self.get_clock().now().to_msg()
+        for path, value in zip(task.fields, command):
+            set_field(msg, path, float(value))
+        return msg
+
+    def _publish_active(self) -> None:
+        if self.active_publisher is not None:
+            self.active_publisher.publish(Bool(data=self.runner.active))
+
+    def finish(self) -> None:
+        """On shutdown: end a takeover in progress, and wait (briefly) until that is delivered."""
+        self.publish(self.runner.end())
+        for publisher in (self.intervention_publisher, self.active_publisher, self.command_publisher):
+            if publisher is not None:
+                publisher.wait_for_all_acked(Duration(seconds=0.5))
+
+
+def main(args: list[str] | None = None) -> int:
+    # SIGINT/SIGTERM only set a flag the loop checks, so a takeover's end is still published on the way out.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: stop.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    node = None
+    try:
+        try:
+            node = TeleopNode()
+        except (ValueError, KeyError, ParameterException) as exc:  # bad parameters, config or robot
+            print(f"teleop_node: error: {exc}", file=sys.stderr)
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            while not stop and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        node.finish()
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Limits on PD joint position targets, shared by training and the safety layer.
+
+The safety layer (``robostack.real.safety``) clamps every target it sends to a driver; a policy trained
+without the same clamps learns targets the robot will never get (a stiff arm's policy leads its joints by
+more than the effort bound allows), so a task may declare the same limits for its actions
+(``ActionMap.limits``). One function, ``limit_targets``, applies them on numpy arrays (the safety layer,
+one robot) and on torch tensors (training, a batch), so the two cannot drift.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import mujoco
+import numpy as np
+import torch
+
+
+@dataclass
+class JointTargetLimits:
+    """Limits on joint position targets, relative to the URDF's joint limits (a YAML section)."""
+
+    position_margin: float  # rad kept inside the URDF position limits of a revolute joint
+    velocity_scale: float  # x URDF velocity limit: how fast a position target may move
+    effort_scale: float  # x URDF effort limit: the bound on the PD torque kp (target - q) - kd qdot
+    prismatic_margin: float = 0.0  # m kept inside the URDF position limits of a prismatic joint (a finger)
+
+
+@dataclass
+class TargetBounds:
+    """``JointTargetLimits`` resolved for one robot, per actuator (MuJoCo actuator order)."""
+
+    lower: np.ndarray  # position bounds, margins applied
+    upper: np.ndarray
+    max_velocity: np.ndarray  # how fast a target may move (rad/s or m/s)
+    max_lead: np.ndarray  # effort bound / kp: how far a target may lead the torque-free point
+    damping_lead: np.ndarray  # kd / kp (s): the torque-free point leads the position by this x velocity
+
+    @classmethod
+    def for_robot(cls, robot_module: ModuleType, model: mujoco.MjModel, limits: JointTargetLimits) -> "TargetBounds":
+        """From a robot model module's URDF limits and gains (``JOINT_LOWER``, ``VELOCITY_LIMIT``,
+        ``EFFORT_LIMIT``, ``KP``, ``KD``...) and the model's joint types."""
+        prismatic = model.jnt_type[model.actuator_trnid[:, 0]] == mujoco.mjtJoint.mjJNT_SLIDE
+        margin = np.where(prismatic, limits.prismatic_margin, limits.position_margin)
+        lower, upper = robot_module.JOINT_LOWER + margin, robot_module.JOINT_UPPER - margin
+        if np.any(lower >= upper):
+            names = [n for n, lo, hi in zip(robot_module.JOINT_NAMES, lower, upper) if lo >= hi]
+            raise ValueError(f"{robot_module.NAME}: the joint target margins leave no range for {names}")
+        return cls(lower=lower, upper=upper,
+                   max_velocity=robot_module.VELOCITY_LIMIT * limits.velocity_scale,
+                   max_lead=robot_module.EFFORT_LIMIT * limits.effort_scale / robot_module.KP,
+                   damping_lead=robot_module.KD / robot_module.KP)
+
+    def as_tensors(self, device: torch.device | str) -> "TargetBounds":
+        return TargetBounds(**{k: torch.as_tensor(v, dtype=torch.float32, device=device)
+                               for k, v in vars(self).items()})
+
+
+WINDOWS = ("joint bounds", "effort limit", "rate limit")  # in priority order
+
+
+def limit_targets(target: Any, position: Any, velocity: Any, previous: Any, bounds: TargetBounds, dt: float,
+                  xp: Any = np) -> tuple[Any, list[Any]]:
+    """``target`` within the joint bounds, then the effort bound (|kp (target - q) - kd qdot| <= effort),
+    then the rate limit (at most ``max_velocity * dt`` from ``previous``), in that priority: each window
+    narrows what the stronger ones left, and where it lies outside them their nearest point wins.
+
+    Works on numpy arrays (``xp=np``) or torch tensors (``xp=torch``, bounds from ``as_tensors``); returns the
+    limited targets and, per window in ``WINDOWS`` order, where the target was outside it."""
+    torque_free = position + bounds.damping_lead * velocity
+    step = bounds.max_velocity * dt
+    low, high = bounds.lower, bounds.upper
+    outside = []
+    for window_low, window_high in ((bounds.lower, bounds.upper),
+                                    (torque_free - bounds.max_lead, torque_free + bounds.max_lead),
+                                    (previous - step, previous + step)):
+        outside.append((target < window_low) | (target > window_high))
+        low, high = xp.minimum(xp.maximum(window_low, low), high), xp.minimum(xp.maximum(window_high, low), high)
+    return xp.minimum(xp.maximum(target, low), high), outside

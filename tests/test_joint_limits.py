@@ -1,0 +1,50 @@
+"""Joint target limits: one function clamps targets for the safety layer (numpy) and in training (torch),
+and a task trains under exactly the limits its robot's deploy config enforces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robostack import sim
+from robostack.real.deploy_config import load_deploy_config
+from robostack.real.safety import safety_config
+from robostack.sim.joint_limits import TargetBounds, limit_targets
+from robostack.sim.robots.go2 import model as go2_model
+from robostack.sim.robots.panda import model as panda_model
+
+
+@pytest.mark.parametrize("task, robot", [("panda-reach", "panda"), ("go2-walk", "go2")])
+def test_tasks_train_under_the_limits_their_deploy_config_enforces(task, robot):
+    trained = sim.load_task_config(task).target_limits
+    enforced = safety_config(load_deploy_config(robot), robot).joints
+    assert trained == enforced, f"configs/tasks/{task}.yaml target_limits != configs/deploy/{robot}.yaml safety.joints"
+
+
+def test_numpy_and_torch_clamp_alike():
+    rng = np.random.default_rng(0)
+    bounds = TargetBounds.for_robot(panda_model, panda_model.build_model(),
+                                    safety_config(load_deploy_config("panda"), "panda").joints)
+    n = panda_model.KP.size
+    target, position, previous = (rng.uniform(-3, 3, (64, n)) for _ in range(3))
+    velocity = rng.uniform(-2, 2, (64, n))
+    expected, outside = limit_targets(target, position, velocity, previous, bounds, 0.02)
+    got, outside_t = limit_targets(*(torch.as_tensor(a, dtype=torch.float32) for a in (target, position, velocity,
+                                                                                      previous)),
+                                   bounds.as_tensors("cpu"), 0.02, xp=torch)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    assert all(m.any() for m in outside)  # every window clamped something in this draw
+
+
+def test_training_targets_stay_inside_the_safety_limits_at_the_state_they_were_sent_in():
+    env = sim.make_env("go2-walk", num_envs=16, seed=0, overrides=["randomization.enabled=false"])
+    env.reset(seed=0)
+    bounds = env.task.action.limits
+    for _ in range(10):
+        position, velocity, previous = env.joint_pos.clone(), env.joint_vel.clone(), env.ctrl_target.clone()
+        env.step(torch.randn(16, env.action_dim) * 5)  # far outside what the limits allow
+        target = env.ctrl_target.numpy().astype(np.float64)
+        torque = go2_model.KP * (target - position.numpy()) - go2_model.KD * velocity.numpy()
+        assert np.all(np.abs(torque) <= go2_model.EFFORT_LIMIT * (1 + 1e-5))
+        assert np.all(np.abs(target - previous.numpy()) <= bounds.max_velocity * env.control_dt * (1 + 1e-5))
+        assert np.all((target >= bounds.lower - 1e-6) & (target <= bounds.upper + 1e-6))
