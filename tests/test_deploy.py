@@ -177,8 +177,10 @@ def test_policy_node_acts_at_the_bundle_rate_and_stops_when_the_state_goes_stale
 
     driver = None
     try:
-        spin_for(1.0)
-        assert not arrivals  # no state yet: it does not act
+        # the node is up (its publisher is discovered) and has ticked without a state: it does not act
+        spin_for(30.0, until=lambda: node.count_publishers("policy/command") > 0)
+        spin_for(0.5)
+        assert not arrivals
         driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=ROS_ENV)
         spin_for(30.0, until=lambda: bool(arrivals))  # processes start slowly on a loaded 2-core machine
         spin_for(2.0)
