@@ -367,6 +367,7 @@ def test_bench_deploy_measures_the_closed_loop(tmp_path, capsys, monkeypatch):
     assert report["machine"]["cores"] == os.cpu_count()
     assert (tmp_path / report["logs"] / "safety_node.log").is_file()
 
+    monkeypatch.setattr("robostack.real.bench.SHIPPED_BUNDLES", tmp_path / "no-bundles")
     assert main(["bench", "deploy", "--task", "go2-walk"]) == 2  # no shipped bundle
     assert "no shipped bundle for go2-walk" in capsys.readouterr().err
     assert main(["bench", "deploy", "--rate", "0"]) == 2
