@@ -9,8 +9,9 @@ It intervenes in two ways:
 * clamps reshape a command that is acceptable in kind: joint position bounds (URDF limits minus a margin),
   a rate limit on position targets (velocity limit x the time since the previous output, at most one
   safety period: commands that arrive faster than the safety rate move no faster), an effort bound
-  (|kp (target - measured) - kd measured velocity| <= effort limit: the PD torque the driver will apply), motor thrusts within [0, max], and for an arm a TCP
-  workspace box (a target whose TCP would leave the box is not taken: the previous target is held);
+  (|kp (target - measured) - kd measured velocity| <= effort limit: the PD torque the driver will apply),
+  motor thrusts within [0, max], and for an arm a TCP workspace box (a target whose TCP would leave the
+  box is not taken: the previous target is held);
 * fallbacks replace it: a missing, stale, non-finite or wrong-length command, a stale or invalid state, a
   robot outside its envelope (quadruped tilt and height, drone attitude and geofence), a safety critic's
   veto, or the e-stop. Each robot kind has its own fallback (arm: hold the measured position; quadruped:
