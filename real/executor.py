@@ -1,4 +1,5 @@
-"""How the nodes on the control path (``policy_node``, ``safety_node``) spin.
+"""How RoboStack's nodes stop on SIGINT/SIGTERM (all of them) and spin (the control path's on an events
+executor: ``policy_node``, ``safety_node``).
 
 rclpy's events executor (C++, in ``rclpy.experimental`` since Jazzy's rclpy 7.1.4) spends less time per
 callback than rclpy's Python executors: ``robostack bench deploy --task cf2-hover`` on the 2-core reference
@@ -41,12 +42,13 @@ def stop_on_signals() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def spin(node: Any, stop: list[int]) -> None:
-    """Spin ``node`` on the control executor until ``stop`` holds a signal or rclpy shuts down."""
+def spin(node: Any, stop: list[int], executor: Any = None) -> None:
+    """Spin ``node`` on ``executor`` (default: the control executor) until ``stop`` holds a signal or rclpy
+    shuts down."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    executor = control_executor(node.context)
+    executor = executor if executor is not None else control_executor(node.context)
     executor.add_node(node)
     try:
         while not stop and rclpy.ok(context=node.context):

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from robostack.sim.policy_state import PolicyState
-from robostack.sim.task_env import actuated_joint_addresses, control_limits, sensor_slices
+from robostack.sim import ik
+from robostack.sim.task_env import actuated_joint_addresses, control_limits
 
 
 class ObservationError(ValueError):
@@ -61,8 +62,7 @@ class ObservationBuilder(PolicyState):
         self.control_dt = float(metadata["control_dt"])
         self.max_episode_length = int(metadata["max_episode_length"])
         model = self.model = self.task.model
-        self._data = mujoco.MjData(model)
-        self._sensor_slices = sensor_slices(model)
+        self._kinematics = ik.KinematicSensors(model)
         self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, self.device)
         self.default_joint_pos = torch.as_tensor(self.task.default_joint_pos, dtype=torch.float32)
         self.joint_names: list[str] = list(metadata["joint_names"])
@@ -73,7 +73,7 @@ class ObservationBuilder(PolicyState):
         self.init_policy_state(self.task, control_limits(model))
         self.qpos = torch.as_tensor(model.qpos0, dtype=torch.float32).reshape(1, -1)
         self.qvel = torch.zeros(1, model.nv)
-        self._sensors: torch.Tensor | None = None
+        self._sensors_current = False  # kinematics of the measured configuration: computed once per update
         self.size_integrals()
         self._terms = self.task.observations["policy"]
         self._check_layout()
@@ -88,14 +88,11 @@ class ObservationBuilder(PolicyState):
 
     # ----- what term functions read
     def sensor(self, name: str) -> torch.Tensor:
-        if self._sensors is None:  # MuJoCo's kinematics for the measured configuration, once per update
-            self._data.qpos[:] = self.qpos[0].double().numpy()
-            mujoco.mj_kinematics(self.model, self._data)
-            mujoco.mj_comPos(self.model, self._data)
-            mujoco.mj_sensorPos(self.model, self._data)
-            self._sensors = torch.as_tensor(self._data.sensordata, dtype=torch.float32).reshape(1, -1)
+        if not self._sensors_current:
+            self._kinematics.set_qpos(self.qpos[0].double().numpy())
+            self._sensors_current = True
         try:
-            return self._sensors[:, self._sensor_slices[name]]
+            return self._kinematics.sensor(name).float()
         except KeyError:
             raise KeyError(f"task {self.task.name!r}: model has no sensor {name!r}") from None
 
@@ -140,7 +137,7 @@ class ObservationBuilder(PolicyState):
             qvel[0, 3:6] = torch.as_tensor(state.base_angular_velocity, dtype=torch.float32)
         if not (torch.isfinite(qpos).all() and torch.isfinite(qvel).all()):
             raise ObservationError("state has non-finite values (NaN or inf)")
-        self.qpos, self.qvel, self._sensors = qpos, qvel, None
+        self.qpos, self.qvel, self._sensors_current = qpos, qvel, False
 
     def observation(self) -> np.ndarray:
         """The raw ``policy`` observation vector (the bundle's ONNX input), float32 [obs_dim]."""

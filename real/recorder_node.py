@@ -46,12 +46,13 @@ from pathlib import Path
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from robostack.real.bag import BagWriter, MessageTypes, UnknownMessageTypeError, qos_to_dict
+from robostack.real.executor import spin, stop_on_signals
 
 
 class RecorderConfigError(ValueError):
@@ -202,36 +203,22 @@ class RecorderNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):  # only sets a flag: never interrupts a write half way
-        stop["signal"] = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
-        try:
-            node = RecorderNode()
-        except (RecorderConfigError, ParameterException) as exc:
-            print(f"recorder_node: error: {exc}", file=sys.stderr, flush=True)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while stop["signal"] is None and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        node.get_logger().info(f"stopping ({stop['signal'] or 'shutdown'})")
-        return 0
+        with stop_on_signals() as stop:  # a signal only sets a flag: never interrupts a write half way
+            try:
+                node = RecorderNode()
+            except (RecorderConfigError, ParameterException) as exc:
+                print(f"recorder_node: error: {exc}", file=sys.stderr, flush=True)
+                return 2
+            spin(node, stop, SingleThreadedExecutor())
+            node.get_logger().info(f"stopping ({signal.Signals(stop[0]).name if stop else 'shutdown'})")
+            return 0
     finally:
         if node is not None:
             node.close_bag()
             node.destroy_node()
         rclpy.try_shutdown()
-        for s, h in old.items():
-            signal.signal(s, h)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 from collections import deque
@@ -85,6 +84,7 @@ from std_srvs.srv import Trigger
 from robostack import registry, sim
 from robostack.bundle import BundleError, load_bundle
 from robostack.config import ConfigError
+from robostack.real.executor import stop_on_signals
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
 from robostack.real.observation import RobotState
@@ -368,36 +368,28 @@ class SimRobotNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop: dict[str, str | None] = {"signal": None}
-
-    def request_stop(signum: int, _frame: Any) -> None:  # a flag: the step in progress finishes
-        stop["signal"] = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
-        try:
-            node = SimRobotNode()
-        except (SimRobotError, BundleError, ConfigError, MessageConfigError, ParameterException) as exc:
-            print(f"sim_robot_node: error: {exc}", file=sys.stderr, flush=True)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            node.run(executor, lambda: stop["signal"] is not None)
-        except ExternalShutdownException:
-            pass
-        node.deliver_episode_reports()
-        print(json.dumps(node.summary()), flush=True)
-        return 0
+        with stop_on_signals() as stop:  # a flag: the step in progress finishes
+            try:
+                node = SimRobotNode()
+            except (SimRobotError, BundleError, ConfigError, MessageConfigError, ParameterException) as exc:
+                print(f"sim_robot_node: error: {exc}", file=sys.stderr, flush=True)
+                return 2
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                node.run(executor, lambda: bool(stop))
+            except ExternalShutdownException:
+                pass
+            node.deliver_episode_reports()
+            print(json.dumps(node.summary()), flush=True)
+            return 0
     finally:
         if node is not None:
             node.env.close()
             node.destroy_node()
         rclpy.try_shutdown()
-        for s, h in old.items():
-            signal.signal(s, h)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,11 +63,10 @@ The quadruped's scales are the go2-walk training ranges: the policy never saw fa
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import mujoco
 import numpy as np
@@ -77,13 +76,14 @@ from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
 from robostack.config import config_path
+from robostack.real.executor import spin, stop_on_signals
 from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
 from robostack.real.messages import get_field, message_type, set_field
 from robostack.real.observation import RobotState
@@ -207,28 +207,6 @@ def rotation_quat(rotation_vector: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------- one takeover per kind
 
 
-class ArmKinematics:
-    """Sensors of the arm's MuJoCo model at a measured joint configuration: what ``ik.site_jacobian`` reads."""
-
-    def __init__(self, model: mujoco.MjModel):
-        from robostack.sim.task_env import sensor_slices
-
-        self.model = model
-        self.data = mujoco.MjData(model)
-        self.slices = sensor_slices(model)
-        self.qpos_address = {model.joint(j).name: int(model.jnt_qposadr[j]) for j in range(model.njnt)}
-
-    def update(self, joint_position: Mapping[str, float]) -> None:
-        for name, value in joint_position.items():
-            self.data.qpos[self.qpos_address[name]] = value
-        mujoco.mj_kinematics(self.model, self.data)
-        mujoco.mj_comPos(self.model, self.data)
-        mujoco.mj_sensorPos(self.model, self.data)
-
-    def sensor(self, name: str) -> torch.Tensor:
-        return torch.as_tensor(self.data.sensordata[self.slices[name]]).reshape(1, -1)
-
-
 class ArmTakeover:
     """End-effector velocity -> end-effector target -> joint position targets (differential IK at the
     measured joints), fingers from the gripper buttons; all actuators, in actuator order."""
@@ -239,12 +217,13 @@ class ArmTakeover:
         from robostack import registry
 
         model = registry.get("robot", robot).target()
-        self.kinematics = ArmKinematics(model)
+        self.kinematics = ik.KinematicSensors(model)
         self.site = tcp_site
         self.position_lead, self.angle_lead = lead
         self.open_button, self.close_button = gripper_buttons
         sensors = set(self.kinematics.slices)
         self.actuated = [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)]
+        self.actuated_qpos = [int(model.jnt_qposadr[model.actuator_trnid[i, 0]]) for i in range(model.nu)]
         self.ik_joints = [j for j in self.actuated if ik.anchor_sensor(j) in sensors]  # the chain IK moves
         self.is_ik = np.array([j in self.ik_joints for j in self.actuated])
         self.lower, self.upper = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
@@ -259,7 +238,9 @@ class ArmTakeover:
     def _measure(self, state: RobotState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The actuated joints' positions, the end effector's position and orientation."""
         joints = np.array([state.joint_position[j] for j in self.actuated])
-        self.kinematics.update(dict(zip(self.actuated, joints)))
+        qpos = self.kinematics.model.qpos0.copy()
+        qpos[self.actuated_qpos] = joints
+        self.kinematics.set_qpos(qpos)
         return (joints, self.kinematics.sensor(f"{self.site}_pos")[0].numpy().copy(),
                 self.kinematics.sensor(f"{self.site}_quat")[0].numpy().copy())
 
@@ -576,32 +557,21 @@ class TeleopNode(Node):
 def main(args: list[str] | None = None) -> int:
     # SIGINT/SIGTERM only set a flag the loop checks, so a takeover's end is still published on the way out.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: stop.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
     node = None
     try:
-        try:
-            node = TeleopNode()
-        except (ValueError, KeyError, ParameterException) as exc:  # bad parameters, config or robot
-            print(f"teleop_node: error: {exc}", file=sys.stderr)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            while not stop and rclpy.ok():
-                executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-        node.finish()
-        return 0
+        with stop_on_signals() as stop:
+            try:
+                node = TeleopNode()
+            except (ValueError, KeyError, ParameterException) as exc:  # bad parameters, config or robot
+                print(f"teleop_node: error: {exc}", file=sys.stderr)
+                return 2
+            spin(node, stop, SingleThreadedExecutor())
+            node.finish()
+            return 0
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
 
 if __name__ == "__main__":
     sys.exit(main())

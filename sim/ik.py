@@ -10,8 +10,33 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import mujoco
 import numpy as np
 import torch
+
+
+class KinematicSensors:
+    """One model's position-stage sensors (frame poses, joint anchors and axes) at a given configuration,
+    without dynamics: what task terms and ``site_jacobian`` read for a measured robot (deploy side, teleop)."""
+
+    def __init__(self, model: mujoco.MjModel):
+        from robostack.sim.task_env import sensor_slices  # task_env imports this module
+
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.slices = sensor_slices(model)
+        self._values = torch.zeros(1, model.nsensordata, dtype=torch.float64)
+
+    def set_qpos(self, qpos: np.ndarray) -> None:
+        self.data.qpos[:] = qpos
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_sensorPos(self.model, self.data)
+        self._values = torch.as_tensor(self.data.sensordata.copy()).reshape(1, -1)
+
+    def sensor(self, name: str) -> torch.Tensor:
+        """``[1, dim]`` float64 values of sensor ``name`` at the last ``set_qpos``."""
+        return self._values[:, self.slices[name]]
 
 
 def anchor_sensor(joint: str) -> str:
