@@ -8,8 +8,9 @@ It intervenes in two ways:
 
 * clamps reshape a command that is acceptable in kind: joint position bounds (URDF limits minus a margin),
   a rate limit on position targets (velocity limit x the time since the previous output, at most one
-  safety period: commands that arrive faster than the safety rate move no faster), an effort bound
-  (|kp (target - measured) - kd measured velocity| <= effort limit: the PD torque the driver will apply),
+  safety period: commands that arrive faster than the safety rate move no faster), an effort bound where
+  the config sets one (|kp (target - measured) - kd measured velocity| <= effort limit: the PD torque the
+  driver will apply),
   motor thrusts within [0, max], and for an arm a TCP workspace box (a target whose TCP would leave the
   box is not taken: the previous target is held);
 * fallbacks replace it: a missing, stale, non-finite or wrong-length command, a stale or invalid state, a
@@ -112,8 +113,9 @@ def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:
     for key in POSITIVE_KEYS:
         section, _, name = key.rpartition(".")
         holder = getattr(cfg, section) if section else cfg
-        if holder is not None and not getattr(holder, name) > 0:
-            raise ConfigError(f"{where}: '{key}' must be > 0, got {getattr(holder, name)}", key=f"safety.{key}",
+        value = None if holder is None else getattr(holder, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{where}: '{key}' must be > 0, got {value}", key=f"safety.{key}",
                               source=source)
     for key in ("arm.workspace", "drone.geofence"):
         section, _, name = key.partition(".")
@@ -163,7 +165,7 @@ def rotation_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
 
 def _base_problem(state: RobotState, fields: Sequence[str]) -> str | None:
     """Why the floating base's ``fields`` of ``state`` cannot be used, or None."""
-    bad = [name for name in fields if getattr(state, name) is None or not np.all(np.isfinite(getattr(state, name)))]
+    bad = [name for name in fields if getattr(state, name) is None or not np.isfinite(getattr(state, name)).all()]
     if bad:
         return f"{', '.join(bad)} missing or not finite"
     if abs(np.linalg.norm(state.base_orientation) - 1.0) > 0.1:
@@ -286,7 +288,7 @@ class SafetyLayer(ABC):
         values = np.asarray(command.values, dtype=np.float64)
         if values.shape != (self.num_actuators,):
             return None, f"command has {values.size} values, the {self.robot} takes {self.num_actuators}"
-        if not np.all(np.isfinite(values)):
+        if not np.isfinite(values).all():
             return None, f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}"
         return values, None
 
@@ -348,9 +350,9 @@ class JointSafetyLayer(SafetyLayer):
         missing = [n for n in self.joint_names if n not in state.joint_position]
         if missing:
             return f"no position for {missing}"
-        if not np.all(np.isfinite(self.joint_positions(state))):
+        if not np.isfinite(self.joint_positions(state)).all():
             return "joint positions not finite"
-        if not np.all(np.isfinite(self.joint_velocities(state))):
+        if not np.isfinite(self.joint_velocities(state)).all():
             return "joint velocities not finite"
         return None
 

@@ -21,11 +21,13 @@ def test_tasks_train_under_the_limits_their_deploy_config_enforces(task, robot):
     assert trained == enforced, f"configs/tasks/{task}.yaml target_limits != configs/deploy/{robot}.yaml safety.joints"
 
 
-def test_numpy_and_torch_clamp_alike():
+@pytest.mark.parametrize("robot, module", [("go2", go2_model), ("panda", panda_model)])
+def test_numpy_and_torch_clamp_alike(robot, module):
+    """go2's config bounds the effort, panda's does not (its window is infinite and never clamps)."""
     rng = np.random.default_rng(0)
-    bounds = TargetBounds.for_robot(panda_model, panda_model.build_model(),
-                                    safety_config(load_deploy_config("panda"), "panda").joints)
-    n = panda_model.KP.size
+    limits = safety_config(load_deploy_config(robot), robot).joints
+    bounds = TargetBounds.for_robot(module, module.build_model(), limits)
+    n = module.KP.size
     target, position, previous = (rng.uniform(-3, 3, (64, n)) for _ in range(3))
     velocity = rng.uniform(-2, 2, (64, n))
     expected, outside = limit_targets(target, position, velocity, previous, bounds, 0.02)
@@ -33,7 +35,8 @@ def test_numpy_and_torch_clamp_alike():
                                                                                       previous)),
                                    bounds.as_tensors("cpu"), 0.02, xp=torch)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
-    assert all(m.any() for m in outside)  # every window clamped something in this draw
+    assert [m.any() for m in outside] == [True, limits.effort_scale is not None, True]
+    assert all((np.asarray(a) == b.numpy()).all() for a, b in zip(outside, outside_t))
 
 
 def test_training_targets_stay_inside_the_safety_limits_at_the_state_they_were_sent_in():

@@ -154,8 +154,13 @@ def test_rate_limit_is_a_velocity_when_commands_arrive_faster_than_the_safety_ra
     assert step(layer, command, panda(), 0.0035)[0][0] == outputs[-1]  # no time passed, no motion
 
 
+def with_effort_bound(robot: str):
+    """The robot's layer with the effort bound at 1x the URDF limits (the shipped panda config has none)."""
+    return layer_for(robot, joints={"effort_scale": 1.0})
+
+
 def test_effort_limit_keeps_the_target_near_the_measured_position():
-    layer = layer_for("panda")
+    layer = with_effort_bound("panda")
     step(layer, PANDA_HOME, panda(), 0.0)
     lagging = PANDA_HOME.copy()
     lagging[0] -= 0.1  # the arm was pushed away: holding the old target would need 450 N m
@@ -168,7 +173,7 @@ def test_effort_limit_keeps_the_target_near_the_measured_position():
 def test_effort_bound_is_on_the_pd_torque_so_a_moving_joint_may_lead_by_its_damping():
     """A joint moving at 0.5 rad/s needs kd * 0.5 = 225 N m of lead just to cancel its damping: the bound is
     on the torque the driver applies, kp (target - q) - kd qdot, which is what the simulator saturates."""
-    layer = layer_for("panda")
+    layer = with_effort_bound("panda")
     state = panda()
     step(layer, PANDA_HOME, state, 0.0)
     state.joint_velocity["joint1"] = 0.5
@@ -183,6 +188,19 @@ def test_effort_bound_is_on_the_pd_torque_so_a_moving_joint_may_lead_by_its_damp
     broken.joint_velocity["joint1"] = float("nan")
     out, reasons = step(layer, far, broken, 0.004)
     assert "invalid state: joint velocities not finite" in reasons and np.isfinite(out).all()
+
+
+def test_without_an_effort_bound_a_far_target_moves_at_the_rate_limit():
+    """The shipped panda config leaves torque to the arm's own drives: a target 0.1 rad from the measured
+    position (450 N m of PD torque) is not pulled back, only rate limited."""
+    layer = layer_for("panda")
+    assert layer.cfg.joints.effort_scale is None
+    step(layer, PANDA_HOME, panda(), 0.0)
+    lagging = PANDA_HOME.copy()
+    lagging[0] -= 0.1
+    out, reasons = step(layer, PANDA_HOME, panda(lagging), 0.002)
+    np.testing.assert_array_equal(out, PANDA_HOME)
+    assert reasons == []
 
 
 def test_arm_holds_the_previous_target_when_the_tcp_would_leave_the_workspace():
@@ -205,7 +223,7 @@ def test_arm_holds_the_previous_target_when_the_tcp_would_leave_the_workspace():
 @pytest.mark.parametrize("robot", ["panda", "go2"])
 def test_random_and_huge_commands_never_leave_the_limits(robot):
     rng = np.random.default_rng(0)
-    layer = layer_for(robot)
+    layer = with_effort_bound(robot)
     module = panda_model if robot == "panda" else go2_model
     make_state = panda if robot == "panda" else go2
     previous = PANDA_HOME if robot == "panda" else GO2_STAND
