@@ -77,14 +77,17 @@ def home_state(robot: str, joint_names: list[str]) -> RobotState:
 
 
 def jittered(state: RobotState, rng: np.random.Generator) -> RobotState:
-    """``state`` with ``STATE_NOISE`` on every value (the orientation kept a unit quaternion)."""
+    """``state`` with ``STATE_NOISE`` on every value (the orientation kept a unit quaternion); one draw per
+    field, not per joint: this runs in the driver's loop, on the cores the nodes need."""
     def noisy(values: np.ndarray | None) -> np.ndarray | None:
         return None if values is None else values + rng.normal(0.0, STATE_NOISE, len(values))
 
+    def noisy_joints(values: dict[str, float]) -> dict[str, float]:
+        return dict(zip(values, noisy(np.fromiter(values.values(), dtype=np.float64, count=len(values)))))
+
     orientation = noisy(state.base_orientation)
     return RobotState(
-        joint_position={n: v + rng.normal(0.0, STATE_NOISE) for n, v in state.joint_position.items()},
-        joint_velocity={n: v + rng.normal(0.0, STATE_NOISE) for n, v in state.joint_velocity.items()},
+        joint_position=noisy_joints(state.joint_position), joint_velocity=noisy_joints(state.joint_velocity),
         base_position=noisy(state.base_position),
         base_orientation=None if orientation is None else orientation / np.linalg.norm(orientation),
         base_linear_velocity=noisy(state.base_linear_velocity),

@@ -6,6 +6,7 @@ types and fields in ``configs/deploy/<robot>.yaml``; no code changes. Types load
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ class MessageConfigError(ValueError):
     """A message type or field named in a deploy config does not exist."""
 
 
+@functools.cache  # drivers build messages by type name every cycle: one import lookup per type, not per message
 def message_type(type_string: str) -> type:
     """The message class for ``pkg/msg/Name`` (``pkg/Name`` is accepted too)."""
     parts = type_string.strip().split("/")

@@ -24,6 +24,10 @@ from robostack.sim import ik
 from robostack.sim.task_env import actuated_joint_addresses, control_limits
 
 
+# A floating base's state fields and their sizes.
+BASE_FIELDS = (("base_position", 3), ("base_orientation", 4), ("base_linear_velocity", 3), ("base_angular_velocity", 3))
+
+
 class ObservationError(ValueError):
     """The measured state cannot make the bundle's observation (a missing joint, a wrong size, NaN)."""
 
@@ -64,6 +68,7 @@ class ObservationBuilder(PolicyState):
         model = self.model = self.task.model
         self._kinematics = ik.KinematicSensors(model)
         self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, self.device)
+        self._joint_qpos_adr, self._joint_dof_adr = self.actuator_qpos_adr.numpy(), self.actuator_dof_adr.numpy()
         self.default_joint_pos = torch.as_tensor(self.task.default_joint_pos, dtype=torch.float32)
         self.joint_names: list[str] = list(metadata["joint_names"])
         self.floating_base = model.nq > 0 and model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE
@@ -73,7 +78,7 @@ class ObservationBuilder(PolicyState):
         self.init_policy_state(self.task, control_limits(model))
         self.qpos = torch.as_tensor(model.qpos0, dtype=torch.float32).reshape(1, -1)
         self.qvel = torch.zeros(1, model.nv)
-        self._sensors_current = False  # kinematics of the measured configuration: computed once per update
+        self._sensors: torch.Tensor | None = None  # [1, nsensordata] at the measured configuration, once per update
         self.size_integrals()
         self._terms = self.task.observations["policy"]
         self._check_layout()
@@ -88,11 +93,13 @@ class ObservationBuilder(PolicyState):
 
     # ----- what term functions read
     def sensor(self, name: str) -> torch.Tensor:
-        if not self._sensors_current:
+        """A view of the float32 sensor values, as ``TaskEnv.sensor`` gives: one conversion per update rather
+        than one per call (a panda-reach step reads 18 sensors)."""
+        if self._sensors is None:
             self._kinematics.set_qpos(self.qpos[0].double().numpy())
-            self._sensors_current = True
+            self._sensors = torch.from_numpy(self._kinematics.data.sensordata.astype(np.float32)).reshape(1, -1)
         try:
-            return self._kinematics.sensor(name).float()
+            return self._sensors[:, self._kinematics.slices[name]]
         except KeyError:
             raise KeyError(f"task {self.task.name!r}: model has no sensor {name!r}") from None
 
@@ -112,32 +119,33 @@ class ObservationBuilder(PolicyState):
         self.command[0] = torch.as_tensor(value, dtype=torch.float32)
 
     def update(self, state: RobotState) -> None:
-        """Take a new measurement (then ``integrate`` once per control step, ``observation`` to read)."""
-        qpos = self.qpos.clone()
-        qvel = self.qvel.clone()
+        """Take a new measurement (then ``integrate`` once per control step, ``observation`` to read). Built in
+        numpy, which costs a fraction of torch's per-call overhead on vectors this small; the float32 values
+        are the same."""
+        qpos = self.qpos.numpy().copy()
+        qvel = self.qvel.numpy().copy()
         names = self.joint_names
-        for values, target, adr in ((state.joint_position, qpos, self.actuator_qpos_adr),
-                                    (state.joint_velocity, qvel, self.actuator_dof_adr)):
-            missing = [n for n in names if n not in values]
-            if missing:
-                raise ObservationError(f"state has no value for joint(s) {missing} (bundle joints: {names})")
-            target[0, adr] = torch.as_tensor([float(values[n]) for n in names], dtype=torch.float32)
+        for values, target, adr in ((state.joint_position, qpos, self._joint_qpos_adr),
+                                    (state.joint_velocity, qvel, self._joint_dof_adr)):
+            try:
+                target[0, adr] = [float(values[n]) for n in names]
+            except KeyError:
+                missing = [n for n in names if n not in values]
+                raise ObservationError(f"state has no value for joint(s) {missing} (bundle joints: {names})") from None
         if self.floating_base:
-            parts = {"base_position": (state.base_position, 3), "base_orientation": (state.base_orientation, 4),
-                     "base_linear_velocity": (state.base_linear_velocity, 3),
-                     "base_angular_velocity": (state.base_angular_velocity, 3)}
-            for what, (value, size) in parts.items():
+            for what, size in BASE_FIELDS:
+                value = getattr(state, what)
                 if value is None or np.asarray(value).shape != (size,):
                     raise ObservationError(f"robot {self.metadata['robot']!r} has a floating base: state.{what} "
                                            f"must be {size} values, got {value!r}")
             quat = np.asarray(state.base_orientation, dtype=np.float64)
-            qpos[0, 0:3] = torch.as_tensor(state.base_position, dtype=torch.float32)
-            qpos[0, 3:7] = torch.as_tensor(quat / max(np.linalg.norm(quat), 1e-9), dtype=torch.float32)
-            qvel[0, 0:3] = torch.as_tensor(state.base_linear_velocity, dtype=torch.float32)
-            qvel[0, 3:6] = torch.as_tensor(state.base_angular_velocity, dtype=torch.float32)
-        if not (torch.isfinite(qpos).all() and torch.isfinite(qvel).all()):
+            qpos[0, 0:3] = state.base_position
+            qpos[0, 3:7] = quat / max(np.linalg.norm(quat), 1e-9)
+            qvel[0, 0:3] = state.base_linear_velocity
+            qvel[0, 3:6] = state.base_angular_velocity
+        if not (np.isfinite(qpos).all() and np.isfinite(qvel).all()):
             raise ObservationError("state has non-finite values (NaN or inf)")
-        self.qpos, self.qvel, self._sensors_current = qpos, qvel, False
+        self.qpos, self.qvel, self._sensors = torch.from_numpy(qpos), torch.from_numpy(qvel), None
 
     def observation(self) -> np.ndarray:
         """The raw ``policy`` observation vector (the bundle's ONNX input), float32 [obs_dim]."""
@@ -149,8 +157,8 @@ class ObservationBuilder(PolicyState):
 
     def controls(self, action: np.ndarray) -> np.ndarray:
         """Record the policy's action and return the actuator controls it commands, float64 [nu]."""
-        a = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(1, -1))
-        if a.shape[1] != self.action_dim or not torch.isfinite(a).all():
+        a = np.asarray(action, dtype=np.float32).reshape(1, -1)
+        if a.shape[1] != self.action_dim or not np.isfinite(a).all():
             raise ObservationError(f"action must be {self.action_dim} finite values, got {a[0].tolist()}")
         self.episode_length += 1
-        return self.apply_action(a)[0].double().numpy()
+        return self.apply_action(torch.from_numpy(a))[0].double().numpy()

@@ -39,10 +39,14 @@ def primary_source(cfg: DeployConfig) -> str:
 
 
 def rotate(quat_wxyz: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """Rotate ``vector`` from the body frame of orientation ``quat_wxyz`` into the world frame."""
-    w, xyz = quat_wxyz[0], quat_wxyz[1:]
-    t = 2.0 * np.cross(xyz, vector)
-    return vector + w * t + np.cross(xyz, t)
+    """Rotate ``vector`` from the body frame of orientation ``quat_wxyz`` into the world frame:
+    ``v + w t + xyz x t`` with ``t = 2 xyz x v``, in scalars (``np.cross`` costs ~50 us on 3-vectors, and it
+    runs on every odometry message; the result is bit for bit the same)."""
+    w, x, y, z = (float(q) for q in quat_wxyz)
+    vx, vy, vz = (float(v) for v in vector)
+    tx, ty, tz = 2.0 * (y * vz - z * vy), 2.0 * (z * vx - x * vz), 2.0 * (x * vy - y * vx)
+    return np.array([vx + w * tx + (y * tz - z * ty), vy + w * ty + (z * tx - x * tz),
+                     vz + w * tz + (x * ty - y * tx)])
 
 
 def state_messages(cfg: DeployConfig, state: RobotState, stamp: Any, joint_names: Sequence[str],
