@@ -409,6 +409,8 @@ def describe_env(env: Any) -> dict[str, Any]:
                           "ctrl_range": [lo, hi], "kp": kp[-1], "kd": kd[-1]})
 
     am = task.action
+    if am.gripper is not None:
+        raise BundleError(f"task {task.name}: its gripper action cannot be described in a bundle yet")
     action_terms, ik = [], None
     if am.ik is None:
         for k, aid in enumerate(np.asarray(am.actuator_ids).tolist()):

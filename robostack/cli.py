@@ -1,5 +1,5 @@
 """The ``robostack`` command: ``list``, ``bench sim|train|deploy``, ``train``, ``export`` (policy bundle), ``eval`` and
-``deploy`` (the ROS 2 node graph).
+``deploy`` (the ROS 2 node graph), ``data info|merge|convert|replay`` (datasets).
 
 Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
 inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
@@ -273,6 +273,75 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _print_dataset(title: str, summary: dict[str, Any], out: TextIO) -> None:
+    _print_table(title, {k: v for k, v in summary.items() if k not in ("features", "sources", "tasks")},
+                 ("episodes", "frames", "fps", "robot_type"), out)
+    out.write(f"  tasks ({len(summary['tasks'])})\n" + "".join(f"    {task}\n" for task in summary["tasks"]))
+    out.write("  features\n" + "".join(f"    {key:<40} {ft['dtype']:<8} {ft['shape']}\n"
+                                       for key, ft in summary["features"].items()))
+    out.write("  sources\n")
+    for source, s in summary["sources"].items():
+        rate = "success unknown" if s["success_rate"] is None else \
+            f"success {100 * s['success_rate']:.1f}% of {s['with_outcome']} with an outcome"
+        out.write(f"    {source:<14} {s['episodes']} episodes, {s['frames']} frames, {rate}\n")
+
+
+def cmd_data_info(args: argparse.Namespace, out: TextIO) -> int:
+    from robostack.dataset import load_dataset
+
+    summary = load_dataset(args.dataset).summary()
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        _print_dataset(f"data info: {args.dataset}", summary, out)
+    return 0
+
+
+def cmd_data_merge(args: argparse.Namespace, out: TextIO) -> int:
+    from robostack.dataset import merge
+
+    summary = merge(args.sources, args.out).summary()
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        _print_dataset(f"data merge: {len(args.sources)} datasets -> {args.out}", summary, out)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace, out: TextIO) -> int:
+    if args.fps is not None and args.fps < 1:
+        raise UsageError(f"--fps must be at least 1, got {args.fps}")
+    from robostack.dataset import convert_bag
+
+    summary = convert_bag(args.bag, args.out, robot=args.robot, fps=args.fps, task=args.task,
+                          sim_task=args.sim_task, namespace=args.namespace).summary()
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        _print_dataset(f"data convert: {args.bag} -> {args.out}", summary, out)
+    return 0
+
+
+def cmd_data_replay(args: argparse.Namespace, out: TextIO) -> int:
+    with _stdout_to_stderr(args.json):
+        from robostack.dataset import load_dataset, replay
+
+        report = replay(load_dataset(args.dataset), args.episode)
+    if args.json:
+        out.write(json.dumps(report) + "\n")
+        return 0
+    errors = report.pop("errors")
+    _print_table(f"data replay: {args.dataset} episode {args.episode} in {report['task']}", report,
+                 ("frames", "replayed_frames", "ended_early_at", "worst"), out)
+    out.write(f"  {'absolute error':<24} {'max':<11} {'mean':<11} final\n")
+    for group, e in errors.items():
+        out.write(f"    {group:<22} {e['max']:<11.4g} {e['mean']:<11.4g} {e['final']:.4g}\n")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- parser
 
 
@@ -397,6 +466,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", default=None, help="for a run: checkpoint instead of last.pt")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "data", help="datasets (LeRobotDataset v3.0 layout): info, merge, convert a bag, replay in simulation",
+        description="Datasets of teleoperated demonstrations, intervention logs and policy rollouts in the "
+        "layout of LeRobotDataset v3.0 (see robostack.dataset).")
+    data = p.add_subparsers(dest="data_command", metavar="WHAT", parser_class=_Parser)
+    data.required = True
+    p = data.add_parser("info", help="episodes, frames, fps, features, tasks and success rate by source",
+                        epilog="example: robostack data info data/panda-demos --json")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_data_info)
+    p = data.add_parser("merge", help="concatenate datasets with identical features into OUT",
+                        epilog="example: robostack data merge data/all data/demos data/interventions")
+    p.add_argument("out", metavar="OUT", help="dataset folder to write (new, or one with the same features)")
+    p.add_argument("sources", metavar="SRC", nargs="+", help="dataset folders, in order")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_data_merge)
+    p = data.add_parser(
+        "convert", help="turn a bag recorded by recorder_node into a dataset episode",
+        description="Convert a rosbag2/MCAP bag recorded by recorder_node (robostack deploy --record) into one "
+        "episode of OUT (created, or appended to): state from the joint state / IMU / odometry topics, action "
+        "from the driver command topic, intervention flags from teleop/intervention.",
+        epilog="example: robostack data convert bags/go2-20250101-120000 data/go2 --sim-task go2-walk")
+    p.add_argument("bag", metavar="BAG", help="bag folder (with metadata.yaml)")
+    p.add_argument("out", metavar="OUT", help="dataset folder")
+    p.add_argument("--robot", default=None, help="robot whose deploy config names the topics (default: found from "
+                   "the bag's topics)")
+    p.add_argument("--namespace", default=None, help="namespace the nodes ran in (default: found from the bag)")
+    p.add_argument("--fps", type=int, default=None, help="frame rate (default: the rate of the state topic)")
+    p.add_argument("--task", default=None, help="what the robot was doing, in words (the episode's task)")
+    p.add_argument("--sim-task", default=None, help="the RoboStack task of this robot, stored for data replay")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_data_convert)
+    p = data.add_parser(
+        "replay", help="re-execute an episode's actions in simulation and report the state error",
+        description="Start the dataset's RoboStack task (info.json robostack.task) from the episode's first "
+        "state, apply its recorded actions as actuator controls one control step per frame, and report how far "
+        "the simulated states are from the recorded ones.",
+        epilog="example: robostack data replay data/panda-rollouts --episode 3 --json")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder")
+    p.add_argument("--episode", type=int, required=True, help="episode index")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_data_replay)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # "robot" | "task" | "algorithm" | "backend"
+    kind: str  # "robot" | "task" | "algorithm" | "backend" | "expert"
     summary: str
     target: Callable[..., Any]  # what to call to build it
     extra: dict[str, Any] = field(default_factory=dict)
@@ -23,6 +23,8 @@ _ENTRIES: dict[tuple[str, str], Entry] = {}
 
 _BUILTIN_MODULES = (
     "robostack.sim.robots.panda.tasks",
+    "robostack.sim.robots.panda.lift",
+    "robostack.sim.robots.panda.insert",
     "robostack.sim.robots.go2.tasks",
     "robostack.sim.robots.cf2.tasks",
     "robostack.sim.mujoco_backend",

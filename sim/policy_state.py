@@ -33,6 +33,8 @@ class PolicyState:
         self.action_dim = am.dim
         self._act_ids = torch.as_tensor(am.actuator_ids, device=dev)
         self._act_scale = torch.as_tensor(am.scale, dtype=torch.float32, device=dev)
+        if am.gripper is not None:
+            self._gripper_ids = torch.as_tensor(am.gripper.actuator_ids, device=dev)
         self._ctrl_offset = torch.as_tensor(am.offset, dtype=torch.float32, device=dev)
         self._ctrl_lo = torch.as_tensor(ctrlrange[:, 0], dtype=torch.float32, device=dev)
         self._ctrl_hi = torch.as_tensor(ctrlrange[:, 1], dtype=torch.float32, device=dev)
@@ -58,8 +60,9 @@ class PolicyState:
     def apply_action(self, action: torch.Tensor) -> torch.Tensor:
         """Record ``action`` (clipped to [-1, 1]) and return the control targets it commands: ``offset`` (or,
         for a relative action map, the previous targets) plus ``scale * action`` (or, for an end-effector map,
-        the joint changes differential IK finds for that displacement), within the control limits and, where
-        the action map has them, the safety layer's joint target limits at the current state."""
+        the joint changes differential IK finds for that displacement), the gripper's open or closed targets
+        where the map has one, within the control limits and, where the action map has them, the safety
+        layer's joint target limits at the current state."""
         self.last_action = self.action
         self.action = torch.clamp(action, -1.0, 1.0)
         if self.task.action_history:
@@ -68,11 +71,15 @@ class PolicyState:
         am = self.task.action
         base = self.ctrl_target if am.relative or am.ik else self._ctrl_offset.expand(self.num_envs, -1)
         ctrl = base.clone()
+        scaled = self._act_scale * self.action[:, :len(self._act_scale)]
         if am.ik is None:
-            ctrl[:, self._act_ids] += self._act_scale * self.action
+            ctrl[:, self._act_ids] += scaled
         else:
             jacobian = ik.site_jacobian(self, am.ik.site, am.ik.joints)
-            ctrl[:, self._act_ids] += ik.damped_least_squares(jacobian, self._act_scale * self.action, am.ik.damping)
+            ctrl[:, self._act_ids] += ik.damped_least_squares(jacobian, scaled, am.ik.damping)
+        if am.gripper is not None:
+            closing = self.action[:, -1:] > 0
+            ctrl[:, self._gripper_ids] = torch.where(closing, am.gripper.closed, am.gripper.open)
         ctrl = torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi)
         if self._limits is not None:
             ctrl, _ = limit_targets(ctrl, self.joint_pos, self.joint_vel, self.ctrl_target, self._limits,

@@ -97,6 +97,17 @@ class EndEffectorIK:
 
 
 @dataclass
+class GripperCommand:
+    """One more action dim, the last, that opens or closes a parallel gripper: above zero sets every finger
+    actuator's target to ``closed``, otherwise to ``open``. Binary like a real gripper's grasp and release
+    calls, so small action noise cannot leave the fingers half open."""
+
+    actuator_ids: np.ndarray  # the finger actuators
+    open: float  # their control target when open
+    closed: float  # and when closed (past the object, so they squeeze it)
+
+
+@dataclass
 class ActionMap:
     """Policy action ``a`` in [-1, 1]^k to actuator controls: ``ctrl = base; ctrl[ids] += scale * a``,
     clipped to the control limits, where ``base`` is ``offset`` or, for a ``relative`` map, the previous
@@ -114,10 +125,11 @@ class ActionMap:
     relative: bool = False
     ik: EndEffectorIK | None = None  # actions move the end effector instead (always relative)
     limits: TargetBounds | None = None  # the deployment's safety clamps on joint targets, trained under
+    gripper: GripperCommand | None = None  # a last action dim, after the ``scale``d ones, opens or closes it
 
     @property
     def dim(self) -> int:
-        return len(self.scale)
+        return len(self.scale) + (self.gripper is not None)
 
 
 @dataclass

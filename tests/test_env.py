@@ -199,7 +199,8 @@ def test_registry_lists_the_builtin_catalogue():
     from robostack import registry
 
     assert [e.name for e in registry.entries("robot")] == ["cf2", "go2", "panda"]
-    assert [e.name for e in registry.entries("task")] == ["cf2-hover", "go2-walk", "panda-reach"]
+    assert [e.name for e in registry.entries("task")] == [
+        "cf2-hover", "go2-walk", "panda-insert", "panda-lift", "panda-reach"]
     assert "ppo" in [e.name for e in registry.entries("algorithm")]
     assert [e.name for e in registry.entries("backend")] == ["mujoco"]
     assert registry.get("task", "go2-walk").extra["robot"] == "go2"

@@ -1,0 +1,122 @@
+"""panda-lift: grasp a cube lying on the table and lift it.
+
+Actions are TCP displacements through differential IK plus an open/close gripper command
+(``manipulation.action_map``). Success: the cube is ``lift_height`` above where it lay and still near the TCP
+(held, not thrown). The sparse success reward is what residual RL uses; shaping terms default to weight 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from robostack.registry import register
+from robostack.sim import mdp
+from robostack.sim.robots.panda import manipulation as manip
+from robostack.sim.robots.panda import tasks as reach
+from robostack.sim.task_env import TaskEnv
+from robostack.sim.terms import EventConfig, ObsTerm, RewardTerm, TaskDefinition
+
+
+@dataclass
+class Cube:
+    size: float  # m, edge length
+    mass: float  # kg, before randomization
+    friction: float  # sliding, before randomization
+    x: tuple[float, float]  # m, robot base frame, where it is placed at reset
+    y: tuple[float, float]
+    yaw: tuple[float, float]  # rad
+
+
+@dataclass
+class Rewards(manip.Rewards):
+    reach: float  # x (1 - tanh(TCP-cube distance / 0.1))
+    lift: float  # x height gained / lift_height, clipped to [0, 1]
+
+
+@dataclass
+class PandaLiftConfig(manip.ManipulationConfig):
+    cube: Cube
+    lift_height: float  # m above its resting height
+    hold_distance: float  # m: success also needs the cube's centre this close to the TCP
+    drop_height: float  # m: the cube this far below its resting height fell off the table
+    rewards: Rewards
+
+
+def resting_height(cfg: PandaLiftConfig) -> float:
+    return cfg.table.height + cfg.cube.size / 2
+
+
+def height_gain(env: TaskEnv) -> torch.Tensor:
+    return manip.object_pos(env)[:, 2] - resting_height(env.task_cfg)
+
+
+def lifted(env: TaskEnv) -> torch.Tensor:
+    cfg: PandaLiftConfig = env.task_cfg
+    return (height_gain(env) >= cfg.lift_height) & (manip.tcp_distance(env) < cfg.hold_distance)
+
+
+def dropped(env: TaskEnv) -> torch.Tensor:
+    return height_gain(env) < -env.task_cfg.drop_height
+
+
+def reach_kernel(env: TaskEnv) -> torch.Tensor:
+    return 1.0 - torch.tanh(manip.tcp_distance(env) / 0.1)
+
+
+def lift_progress(env: TaskEnv) -> torch.Tensor:
+    return torch.clamp(height_gain(env) / env.task_cfg.lift_height, 0.0, 1.0)
+
+
+def object_to_goal(env: TaskEnv) -> torch.Tensor:
+    return env.command - manip.object_pos(env)
+
+
+def place_cube(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
+    """Cube at rest on the table at a sampled (x, y, yaw); the goal (``command``) ``lift_height`` above it."""
+    task: PandaLiftConfig = env.task_cfg
+    c, n, rng = task.cube, len(env_ids), env.rng
+    pos = np.stack([rng.uniform(*c.x, n), rng.uniform(*c.y, n), np.full(n, resting_height(task))], axis=1)
+    manip.place_object(env, env_ids, pos, mdp.yaw_quat(rng.uniform(*c.yaw, n)))
+    goal = pos + np.array([0.0, 0.0, task.lift_height])
+    env.command[torch.as_tensor(env_ids)] = torch.as_tensor(goal, dtype=torch.float32, device=env.device)
+
+
+@register("task", "panda-lift", "Franka Panda: grasp a cube on a table and lift it", config=PandaLiftConfig,
+          robot="panda")
+def build(cfg: PandaLiftConfig) -> TaskDefinition:
+    spec = manip.build_spec(cfg.table)
+    manip.add_object(spec, cfg.table, [cfg.cube.size / 2] * 3, cfg.cube.mass, cfg.cube.friction,
+                     rgba=[0.8, 0.2, 0.2, 1.0])
+    return manip.task_definition(
+        "panda-lift", cfg, spec.compile(), success=lifted, dropped=dropped,
+        goal={"goal": ObsTerm(mdp.command), "object_to_goal": ObsTerm(object_to_goal, noise=0.003)},
+        shaping={"reach": RewardTerm(reach_kernel, cfg.rewards.reach),
+                 "lift": RewardTerm(lift_progress, cfg.rewards.lift)},
+        place=place_cube, reset=manip.reset_arm, gripper_closed=False,
+        metrics={"height_gain": height_gain, "tcp_distance": manip.tcp_distance}, command_dim=3)
+
+
+@register("expert", "panda-lift", "scripted: above the cube, down, close the gripper, lift")
+class LiftExpert(manip.ScriptedExpert):
+    """Approach a point above the cube with the gripper turned to its faces, descend, close, lift to the goal."""
+
+    APPROACH, DESCEND, CLOSE, LIFT = range(4)
+    HOVER = 0.08  # m above the cube's centre where the descent starts
+    CLOSE_STEPS = 15  # control steps the fingers get to close before lifting
+    MAX_STEP = (0.012, 0.006, 0.002, 0.008)  # m per control step in each phase
+
+    def script(self, env: TaskEnv) -> torch.Tensor:
+        cube, tcp, tcp_quat = manip.object_pos(env), reach.ee_pos(env), reach.ee_quat(env)
+        yaw = manip.quarter_turn_yaw(manip.heading(manip.object_quat(env)), manip.heading(tcp_quat))
+        turn = mdp.quat_error_vector(tcp_quat, manip.pointing_down(yaw))
+        above = cube + torch.tensor([0.0, 0.0, self.HOVER], device=env.device)
+        self.advance(self.APPROACH, (torch.norm(above - tcp, dim=1) < 0.01) & (torch.norm(turn, dim=1) < 0.05))
+        self.advance(self.DESCEND, torch.norm(cube - tcp, dim=1) < 0.005)
+        self.advance(self.CLOSE, self.phase_steps >= self.CLOSE_STEPS)
+        lift_to = env.command + torch.tensor([0.0, 0.0, 0.02], device=env.device)  # a margin past the goal
+        target = torch.where((self.phase == self.APPROACH).unsqueeze(1), above, cube)
+        target = torch.where((self.phase == self.LIFT).unsqueeze(1), lift_to, target)
+        max_step = torch.as_tensor(self.MAX_STEP, device=env.device)[self.phase]
+        return self.servo(env, target - tcp, turn, max_step, close=self.phase >= self.CLOSE)
