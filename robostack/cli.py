@@ -1,5 +1,6 @@
 """The ``robostack`` command: ``list``, ``bench sim|train|deploy``, ``train``, ``export`` (policy bundle), ``eval`` and
-``deploy`` (the ROS 2 node graph), ``data info|merge|convert|replay`` (datasets).
+``deploy`` (the ROS 2 node graph), ``data info|merge|convert|replay`` (datasets), ``teleop`` (record
+demonstrations in simulation).
 
 Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
 inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
@@ -342,6 +343,27 @@ def cmd_data_replay(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- teleop
+
+
+def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise UsageError(f"--max-seconds must be positive, got {args.max_seconds}")
+    with _stdout_to_stderr(args.json):
+        from robostack.teleop import record
+
+        summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
+                         max_seconds=args.max_seconds, camera=args.camera)
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        _print_table(f"teleop: {args.task} with {args.device} -> {args.out}", summary,
+                     ("kept", "discarded", "successes", "frames"), out)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- parser
 
 
@@ -510,6 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, required=True, help="episode index")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_data_replay)
+
+    p = sub.add_parser(
+        "teleop", help="teleoperate a simulated task and record the demonstrations into a dataset",
+        description="Drive one simulated env with a device and record each kept episode (source teleop) into "
+        "OUT. keyboard: a terminal, in real time (w/s a/d r/f move, q/e yaw, space gripper; Enter start, x stop, "
+        "y success, n discard, Esc/Q quit); scripted: the task's scripted expert, as fast as it runs.",
+        epilog="example: robostack teleop --task panda-lift --device keyboard --out data/lift-demos")
+    p.add_argument("--task", required=True, help="simulated task (an end-effector arm task for the keyboard)")
+    p.add_argument("--device", required=True, help="keyboard or scripted")
+    p.add_argument("--out", required=True, metavar="DATASET", help="dataset folder (new, or one to append to)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="stop after N kept episodes (default: keyboard until quit, scripted 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after S seconds of wall time")
+    p.add_argument("--camera", default=None, metavar="NAME", help="also record this camera (needs offscreen GL)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_teleop)
     return parser
 
 
