@@ -352,10 +352,14 @@ def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UsageError(f"--max-seconds must be positive, got {args.max_seconds}")
     with _stdout_to_stderr(args.json):
+        from robostack.eval_policy import RenderError
         from robostack.teleop import record
 
-        summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
-                         max_seconds=args.max_seconds, camera=args.camera)
+        try:
+            summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
+                             max_seconds=args.max_seconds, camera=args.camera)
+        except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
+            raise UsageError(f"--camera: {exc}") from None
     if args.json:
         out.write(json.dumps(summary) + "\n")
     else:

@@ -75,14 +75,24 @@ class RenderError(RuntimeError):
     """Offscreen rendering or video writing is not possible here (the message says how to fix it)."""
 
 
+def offscreen_renderer(model: Any, width: int, height: int) -> Any:
+    """A ``mujoco.Renderer`` for ``model`` on the offscreen GL backend; RenderError says how to get one."""
+    backend = ensure_offscreen_gl()
+    import mujoco
+
+    try:
+        return mujoco.Renderer(model, height=height, width=width)
+    except Exception as exc:  # no OpenGL context
+        raise RenderError(f"cannot render with MUJOCO_GL={backend}: {exc}; {_GL_HINT}") from None
+
+
 class VideoRecorder:
     """Renders env 0 of a ``TaskEnv`` with a camera that follows the robot, writes an MP4."""
 
     def __init__(self, env: Any, path: str | os.PathLike, width: int = VIDEO_SIZE[0], height: int = VIDEO_SIZE[1],
                  max_fps: float = MAX_VIDEO_FPS):
-        backend = ensure_offscreen_gl()
+        ensure_offscreen_gl()  # before MuJoCo is imported, if it has not been yet
         import cv2
-        import mujoco
 
         self.env = env
         self.path = Path(path)
@@ -93,10 +103,7 @@ class VideoRecorder:
         width = min(width, int(model.vis.global_.offwidth))
         height = min(height, int(model.vis.global_.offheight))
         self.width, self.height = width, height
-        try:
-            self.renderer = mujoco.Renderer(model, height=height, width=width)
-        except Exception as exc:
-            raise RenderError(f"cannot render with MUJOCO_GL={backend}: {exc}; {_GL_HINT}") from None
+        self.renderer = offscreen_renderer(model, width, height)
         self.camera = self._camera(model)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))

@@ -79,7 +79,6 @@ ARM_KEYS = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "
 # the same keys on a velocity command (vx, vy, yaw rate)
 VELOCITY_KEYS = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "q": (2, 1), "e": (2, -1)}
 VELOCITY_STEP = np.array([0.1, 0.1, 0.2])  # m/s, m/s, rad/s per key press
-VELOCITY_LIMIT = np.array([1.0, 0.5, 1.0])  # the go2-walk training ranges (as teleop_node's quadruped scales)
 EVENT_KEYS = {"\n": "start", "\r": "start", "x": "stop", "y": "success", "n": "discard", "\x1b": "quit", "Q": "quit"}
 GRIPPER_KEY = " "
 HOLD_S = 0.15  # a motion key moves for this long after each press (bridges the terminal's autorepeat)
@@ -118,6 +117,11 @@ class KeyboardTeleop(Teleoperator):
         self.has_gripper = env.task.action.gripper is not None
         self.gripper_closed = False
         self.velocity = np.zeros(len(VELOCITY_STEP))
+        # the task's own command ranges (go2-walk's): the policy never saw faster commands
+        commands = getattr(env.task_cfg, "commands", None)
+        ranges = np.array([commands.lin_vel_x, commands.lin_vel_y, commands.ang_vel_z]) if commands is not None \
+            else np.zeros((len(VELOCITY_STEP), 2))
+        self.velocity_low, self.velocity_high = ranges[:, 0], ranges[:, 1]
         self._pressed: dict[str, float] = {}  # motion key -> when it was last pressed
         self._events: list[str] = []
         self._saved: list | None = None
@@ -153,7 +157,7 @@ class KeyboardTeleop(Teleoperator):
                 if not self.arm:
                     component, sign = VELOCITY_KEYS[key]
                     self.velocity[component] += sign * VELOCITY_STEP[component]
-        self.velocity = np.clip(self.velocity, -VELOCITY_LIMIT, VELOCITY_LIMIT)
+        self.velocity = np.clip(self.velocity, self.velocity_low, self.velocity_high)
 
     def reset(self) -> None:
         self.gripper_closed = False
@@ -297,17 +301,13 @@ class _Recorder:
 def _renderer(env: Any, camera: str) -> Any:
     import mujoco
 
-    from robostack.eval_policy import _GL_HINT
+    from robostack.eval_policy import offscreen_renderer
 
     model = env.sim.models[0]
     if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
         raise TeleopError(f"--camera: task {env.task.name!r} has no camera {camera!r}; it has {names}")
-    try:
-        return mujoco.Renderer(model, 120, 160)
-    except Exception as exc:  # no OpenGL context
-        raise TeleopError(f"--camera: cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {exc}; "
-                          f"{_GL_HINT}") from None
+    return offscreen_renderer(model, 160, 120)
 
 
 def record(task: str, device: str, out: str, episodes: int | None = None, seed: int = 0,
