@@ -5,7 +5,7 @@ The policy learns from demonstrations: episodes as plain numpy arrays, one dict 
 and ``"action"`` ``[T, act_dim]``.
 
     policy = train_diffusion(episodes, DiffusionConfig())
-    executor = ChunkExecutor(policy)  # per control step: action = executor.step(observation)
+    executor = ChunkExecutor(policy, num_envs=N)  # per control step: actions = executor.step(observations)
 
 Time structure, in control steps. The policy sees the last ``n_obs_steps`` observations and predicts a chunk
 of ``horizon`` actions that starts at the *oldest* of them, so the action for the current step is
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Literal
@@ -56,8 +55,8 @@ from robostack.policies.sac import polyak_update
 
 __all__ = ["DiffusionConfig", "DiffusionPolicy", "ChunkExecutor", "ChunkSampler", "MinMaxNormalizer",
            "ImageEncoder", "ConditionalUnet1D", "ConditionalMLP", "DemonstrationWindows", "DDIMStep", "train_diffusion",
-           "compute_stats", "check_episodes", "window_indices", "squared_cosine_alphas_cumprod", "ddim_schedule",
-           "ddim_update", "STATE_KEY", "IMAGE_PREFIX", "ACTION_KEY"]
+           "compute_stats", "relative_action_stats", "check_episodes", "window_indices",
+           "squared_cosine_alphas_cumprod", "ddim_schedule", "ddim_update", "STATE_KEY", "IMAGE_PREFIX", "ACTION_KEY"]
 
 STATE_KEY = "observation.state"
 IMAGE_PREFIX = "observation.images."
@@ -483,7 +482,7 @@ class DiffusionPolicy(nn.Module):
     """
 
     def __init__(self, cfg: DiffusionConfig, stats: dict[str, dict[str, Any]],
-                 image_shapes: dict[str, tuple[int, int]] | None = None):
+                 image_shapes: dict[str, tuple[int, int]] | None = None, action_reference: Any = None):
         super().__init__()
         cfg.validate()
         image_shapes = dict(sorted((image_shapes or {}).items()))
@@ -503,6 +502,11 @@ class DiffusionPolicy(nn.Module):
             for key, hw in self.image_shapes.items()})
         self.obs_keys = ([STATE_KEY] if self.state_normalizer is not None else []) + list(self.image_shapes)
         self.state_dim = 0 if self.state_normalizer is None else len(self.state_normalizer.low)
+        self.action_reference = None if action_reference is None else [int(c) for c in action_reference]
+        if self.action_reference is not None and (len(self.action_reference) != self.act_dim
+                                                  or not all(0 <= c < self.state_dim for c in self.action_reference)):
+            raise ValueError(f"action_reference needs one state column (of {self.state_dim}) per action dimension "
+                             f"({self.act_dim}), got {self.action_reference}")
         cond_dim = cfg.n_obs_steps * (self.state_dim + cfg.image_feature_dim * len(self.image_encoders))
         self.denoiser: nn.Module = (
             ConditionalUnet1D(self.act_dim, cond_dim, tuple(cfg.down_dims), cfg.kernel_size, cfg.n_groups,
@@ -533,10 +537,17 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"expected {self.cfg.n_obs_steps} observation steps, got {per_step.shape[1]}")
         return per_step.flatten(1)
 
+    def reference(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """What the chunk's actions are relative to: with ``action_reference``, those columns of the current
+        (latest) state ``[B, 1, act_dim]``, the same for every action of the chunk; else 0."""
+        if self.action_reference is None:
+            return 0.0
+        return obs[STATE_KEY][:, -1:, self.action_reference]
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """DDPM epsilon loss: noise the normalized action chunk at a random timestep, predict that noise."""
         cond = self.encode_observations(batch)
-        clean = self.action_normalizer.normalize(batch[ACTION_KEY])
+        clean = self.action_normalizer.normalize(batch[ACTION_KEY] - self.reference(batch))
         noise = torch.randn_like(clean)
         timestep = torch.randint(0, self.cfg.num_train_timesteps, (len(clean),), device=clean.device)
         alpha_bar = torch.as_tensor(self.alphas_cumprod, dtype=clean.dtype, device=clean.device)[timestep]
@@ -561,14 +572,24 @@ class DiffusionPolicy(nn.Module):
             eps = self.denoiser(x, timestep, cond)
             step_noise = torch.randn(shape, generator=generator).to(self.device) if eta > 0 else None
             x = ddim_update(x, eps, step, eta, self.cfg.clip_sample, step_noise)
-        return self.action_normalizer.unnormalize(x)
+        return self.action_normalizer.unnormalize(x) + self.reference(obs)
 
-    def predict_chunk(self, history: dict[str, np.ndarray], generator: torch.Generator | None = None) -> np.ndarray:
-        """One chunk ``[horizon, act_dim]`` for one robot from its last ``n_obs_steps`` observations, given in
-        the episode layout (state ``[T, obs_dim]``, images ``[T, H, W, 3]`` uint8)."""
-        obs = {key: _model_input(key, torch.as_tensor(np.asarray(history[key])))[None].to(self.device)
-               for key in self.obs_keys if key in history}
-        return self.sample(obs, generator=generator)[0].cpu().numpy()
+    def predict_chunks(self, histories: dict[str, np.ndarray], generator: np.random.Generator | None = None
+                       ) -> np.ndarray:
+        """Chunks ``[B, horizon, act_dim]`` for B robots from their last ``n_obs_steps`` observations, in the
+        episode layout with a batch axis in front (state ``[B, T, obs_dim]``, images ``[B, T, H, W, 3]`` uint8).
+        ``generator`` draws the initial noise (as a chunk bundle does, so both give the same chunks)."""
+        obs = {key: _model_input(key, torch.as_tensor(np.asarray(histories[key]))).to(self.device)
+               for key in self.obs_keys if key in histories}
+        generator = generator if generator is not None else np.random.default_rng()
+        noise = generator.standard_normal((len(next(iter(obs.values()))), self.cfg.horizon, self.act_dim),
+                                          dtype=np.float32)
+        return self.sample(obs, noise=torch.from_numpy(noise).to(self.device)).cpu().numpy()
+
+    def predict_chunk(self, history: dict[str, np.ndarray], generator: np.random.Generator | None = None
+                      ) -> np.ndarray:
+        """One chunk ``[horizon, act_dim]`` for one robot (``predict_chunks`` without the batch axis)."""
+        return self.predict_chunks({key: np.asarray(value)[None] for key, value in history.items()}, generator)[0]
 
     def export_module(self, num_inference_steps: int | None = None) -> ChunkSampler:
         """A standalone module for one full chunk (every DDIM step unrolled, eta = 0), for ONNX export."""
@@ -579,12 +600,13 @@ class DiffusionPolicy(nn.Module):
         """Everything ``from_checkpoint`` needs, as plain data plus the ``state_dict`` (normalizers included)."""
         return {"config": to_dict(self.cfg), "image_shapes": {k: list(v) for k, v in self.image_shapes.items()},
                 "stats": {k: {n: v.tolist() for n, v in s.items()} for k, s in self.stats.items()},
-                "state_dict": self.state_dict()}
+                "action_reference": self.action_reference, "state_dict": self.state_dict()}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], source: str = "diffusion checkpoint") -> DiffusionPolicy:
         cfg = from_dict(DiffusionConfig, checkpoint["config"], source)
-        policy = cls(cfg, checkpoint["stats"], {k: tuple(v) for k, v in checkpoint["image_shapes"].items()})
+        policy = cls(cfg, checkpoint["stats"], {k: tuple(v) for k, v in checkpoint["image_shapes"].items()},
+                     checkpoint.get("action_reference"))
         policy.load_state_dict(checkpoint["state_dict"])
         return policy.eval()
 
@@ -619,51 +641,77 @@ class ChunkSampler(nn.Module):
 
 
 class ChunkExecutor:
-    """Runs a chunk policy one control step at a time: observation history, chunk queries, temporal ensembling.
+    """Runs a chunk policy one control step at a time for a batch of robots: observation history, chunk
+    queries, temporal ensembling.
 
-    It keeps the last ``n_obs_steps`` observations (the first one repeated at the start, as in training),
-    queries the policy every ``query_every`` steps (default ``n_action_steps``: plain receding horizon) and
-    keeps each chunk's ``n_action_steps`` actions from the query step on. The action at a step is the
-    weighted mean over the kept chunks that cover it, weights ``exp(-ensemble_coef * i)`` with ``i = 0`` for
-    the oldest chunk (ACT's temporal ensembling); ``query_every = 1`` ensembles ``n_action_steps`` chunks.
-    ``policy`` is anything with ``cfg`` (``n_obs_steps``, ``n_action_steps``) and ``predict_chunk``.
+    Per robot, it keeps the last ``n_obs_steps`` observations (the first one of an episode repeated, as in
+    training), queries the policy every ``query_every`` steps of that robot's episode (default
+    ``n_action_steps``: plain receding horizon) and keeps each chunk's ``n_action_steps`` actions from the query
+    step on. The action at a step is the weighted mean over the kept chunks that cover it, weights
+    ``exp(-ensemble_coef * i)`` with ``i = 0`` for the oldest chunk (ACT's temporal ensembling);
+    ``query_every = 1`` ensembles ``n_action_steps`` chunks. Robots restart their episodes independently
+    (``reset(ids)``); those that query at a step are sampled together in one batch.
+
+    ``policy`` is anything with ``cfg`` (``n_obs_steps``, ``n_action_steps``) and ``predict_chunks``.
     """
 
-    def __init__(self, policy: Any, query_every: int | None = None, ensemble_coef: float = 0.01, seed: int = 0):
-        self.policy = policy
+    def __init__(self, policy: Any, num_envs: int = 1, query_every: int | None = None, ensemble_coef: float = 0.01,
+                 seed: int = 0):
+        self.policy, self.num_envs = policy, num_envs
         self.n_obs_steps, self.n_action_steps = policy.cfg.n_obs_steps, policy.cfg.n_action_steps
         self.query_every = query_every or self.n_action_steps
         if not 1 <= self.query_every <= self.n_action_steps:
             raise ValueError(f"query_every must be in 1..n_action_steps = {self.n_action_steps} (a larger value "
                              f"leaves steps without actions), got {self.query_every}")
         self.ensemble_coef = ensemble_coef
-        self.seed = seed
-        self.reset()
+        self.generator = np.random.default_rng(seed)  # the chunks' initial noise
+        self.history: dict[str, np.ndarray] = {}  # key -> [num_envs, n_obs_steps, ...]
+        self.t = np.zeros(num_envs, dtype=np.int64)  # steps into each robot's episode
+        # Pending actions by steps from now: the weighted sum over the chunks covering that step, and the sum of
+        # their weights. A new chunk enters with weight 1 after the older ones are scaled by exp(coef): the
+        # ratios are ACT's, and the numbers stay bounded (a chunk leaves after n_action_steps steps).
+        self.weighted = np.zeros((num_envs, self.n_action_steps, 0), dtype=np.float32)
+        self.weights = np.zeros((num_envs, self.n_action_steps))
 
-    def reset(self) -> None:
-        """Forget the history and the pending chunks (call at every episode start)."""
-        self.history: deque[dict[str, np.ndarray]] = deque(maxlen=self.n_obs_steps)
-        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (query step, actions from that step on)
-        self.t = 0
-        self.generator = torch.Generator().manual_seed(self.seed)
+    def reset(self, env_ids: Any = None) -> None:
+        """Forget those robots' history and pending chunks (all by default): their episodes start over."""
+        ids = slice(None) if env_ids is None else np.asarray(env_ids, dtype=np.int64)
+        self.t[ids] = 0
+        self.weighted[ids] = 0.0
+        self.weights[ids] = 0.0
 
     def step(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        """The action ``[act_dim]`` for this step, given this step's observation (one frame per key)."""
-        observation = {key: np.array(value) for key, value in observation.items()}  # the caller may reuse arrays
-        while len(self.history) < self.n_obs_steps - 1:
-            self.history.append(observation)
-        self.history.append(observation)
-        if self.t % self.query_every == 0:
-            stacked = {key: np.stack([frame[key] for frame in self.history]) for key in observation}
-            chunk = self.policy.predict_chunk(stacked, generator=self.generator)
+        """The actions ``[num_envs, act_dim]`` for this step, given this step's observation of every robot
+        (``[num_envs, ...]`` per key)."""
+        observation = {key: np.asarray(value) for key, value in observation.items()}
+        for key, value in observation.items():
+            if value.shape[0] != self.num_envs:
+                raise ValueError(f"observation {key!r} has {value.shape[0]} rows for {self.num_envs} robots")
+        starting = self.t == 0
+        for key, value in observation.items():
+            if key not in self.history:
+                self.history[key] = np.repeat(value[:, None], self.n_obs_steps, axis=1)
+            history = self.history[key]
+            history[:, :-1] = history[:, 1:]
+            history[:, -1] = value
+            history[starting] = value[starting, None]
+        querying = np.flatnonzero(self.t % self.query_every == 0)
+        if len(querying):
+            chunks = self.policy.predict_chunks({key: h[querying] for key, h in self.history.items()},
+                                                generator=self.generator)
             first = self.n_obs_steps - 1  # the chunk starts at the oldest observation
-            self.chunks.append((self.t, chunk[first:first + self.n_action_steps]))
-        while self.chunks[0][0] + self.n_action_steps <= self.t:
-            self.chunks.popleft()
-        actions = np.stack([chunk[self.t - start] for start, chunk in self.chunks])  # oldest first
-        weights = np.exp(-self.ensemble_coef * np.arange(len(actions)))
+            executed = chunks[:, first:first + self.n_action_steps]
+            if self.weighted.shape[-1] != executed.shape[-1]:
+                self.weighted = np.zeros((self.num_envs, self.n_action_steps, executed.shape[-1]), np.float32)
+            decay = math.exp(self.ensemble_coef)
+            self.weighted[querying] = self.weighted[querying] * decay + executed
+            self.weights[querying] = self.weights[querying] * decay + 1.0
+        action = self.weighted[:, 0] / self.weights[:, :1]
+        for pending in (self.weighted, self.weights):  # one step on: what was next is now current
+            pending[:, :-1] = pending[:, 1:]
+            pending[:, -1] = 0.0
         self.t += 1
-        return ((weights[:, None] * actions).sum(0) / weights.sum()).astype(actions.dtype)
+        return action.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -677,10 +725,22 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def relative_action_stats(data: DemonstrationWindows, reference: list[int]) -> dict[str, np.ndarray]:
+    """Min and max of every training window's actions minus its current state's ``reference`` columns."""
+    current = data.windows[:, data.n_obs_steps - 1]
+    relative = data.frames[ACTION_KEY][data.windows] - data.frames[STATE_KEY][current][:, None, reference]
+    flat = relative.reshape(-1, relative.shape[-1]).double()
+    return {"min": flat.min(0).values.numpy(), "max": flat.max(0).values.numpy()}
+
+
 def train_diffusion(episodes: list[dict[str, np.ndarray]], cfg: DiffusionConfig | None = None,
-                    progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> DiffusionPolicy:
+                    progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+                    action_reference: list[int] | None = None) -> DiffusionPolicy:
     """Fit a diffusion policy to the demonstrations; returns the EMA weights in eval mode (to run and export).
 
+    ``action_reference``: one state column per action dimension; the policy then learns each chunk relative
+    to those values of the current state (for joint targets: offsets from the joints' measured positions at
+    the query, which keep the arm anchored for the whole chunk) and adds them back when sampling.
     Repeatable for a given ``cfg.seed`` (it seeds torch's global generator). ``on_step(step, loss)`` is
     called after every gradient step; ``progress`` shows a tqdm bar.
     """
@@ -690,7 +750,10 @@ def train_diffusion(episodes: list[dict[str, np.ndarray]], cfg: DiffusionConfig 
     device = torch.device(cfg.device)
     data = DemonstrationWindows(episodes, cfg.n_obs_steps, cfg.horizon, cfg.n_action_steps, device)
     image_shapes = {key: tuple(np.shape(episodes[0][key])[1:3]) for key in data.obs_keys if key != STATE_KEY}
-    policy = DiffusionPolicy(cfg, compute_stats(episodes), image_shapes).to(device).train()
+    stats = compute_stats(episodes)
+    if action_reference is not None:
+        stats[ACTION_KEY] = relative_action_stats(data, list(action_reference))
+    policy = DiffusionPolicy(cfg, stats, image_shapes, action_reference).to(device).train()
     ema = copy.deepcopy(policy).requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, betas=(0.95, 0.999),
                                   weight_decay=cfg.weight_decay)

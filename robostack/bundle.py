@@ -39,6 +39,20 @@ the start of an episode): a relative action integrates into the joint targets. W
 is an end-effector displacement (``scale`` m, then rad, per step, world frame) and the change of the listed
 joints' targets is ``J^T (J J^T + damping^2 I)^-1 (scale * a)`` with ``J`` the site Jacobian (``sim.ik``).
 
+A chunk bundle (``"kind": "chunk"``: a diffusion policy, ``robostack.imitation.export_chunk_bundle``) has the
+same three files; its graph runs every denoising step of one action chunk::
+
+    policy.onnx     inputs "noise" [batch, horizon, action_dim] (standard normal), "observation_state"
+                    [batch, n_obs_steps, dim] and "observation_images_<camera>" [batch, n_obs_steps, 3, H, W]
+                    in [0, 1]; output "chunk" [batch, horizon, action_dim]
+    metadata        observation {dim, terms: [{name, dim, names, offset_in_vector}], images: {camera: [H, W]}}
+                    (the state: dataset features side by side), action {kind: "controls", dim, names,
+                    actuators, ctrl_min, ctrl_max} (absolute controls, whatever the graph learned them relative
+                    to) or {kind: "task", dim, names, range, ik: {site, ee_step}} (the task's end-effector steps
+                    and gripper command, in [-1, 1]; ee_step: m and rad per unit), chunk {n_obs_steps, horizon,
+                    n_action_steps, num_inference_steps, query_every, ensemble_coef, inputs}, and robot, task,
+                    joint_names, control rate, task_config, training, files and content_hash as above
+
 Loading (``load_bundle``) needs only numpy and onnxruntime: this module imports neither torch nor MuJoCo at
 the top; ``export_bundle`` (the training side) imports them when called.
 """
@@ -52,11 +66,12 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "BundleError", "PolicyBundle", "load_bundle", "export_bundle", "content_hash",
+__all__ = ["FORMAT_VERSION", "BundleError", "PolicyBundle", "ChunkPolicyBundle", "load_bundle", "write_bundle", "bench_policy", "export_bundle", "content_hash",
            "ONNX_FILE", "TORCHSCRIPT_FILE", "METADATA_FILE"]
 
 FORMAT_VERSION = 1
@@ -66,6 +81,8 @@ METADATA_FILE = "metadata.json"
 HASHED_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
 INPUT_NAME = "obs"
 OUTPUT_NAME = "action"
+ACTOR_CRITIC, CHUNK = "actor_critic", "chunk"  # metadata "kind" (absent: actor_critic)
+CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 ONNX_OPSET = 17
 
 
@@ -109,13 +126,32 @@ def content_hash(bundle_dir: str | os.PathLike, metadata: dict[str, Any] | None 
 # ------------------------------------------------------------------------------------------ loading
 
 
-class PolicyBundle:
-    """A loaded bundle: ``metadata`` and ``act(obs) -> action`` through onnxruntime."""
+class LoadedBundle:
+    """What every loaded bundle has: its folder, its metadata and the onnxruntime session of its graph."""
 
     def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
         self.path = path
         self.metadata = metadata
         self._session = session
+
+    @property
+    def robot(self) -> str:
+        return self.metadata["robot"]
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+    @property
+    def control_rate_hz(self) -> float:
+        return float(self.metadata["control_rate_hz"])
+
+
+class PolicyBundle(LoadedBundle):
+    """A loaded actor-critic bundle: ``act(obs) -> action`` through onnxruntime."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
+        super().__init__(path, metadata, session)
         self.obs_dim = int(metadata["observation"]["dim"])
         self.action_dim = int(metadata["action"]["dim"])
         act = metadata["action"]
@@ -130,18 +166,6 @@ class PolicyBundle:
         self.target_limits = act.get("target_limits")  # the safety layer's clamps, at the measured state
 
     # -- convenience views of the metadata
-    @property
-    def robot(self) -> str:
-        return self.metadata["robot"]
-
-    @property
-    def task(self) -> str:
-        return self.metadata["task"]
-
-    @property
-    def control_rate_hz(self) -> float:
-        return float(self.metadata["control_rate_hz"])
-
     def observation_slices(self) -> dict[str, slice]:
         """Observation term name -> its slice of the observation vector."""
         return {t["name"]: slice(t["offset_in_vector"], t["offset_in_vector"] + t["dim"])
@@ -211,6 +235,40 @@ class PolicyBundle:
                 f"obs_dim={self.obs_dim}, action_dim={self.action_dim})")
 
 
+class ChunkPolicyBundle(LoadedBundle):
+    """A loaded chunk (diffusion) bundle: ``predict_chunks(histories, rng)`` runs every denoising step of one
+    chunk through onnxruntime; ``robostack.policies.diffusion.ChunkExecutor`` executes the chunks."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
+        super().__init__(path, metadata, session)
+        chunk = metadata["chunk"]
+        self.cfg = SimpleNamespace(**{key: int(chunk[key]) for key in ("n_obs_steps", "horizon", "n_action_steps",
+                                                                       "num_inference_steps")})
+        self.state_dim = int(metadata["observation"]["dim"])
+        self.act_dim = int(metadata["action"]["dim"])
+        self.image_shapes = {"observation.images." + camera: tuple(hw)
+                             for camera, hw in metadata["observation"].get("images", {}).items()}
+        self.obs_keys = (["observation.state"] if self.state_dim else []) + list(self.image_shapes)
+        self.inputs = list(chunk["inputs"])
+
+    def predict_chunks(self, histories: dict[str, np.ndarray], generator: np.random.Generator | None = None
+                       ) -> np.ndarray:
+        """Chunks ``[B, horizon, act_dim]`` (actuator controls) from B robots' last ``n_obs_steps`` observations:
+        state ``[B, T, state_dim]``, images ``[B, T, H, W, 3]`` uint8."""
+        generator = generator if generator is not None else np.random.default_rng()
+        batch = len(histories[self.obs_keys[0]])
+        feeds = {CHUNK_NOISE: generator.standard_normal((batch, self.cfg.horizon, self.act_dim), dtype=np.float32)}
+        for name, key in zip(self.inputs[1:], self.obs_keys):
+            value = np.asarray(histories[key])
+            feeds[name] = (np.moveaxis(value, -1, -3).astype(np.float32) / 255.0 if key in self.image_shapes
+                           else value.astype(np.float32))
+        return self._session.run([CHUNK_OUTPUT], feeds)[0]
+
+    def __repr__(self) -> str:
+        return (f"ChunkPolicyBundle({str(self.path)!r}, robot={self.robot!r}, task={self.task!r}, "
+                f"state_dim={self.state_dim}, cameras={list(self.image_shapes)}, action_dim={self.act_dim})")
+
+
 def _read_metadata(root: Path) -> dict[str, Any]:
     path = root / METADATA_FILE
     if not path.is_file():
@@ -231,6 +289,12 @@ def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
     for key in ("robot", "task", "observation", "action", "task_config", "content_hash"):
         if key not in meta:
             raise fail(f"missing field {key!r}")
+    kind = meta.get("kind", ACTOR_CRITIC)
+    if kind == CHUNK:
+        _check_chunk_metadata(meta, fail)
+        return
+    if kind != ACTOR_CRITIC:
+        raise fail(f"unknown policy kind {kind!r} (this RoboStack runs {ACTOR_CRITIC!r} and {CHUNK!r})")
     obs, act = meta["observation"], meta["action"]
     try:
         terms = obs["terms"]
@@ -255,6 +319,30 @@ def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
         raise fail("action terms or control limits do not match the actuator list")
 
 
+def _check_chunk_metadata(meta: dict[str, Any], fail: Callable[[str], BundleError]) -> None:
+    try:
+        obs, act, chunk = meta["observation"], meta["action"], meta["chunk"]
+        terms = obs["terms"]
+        total = sum(int(t["dim"]) for t in terms)
+        names_ok = all(len(t["names"]) == int(t["dim"]) for t in terms)
+        sizes = [int(chunk[k]) for k in ("n_obs_steps", "horizon", "n_action_steps", "num_inference_steps")]
+        images = {camera: [int(v) for v in hw] for camera, hw in obs.get("images", {}).items()}
+        inputs = list(chunk["inputs"])
+        kind = act.get("kind", "controls")
+        act_ok = (len(act["names"]) == int(act["dim"]) and kind in ("controls", "task")
+                  and (kind == "task" or len(act["ctrl_min"]) == len(act["ctrl_max"]) == int(act["dim"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"malformed chunk policy description ({type(exc).__name__}: {exc})") from None
+    if total != int(obs["dim"]) or not names_ok:
+        raise fail(f"observation terms add up to {total} values, observation.dim is {obs['dim']}, or a term's names "
+                   "do not match its size")
+    if min(sizes) < 1 or not act_ok:
+        raise fail("chunk sizes must be positive and the action's names and limits must match action.dim")
+    expected = [CHUNK_NOISE] + ([CHUNK_STATE] if terms else []) + [CHUNK_IMAGE + camera for camera in images]
+    if inputs != expected:
+        raise fail(f"chunk.inputs {inputs} should be {expected}")
+
+
 def _onnx_dim(shape: list[Any], axis: int) -> int | None:
     if len(shape) <= axis:
         return None
@@ -262,7 +350,7 @@ def _onnx_dim(shape: list[Any], axis: int) -> int | None:
 
 
 def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int = 1,
-                verify: bool = True) -> PolicyBundle:
+                verify: bool = True) -> PolicyBundle | ChunkPolicyBundle:
     """Open a bundle directory; with ``robot``, refuse a bundle made for another robot.
 
     Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot, that both
@@ -309,6 +397,12 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
         raise BundleError(f"bundle {root}: corrupt {ONNX_FILE}: onnxruntime cannot load it ({first})") from None
 
     inputs, outputs = session.get_inputs(), session.get_outputs()
+    if meta.get("kind", ACTOR_CRITIC) == CHUNK:
+        if [i.name for i in inputs] != meta["chunk"]["inputs"] or [o.name for o in outputs] != [CHUNK_OUTPUT]:
+            raise BundleError(f"bundle {root}: {ONNX_FILE} has inputs {[i.name for i in inputs]} and outputs "
+                              f"{[o.name for o in outputs]}; the metadata says {meta['chunk']['inputs']} and "
+                              f"{[CHUNK_OUTPUT]}")
+        return ChunkPolicyBundle(root, meta, session)
     if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
         raise BundleError(f"bundle {root}: {ONNX_FILE} must have one input {INPUT_NAME!r} and an output "
                           f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
@@ -323,6 +417,50 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
         raise BundleError(f"bundle {root}: {ONNX_FILE} returns actions of size {out_dim} but the metadata "
                           f"says action.dim = {act_dim}")
     return PolicyBundle(root, meta, session)
+
+
+def bench_policy(path: str | os.PathLike, iterations: int = 200, warmup: int = 20, threads: int = 1,
+                 seed: int = 0) -> dict[str, Any]:
+    """``robostack bench policy``: the latency of one inference through onnxruntime for one robot (batch 1),
+    on observations of the bundle's shapes: one action (actor-critic) or one full chunk, every denoising step
+    (chunk). A chunk has to be ready within the ``n_action_steps`` control periods it covers."""
+    import time
+
+    bundle = load_bundle(path, threads=threads)
+    rng = np.random.default_rng(seed)
+    if isinstance(bundle, ChunkPolicyBundle):
+        steps = bundle.cfg.n_obs_steps
+        histories = {key: rng.integers(0, 256, (1, steps, *bundle.image_shapes[key], 3), dtype=np.uint8)
+                     if key in bundle.image_shapes else rng.standard_normal((1, steps, bundle.state_dim), np.float32)
+                     for key in bundle.obs_keys}
+
+        def infer() -> Any:
+            return bundle.predict_chunks(histories, rng)
+    else:
+        obs = rng.standard_normal((1, bundle.obs_dim), np.float32)
+
+        def infer() -> Any:
+            return bundle.act(obs)
+    for _ in range(warmup):
+        infer()
+    times_ns = []
+    for _ in range(iterations):
+        start = time.perf_counter_ns()
+        infer()
+        times_ns.append(time.perf_counter_ns() - start)
+    ms = np.array(times_ns) * 1e-6
+    meta = bundle.metadata
+    result = {"bundle": str(path), "kind": meta.get("kind", ACTOR_CRITIC), "task": meta["task"],
+              "threads": threads, "iterations": iterations,
+              "latency_ms": {**{f"p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)},
+                             "max": round(float(ms.max()), 3), "mean": round(float(ms.mean()), 3)},
+              "control_period_ms": round(1000.0 / bundle.control_rate_hz, 3),
+              "machine": {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}}
+    if isinstance(bundle, ChunkPolicyBundle):
+        result.update({"cameras": [key.rsplit(".", 1)[-1] for key in bundle.image_shapes],
+                       "denoising_steps": bundle.cfg.num_inference_steps,
+                       "chunk_covers_ms": round(1000.0 * bundle.cfg.n_action_steps / bundle.control_rate_hz, 3)})
+    return result
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -613,15 +751,6 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
     import robostack
 
     run = load_run(source, checkpoint)
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise BundleError(f"cannot write a bundle to {out}: it is a file")
-        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE))
-        if extra:
-            raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
-                                  f"({', '.join(extra[:3])}); choose a new or empty folder")
-
     env = run.make_env(num_envs=1, seed=0, play=True)
     try:
         env.reset(seed=0)
@@ -656,13 +785,28 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "robostack_version": robostack.__version__,
     }
-    metadata = _jsonable(metadata)
+    return write_bundle(out_dir, metadata, lambda path: _write_onnx(module, obs_dim, path),
+                        lambda path: _write_torchscript(module, obs_dim, path))
 
+
+def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onnx: Callable[[Path], None],
+                 write_torchscript: Callable[[Path], None]) -> Path:
+    """Write a bundle's files next to ``out_dir``, hash them, then move them in: a reader never sees a half
+    bundle. ``out_dir`` may be new, empty or an older bundle (replaced); anything else in it is refused."""
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise BundleError(f"cannot write a bundle to {out}: it is a file")
+        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE))
+        if extra:
+            raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
+                              f"({', '.join(extra[:3])}); choose a new or empty folder")
+    metadata = _jsonable(metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_onnx(module, obs_dim, tmp / ONNX_FILE)
-        _write_torchscript(module, obs_dim, tmp / TORCHSCRIPT_FILE)
+        write_onnx(tmp / ONNX_FILE)
+        write_torchscript(tmp / TORCHSCRIPT_FILE)
         metadata["files"] = {name: _sha256_file(tmp / name) for name in HASHED_FILES}
         metadata["content_hash"] = content_hash(tmp, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")

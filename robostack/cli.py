@@ -20,7 +20,7 @@ PROG = "robostack"
 
 # registry kind -> key in ``robostack list --json`` and heading in the table
 LIST_KINDS = (("robot", "robots"), ("task", "tasks"), ("algorithm", "algorithms"), ("backend", "backends"))
-ALGORITHMS = ("ppo", "sac")
+ALGORITHMS = ("ppo", "sac", "diffusion")
 
 
 class UsageError(ValueError):
@@ -129,6 +129,41 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
+    for name, value in (("--demos", args.demos), ("--episodes", args.episodes)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    with _stdout_to_stderr(args.json):
+        from robostack.imitation import bench_imitation
+
+        result = bench_imitation(args.task, demos=args.demos, episodes=args.episodes, seed=args.seed,
+                                 overrides=list(args.overrides), cameras=[args.camera] if args.camera else [],
+                                 workdir=args.workdir)
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+    else:
+        title = (f"bench imitation: task {args.task}, {args.demos} scripted demonstrations, "
+                 f"{args.episodes} randomized evaluation episodes")
+        _print_table(title, result, ("success_rate", "demonstrations", "wall_s"), out)
+    return 0
+
+
+def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
+    for name, value in (("--iterations", args.iterations), ("--threads", args.threads)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    from robostack.bundle import bench_policy
+
+    result = bench_policy(args.bundle, iterations=args.iterations, threads=args.threads)
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+    else:
+        title = f"bench policy: {args.bundle} ({result['kind']}), {args.iterations} inferences, {args.threads} thread(s)"
+        latency = {f"latency_{k}_ms": v for k, v in result.pop("latency_ms").items()}
+        _print_table(title, {**latency, **result}, ("latency_p50_ms", "latency_p99_ms"), out)
+    return 0
+
+
 def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
     for name, value in (("--rate", args.rate), ("--duration", args.duration)):
         if not value > 0:
@@ -217,10 +252,21 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     for item in args.overrides:
         if "=" not in item or item.startswith("="):
             raise UsageError(f"override {item!r} is not of the form key=value (for example ppo.lr=3e-4)")
+    imitation = args.dataset is not None or args.algo == "diffusion"
+    if imitation and args.dataset is None:
+        raise UsageError("--algo diffusion learns from demonstrations: give --dataset DATASET")
+    if imitation and args.resume is not None:
+        raise UsageError("--resume continues reinforcement learning runs; a diffusion run trains in one go")
     with _stdout_to_stderr(args.json):
-        from robostack.train import train
+        if imitation:
+            from robostack.imitation import train_imitation
 
-        summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume, seed=args.seed)
+            summary = train_imitation(args.task, args.dataset, list(args.overrides), seed=args.seed)
+        else:
+            from robostack.train import train
+
+            summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume,
+                            seed=args.seed)
     summary = dict(summary or {})
     if args.json:
         out.write(json.dumps(summary, default=str) + "\n")
@@ -235,11 +281,20 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     with _stdout_to_stderr(args.json):
         from robostack.bundle import export_bundle, load_bundle
+        from robostack.eval_policy import is_imitation_run
 
-        path = export_bundle(args.run, args.out, checkpoint=args.checkpoint)
+        if is_imitation_run(Path(args.run)):
+            from robostack.imitation import export_chunk_bundle
+
+            if args.checkpoint is not None:
+                raise UsageError(f"{args.run} is a diffusion run: it keeps one checkpoint, give no --checkpoint")
+            path = export_chunk_bundle(args.run, args.out)
+        else:
+            path = export_bundle(args.run, args.out, checkpoint=args.checkpoint)
         meta = load_bundle(path).metadata
     training = meta.get("training") or {}
     result = {"bundle": str(path), "robot": meta["robot"], "task": meta["task"], "algo": meta.get("algo"),
+              "kind": meta.get("kind", "actor_critic"),
               "obs_dim": meta["observation"]["dim"], "action_dim": meta["action"]["dim"],
               "control_rate_hz": meta["control_rate_hz"], "iteration": training.get("iteration"),
               "checkpoint": training.get("checkpoint"), "content_hash": meta["content_hash"]}
@@ -353,11 +408,12 @@ def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--max-seconds must be positive, got {args.max_seconds}")
     with _stdout_to_stderr(args.json):
         from robostack.eval_policy import RenderError
-        from robostack.teleop import record
+        from robostack.teleop import choose_view, record
 
         try:
             summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
-                             max_seconds=args.max_seconds, camera=args.camera)
+                             max_seconds=args.max_seconds, camera=args.camera, randomized=args.randomized,
+                             view=choose_view(args.view, args.device))
         except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
             raise UsageError(f"--camera: {exc}") from None
     if args.json:
@@ -424,6 +480,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_deploy)
 
+    p = bench.add_parser(
+        "policy", help="inference latency of a policy bundle (one action, or one full chunk of a diffusion policy)",
+        description="Time onnxruntime inferences of a bundle for one robot on observations of its shapes: one "
+        "action for an actor-critic bundle, one chunk with every denoising step for a chunk (diffusion) bundle.")
+    p.add_argument("bundle", metavar="BUNDLE", help="policy bundle folder")
+    p.add_argument("--iterations", type=int, default=200, help="timed inferences (default: 200)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_policy)
+
+    p = bench.add_parser(
+        "imitation", help="scripted demonstrations, a diffusion policy trained on them, its randomized success",
+        description="Record DEMOS demonstrations of the task's scripted expert under randomization (as robostack "
+        "teleop --device scripted --randomized does), train the task's diffusion recipe on them (robostack train "
+        "TASK --dataset), then evaluate it on randomized episodes. Prints each stage's wall time.")
+    p.add_argument("--task", required=True, help="task with a scripted expert and a diffusion recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. diffusion.num_steps=2000")
+    p.add_argument("--demos", type=int, default=200, help="demonstrations to record (default: 200)")
+    p.add_argument("--episodes", type=int, default=200, help="randomized evaluation episodes (default: 200)")
+    p.add_argument("--camera", default=None, metavar="NAME", help="record this camera and let the policy see it")
+    p.add_argument("--workdir", default=None, metavar="DIR", help="where the dataset goes (default: a new temp dir)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_imitation)
+
     p = sub.add_parser(
         "train",
         help="train a policy for a task",
@@ -435,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="task name (see: robostack list)")
     p.add_argument("--algo", choices=ALGORITHMS, default=None, help="learning algorithm (default: the recipe's algo key)")
     p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
+    p.add_argument("--dataset", metavar="DATASET", default=None,
+                   help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")
@@ -541,16 +624,26 @@ def build_parser() -> argparse.ArgumentParser:
         "teleop", help="teleoperate a simulated task and record the demonstrations into a dataset",
         description="Drive one simulated env with a device and record each kept episode (source teleop) into "
         "OUT. keyboard: a terminal, in real time (w/s a/d r/f move, q/e yaw, space gripper; Enter start, x stop, "
-        "y success, n discard, Esc/Q quit); scripted: the task's scripted expert, as fast as it runs.",
-        epilog="example: robostack teleop --task panda-lift --device keyboard --out data/lift-demos")
-    p.add_argument("--task", required=True, help="simulated task (an end-effector arm task for the keyboard)")
-    p.add_argument("--device", required=True, help="keyboard or scripted")
+        "y success, n discard, Esc/Q quit); gamepad (pygame) and joy (ROS 2 sensor_msgs/Joy on topic joy): an "
+        "Xbox-style pad (left stick x/y, right stick z and yaw, A gripper; Start start, Y success, X stop, "
+        "B discard, Back quit); spacemouse (hidapi): a 3Dconnexion SpaceMouse (the cap moves and turns the TCP; "
+        "left button gripper, right button start/success, both discard/quit); scripted: the task's scripted "
+        "expert, as fast as it runs.",
+        epilog="example: robostack teleop --task panda-lift --device gamepad --out data/lift-demos")
+    p.add_argument("--task", required=True, help="simulated task (an end-effector arm task for a human's device)")
+    p.add_argument("--device", required=True, help="keyboard, gamepad, joy, spacemouse or scripted")
     p.add_argument("--out", required=True, metavar="DATASET", help="dataset folder (new, or one to append to)")
     p.add_argument("--episodes", type=int, default=None,
-                   help="stop after N kept episodes (default: keyboard until quit, scripted 1)")
+                   help="stop after N kept episodes (default: a human's device until quit, scripted 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after S seconds of wall time")
     p.add_argument("--camera", default=None, metavar="NAME", help="also record this camera (needs offscreen GL)")
+    p.add_argument("--randomized", action="store_true",
+                   help="keep the task's domain randomization on (default: the play variant)")
+    p.add_argument("--view", choices=("auto", "viewer", "frames", "none"), default=None,
+                   help="live view: viewer (MuJoCo's window), frames (the scene camera about 5 times a second to "
+                   "OUT.live.png), none; auto: viewer with a display (DISPLAY or WAYLAND_DISPLAY), else frames "
+                   "(default: auto, scripted none)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_teleop)
     return parser

@@ -1038,8 +1038,10 @@ def _actuated_joints(model: Any) -> list[str]:
 
 
 def sim_features(env: Any) -> dict[str, dict[str, Any]]:
-    """``observation.state``, ``action`` and (if the task has one) ``observation.command`` of a ``TaskEnv``,
-    named as ``convert_bag`` names them for the same robot."""
+    """``observation.state``, ``action`` and (if the task has them) ``observation.command``,
+    ``observation.ee_pose`` (the IK site of an end-effector task: position, quaternion wxyz) and
+    ``observation.environment_state`` (objects in the scene) of a ``TaskEnv``; state and action named as
+    ``convert_bag`` names them for the same robot."""
     model = env.default_model
     joints = _actuated_joints(model)
     base = list(BASE_STATE) if _free_joint(model) is not None else []
@@ -1047,6 +1049,13 @@ def sim_features(env: Any) -> dict[str, dict[str, Any]]:
                 "action": _vector_feature(action_names(joints, model.nu))}
     if env.task.command_dim:
         features["observation.command"] = _vector_feature(command_names(env.task.command_dim))
+    if env.task.action.ik is not None:
+        site = env.task.action.ik.site
+        features["observation.ee_pose"] = _vector_feature([f"{site}.{axis}" for axis in ("x", "y", "z", "qw", "qx",
+                                                                                        "qy", "qz")])
+    if env.task.environment_state:
+        features["observation.environment_state"] = _vector_feature(
+            [f"{name}.{axis}" for name, (_, axes) in env.task.environment_state.items() for axis in axes])
     return features
 
 
@@ -1058,6 +1067,13 @@ def sim_frame(env: Any) -> dict[str, np.ndarray]:
     frame = {"observation.state": state.astype(np.float32)}
     if env.task.command_dim:
         frame["observation.command"] = env.command.cpu().numpy().astype(np.float32)
+    if env.task.action.ik is not None:  # the end effector's pose, as forward kinematics gives it
+        site = env.task.action.ik.site
+        frame["observation.ee_pose"] = np.concatenate(
+            [env.sensor(f"{site}_{part}").cpu().numpy() for part in ("pos", "quat")], axis=1).astype(np.float32)
+    if env.task.environment_state:
+        frame["observation.environment_state"] = np.concatenate(
+            [term(env).cpu().numpy() for term, _ in env.task.environment_state.values()], axis=1).astype(np.float32)
     return frame
 
 

@@ -168,15 +168,34 @@ def _is_bundle(path: Path) -> bool:
     return is_bundle(path)
 
 
+def is_imitation_run(path: Path) -> bool:
+    """A diffusion run folder (``robostack.imitation``), told by its config without importing torch."""
+    import yaml
+
+    config = path / "config.yaml"
+    return config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("algo") == "diffusion"
+
+
 def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """What ``eval_policy`` needs: ``kind`` ("bundle" | "run"), ``task``, ``task_config`` (the full config it
-    trained with), ``algo`` and a ``make_policy(env) -> (obs dict -> action tensor)``."""
+    trained with), ``algo`` and a ``make_policy(env) -> (obs dict -> action tensor)``; with ``controls`` true
+    the policy's output is actuator controls (a diffusion run: ``robostack.imitation``)."""
     path = Path(source)
+    if is_imitation_run(path):
+        from robostack.imitation import load_imitation_run
+
+        if checkpoint is not None:
+            raise ValueError(f"{path} is a diffusion run: it keeps one checkpoint, give no --checkpoint")
+        return load_imitation_run(path)
     if _is_bundle(path):
         from robostack.bundle import load_bundle
 
         bundle = load_bundle(path)
         meta = bundle.metadata
+        if meta.get("kind") == "chunk":
+            from robostack.imitation import chunk_bundle_policy
+
+            return chunk_bundle_policy(bundle)
 
         def make_bundle_policy(env: Any) -> Callable[[dict[str, Any]], Any]:
             import torch
@@ -227,13 +246,15 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
     if video is not None:
         ensure_offscreen_gl()  # before MuJoCo is imported, if it has not been yet
     loaded = load_policy(source, checkpoint)
+    if loaded.get("cameras"):
+        ensure_offscreen_gl()
 
     from robostack import sim
     from robostack.evaluate import evaluate
 
     n = num_envs or min(episodes, 32)
     env = sim.make_env(loaded["task"], num_envs=n, seed=seed, play=not randomized, config=loaded["task_config"])
-    recorder = None
+    recorder = policy = None
     try:
         policy = loaded["make_policy"](env)
         if video is not None:
@@ -244,10 +265,12 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
                 recorder.record()
                 return inner(obs)
 
-        result = evaluate(env, policy, episodes, seed=seed)
+        result = evaluate(env, policy, episodes, seed=seed, controls=loaded.get("controls", False))
     finally:
         if recorder is not None:
             recorder.close()
+        if hasattr(policy, "close"):
+            policy.close()
         env.close()
 
     out: dict[str, Any] = {"source": str(source), "kind": loaded["kind"], "task": loaded["task"],

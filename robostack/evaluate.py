@@ -21,8 +21,9 @@ _CORE = ("return", "length", "success")
 
 
 def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
-             max_steps: int | None = None) -> dict[str, Any]:
+             max_steps: int | None = None, controls: bool = False) -> dict[str, Any]:
     """Run ``policy`` (obs dict -> action batch) on ``env`` until ``episodes`` episodes are counted.
+    With ``controls`` the policy's output is actuator controls (``env.step_controls``), not actions.
 
     Returns ``episodes``, ``success_rate``, ``mean_return``, ``std_return``, ``mean_length`` and, for every
     other key of ``info["episode"]`` (``reward/<term>`` sums, task errors, ...), its mean under that key.
@@ -39,6 +40,7 @@ def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
         max_steps = (per_env + 1) * int(getattr(env, "max_episode_length", 10_000)) + 1
 
     values: dict[str, list[torch.Tensor]] = {}
+    step = env.step_controls if controls else env.step
     with torch.inference_mode():
         obs, _ = env.reset(seed)
         steps = 0
@@ -47,7 +49,7 @@ def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
                 raise RuntimeError(
                     f"evaluate: only {int(counted.sum())} of {episodes} episodes finished in {steps} steps"
                 )
-            obs, _, terminated, truncated, info = env.step(policy(obs))
+            obs, _, terminated, truncated, info = step(policy(obs))
             steps += 1
             done = info.get("done")
             done = (terminated | truncated) if done is None else done

@@ -366,6 +366,9 @@ def train(
     else:
         saved_task_config = None
         path = Path(config) if config is not None else config_path("train", f"{task}.yaml")
+        if path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("algo") == "diffusion":
+            raise ConfigError(f"{path} is a diffusion recipe: it learns from demonstrations "
+                              f"(robostack train {task} --dataset DATASET, robostack.imitation)")
         cfg = load_config(TrainConfig, path, train_overrides)
         run_dir = None
     if seed is not None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the repo's .venv: torch (CPU, pinned) first, then robostack in editable mode with its
-# test extras, then the ROS 2 Jazzy Python wheels. Idempotent: a second run that finds nothing changed
-# (same pyproject.toml, setup.py, setup.cfg, this script, repo path) returns at once, printing nothing.
+# test and teleop extras (teleop: pygame, hidapi), then the ROS 2 Jazzy Python wheels. Idempotent: a
+# second run that finds nothing changed (same pyproject.toml, setup.py, setup.cfg, this script, repo path)
+# returns at once, printing nothing.
 #
 # Offscreen rendering (robostack eval --video) needs an EGL or OSMesa GL library; when neither is found
 # (ldconfig), the Debian/Ubuntu packages for Mesa's software EGL are installed with apt-get (as root, or
@@ -50,7 +51,7 @@ import importlib.util as u, pathlib, sys
 spec = u.find_spec("robostack")
 assert spec and pathlib.Path(spec.origin).resolve().is_relative_to(pathlib.Path(sys.argv[1]).resolve())
 assert all(u.find_spec(m) for m in ("torch", "mujoco", "yaml", "pytest", "rclpy", "sensor_msgs", "onnxruntime",
-                                    "onnx", "cv2"))
+                                    "onnx", "cv2", "pygame", "hid"))
 PY
 then
   exit 0
@@ -107,7 +108,7 @@ fi
 VPY="$VENV/bin/python"
 run "upgrading pip" "$VPY" -m pip install -q --upgrade pip
 run "installing $TORCH_PIN (CPU)" "$VPY" -m pip install -q "$TORCH_PIN"
-run "installing robostack (editable, with test extras)" "$VPY" -m pip install -q -e ".[test]"
+run "installing robostack (editable, with test and teleop extras)" "$VPY" -m pip install -q -e ".[test,teleop]"
 run "installing the ROS 2 Jazzy wheels (rclpy and messages)" "$VPY" -m pip install -q "${ROS_WHEELS[@]}"
 run "checking the installation" "$VPY" -c "import torch, mujoco, yaml, rclpy, sensor_msgs.msg, onnxruntime, cv2, robostack.cli"
 [ -x "$VENV/bin/robostack" ] || die "the robostack command is missing from .venv/bin after install (see $LOG)"

@@ -166,3 +166,6 @@ class TaskDefinition:
     observation_noise: float = 1.0  # multiplier on every ObsTerm's noise
     randomize: bool = True  # False in the play variant
     cfg: Any = None  # the task's typed config, for term functions that read their parameters
+    # what a perception stack would report about the scene, noiseless (datasets record it as
+    # observation.environment_state): name -> (term [N, len(axes)], one letter per component, e.g. "xyz")
+    environment_state: dict[str, tuple[TermFn, str]] = field(default_factory=dict)

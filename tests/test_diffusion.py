@@ -2,6 +2,7 @@
 with a multimodal expert, temporal ensembling, the image encoder and ONNX parity."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -13,7 +14,7 @@ from robostack.bundle import ONNX_OPSET
 from robostack.config import from_dict, to_dict
 from robostack.policies.diffusion import (
     ACTION_KEY, STATE_KEY, ChunkExecutor, DemonstrationWindows, DiffusionConfig, DiffusionPolicy, ImageEncoder,
-    MinMaxNormalizer, check_episodes, compute_stats, ddim_schedule, ddim_update, squared_cosine_alphas_cumprod,
+    MinMaxNormalizer, check_episodes, compute_stats, ddim_schedule, ddim_update, relative_action_stats, squared_cosine_alphas_cumprod,
     train_diffusion, window_indices)
 
 
@@ -224,7 +225,7 @@ def test_sampled_chunks_reproduce_the_demonstrations(toy_run):
     policy, episodes, _ = toy_run
     cfg = policy.cfg
     errors = []
-    generator = torch.Generator().manual_seed(0)
+    generator = np.random.default_rng(0)
     for episode in episodes[:8]:
         for step in (2, 6, 9, 12, 17):  # the side is visible in the state here; 9 and 12 straddle the turn
             chunk = policy.predict_chunk(history_at(episode, step, cfg), generator=generator)
@@ -245,17 +246,23 @@ def test_ambiguous_start_gives_both_modes_not_their_average(toy_run):
     assert error.mean() < MAX_CHUNK_ERROR, np.round(error, 4)
 
 
-def test_executor_drives_around_the_obstacle_in_closed_loop(toy_run):
+def test_executor_drives_a_batch_around_the_obstacle_in_closed_loop(toy_run):
+    """40 robots from the start, in one batch. The toy policy drives most of them around the obstacle, both
+    ways; a policy that averaged the two modes would drive every one into it. Measured: 28 of 40 (0.70) with
+    this seed, 15 of 20 single-robot runs with seeds 0-19; the misses pass at 0.15-0.29 from the obstacle."""
     policy, _, _ = toy_run
-    for seed in range(4):
-        executor = ChunkExecutor(policy, seed=seed)
-        position, velocity, path = START.copy(), np.zeros(2), []
-        for _ in range(EPISODE_LENGTH):
-            velocity = executor.step({STATE_KEY: np.concatenate([position, velocity]).astype(np.float32)})
-            position = position + velocity
-            path.append(position)
-        distance_to_obstacle = np.linalg.norm(np.array(path), axis=1).min()
-        assert distance_to_obstacle > 0.3 and np.linalg.norm(position - GOAL) < 0.15, (seed, position)
+    n = 40
+    executor = ChunkExecutor(policy, num_envs=n, seed=0)
+    position, velocity, path = np.tile(START, (n, 1)), np.zeros((n, 2)), []
+    for _ in range(EPISODE_LENGTH):
+        velocity = executor.step({STATE_KEY: np.concatenate([position, velocity], axis=1).astype(np.float32)})
+        position = position + velocity
+        path.append(position)
+    distance_to_obstacle = np.linalg.norm(np.stack(path, axis=1), axis=2).min(axis=1)
+    around = (distance_to_obstacle > 0.3) & (np.linalg.norm(position - GOAL, axis=1) < 0.15)
+    assert around.mean() >= 0.5, np.round(distance_to_obstacle, 2)
+    sides = np.sign(np.stack(path, axis=1)[around, SWITCH_STEP // 2, 0])
+    assert (sides < 0).any() and (sides > 0).any()  # both modes
 
 
 # ------------------------------------------------------------------------------------- execution
@@ -268,22 +275,31 @@ class ConstantChunks:
         self.cfg = DiffusionConfig(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps)
         self.values, self.histories = list(values), []
 
-    def predict_chunk(self, history, generator=None):
-        self.histories.append(history[STATE_KEY].copy())
-        return np.full((self.cfg.horizon, 2), self.values[len(self.histories) - 1], dtype=np.float32)
+    def predict_chunks(self, histories, generator=None):
+        """One query per robot that asks, in robot order."""
+        chunks = []
+        for history in histories[STATE_KEY]:
+            self.histories.append(history.copy())
+            chunks.append(np.full((self.cfg.horizon, 2), self.values[len(self.histories) - 1], dtype=np.float32))
+        return np.stack(chunks)
+
+
+def one(value):
+    """One robot's state observation."""
+    return {STATE_KEY: np.array([[value]], np.float32)}
 
 
 def test_temporal_ensembling_of_constant_chunks_returns_the_constant():
     executor = ChunkExecutor(ConstantChunks([1.5] * 20), query_every=1)
     for t in range(10):
-        np.testing.assert_allclose(executor.step({STATE_KEY: np.array([t], np.float32)}), [1.5, 1.5])
+        np.testing.assert_allclose(executor.step(one(t)), [[1.5, 1.5]])
 
 
 def test_ensembling_weights_history_and_reset():
     coef = 0.5
     policy = ConstantChunks(values=range(100))
     executor = ChunkExecutor(policy, query_every=1, ensemble_coef=coef)
-    outputs = [executor.step({STATE_KEY: np.array([t], np.float32)})[0] for t in range(5)]
+    outputs = [executor.step(one(t))[0, 0] for t in range(5)]
     # at step t the chunks of queries t-2, t-1, t (n_action_steps = 3) cover t; the oldest weighs most
     for t, out in enumerate(outputs):
         values = np.arange(max(0, t - 2), t + 1)
@@ -293,14 +309,32 @@ def test_ensembling_weights_history_and_reset():
     assert policy.histories[3][:, 0].tolist() == [2, 3]
 
     executor.reset()
-    assert executor.step({STATE_KEY: np.array([9], np.float32)})[0] == 5  # no older chunk: the 6th query alone
+    assert executor.step(one(9))[0, 0] == 5  # no older chunk: the 6th query alone
     assert policy.histories[-1][:, 0].tolist() == [9, 9]
 
     receding = ConstantChunks(values=range(100))
     plain = ChunkExecutor(receding)  # query every n_action_steps: no overlap, no averaging
-    assert [plain.step({STATE_KEY: np.zeros(1, np.float32)})[0] for _ in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+    assert [plain.step(one(0))[0, 0] for _ in range(7)] == [0, 0, 0, 1, 1, 1, 2]
     with pytest.raises(ValueError, match="query_every must be in 1..n_action_steps = 3"):
         ChunkExecutor(receding, query_every=4)
+
+
+def test_robots_in_a_batch_keep_their_own_episodes():
+    """Robot 1 restarts its episode at step 2: it queries then (robot 0 does not), its history starts over
+    and no chunk of its old episode reaches its new one; robot 0 goes on undisturbed."""
+    policy = ConstantChunks(values=range(100))  # n_action_steps 3: plain receding horizon queries every 3 steps
+    executor = ChunkExecutor(policy, num_envs=2)
+    states = lambda t: {STATE_KEY: np.array([[t], [10 + t]], np.float32)}  # noqa: E731
+    first = [executor.step(states(t)) for t in range(2)]
+    assert [a[:, 0].tolist() for a in first] == [[0, 1], [0, 1]]  # one batch of two queries at step 0
+    executor.reset([1])
+    second = executor.step(states(2))
+    assert second[:, 0].tolist() == [0, 2]  # robot 0 still executes its first chunk; robot 1 queried alone
+    assert policy.histories[-1][:, 0].tolist() == [12, 12]  # its new episode's first state fills the history
+    assert executor.step(states(3))[:, 0].tolist() == [3, 2]  # robot 0's second query
+    assert policy.histories[-1][:, 0].tolist() == [2, 3]
+    with pytest.raises(ValueError, match="observation 'observation.state' has 1 rows for 2 robots"):
+        executor.step(one(0))
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -360,6 +394,35 @@ def test_onnx_chunk_matches_torch(toy_run, tmp_path):
     assert onnx_chunk.shape == (1, policy.cfg.horizon, 2)
     np.testing.assert_allclose(onnx_chunk, expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(module(noise, state).numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_relative_chunks_are_learned_from_and_returned_to_the_current_state(tmp_path):
+    """With an action reference, the normalizer holds the windows' actions minus the current state's columns,
+    and a sampled chunk (torch and ONNX alike) is that reference plus what the denoiser made."""
+    episodes = obstacle_demos(2)
+    cfg = DiffusionConfig(**{**TOY_CFG, "num_steps": 2})
+    data = DemonstrationWindows(episodes, cfg.n_obs_steps, cfg.horizon, cfg.n_action_steps)
+    stats = relative_action_stats(data, [2, 3])  # actions relative to the velocity part of the state
+    state, actions = episodes[0][STATE_KEY], episodes[0][ACTION_KEY]
+    # the window starting at step 1 has its current state at step 2 and actions 1..8
+    assert np.all(stats["min"] <= (actions[1:9] - state[2, 2:4]).min(0) + 1e-6)
+    assert np.all(stats["max"] >= (actions[1:9] - state[2, 2:4]).max(0) - 1e-6)
+    policy = train_diffusion(episodes, cfg, progress=False, action_reference=[2, 3])
+    np.testing.assert_allclose(policy.action_normalizer.low.numpy(), stats["min"], rtol=1e-6)
+    module = policy.export_module()
+    noise, history = module.example_inputs()
+    history = torch.rand_like(history)
+    chunk = module(noise, history)
+    absolute = copy.deepcopy(policy)
+    absolute.action_reference = None  # the same weights, read as absolute actions
+    offsets = absolute.sample({STATE_KEY: history}, noise=noise, eta=0.0)
+    torch.testing.assert_close(chunk, offsets + history[:, -1:, 2:4])  # the current state's columns, every step
+    np.testing.assert_allclose(export_and_run(module, (noise, history), tmp_path / "relative.onnx"), chunk.numpy(),
+                               atol=1e-4, rtol=0)
+    reloaded = DiffusionPolicy.from_checkpoint(policy.checkpoint())
+    assert reloaded.action_reference == [2, 3]
+    with pytest.raises(ValueError, match="one state column"):
+        DiffusionPolicy(cfg, state_stats(4, 2), action_reference=[0])
 
 
 def test_default_size_policy_exports(tmp_path):

@@ -80,6 +80,10 @@ def hole_pos(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{HOLE}_pos")
 
 
+def hole_quat(env: TaskEnv) -> torch.Tensor:
+    return env.sensor(f"{HOLE}_quat")
+
+
 def tip_to_hole(env: TaskEnv) -> torch.Tensor:
     return hole_pos(env) - env.sensor(f"{TIP}_pos")
 
@@ -96,7 +100,7 @@ def insertion_depth(env: TaskEnv) -> torch.Tensor:
 
 def yaw_error(env: TaskEnv) -> torch.Tensor:
     """[N, 1] turn (rad) that lines the peg's faces up with the hole's, the smallest of the four."""
-    turn = manip.heading(env.sensor(f"{HOLE}_quat")) - manip.heading(manip.object_quat(env))
+    turn = manip.heading(hole_quat(env)) - manip.heading(manip.object_quat(env))
     return manip.wrap(turn, torch.pi / 2).unsqueeze(1)
 
 
@@ -161,7 +165,8 @@ def build(cfg: PandaInsertConfig) -> TaskDefinition:
         shaping={"align": RewardTerm(align_kernel, cfg.rewards.align),
                  "depth": RewardTerm(depth_progress, cfg.rewards.depth)},
         place=place_hole, reset=reset, gripper_closed=True,
-        metrics={"tip_offset": tip_offset, "insertion_depth": insertion_depth})
+        metrics={"tip_offset": tip_offset, "insertion_depth": insertion_depth},
+        scene_state={"hole_pos": (hole_pos, "xyz"), "hole_quat": (hole_quat, "wxyz")})
 
 
 @register("expert", "panda-insert", "scripted: peg above the hole, lined up with it, then down with corrections")

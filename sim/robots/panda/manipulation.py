@@ -332,10 +332,11 @@ def randomization_events(r: Randomization, table: Table) -> dict[str, EventTerm]
 def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *, success: TermFn, dropped: TermFn,
                     goal: dict[str, ObsTerm], shaping: dict[str, RewardTerm], place: EventFn,
                     reset: Callable[[TaskEnv, np.ndarray], None], gripper_closed: bool,
-                    metrics: dict[str, TermFn], command_dim: int = 0) -> TaskDefinition:
+                    metrics: dict[str, TermFn], scene_state: dict[str, tuple[TermFn, str]] | None = None,
+                    command_dim: int = 0) -> TaskDefinition:
     """A manipulation task from its own parts: the ``success`` and ``dropped`` terms, ``goal`` observations,
     ``shaping`` rewards, the reset event that ``place``s its object or goal (kept in play: it is the task, not
-    randomization) and ``reset``. The rest is common: the end-effector + gripper action, observation groups,
+    randomization), ``reset`` and the ``scene_state`` beyond the object's pose. The rest is common: the end-effector + gripper action, observation groups,
     the sparse success reward and action-rate penalty, terminations (dropped; success where configured) and the
     randomization events."""
     terminations = {"dropped": DoneTerm(dropped)}
@@ -360,6 +361,8 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
         success=success,
         command_dim=command_dim,
         metrics=metrics,
+        environment_state={"object_pos": (object_pos, "xyz"), "object_quat": (object_quat, "wxyz"),
+                           **(scene_state or {})},
         observation_noise=cfg.randomization.observation_noise,
         randomize=cfg.randomization.enabled,
         cfg=cfg,
