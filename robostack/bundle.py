@@ -71,8 +71,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "BundleError", "PolicyBundle", "ChunkPolicyBundle", "load_bundle", "write_bundle", "bench_policy", "export_bundle", "content_hash",
-           "ONNX_FILE", "TORCHSCRIPT_FILE", "METADATA_FILE"]
+__all__ = ["FORMAT_VERSION", "BundleError", "LoadedBundle", "PolicyBundle", "ChunkPolicyBundle", "load_bundle",
+           "write_bundle", "bench_policy", "export_bundle", "content_hash", "ONNX_FILE", "TORCHSCRIPT_FILE",
+           "METADATA_FILE"]
 
 FORMAT_VERSION = 1
 ONNX_FILE = "policy.onnx"

@@ -158,7 +158,8 @@ def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(result) + "\n")
     else:
-        title = f"bench policy: {args.bundle} ({result['kind']}), {args.iterations} inferences, {args.threads} thread(s)"
+        title = (f"bench policy: {args.bundle} ({result['kind']}), {args.iterations} inferences, "
+                 f"{args.threads} thread(s)")
         latency = {f"latency_{k}_ms": v for k, v in result.pop("latency_ms").items()}
         _print_table(title, {**latency, **result}, ("latency_p50_ms", "latency_p99_ms"), out)
     return 0

@@ -163,3 +163,32 @@ def test_learning_from_a_dataset_names_what_is_wrong(demos, tmp_path, capsys, mo
     assert "no feature 'observation.velocity'" in capsys.readouterr().err
     assert cli.main(["train", "panda-lift", "--dataset", str(demos), "relative_actions=true", *TINY]) == 2
     assert "with action_key 'teleop.action' set relative_actions=false" in capsys.readouterr().err
+
+
+def test_a_camera_policy_trains_and_sees_each_envs_randomized_camera(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MUJOCO_GL", raising=False)  # teleop and eval pick an offscreen backend themselves
+    monkeypatch.delenv("DISPLAY", raising=False)
+    demos = tmp_path / "demos"
+    assert cli.main(["teleop", "--task", "panda-lift", "--device", "scripted", "--out", str(demos),
+                     "--camera", "scene", "--randomized", "--json"]) == 0
+    capsys.readouterr()
+    small_encoder = ["cameras=[scene]", "diffusion.image_channels=[8, 8]", "diffusion.num_keypoints=4",
+                     "diffusion.image_feature_dim=8", "diffusion.n_groups=4"]
+    summary = train_imitation("panda-lift", demos, [*TINY, *small_encoder, "eval_episodes=0"],
+                              run_root=str(tmp_path), progress=False)
+    from robostack.eval_policy import load_policy
+
+    loaded = load_policy(summary["run_dir"])
+    env = sim.make_env("panda-lift", num_envs=2, seed=3, config=loaded["task_config"])
+    try:
+        env.reset(seed=3)
+        policy = loaded["make_policy"](env)
+        frames = policy.renderers["scene"].render_all()
+        assert frames.shape == (2, 120, 160, 3) and frames.std() > 1
+        assert not np.allclose(env.sim.models[0].cam_pos, env.sim.models[1].cam_pos)  # randomized per env
+        drawn_last = policy.renderers["scene"].model  # holds the camera of the env it drew last
+        np.testing.assert_array_equal(drawn_last.cam_pos, env.sim.models[1].cam_pos)
+        assert policy().shape == (2, env.action_dim)  # the chunk comes from state and image
+        policy.close()
+    finally:
+        env.close()
