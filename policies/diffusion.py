@@ -78,6 +78,7 @@ class DiffusionConfig:
     mlp_hidden: tuple[int, ...] = (256, 256, 256)  # denoiser: mlp
     # image encoder (only built when the episodes have cameras)
     image_channels: tuple[int, ...] = (32, 64, 64)  # conv layers; all but the last halve the resolution
+    image_pool: int = 1  # average-pool the cropped frame by this factor first (part of the graph): CPU training
     num_keypoints: int = 32  # spatial-softmax keypoints per camera
     image_feature_dim: int = 64  # features per camera and observation step
     crop_fraction: float = 0.9  # crop size / image size: random crop in training, center crop at inference
@@ -119,6 +120,8 @@ class DiffusionConfig:
             problems.append(f"step_embed_dim must be even and >= 4, got {self.step_embed_dim}")
         if not self.image_channels:
             problems.append("image_channels needs at least one conv layer")
+        if self.image_pool < 1:
+            problems.append(f"image_pool must be >= 1, got {self.image_pool}")
         if not 0.0 < self.crop_fraction <= 1.0:
             problems.append(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
@@ -437,10 +440,10 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, image_hw: tuple[int, int], crop_fraction: float = 0.9,
                  channels: tuple[int, ...] = (32, 64, 64), num_keypoints: int = 32, feature_dim: int = 64,
-                 n_groups: int = 8):
+                 n_groups: int = 8, pool: int = 1):
         super().__init__()
         self.crop_hw = tuple(max(1, round(size * crop_fraction)) for size in image_hw)
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
         in_channels = 3
         for i, out_channels in enumerate(channels):
             kernel = 5 if i == 0 else 3
@@ -498,7 +501,7 @@ class DiffusionPolicy(nn.Module):
                                  if STATE_KEY in stats else None)
         self.image_encoders = nn.ModuleDict({
             key[len(IMAGE_PREFIX):]: ImageEncoder(hw, cfg.crop_fraction, cfg.image_channels, cfg.num_keypoints,
-                                                  cfg.image_feature_dim, cfg.n_groups)
+                                                  cfg.image_feature_dim, cfg.n_groups, cfg.image_pool)
             for key, hw in self.image_shapes.items()})
         self.obs_keys = ([STATE_KEY] if self.state_normalizer is not None else []) + list(self.image_shapes)
         self.state_dim = 0 if self.state_normalizer is None else len(self.state_normalizer.low)
@@ -593,7 +596,9 @@ class DiffusionPolicy(nn.Module):
 
     def export_module(self, num_inference_steps: int | None = None) -> ChunkSampler:
         """A standalone module for one full chunk (every DDIM step unrolled, eta = 0), for ONNX export."""
-        return ChunkSampler(self, num_inference_steps or self.cfg.num_inference_steps)
+        # eval mode on the wrapper too: exporters restore its mode to every submodule (an image encoder in
+        # training mode crops at random)
+        return ChunkSampler(self, num_inference_steps or self.cfg.num_inference_steps).eval()
 
     # -- checkpoints
     def checkpoint(self) -> dict[str, Any]:

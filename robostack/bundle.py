@@ -53,6 +53,15 @@ same three files; its graph runs every denoising step of one action chunk::
                     n_action_steps, num_inference_steps, query_every, ensemble_coef, inputs}, and robot, task,
                     joint_names, control rate, task_config, training, files and content_hash as above
 
+A residual bundle (``"kind": "residual"``: ``robostack.residual.export_residual_bundle``) is a vector policy
+that corrects a chunk bundle kept in ``base/``::
+
+    policy.onnx     input "obs" [batch, obs_dim]: the task's policy observation, then the base's action;
+                    output "action" [batch, action_dim]: the correction in [-1, 1]
+    metadata        observation {dim, terms: [..., {name: "base_action", dim: action_dim}]}, action (the
+                    base's), residual {scale, executed}: the executed action is clip(base action + scale *
+                    correction, -1, 1); base {path: "base", content_hash: the base bundle's}
+
 Loading (``load_bundle``) needs only numpy and onnxruntime: this module imports neither torch nor MuJoCo at
 the top; ``export_bundle`` (the training side) imports them when called.
 """
@@ -71,7 +80,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "BundleError", "LoadedBundle", "PolicyBundle", "ChunkPolicyBundle", "load_bundle",
+__all__ = ["FORMAT_VERSION", "BundleError", "LoadedBundle", "PolicyBundle", "ChunkPolicyBundle", "ResidualPolicyBundle",
+           "load_bundle",
            "write_bundle", "bench_policy", "export_bundle", "content_hash", "ONNX_FILE", "TORCHSCRIPT_FILE",
            "METADATA_FILE"]
 
@@ -79,10 +89,11 @@ FORMAT_VERSION = 1
 ONNX_FILE = "policy.onnx"
 TORCHSCRIPT_FILE = "policy.pt"
 METADATA_FILE = "metadata.json"
+BASE_DIR = "base"  # a residual bundle's base policy: a bundle of its own
 HASHED_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
 INPUT_NAME = "obs"
 OUTPUT_NAME = "action"
-ACTOR_CRITIC, CHUNK = "actor_critic", "chunk"  # metadata "kind" (absent: actor_critic)
+ACTOR_CRITIC, CHUNK, RESIDUAL = "actor_critic", "chunk", "residual"  # metadata "kind" (absent: actor_critic)
 CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 ONNX_OPSET = 17
 
@@ -148,23 +159,13 @@ class LoadedBundle:
         return float(self.metadata["control_rate_hz"])
 
 
-class PolicyBundle(LoadedBundle):
-    """A loaded actor-critic bundle: ``act(obs) -> action`` through onnxruntime."""
+class VectorPolicyBundle(LoadedBundle):
+    """A bundle whose graph maps an observation vector to an action vector: ``act(obs) -> action``."""
 
     def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
         super().__init__(path, metadata, session)
         self.obs_dim = int(metadata["observation"]["dim"])
         self.action_dim = int(metadata["action"]["dim"])
-        act = metadata["action"]
-        self.ik = act.get("ik")  # end-effector actions: controls need the robot's kinematics
-        self._act_ids = np.array(self.ik["actuator_indices"] if self.ik else [t["actuator_index"] for t in act["terms"]],
-                                 dtype=np.int64)
-        self._act_scale = np.array([t["scale"] for t in act["terms"]], dtype=np.float64)
-        self._ctrl_offset = np.array(act["offset"], dtype=np.float64)
-        self._ctrl_lo = np.array([-np.inf if v is None else v for v in act["ctrl_min"]], dtype=np.float64)
-        self._ctrl_hi = np.array([np.inf if v is None else v for v in act["ctrl_max"]], dtype=np.float64)
-        self.relative = bool(act.get("relative", False))
-        self.target_limits = act.get("target_limits")  # the safety layer's clamps, at the measured state
 
     # -- convenience views of the metadata
     def observation_slices(self) -> dict[str, slice]:
@@ -199,6 +200,31 @@ class PolicyBundle(LoadedBundle):
 
     __call__ = act
 
+    def _term_at(self, cols: np.ndarray) -> list[str]:
+        out = []
+        for c in cols:
+            for name, sl in self.observation_slices().items():
+                if sl.start <= int(c) < sl.stop and name not in out:
+                    out.append(name)
+        return out
+
+
+class PolicyBundle(VectorPolicyBundle):
+    """A loaded actor-critic bundle: ``act(obs) -> action`` through onnxruntime, ``controls(action)``."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any):
+        super().__init__(path, metadata, session)
+        act = metadata["action"]
+        self.ik = act.get("ik")  # end-effector actions: controls need the robot's kinematics
+        self._act_ids = np.array(self.ik["actuator_indices"] if self.ik else [t["actuator_index"] for t in act["terms"]],
+                                 dtype=np.int64)
+        self._act_scale = np.array([t["scale"] for t in act["terms"]], dtype=np.float64)
+        self._ctrl_offset = np.array(act["offset"], dtype=np.float64)
+        self._ctrl_lo = np.array([-np.inf if v is None else v for v in act["ctrl_min"]], dtype=np.float64)
+        self._ctrl_hi = np.array([np.inf if v is None else v for v in act["ctrl_max"]], dtype=np.float64)
+        self.relative = bool(act.get("relative", False))
+        self.target_limits = act.get("target_limits")  # the safety layer's clamps, at the measured state
+
     def controls(self, action: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
         """Actuator controls ``[nu]`` (or ``[B, nu]``) for action(s): ``base + scale * a`` on the driven
         actuators, clipped to the actuators' control limits (what the simulator applied in training).
@@ -223,17 +249,24 @@ class PolicyBundle(LoadedBundle):
         ctrl[..., self._act_ids] += self._act_scale * a
         return np.clip(ctrl, self._ctrl_lo, self._ctrl_hi)
 
-    def _term_at(self, cols: np.ndarray) -> list[str]:
-        out = []
-        for c in cols:
-            for name, sl in self.observation_slices().items():
-                if sl.start <= int(c) < sl.stop and name not in out:
-                    out.append(name)
-        return out
-
     def __repr__(self) -> str:
         return (f"PolicyBundle({str(self.path)!r}, robot={self.robot!r}, task={self.task!r}, "
                 f"obs_dim={self.obs_dim}, action_dim={self.action_dim})")
+
+
+class ResidualPolicyBundle(VectorPolicyBundle):
+    """A residual bundle (``robostack.residual``): ``act(obs)`` is the correction in [-1, 1] from the task's
+    policy observation with the base's action appended; ``base`` is the chunk bundle it corrects, and the
+    executed action is ``clip(base action + scale * correction, -1, 1)``."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any, base: ChunkPolicyBundle):
+        super().__init__(path, metadata, session)
+        self.base = base
+        self.scale = float(metadata["residual"]["scale"])
+
+    def __repr__(self) -> str:
+        return (f"ResidualPolicyBundle({str(self.path)!r}, task={self.task!r}, obs_dim={self.obs_dim}, "
+                f"scale={self.scale}, base={self.base!r})")
 
 
 class ChunkPolicyBundle(LoadedBundle):
@@ -294,8 +327,11 @@ def _check_metadata(root: Path, meta: dict[str, Any]) -> None:
     if kind == CHUNK:
         _check_chunk_metadata(meta, fail)
         return
+    if kind == RESIDUAL:
+        _check_residual_metadata(meta, fail)
+        return
     if kind != ACTOR_CRITIC:
-        raise fail(f"unknown policy kind {kind!r} (this RoboStack runs {ACTOR_CRITIC!r} and {CHUNK!r})")
+        raise fail(f"unknown policy kind {kind!r} (this RoboStack runs {ACTOR_CRITIC!r}, {CHUNK!r} and {RESIDUAL!r})")
     obs, act = meta["observation"], meta["action"]
     try:
         terms = obs["terms"]
@@ -344,6 +380,21 @@ def _check_chunk_metadata(meta: dict[str, Any], fail: Callable[[str], BundleErro
         raise fail(f"chunk.inputs {inputs} should be {expected}")
 
 
+def _check_residual_metadata(meta: dict[str, Any], fail: Callable[[str], BundleError]) -> None:
+    try:
+        terms, obs_dim, act_dim = meta["observation"]["terms"], int(meta["observation"]["dim"]), int(meta["action"]["dim"])
+        total = sum(int(t["dim"]) for t in terms)
+        scale, base = float(meta["residual"]["scale"]), meta["base"]
+        base_ok = base["path"] == BASE_DIR and isinstance(base["content_hash"], str)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"malformed residual policy description ({type(exc).__name__}: {exc})") from None
+    if total != obs_dim or not terms or terms[-1]["name"] != "base_action" or int(terms[-1]["dim"]) != act_dim:
+        raise fail(f"observation terms add up to {total} values (observation.dim is {obs_dim}) or do not end with "
+                   f"the base's action (base_action, {act_dim} values)")
+    if not 0.0 < scale <= 2.0 or not base_ok:
+        raise fail(f"residual.scale must be in (0, 2] (got {scale}) and base must name {BASE_DIR!r} and its hash")
+
+
 def _onnx_dim(shape: list[Any], axis: int) -> int | None:
     if len(shape) <= axis:
         return None
@@ -351,12 +402,13 @@ def _onnx_dim(shape: list[Any], axis: int) -> int | None:
 
 
 def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int = 1,
-                verify: bool = True) -> PolicyBundle | ChunkPolicyBundle:
+                verify: bool = True) -> PolicyBundle | ChunkPolicyBundle | ResidualPolicyBundle:
     """Open a bundle directory; with ``robot``, refuse a bundle made for another robot.
 
     Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot, that both
     policy files are there, the content hash (``verify``), that the ONNX graph loads, and that its input /
-    output sizes agree with the metadata. Any failure raises ``BundleError`` naming the problem.
+    output sizes agree with the metadata (a residual's base: the same checks, and that it is the base the
+    residual was exported with). Any failure raises ``BundleError`` naming the problem.
     ``threads``: onnxruntime intra-op threads (the policy is a small MLP: 1 is fastest for a single robot).
     """
     root = Path(path)
@@ -383,6 +435,17 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
         if actual != meta["content_hash"]:
             raise BundleError(f"bundle {root}: content hash mismatch: files were modified "
                               f"(expected {meta['content_hash'][:12]}..., got {actual[:12]}...)")
+    base = None
+    if meta.get("kind") == RESIDUAL:
+        if not (root / BASE_DIR).is_dir():
+            raise BundleError(f"bundle {root}: missing {BASE_DIR}/ (the policy the residual corrects)")
+        base = load_bundle(root / BASE_DIR, robot, threads, verify)
+        if not isinstance(base, ChunkPolicyBundle) or base.metadata["action"].get("kind") != "task":
+            raise BundleError(f"bundle {root}: its base is not a chunk bundle acting in the task's actions")
+        if base.metadata["content_hash"] != meta["base"]["content_hash"]:
+            raise BundleError(f"bundle {root}: {BASE_DIR}/ is not the base this residual was exported with "
+                              f"(content hash {base.metadata['content_hash'][:12]}..., expected "
+                              f"{meta['base']['content_hash'][:12]}...)")
 
     import onnxruntime as ort
 
@@ -417,6 +480,8 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
     if out_dim != act_dim:
         raise BundleError(f"bundle {root}: {ONNX_FILE} returns actions of size {out_dim} but the metadata "
                           f"says action.dim = {act_dim}")
+    if base is not None:
+        return ResidualPolicyBundle(root, meta, session, base)
     return PolicyBundle(root, meta, session)
 
 
@@ -498,12 +563,10 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def describe_env(env: Any) -> dict[str, Any]:
-    """Robot/task facts of a ``TaskEnv`` for the metadata: observation terms, action map, actuators."""
-    import mujoco
-
-    task, model = env.task, env.default_model
-    # observation terms of the policy group, sized from what the env computes now
+def describe_observation(env: Any) -> dict[str, Any]:
+    """The policy observation group of a ``TaskEnv`` for the metadata: its terms in order, sized from what
+    the env computes now."""
+    task = env.task
     terms, offset = [], 0
     for name, term in task.observations["policy"].items():
         dim = int(term.func(env).shape[-1])
@@ -516,7 +579,14 @@ def describe_env(env: Any) -> dict[str, Any]:
     obs_dim = int(env.observation_spaces["policy"].shape[-1])
     if offset != obs_dim:
         raise RuntimeError(f"task {task.name}: policy terms add up to {offset}, observation space is {obs_dim}")
+    return {"dim": obs_dim, "terms": terms}
 
+
+def describe_env(env: Any) -> dict[str, Any]:
+    """Robot/task facts of a ``TaskEnv`` for the metadata: observation terms, action map, actuators."""
+    import mujoco
+
+    task, model = env.task, env.default_model
     nu = model.nu
 
     def joint_of(i: int) -> str | None:
@@ -565,7 +635,7 @@ def describe_env(env: Any) -> dict[str, Any]:
     return {
         "robot": task.robot,
         "task": task.name,
-        "observation": {"dim": obs_dim, "terms": terms},
+        "observation": describe_observation(env),
         "action": {
             "dim": int(am.dim), "range": [-1.0, 1.0], "terms": action_terms,
             "actuators": [model.actuator(i).name for i in range(nu)],
@@ -714,7 +784,7 @@ def load_run(source: str | os.PathLike, checkpoint: str | os.PathLike | None = N
     return LoadedRun(run_dir, ckpt_path, ckpt, config)
 
 
-def _write_onnx(module: Any, obs_dim: int, path: Path) -> None:
+def write_vector_onnx(module: Any, obs_dim: int, path: Path) -> None:
     import warnings
 
     import torch
@@ -727,7 +797,7 @@ def _write_onnx(module: Any, obs_dim: int, path: Path) -> None:
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
-def _write_torchscript(module: Any, obs_dim: int, path: Path) -> None:
+def write_vector_torchscript(module: Any, obs_dim: int, path: Path) -> None:
     import warnings
 
     import torch
@@ -752,6 +822,10 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
     import robostack
 
     run = load_run(source, checkpoint)
+    if (run.train_config.get("residual") or {}).get("base"):
+        from robostack.residual import export_residual_bundle
+
+        return export_residual_bundle(run, out_dir)
     env = run.make_env(num_envs=1, seed=0, play=True)
     try:
         env.reset(seed=0)
@@ -786,19 +860,21 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "robostack_version": robostack.__version__,
     }
-    return write_bundle(out_dir, metadata, lambda path: _write_onnx(module, obs_dim, path),
-                        lambda path: _write_torchscript(module, obs_dim, path))
+    return write_bundle(out_dir, metadata, lambda path: write_vector_onnx(module, obs_dim, path),
+                        lambda path: write_vector_torchscript(module, obs_dim, path))
 
 
 def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onnx: Callable[[Path], None],
-                 write_torchscript: Callable[[Path], None]) -> Path:
+                 write_torchscript: Callable[[Path], None], write_base: Callable[[Path], None] | None = None) -> Path:
     """Write a bundle's files next to ``out_dir``, hash them, then move them in: a reader never sees a half
-    bundle. ``out_dir`` may be new, empty or an older bundle (replaced); anything else in it is refused."""
+    bundle. ``out_dir`` may be new, empty or an older bundle (replaced); anything else in it is refused.
+    ``write_base`` writes the bundle a residual runs on into the folder it is given (``base/``); its content
+    hash goes into the metadata (``base``), so the residual's hash covers it too."""
     out = Path(out_dir)
     if out.exists():
         if not out.is_dir():
             raise BundleError(f"cannot write a bundle to {out}: it is a file")
-        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE))
+        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE, BASE_DIR))
         if extra:
             raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
                               f"({', '.join(extra[:3])}); choose a new or empty folder")
@@ -808,10 +884,17 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
     try:
         write_onnx(tmp / ONNX_FILE)
         write_torchscript(tmp / TORCHSCRIPT_FILE)
+        if write_base is not None:
+            write_base(tmp / BASE_DIR)
+            metadata["base"] = {"path": BASE_DIR, "content_hash": _read_metadata(tmp / BASE_DIR)["content_hash"]}
         metadata["files"] = {name: _sha256_file(tmp / name) for name in HASHED_FILES}
         metadata["content_hash"] = content_hash(tmp, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
         out.mkdir(parents=True, exist_ok=True)
+        if (out / BASE_DIR).exists():
+            shutil.rmtree(out / BASE_DIR)
+        if write_base is not None:
+            os.replace(tmp / BASE_DIR, out / BASE_DIR)
         for name in (*HASHED_FILES, METADATA_FILE):
             os.replace(tmp / name, out / name)
     finally:

@@ -258,6 +258,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--algo diffusion learns from demonstrations: give --dataset DATASET")
     if imitation and args.resume is not None:
         raise UsageError("--resume continues reinforcement learning runs; a diffusion run trains in one go")
+    if args.base is not None and (imitation or args.resume is not None):
+        raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, --algo diffusion "
+                         "or --resume (a resumed run keeps its base)")
     with _stdout_to_stderr(args.json):
         if imitation:
             from robostack.imitation import train_imitation
@@ -267,7 +270,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             from robostack.train import train
 
             summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume,
-                            seed=args.seed)
+                            seed=args.seed, base=args.base)
     summary = dict(summary or {})
     if args.json:
         out.write(json.dumps(summary, default=str) + "\n")
@@ -519,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
+    p.add_argument("--base", metavar="RUN_OR_BUNDLE", default=None,
+                   help="train a residual on this frozen diffusion run or chunk bundle (recipe configs/train/TASK-residual.yaml)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")

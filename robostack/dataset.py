@@ -1059,22 +1059,36 @@ def sim_features(env: Any) -> dict[str, dict[str, Any]]:
     return features
 
 
+class SimFrameReader:
+    """Reads ``sim_frame`` from one ``TaskEnv`` again and again: the name-to-address mapping is found once
+    (policies acting through recorded features read a frame every control step)."""
+
+    def __init__(self, env: Any):
+        self.env = env
+        names = sim_features(env)["observation.state"]["names"]
+        self.state_map = _StateMap(env.default_model, names, env.task.name)
+        ik = env.task.action.ik
+        self.ee_sensors = [f"{ik.site}_{part}" for part in ("pos", "quat")] if ik is not None else []
+
+    def read(self) -> dict[str, np.ndarray]:
+        env = self.env
+        frame = {"observation.state": self.state_map.read(env.sim.qpos, env.sim.qvel).astype(np.float32)}
+        if env.task.command_dim:
+            frame["observation.command"] = env.command.cpu().numpy().astype(np.float32)
+        if self.ee_sensors:  # the end effector's pose, as forward kinematics gives it
+            frame["observation.ee_pose"] = np.concatenate(
+                [env.sensor(name).cpu().numpy() for name in self.ee_sensors], axis=1).astype(np.float32)
+        if env.task.environment_state:
+            frame["observation.environment_state"] = np.concatenate(
+                [term(env).cpu().numpy() for term, _ in env.task.environment_state.values()], axis=1
+            ).astype(np.float32)
+        return frame
+
+
 def sim_frame(env: Any) -> dict[str, np.ndarray]:
     """The state (and command) every env of a ``TaskEnv`` is in now, per ``sim_features``: record it before a
     step, then ``env.ctrl`` (the controls that step applied) as the frame's action."""
-    names = sim_features(env)["observation.state"]["names"]
-    state = _StateMap(env.default_model, names, env.task.name).read(env.sim.qpos, env.sim.qvel)
-    frame = {"observation.state": state.astype(np.float32)}
-    if env.task.command_dim:
-        frame["observation.command"] = env.command.cpu().numpy().astype(np.float32)
-    if env.task.action.ik is not None:  # the end effector's pose, as forward kinematics gives it
-        site = env.task.action.ik.site
-        frame["observation.ee_pose"] = np.concatenate(
-            [env.sensor(f"{site}_{part}").cpu().numpy() for part in ("pos", "quat")], axis=1).astype(np.float32)
-    if env.task.environment_state:
-        frame["observation.environment_state"] = np.concatenate(
-            [term(env).cpu().numpy() for term, _ in env.task.environment_state.values()], axis=1).astype(np.float32)
-    return frame
+    return SimFrameReader(env).read()
 
 
 # --------------------------------------------------------------------------------------------- replay

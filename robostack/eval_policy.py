@@ -86,6 +86,16 @@ def offscreen_renderer(model: Any, width: int, height: int) -> Any:
         raise RenderError(f"cannot render with MUJOCO_GL={backend}: {exc}; {_GL_HINT}") from None
 
 
+def camera_renderer(model: Any, camera: str, width: int, height: int, where: str) -> Any:
+    """An offscreen renderer for ``model`` after checking it has ``camera`` (ValueError names those it has)."""
+    import mujoco
+
+    if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        raise ValueError(f"{where} has no camera {camera!r}; it has {names}")
+    return offscreen_renderer(model, width, height)
+
+
 class VideoRecorder:
     """Renders env 0 of a ``TaskEnv`` with a camera that follows the robot, writes an MP4."""
 
@@ -179,7 +189,8 @@ def is_imitation_run(path: Path) -> bool:
 def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """What ``eval_policy`` needs: ``kind`` ("bundle" | "run"), ``task``, ``task_config`` (the full config it
     trained with), ``algo`` and a ``make_policy(env) -> (obs dict -> action tensor)``; with ``controls`` true
-    the policy's output is actuator controls (a diffusion run: ``robostack.imitation``)."""
+    the policy's output is actuator controls (a diffusion run: ``robostack.imitation``); a ``wrap_env(env)``
+    that is not None gives the env the policy acts in (a residual run: ``robostack.residual``)."""
     path = Path(source)
     if is_imitation_run(path):
         from robostack.imitation import load_imitation_run
@@ -196,6 +207,10 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
             from robostack.imitation import chunk_bundle_policy
 
             return chunk_bundle_policy(bundle)
+        if meta.get("kind") == "residual":
+            from robostack.residual import residual_bundle_policy
+
+            return residual_bundle_policy(bundle)
 
         def make_bundle_policy(env: Any) -> Callable[[dict[str, Any]], Any]:
             import torch
@@ -218,6 +233,15 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
     from robostack.bundle import load_run
 
     run = load_run(path, checkpoint)
+    residual = run.train_config.get("residual") or {}
+    wrap_env = None
+    if residual.get("base"):  # a residual on a frozen base (robostack.residual): the base acts in the env
+        from robostack.residual import ResidualEnv, load_base
+
+        base = load_base(residual["base"], run.task)
+
+        def wrap_env(env: Any) -> Any:
+            return ResidualEnv(env, base, residual["scale"])
 
     def make_run_policy(env: Any) -> Callable[[dict[str, Any]], Any]:
         import torch
@@ -231,7 +255,7 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
         return policy
 
     return {"kind": "run", "task": run.task, "algo": run.algo, "task_config": run.task_config,
-            "make_policy": make_run_policy, "run": run}
+            "make_policy": make_run_policy, "run": run, "wrap_env": wrap_env}
 
 
 def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = False,
@@ -256,6 +280,8 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
     env = sim.make_env(loaded["task"], num_envs=n, seed=seed, play=not randomized, config=loaded["task_config"])
     recorder = policy = None
     try:
+        if loaded.get("wrap_env") is not None:
+            env = loaded["wrap_env"](env)
         policy = loaded["make_policy"](env)
         if video is not None:
             recorder = VideoRecorder(env, video)

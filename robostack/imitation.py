@@ -222,7 +222,7 @@ class SimChunkPolicy:
 
     def __init__(self, env: Any, policy: DiffusionPolicy, state_keys: Sequence[str], cameras: Sequence[str] = (),
                  query_every: int | None = None, ensemble_coef: float = 0.01, seed: int = 0, controls: bool = True):
-        from robostack.dataset import sim_features
+        from robostack.dataset import SimFrameReader, sim_features
 
         features = sim_features(env)
         missing = [key for key in state_keys if key not in features]
@@ -235,16 +235,15 @@ class SimChunkPolicy:
                              f"{'controls' if controls else 'actions'}; task {env.task.name!r} gives {width} and "
                              f"takes {takes}")
         self.env, self.state_keys, self.cameras = env, list(state_keys), list(cameras)
+        self.frame_reader = SimFrameReader(env)
         self.executor = ChunkExecutor(policy, env.num_envs, query_every, ensemble_coef, seed)
         self.renderers = {camera: _CameraRenderer(env, camera, policy.image_shapes[IMAGE_PREFIX + camera])
                           for camera in self.cameras}
 
     def __call__(self, _obs: Any = None) -> torch.Tensor:
-        from robostack.dataset import sim_frame
-
         env = self.env
         self.executor.reset(np.flatnonzero(env.episode_length.cpu().numpy() == 0))
-        frame = sim_frame(env)
+        frame = self.frame_reader.read()
         observation = {STATE_KEY: np.concatenate([frame[key] for key in self.state_keys], axis=1)}
         for camera, renderer in self.renderers.items():
             observation[IMAGE_PREFIX + camera] = renderer.render_all()
@@ -263,16 +262,12 @@ class _CameraRenderer:
               "light_specular")
 
     def __init__(self, env: Any, camera: str, shape: tuple[int, int]):
-        import mujoco
-
-        from robostack.eval_policy import offscreen_renderer
+        from robostack.eval_policy import camera_renderer
 
         self.env, self.camera = env, camera
-        if mujoco.mj_name2id(env.sim.models[0], mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
-            raise ValueError(f"task {env.task.name!r} has no camera {camera!r}")
         self.model = copy.copy(env.sim.models[0])  # written to before each frame: not the env's own
         height, width = shape
-        self.renderer = offscreen_renderer(self.model, width, height)
+        self.renderer = camera_renderer(self.model, camera, width, height, f"task {env.task.name!r}")
 
     def render_all(self) -> np.ndarray:
         frames = []

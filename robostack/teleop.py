@@ -672,9 +672,10 @@ class _Recorder:
     def __init__(self, env: Any, out: str, camera: str | None):
         from robostack import registry
         from robostack.config import to_dict
-        from robostack.dataset import DatasetWriter, sim_features
+        from robostack.dataset import DatasetWriter, SimFrameReader, sim_features
 
         self.env, self.camera = env, camera
+        self.frame_reader = SimFrameReader(env)
         features = sim_features(env)
         features[TELEOP_ACTION] = {"dtype": "float32", "shape": [env.action_dim], "names": None}
         self.renderer = None
@@ -701,10 +702,8 @@ class _Recorder:
         """Step the env with ``action``, recording the frame; the step's info."""
         import torch
 
-        from robostack.dataset import sim_frame
-
         env = self.env
-        frame = {key: value[0] for key, value in sim_frame(env).items()}
+        frame = {key: value[0] for key, value in self.frame_reader.read().items()}
         if self.renderer is not None:
             self.renderer.update_scene(env.sim.data_for(0), camera=self.camera)
             frame["image"] = self.renderer.render()
@@ -737,15 +736,12 @@ class _Recorder:
 
 
 def _renderer(env: Any, camera: str, width: int, height: int, option: str) -> Any:
-    import mujoco
+    from robostack.eval_policy import camera_renderer
 
-    from robostack.eval_policy import offscreen_renderer
-
-    model = env.sim.models[0]
-    if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
-        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
-        raise TeleopError(f"{option}: task {env.task.name!r} has no camera {camera!r}; it has {names}")
-    return offscreen_renderer(model, width, height)
+    try:
+        return camera_renderer(env.sim.models[0], camera, width, height, f"{option}: task {env.task.name!r}")
+    except ValueError as exc:
+        raise TeleopError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------ live view

@@ -46,6 +46,7 @@ import yaml
 from robostack.config import ConfigError, apply_overrides, config_path, from_dict, load_config, to_dict
 from robostack.policies.ppo import PPO, PPOConfig
 from robostack.policies.sac import SAC, SACConfig
+from robostack.residual import ResidualConfig, ResidualEnv, load_base, residual_recipe
 
 __all__ = ["TrainConfig", "train", "LEARNERS"]
 
@@ -62,6 +63,7 @@ class TrainConfig:
     eval_episodes: int = 200  # at the end, on the play variant of the task; 0 skips the evaluation
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)  # residual.base: RL on a frozen base
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -343,17 +345,22 @@ def train(
     run_root: str = "runs",
     progress: bool = True,
     config: str | os.PathLike | None = None,
+    base: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``algo`` on ``task``; returns a summary (run_dir, env_steps, wall_s, iterations, eval metrics).
 
     ``algo`` (``"ppo"`` or ``"sac"``) replaces the recipe's ``algo`` key; None keeps it (when resuming it
     must match the run's). ``config`` replaces the recipe file ``configs/train/<task>.yaml`` (ignored when resuming).
+    ``base`` (a diffusion run or chunk bundle) trains a residual on it (``robostack.residual``) with the recipe
+    ``configs/train/<task>-residual.yaml``.
     """
     from robostack import sim  # late: the sim package pulls in MuJoCo
 
     task_overrides, train_overrides = split_overrides(list(overrides))
 
     # -- config and run folder
+    if resume is not None and base is not None:
+        raise ConfigError(f"a resumed run keeps its base ({resume}); give no base")
     if resume is not None:
         run_dir = _resolve_resume(resume)
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -365,11 +372,17 @@ def train(
         task_overrides = list(saved.get("task_overrides", [])) + task_overrides
     else:
         saved_task_config = None
-        path = Path(config) if config is not None else config_path("train", f"{task}.yaml")
+        if config is not None:
+            path = Path(config)
+        else:
+            path = residual_recipe(task) if base is not None else config_path("train", f"{task}.yaml")
         if path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("algo") == "diffusion":
             raise ConfigError(f"{path} is a diffusion recipe: it learns from demonstrations "
-                              f"(robostack train {task} --dataset DATASET, robostack.imitation)")
+                              f"(robostack train {task} --dataset DATASET, robostack.imitation); a residual on a "
+                              f"diffusion policy: robostack train {task} --base RUN")
         cfg = load_config(TrainConfig, path, train_overrides)
+        if base is not None:
+            cfg.residual.base = str(Path(base).resolve())
         run_dir = None
     if seed is not None:
         cfg.seed = seed
@@ -380,6 +393,17 @@ def train(
     if cfg.algo not in LEARNERS:
         raise ConfigError(f"unsupported algo {cfg.algo!r} (this trainer runs: {', '.join(LEARNERS)})")
     _resolve_algo_sizes(cfg, {item.partition("=")[0].strip() for item in train_overrides})
+    base_policy = None
+    if cfg.residual.base:
+        if cfg.algo != "ppo":
+            raise ConfigError(f"a residual trains with ppo, not {cfg.algo!r}")
+        base_policy = load_base(cfg.residual.base, task)
+        if saved_task_config is None:  # the residual learns in the task its base was trained in
+            saved_task_config, new_task_overrides = base_policy["task_config"], task_overrides
+
+    def task_env(num_envs: int, seed: int, play: bool) -> Any:
+        env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config)
+        return ResidualEnv(env, base_policy, cfg.residual.scale) if base_policy is not None else env
 
     threads = cfg.torch_threads or _available_cores()
     torch.set_num_threads(threads)
@@ -400,7 +424,7 @@ def train(
                         "task_config": task_config, "train": to_dict(cfg)}, f, sort_keys=False)
 
     # -- env and algorithm
-    env = sim.make_env(task, num_envs=cfg.num_envs, seed=cfg.seed, play=False, config=task_config)
+    env = task_env(cfg.num_envs, cfg.seed, play=False)
     learner = LEARNERS[cfg.algo](env, cfg, device)
     alg = learner.alg
 
@@ -512,7 +536,7 @@ def train(
         from robostack.evaluate import evaluate
 
         n_eval = max(1, min(cfg.eval_episodes, cfg.num_envs))
-        eval_env = sim.make_env(task, num_envs=n_eval, seed=cfg.seed + 1_000_003, play=True, config=task_config)
+        eval_env = task_env(n_eval, cfg.seed + 1_000_003, play=True)
         alg.eval_mode()
 
         def policy(o: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -355,6 +355,20 @@ def test_image_encoder_takes_batch_and_time():
         encoder(frame[:, 0])
 
 
+def test_image_pooling_averages_the_cropped_frame_first():
+    torch.manual_seed(0)
+    pooled = ImageEncoder((24, 32), crop_fraction=1.0, channels=(8, 16), num_keypoints=6, feature_dim=10, pool=2).eval()
+    plain = ImageEncoder((12, 16), crop_fraction=1.0, channels=(8, 16), num_keypoints=6, feature_dim=10).eval()
+    with torch.no_grad():  # the same layers after the pooling
+        for mine, theirs in zip(plain.net.parameters(), pooled.net[1:].parameters(), strict=True):
+            mine.copy_(theirs)
+    images = torch.rand(2, 1, 3, 24, 32)
+    halved = torch.nn.functional.avg_pool2d(images[:, 0], 2)[:, None]
+    torch.testing.assert_close(pooled(images), plain(halved))
+    with pytest.raises(ValueError, match="image_pool must be >= 1, got 0"):
+        DiffusionConfig(image_pool=0).validate()
+
+
 def test_unet_policy_with_a_camera_learns_and_predicts():
     rng = np.random.default_rng(0)
     episodes = [{**episode, "observation.images.top": rng.integers(0, 256, (EPISODE_LENGTH, 16, 20, 3), np.uint8)}

@@ -173,7 +173,7 @@ def test_a_camera_policy_trains_and_sees_each_envs_randomized_camera(tmp_path, c
                      "--camera", "scene", "--randomized", "--json"]) == 0
     capsys.readouterr()
     small_encoder = ["cameras=[scene]", "diffusion.image_channels=[8, 8]", "diffusion.num_keypoints=4",
-                     "diffusion.image_feature_dim=8", "diffusion.n_groups=4"]
+                     "diffusion.image_feature_dim=8", "diffusion.n_groups=4", "diffusion.image_pool=2"]
     summary = train_imitation("panda-lift", demos, [*TINY, *small_encoder, "eval_episodes=0"],
                               run_root=str(tmp_path), progress=False)
     from robostack.eval_policy import load_policy
@@ -192,3 +192,20 @@ def test_a_camera_policy_trains_and_sees_each_envs_randomized_camera(tmp_path, c
         policy.close()
     finally:
         env.close()
+
+    # its chunk bundle: ONNX and TorchScript give the run's chunks (the encoder's center crop, not a random one)
+    assert cli.main(["export", summary["run_dir"], "--out", str(tmp_path / "bundle"), "--json"]) == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    run_policy = DiffusionPolicy.from_checkpoint(
+        torch.load(Path(summary["run_dir"]) / "checkpoints" / "last.pt", weights_only=False)["policy"])
+    rng = np.random.default_rng(0)
+    histories = {STATE_KEY: rng.standard_normal((2, 2, bundle.state_dim)).astype(np.float32),
+                 "observation.images.scene": rng.integers(0, 256, (2, 2, 120, 160, 3), dtype=np.uint8)}
+    expected = run_policy.predict_chunks(histories, np.random.default_rng(1))
+    np.testing.assert_allclose(bundle.predict_chunks(histories, np.random.default_rng(1)), expected, atol=1e-4)
+    scripted = torch.jit.load(str(tmp_path / "bundle" / "policy.pt"))
+    noise = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 16, bundle.act_dim), dtype=np.float32))
+    images = torch.from_numpy(histories["observation.images.scene"]).movedim(-1, -3).float() / 255.0
+    with torch.no_grad():
+        chunk = scripted(noise, torch.from_numpy(histories[STATE_KEY]), images)
+    np.testing.assert_allclose(chunk.numpy(), expected, atol=1e-4)
