@@ -135,8 +135,9 @@ def test_bench_requires_what(capsys):
 def fake_train(monkeypatch):
     calls = []
 
-    def train(task, algo, overrides, resume, seed):
-        calls.append({"task": task, "algo": algo, "overrides": overrides, "resume": resume, "seed": seed})
+    def train(task, algo, overrides, resume, seed, base):
+        calls.append({"task": task, "algo": algo, "overrides": overrides, "resume": resume, "seed": seed,
+                      "base": base})
         return {"task": task, "success_rate": 0.9, "run_dir": "runs/cf2-hover/2024-01-01_000000"}
 
     fake_module(monkeypatch, "robostack.train", train=train)
@@ -153,6 +154,7 @@ def test_train_parses_overrides_and_options(fake_train, capsys):
             "overrides": ["ppo.lr=3e-4", "env.num_envs=64", "x.y=[1,2]"],
             "resume": None,
             "seed": 3,
+            "base": None,
         }
     ]
     out = capsys.readouterr().out
@@ -161,7 +163,13 @@ def test_train_parses_overrides_and_options(fake_train, capsys):
 
 def test_train_defaults(fake_train):
     assert cli.main(["train", "cf2-hover"]) == 0
-    assert fake_train == [{"task": "cf2-hover", "algo": None, "overrides": [], "resume": None, "seed": None}]
+    assert fake_train == [{"task": "cf2-hover", "algo": None, "overrides": [], "resume": None, "seed": None,
+                           "base": None}]
+
+
+def test_train_base_trains_a_residual(fake_train):
+    assert cli.main(["train", "panda-insert", "--base", "runs/panda-insert/dp", "max_iterations=5"]) == 0
+    assert fake_train[0]["base"] == "runs/panda-insert/dp" and fake_train[0]["overrides"] == ["max_iterations=5"]
 
 
 def test_train_resume_and_json(fake_train, capsys):
@@ -197,7 +205,7 @@ def test_train_unknown_option(fake_train, capsys):
 
 
 def test_train_config_typo_is_one_line_error(monkeypatch, capsys):
-    def train(task, algo, overrides, resume, seed):
+    def train(task, algo, overrides, resume, seed, base):
         raise ConfigError(
             "configs/tasks/go2-walk.yaml + overrides: unknown key 'ppo.lrr'; did you mean 'ppo.lr'?"
             " [from the command-line override 'ppo.lrr=1']"
