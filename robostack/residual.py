@@ -144,8 +144,8 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
     from datetime import datetime, timezone
 
     import robostack
-    from robostack.bundle import (BASE_DIR, FORMAT_VERSION, RESIDUAL, write_vector_onnx, write_vector_torchscript,
-                                  describe_observation, is_bundle, load_bundle, write_bundle)
+    from robostack.bundle import (BASE_DIR, FORMAT_VERSION, RESIDUAL, describe_observation, is_bundle, load_bundle,
+                                  write_bundle, write_vector_onnx, write_vector_torchscript)
     from robostack.imitation import export_chunk_bundle
 
     residual = run.train_config["residual"]
