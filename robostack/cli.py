@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from robostack.eval_policy import IMITATION_ALGO
+
 PROG = "robostack"
 
 # registry kind -> key in ``robostack list --json`` and heading in the table
 LIST_KINDS = (("robot", "robots"), ("task", "tasks"), ("algorithm", "algorithms"), ("backend", "backends"))
-ALGORITHMS = ("ppo", "sac", "diffusion")
+ALGORITHMS = ("ppo", "sac", IMITATION_ALGO)
 
 
 class UsageError(ValueError):
@@ -253,7 +255,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     for item in args.overrides:
         if "=" not in item or item.startswith("="):
             raise UsageError(f"override {item!r} is not of the form key=value (for example ppo.lr=3e-4)")
-    imitation = args.dataset is not None or args.algo == "diffusion"
+    imitation = args.dataset is not None or args.algo == IMITATION_ALGO
     if imitation and args.dataset is None:
         raise UsageError("--algo diffusion learns from demonstrations: give --dataset DATASET")
     if imitation and args.resume is not None:

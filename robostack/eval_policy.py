@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 MAX_VIDEO_FPS = 50.0
+IMITATION_ALGO = "diffusion"  # the algo of a run learned from a dataset (robostack.imitation)
 VIDEO_SIZE = (640, 480)  # width, height (MuJoCo's default offscreen buffer)
 
 
@@ -183,7 +184,7 @@ def is_imitation_run(path: Path) -> bool:
     import yaml
 
     config = path / "config.yaml"
-    return config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("algo") == "diffusion"
+    return config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("algo") == IMITATION_ALGO
 
 
 def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -207,10 +208,12 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
             from robostack.imitation import chunk_bundle_policy
 
             return chunk_bundle_policy(bundle)
-        if meta.get("kind") == "residual":
-            from robostack.residual import residual_bundle_policy
+        wrap_env = None
+        if meta.get("kind") == "residual":  # its base acts in the env, its graph gives the corrections
+            from robostack.imitation import chunk_bundle_policy
+            from robostack.residual import env_wrapper
 
-            return residual_bundle_policy(bundle)
+            wrap_env = env_wrapper(chunk_bundle_policy(bundle.base), bundle.scale)
 
         def make_bundle_policy(env: Any) -> Callable[[dict[str, Any]], Any]:
             import torch
@@ -228,7 +231,7 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
 
         return {"kind": "bundle", "task": meta["task"], "robot": meta["robot"], "algo": meta.get("algo"),
                 "task_config": meta["task_config"],
-                "make_policy": make_bundle_policy, "bundle": bundle}
+                "make_policy": make_bundle_policy, "bundle": bundle, "wrap_env": wrap_env}
 
     from robostack.bundle import load_run
 
@@ -236,12 +239,9 @@ def load_policy(source: str | os.PathLike, checkpoint: str | os.PathLike | None 
     residual = run.train_config.get("residual") or {}
     wrap_env = None
     if residual.get("base"):  # a residual on a frozen base (robostack.residual): the base acts in the env
-        from robostack.residual import ResidualEnv, load_base
+        from robostack.residual import env_wrapper, load_base
 
-        base = load_base(residual["base"], run.task)
-
-        def wrap_env(env: Any) -> Any:
-            return ResidualEnv(env, base, residual["scale"])
+        wrap_env = env_wrapper(load_base(residual["base"], run.task), residual["scale"])
 
     def make_run_policy(env: Any) -> Callable[[dict[str, Any]], Any]:
         import torch

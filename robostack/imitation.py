@@ -46,13 +46,14 @@ import yaml
 
 from robostack.config import ConfigError, config_path, load_config, to_dict
 from robostack.dataset import Dataset, DatasetError, load_dataset
+from robostack.eval_policy import IMITATION_ALGO
 from robostack.policies.diffusion import (ACTION_KEY, IMAGE_PREFIX, STATE_KEY, ChunkExecutor, DiffusionConfig,
                                           DiffusionPolicy, train_diffusion)
 
 __all__ = ["ImitationConfig", "train_imitation", "load_imitation_run", "SimChunkPolicy", "export_chunk_bundle",
            "bench_imitation", "dataset_episodes"]
 
-ALGO = "diffusion"
+ALGO = IMITATION_ALGO
 CHECKPOINT = "last.pt"
 METRICS_EVERY = 25  # gradient steps between metrics.csv rows
 
@@ -143,7 +144,7 @@ def train_imitation(task: str, dataset: str | os.PathLike, overrides: Sequence[s
                     ) -> dict[str, Any]:
     """Train a diffusion policy for ``task`` on ``dataset``; returns the summary (run_dir, wall_s, final loss,
     and the play-variant evaluation unless ``eval_episodes=0``)."""
-    from robostack.train import _available_cores, _new_run_dir
+    from robostack.train import available_cores, new_run_dir
 
     cfg = _recipe(task, overrides, config)
     if seed is not None:
@@ -164,9 +165,9 @@ def train_imitation(task: str, dataset: str | os.PathLike, overrides: Sequence[s
                               f"positions the actions are offsets from); state_keys are {state_keys}")
         offset = sum(data.features[key]["shape"][0] for key in state_keys[:state_keys.index("observation.state")])
         reference = [offset + column for column in joint_columns(data.features)]
-    torch.set_num_threads(cfg.torch_threads or _available_cores())
+    torch.set_num_threads(cfg.torch_threads or available_cores())
 
-    run_dir = _new_run_dir(run_root, task, ALGO)
+    run_dir = new_run_dir(run_root, task, ALGO)
     task_config = data.info.get("robostack.task_config")
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump({"task": task, "algo": ALGO, "dataset": str(Path(dataset).resolve()),

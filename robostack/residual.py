@@ -42,7 +42,7 @@ def residual_recipe(task: str) -> Path:
 
 def load_base(source: str | os.PathLike, task: str) -> dict[str, Any]:
     """The base policy (``robostack.eval_policy.load_policy``'s dict) after checking it can carry a residual."""
-    from robostack.eval_policy import load_policy
+    from robostack.eval_policy import IMITATION_ALGO, load_policy
 
     path = Path(source)
     if not path.exists():
@@ -50,7 +50,7 @@ def load_base(source: str | os.PathLike, task: str) -> dict[str, Any]:
     base = load_policy(path)
     if base["task"] != task:
         raise ValueError(f"residual base {source} was trained for task {base['task']!r}, not {task!r}")
-    if base.get("algo") != "diffusion":
+    if base.get("algo") != IMITATION_ALGO:
         raise ValueError(f"residual base {source} is a {base.get('algo')!r} policy; the base is a diffusion run "
                          "or chunk bundle (robostack train TASK --dataset DATASET)")
     if base.get("controls"):
@@ -111,28 +111,12 @@ class ResidualEnv(VecEnv):
         self.env.close()
 
 
+def env_wrapper(base: dict[str, Any], scale: float) -> Any:
+    """``wrap_env`` of ``robostack.eval_policy.load_policy``'s dict: the task env -> a ``ResidualEnv`` on ``base``."""
+    return lambda env: ResidualEnv(env, base, scale)
+
+
 # ---------------------------------------------------------------------------------------------- bundles
-
-
-def residual_bundle_policy(bundle: Any) -> dict[str, Any]:
-    """``robostack.eval_policy.load_policy``'s dict for a residual bundle: its base acts in a ``ResidualEnv``,
-    its graph gives the corrections."""
-    from robostack.imitation import chunk_bundle_policy
-
-    base = chunk_bundle_policy(bundle.base)
-
-    def wrap_env(env: Any) -> ResidualEnv:
-        return ResidualEnv(env, base, bundle.scale)
-
-    def make_policy(env: Any) -> Any:
-        if int(env.observation_spaces["policy"].shape[-1]) != bundle.obs_dim:
-            raise ValueError(f"bundle {bundle.path} reads {bundle.obs_dim} observations, the env gives "
-                             f"{env.observation_spaces['policy'].shape[-1]}")
-        return lambda obs: torch.from_numpy(bundle.act(obs["policy"].cpu().numpy())).to(env.device)
-
-    meta = bundle.metadata
-    return {"kind": "bundle", "task": meta["task"], "robot": meta["robot"], "algo": meta.get("algo"),
-            "task_config": meta["task_config"], "make_policy": make_policy, "wrap_env": wrap_env, "bundle": bundle}
 
 
 def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:

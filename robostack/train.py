@@ -44,6 +44,7 @@ import torch
 import yaml
 
 from robostack.config import ConfigError, apply_overrides, config_path, from_dict, load_config, to_dict
+from robostack.eval_policy import IMITATION_ALGO
 from robostack.policies.ppo import PPO, PPOConfig
 from robostack.policies.sac import SAC, SACConfig
 from robostack.residual import ResidualConfig, ResidualEnv, load_base, residual_recipe
@@ -80,11 +81,11 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return task, train_
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _new_run_dir(run_root: str | Path, task: str, algo: str) -> Path:
+def new_run_dir(run_root: str | Path, task: str, algo: str) -> Path:
     base = Path(run_root) / task
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = base / f"{stamp}-{algo}"
@@ -376,7 +377,7 @@ def train(
             path = Path(config)
         else:
             path = residual_recipe(task) if base is not None else config_path("train", f"{task}.yaml")
-        if path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("algo") == "diffusion":
+        if path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("algo") == IMITATION_ALGO:
             raise ConfigError(f"{path} is a diffusion recipe: it learns from demonstrations "
                               f"(robostack train {task} --dataset DATASET, robostack.imitation); a residual on a "
                               f"diffusion policy: robostack train {task} --base RUN")
@@ -405,7 +406,7 @@ def train(
         env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config)
         return ResidualEnv(env, base_policy, cfg.residual.scale) if base_policy is not None else env
 
-    threads = cfg.torch_threads or _available_cores()
+    threads = cfg.torch_threads or available_cores()
     torch.set_num_threads(threads)
     device = torch.device(cfg.device)
     _seed_everything(cfg.seed)
@@ -416,7 +417,7 @@ def train(
     else:
         task_config = to_dict(sim.load_task_config(task, task_overrides))
     if run_dir is None:
-        run_dir = _new_run_dir(run_root, task, cfg.algo)
+        run_dir = new_run_dir(run_root, task, cfg.algo)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     with (run_dir / "config.yaml").open("w") as f:
