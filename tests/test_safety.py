@@ -677,7 +677,8 @@ def test_safety_node_over_dds_with_a_fake_go2_driver():
         wait_for(lambda: len(bench.driver) > 100, 30, "driver commands", procs)
         bench.wait_output(GO2_STAND, "the policy's pose")
 
-        # A NaN, a huge command, then a flood at > 1 kHz of random, non-finite and wrong-length commands.
+        # A NaN, a huge command, then a flood (aimed at 2 kHz, at least 1.5x the safety loop's 500 Hz) of random,
+        # non-finite and wrong-length commands.
         bench.policy_values = None  # the node takes the latest command each period: one at a time
         bench.publish(np.append(GO2_STAND[:-1], np.nan))
         time.sleep(0.05)
@@ -693,7 +694,7 @@ def test_safety_node_over_dds_with_a_fake_go2_driver():
             sent += 1
             time.sleep(max(0.0, flood_start + sent / 2000 - time.monotonic()))
         flood_rate = sent / (time.monotonic() - flood_start)
-        assert flood_rate > 1000, flood_rate
+        assert flood_rate > 750, flood_rate  # 954 Hz once in a CI run on two busy cores: still a flood
         bench.policy_values = GO2_STAND.copy()
         time.sleep(0.3)
         reasons = {r for o in bench.overrides for r in o["reasons"]}
