@@ -7,6 +7,9 @@ simulated robot (``sim_robot_node``) follows: ``sensor_msgs/JointState`` on ``jo
 ``std_msgs/Float64MultiArray`` to a forward controller's ``commands``, ``sensor_msgs/Imu`` and
 ``nav_msgs/Odometry`` for a floating base.
 
+A robot's file may end with ``tasks: {<task>: {topics: ...}}``: what differs for one task (its task command,
+say) is merged over the robot's settings when a node knows the task (``load_deploy_config(robot, task=...)``).
+
 Topics between RoboStack's own nodes are fixed (``INTERNAL``): they are an implementation detail of one
 deployment, and every node of it reads them from here.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from robostack.config import config_path, from_dict, load_yaml
+from robostack.config import ConfigError, config_path, from_dict, load_yaml
 from robostack.real.messages import check_field, message_type
 
 # Topics and services between RoboStack's nodes (relative: they follow the nodes' namespace).
@@ -58,6 +61,8 @@ class OdometryTopic:
     orientation: str = "pose.pose.orientation"
     linear_velocity: str = "twist.twist.linear"
     linear_velocity_frame: Literal["body", "world"] = "body"  # REP 105: Odometry twist is in the child frame
+    angular_velocity: str | None = "twist.twist.angular"  # body frame (None: the message has none); a base's
+    # angular velocity is read from the IMU, an object's from here
 
 
 @dataclass
@@ -78,12 +83,27 @@ class TaskCommandTopic:
 
 
 @dataclass
+class PoseTopic:
+    """The pose of a fixed body the task places per episode (panda-insert's hole), e.g. from perception; in
+    the robot's base frame. Read whenever it comes: a latched message once per episode is enough."""
+
+    topic: str
+    type: str = "geometry_msgs/msg/PoseStamped"
+    position: str = "pose.position"
+    orientation: str = "pose.orientation"  # a quaternion with x, y, z, w fields
+
+
+@dataclass
 class Topics:
     joint_states: JointStatesTopic | None = None
     imu: ImuTopic | None = None
     odometry: OdometryTopic | None = None
     driver_command: DriverCommandTopic = field(default_factory=DriverCommandTopic)
     task_command: TaskCommandTopic | None = None
+    # The manipulated object's pose and twist (motion capture, a pose tracker) for tasks with one (panda-lift):
+    # an odometry-like message, pose in the robot's base frame, twist as ``odometry`` says.
+    object: OdometryTopic | None = None
+    fixtures: dict[str, PoseTopic] = field(default_factory=dict)  # body name -> its pose (tasks that place one)
 
 
 @dataclass
@@ -94,19 +114,39 @@ class DeployConfig:
     safety: dict[str, Any]  # checked by robostack.real.safety
 
 
-def load_deploy_config(robot: str, path: str | Path | None = None) -> DeployConfig:
-    """Read and check ``configs/deploy/<robot>.yaml`` (or ``path``): every type and field must exist."""
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values in place, mappings merged key by key (a null replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_deploy_config(robot: str, path: str | Path | None = None, task: str | None = None) -> DeployConfig:
+    """Read and check ``configs/deploy/<robot>.yaml`` (or ``path``), with ``task``'s section of its ``tasks``
+    merged over it: every type and field must exist."""
     source = Path(path) if path is not None else config_path("deploy", f"{robot}.yaml")
-    cfg = from_dict(DeployConfig, load_yaml(source), str(source))
+    data = load_yaml(source)
+    per_task = data.pop("tasks", None) or {}
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise ConfigError(f"{source}: 'tasks' must map task names to settings, got {per_task!r}", source=str(source))
+    for name, section in per_task.items():  # every section is checked, whichever task is deployed
+        merged = from_dict(DeployConfig, _merged(data, section), f"{source} (tasks.{name})")
+        if name == task:
+            cfg = merged
+    if task not in per_task:
+        cfg = from_dict(DeployConfig, data, str(source))
     if cfg.robot != robot:
         raise ValueError(f"{source}: made for robot {cfg.robot!r}, not {robot!r}")
-    for name in ("joint_states", "imu", "odometry", "driver_command", "task_command"):
-        topic = getattr(cfg.topics, name)
+    topics = [getattr(cfg.topics, name) for name in ("joint_states", "imu", "odometry", "driver_command",
+                                                       "task_command", "object")]
+    for topic in [*topics, *cfg.topics.fixtures.values()]:
         if topic is None:
             continue
         msg_type = message_type(topic.type)
-        paths = topic.fields if name == "task_command" else [
+        paths = topic.fields if isinstance(topic, TaskCommandTopic) else [
             v for k, v in vars(topic).items() if k not in ("topic", "type", "linear_velocity_frame")]
         for path_ in paths:
-            check_field(msg_type, path_)
+            if path_ is not None:
+                check_field(msg_type, path_)
     return cfg

@@ -19,13 +19,15 @@ import mujoco
 import numpy as np
 import torch
 
+from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM
 from robostack.sim.policy_state import PolicyState
 from robostack.sim import ik
+from robostack.sim.joint_limits import TargetBounds
 from robostack.sim.task_env import actuated_joint_addresses, control_limits
 
 
-# A floating base's state fields and their sizes.
-BASE_FIELDS = (("base_position", 3), ("base_orientation", 4), ("base_linear_velocity", 3), ("base_angular_velocity", 3))
+# A free body's state fields and their sizes.
+BODY_FIELDS = (("position", 3), ("orientation", 4), ("linear_velocity", 3), ("angular_velocity", 3))
 
 
 class ObservationError(ValueError):
@@ -33,10 +35,31 @@ class ObservationError(ValueError):
 
 
 @dataclass
+class BodyState:
+    """A free body's pose and twist in the simulator's frames (a free joint's qpos and qvel): position and
+    linear velocity in the world frame, orientation a (w, x, y, z) quaternion, angular velocity in the body's."""
+
+    position: np.ndarray
+    orientation: np.ndarray
+    linear_velocity: np.ndarray
+    angular_velocity: np.ndarray
+
+
+@dataclass
+class Pose:
+    """A fixed body's pose: position and orientation (w, x, y, z), robot base (world) frame."""
+
+    position: np.ndarray
+    orientation: np.ndarray
+
+
+@dataclass
 class RobotState:
     """One measurement of the robot. Joint values are keyed by joint name; base fields are None for a
     fixed-base robot. Frames follow the simulator: base position and linear velocity in the world frame,
-    orientation as a (w, x, y, z) quaternion, angular velocity in the body frame."""
+    orientation as a (w, x, y, z) quaternion, angular velocity in the body frame. ``object`` is the task's
+    manipulated object, for tasks with one (from motion capture or a pose tracker); ``fixtures`` the poses of
+    the fixed bodies the task places per episode, by body name."""
 
     joint_position: Mapping[str, float] = field(default_factory=dict)
     joint_velocity: Mapping[str, float] = field(default_factory=dict)
@@ -44,6 +67,33 @@ class RobotState:
     base_orientation: np.ndarray | None = None
     base_linear_velocity: np.ndarray | None = None
     base_angular_velocity: np.ndarray | None = None
+    object: BodyState | None = None
+    fixtures: Mapping[str, Pose] = field(default_factory=dict)
+
+
+def free_joints(model: mujoco.MjModel) -> tuple[int | None, int | None]:
+    """(floating base, object): the free joints of a task's model. A free joint 0 is the robot's base; the
+    first other free joint is the object it manipulates (the cube of panda-lift)."""
+    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    base = 0 if free[:1] == [0] else None
+    objects = [j for j in free if j != base]
+    return base, objects[0] if objects else None
+
+
+def _check_body(state: BodyState | None, why: str, fields: str) -> None:
+    """Every field of a free body's measured state has its size; ``fields`` prefixes their names."""
+    for name, size in BODY_FIELDS:
+        value = None if state is None else getattr(state, name)
+        if value is None or np.asarray(value).shape != (size,):
+            raise ObservationError(f"{why}: state.{fields}{name} must be {size} values, got {value!r}")
+
+
+def _write_body(state: BodyState, qpos: np.ndarray, qvel: np.ndarray, qpos_adr: int, dof_adr: int) -> None:
+    quat = np.asarray(state.orientation, dtype=np.float64)
+    qpos[0, qpos_adr:qpos_adr + 3] = state.position
+    qpos[0, qpos_adr + 3:qpos_adr + 7] = quat / max(np.linalg.norm(quat), 1e-9)
+    qvel[0, dof_adr:dof_adr + 3] = state.linear_velocity
+    qvel[0, dof_adr + 3:dof_adr + 6] = state.angular_velocity
 
 
 def build_task(metadata: Mapping[str, Any]):
@@ -65,13 +115,17 @@ class ObservationBuilder(PolicyState):
         self.device = torch.device("cpu")
         self.control_dt = float(metadata["control_dt"])
         self.max_episode_length = int(metadata["max_episode_length"])
-        model = self.model = self.task.model
+        model = self.model = self.default_model = self.task.model  # default_model: as a TaskEnv names it
         self._kinematics = ik.KinematicSensors(model)
         self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, self.device)
         self._joint_qpos_adr, self._joint_dof_adr = self.actuator_qpos_adr.numpy(), self.actuator_dof_adr.numpy()
         self.default_joint_pos = torch.as_tensor(self.task.default_joint_pos, dtype=torch.float32)
         self.joint_names: list[str] = list(metadata["joint_names"])
-        self.floating_base = model.nq > 0 and model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE
+        base, obj = free_joints(model)
+        self.floating_base = base is not None
+        self.has_object = obj is not None  # the measured state must then carry the object's
+        self._object_adr = (int(model.jnt_qposadr[obj]), int(model.jnt_dofadr[obj])) if obj is not None else None
+        self._fixture_ids = {name: model.body(name).id for name in self.task.fixtures}  # moved in this model
         self.command = torch.zeros(1, self.task.command_dim)
         self.episode_length = torch.zeros(1, dtype=torch.long)
         self.buffers: dict[str, torch.Tensor] = {}
@@ -81,12 +135,29 @@ class ObservationBuilder(PolicyState):
         self._sensors: torch.Tensor | None = None  # [1, nsensordata] at the measured configuration, once per update
         self.size_integrals()
         self._terms = self.task.observations["policy"]
+        self.kind = metadata.get("kind", ACTOR_CRITIC)
+        self._frame_reader: Any = None  # a chunk bundle's: the measured state as datasets record it
         self._check_layout()
 
     def _check_layout(self) -> None:
-        """The task rebuilt here must produce exactly the observation the bundle's policy was trained on."""
-        listed = [(t["name"], int(t["dim"])) for t in self.metadata["observation"]["terms"]]
+        """The task rebuilt here must produce exactly the observation the bundle's policy was trained on: its
+        policy terms (a residual's: then the base's action), or for a chunk bundle the recorded features."""
+        terms = self.metadata["observation"]["terms"]
+        if self.kind == CHUNK:
+            from robostack.dataset import SimFrameReader, sim_features
+
+            features = sim_features(self)
+            wrong = [t["name"] for t in terms if features.get(t["name"], {}).get("names") != t.get("names")]
+            if wrong:
+                recorded = {key: feature["names"] for key, feature in features.items()}
+                raise ObservationError(f"bundle for task {self.task.name!r}: its inputs {wrong} are not what the task "
+                                       f"rebuilt from its config records ({recorded})")
+            self._frame_reader = SimFrameReader(self)
+            return
+        listed = [(t["name"], int(t["dim"])) for t in terms]
         built = [(name, int(term.func(self).shape[-1])) for name, term in self._terms.items()]
+        if self.kind == RESIDUAL:
+            built.append((RESIDUAL_BASE_TERM, self.action_dim))
         if listed != built:
             raise ObservationError(f"bundle for task {self.task.name!r}: its observation terms {listed} do not match "
                                    f"the task rebuilt from its config {built}")
@@ -111,6 +182,15 @@ class ObservationBuilder(PolicyState):
         if command is not None:
             self.set_command(command)
 
+    def follow_safety_limits(self, bounds: TargetBounds) -> None:
+        """Clamp the targets recorded here as the safety layer clamps those it sends (``bounds``), where the task
+        trained without limits of its own. End-effector and relative actions add to the previous target, which
+        must be the one the robot got: otherwise a clamped policy's targets run away from the arm (panda-lift's
+        diffusion policy through the safety layer, in lockstep with the simulator: 4 of 20 episodes succeeded,
+        17 of 20 with this)."""
+        if self._limits is None:
+            self._limits = bounds.as_tensors(self.device)
+
     def set_command(self, command: np.ndarray) -> None:
         value = np.asarray(command, dtype=np.float64).reshape(-1)
         if value.shape != (self.task.command_dim,) or not np.all(np.isfinite(value)):
@@ -133,22 +213,39 @@ class ObservationBuilder(PolicyState):
                 missing = [n for n in names if n not in values]
                 raise ObservationError(f"state has no value for joint(s) {missing} (bundle joints: {names})") from None
         if self.floating_base:
-            for what, size in BASE_FIELDS:
-                value = getattr(state, what)
-                if value is None or np.asarray(value).shape != (size,):
-                    raise ObservationError(f"robot {self.metadata['robot']!r} has a floating base: state.{what} "
-                                           f"must be {size} values, got {value!r}")
-            quat = np.asarray(state.base_orientation, dtype=np.float64)
-            qpos[0, 0:3] = state.base_position
-            qpos[0, 3:7] = quat / max(np.linalg.norm(quat), 1e-9)
-            qvel[0, 0:3] = state.base_linear_velocity
-            qvel[0, 3:6] = state.base_angular_velocity
+            base = BodyState(state.base_position, state.base_orientation, state.base_linear_velocity,
+                             state.base_angular_velocity)
+            _check_body(base, f"robot {self.metadata['robot']!r} has a floating base", "base_")
+            _write_body(base, qpos, qvel, 0, 0)
+        if self.has_object:
+            _check_body(state.object, f"task {self.task.name!r} has an object", "object.")
+            _write_body(state.object, qpos, qvel, *self._object_adr)
+        self._place_fixtures(state.fixtures)
         if not (np.isfinite(qpos).all() and np.isfinite(qvel).all()):
             raise ObservationError("state has non-finite values (NaN or inf)")
         self.qpos, self.qvel, self._sensors = torch.from_numpy(qpos), torch.from_numpy(qvel), None
 
+    def features(self) -> dict[str, np.ndarray]:
+        """A chunk bundle's inputs: the measured state as datasets record it (``robostack.dataset.sim_features``),
+        float32 ``[1, dim]`` per feature."""
+        return self._frame_reader.read()
+
+    def _place_fixtures(self, poses: Mapping[str, Pose]) -> None:
+        """Move the task's fixtures in this builder's model to where they were measured."""
+        for name, body in self._fixture_ids.items():
+            pose = poses.get(name)
+            position, orientation = (None, None) if pose is None else (np.asarray(pose.position, dtype=np.float64),
+                                                                        np.asarray(pose.orientation, dtype=np.float64))
+            if position is None or position.shape != (3,) or orientation.shape != (4,) or not (
+                    np.isfinite(position).all() and np.isfinite(orientation).all()):
+                raise ObservationError(f"task {self.task.name!r} places {name!r} per episode: state.fixtures[{name!r}] "
+                                       f"must be a finite position (3) and orientation (4), got {pose!r}")
+            self.model.body_pos[body] = position
+            self.model.body_quat[body] = orientation / max(np.linalg.norm(orientation), 1e-9)
+
     def observation(self) -> np.ndarray:
-        """The raw ``policy`` observation vector (the bundle's ONNX input), float32 [obs_dim]."""
+        """The raw ``policy`` observation vector (the bundle's ONNX input; a residual's without the base's
+        action), float32 [obs_dim]."""
         parts = []
         for term in self._terms.values():
             value = term.func(self)

@@ -6,7 +6,12 @@ Run::
 
 (or the ``policy_node`` console script, ``ros2 run robostack policy_node``). Everything about the policy
 comes from the bundle: its task (whose own observation terms build the observation, see
-``robostack.real.observation``), joint order, action mapping and control rate. The robot's topics come
+``robostack.real.observation``), joint order, action mapping and control rate. An actor-critic bundle maps
+the observation vector to an action; a chunk (diffusion) bundle reads the measured state as its dataset
+recorded it and executes action chunks (history, query period and temporal ensembling from its metadata,
+``robostack.policies.diffusion.ChunkExecutor``); a residual bundle corrects its base chunk bundle's action.
+Tasks with an object (panda-lift) also need its pose on ``topics.object``, tasks that place fixed bodies
+per episode (panda-insert's hole) their poses on ``topics.fixtures``. The robot's topics come
 from ``configs/deploy/<robot>.yaml`` (parameter ``config`` to use another file).
 
 Each control tick it reads the latest measured state, builds the observation, runs the ONNX policy and
@@ -27,19 +32,80 @@ Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/de
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import numpy as np
 
-from robostack.bundle import BundleError, load_bundle
+from robostack.bundle import BundleError, ChunkPolicyBundle, PolicyBundle, ResidualPolicyBundle, load_bundle
+from robostack.policies.diffusion import STATE_KEY, ChunkExecutor
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
+from robostack.real.safety import safety_config
 from robostack.real.state import StateListener, primary_source
+from robostack.sim.joint_limits import TargetBounds
 
 TRIGGERS = ("timer", "state")
+
+
+class VectorActor:
+    """An actor-critic bundle: the observation vector in, the action out."""
+
+    writes_controls = False  # it writes the task's actions
+
+    def __init__(self, bundle: PolicyBundle, builder: ObservationBuilder):
+        self.bundle, self.builder = bundle, builder
+        self.builders = [builder]  # every view of the measured state it reads: each gets every update
+
+    def act(self) -> np.ndarray:
+        return self.bundle.act(self.builder.observation())
+
+    def reset(self) -> None:
+        pass
+
+
+class ChunkActor:
+    """A chunk (diffusion) bundle: the measured state as its dataset recorded it, action chunks executed by
+    ``ChunkExecutor`` with the bundle's history, query period and temporal ensembling."""
+
+    def __init__(self, bundle: ChunkPolicyBundle, builder: ObservationBuilder, seed: int = 0):
+        if bundle.image_shapes:
+            raise BundleError(f"bundle {bundle.path} reads camera images ({', '.join(bundle.image_shapes)}); "
+                              "policy_node runs chunk bundles with state observations only")
+        chunk = bundle.metadata["chunk"]
+        self.builder, self.keys = builder, [term["name"] for term in bundle.metadata["observation"]["terms"]]
+        self.executor = ChunkExecutor(bundle, 1, chunk.get("query_every"), chunk.get("ensemble_coef", 0.01), seed)
+        self.writes_controls = bundle.metadata["action"].get("kind") == "controls"  # else the task's actions
+        self.builders = [builder]
+
+    def act(self) -> np.ndarray:
+        features = self.builder.features()
+        state = np.concatenate([features[key] for key in self.keys], axis=1)
+        return self.executor.step({STATE_KEY: state})[0]
+
+    def reset(self) -> None:
+        self.executor.reset()
+
+
+class ResidualActor:
+    """A residual bundle: its base chunk bundle's action, corrected from the policy observation and that action."""
+
+    def __init__(self, bundle: ResidualPolicyBundle, builder: ObservationBuilder):
+        self.bundle, self.builder = bundle, builder
+        self.base = ChunkActor(bundle.base, ObservationBuilder(bundle.base.metadata))
+        self.writes_controls = False  # load_bundle checked that the base acts in the task's actions
+        self.builders = [builder, *self.base.builders]
+
+    def act(self) -> np.ndarray:
+        base = self.base.act()
+        correction = self.bundle.act(np.concatenate([self.builder.observation(), base]))
+        return self.bundle.executed(base, correction)
+
+    def reset(self) -> None:
+        self.base.reset()
 
 
 class PolicyRunner:
@@ -47,16 +113,47 @@ class PolicyRunner:
 
     def __init__(self, bundle_path: str, config_path: str | None = None):
         self.bundle = load_bundle(bundle_path)
-        self.deploy = load_deploy_config(self.bundle.robot, config_path or None)
+        self.deploy = load_deploy_config(self.bundle.robot, config_path or None, task=self.bundle.task)
         self.primary = primary_source(self.deploy)  # the state source whose arrival is a new state
         self.builder = ObservationBuilder(self.bundle.metadata)
+        joint_limits = safety_config(self.deploy, f"deploy config of robot {self.bundle.robot!r}").joints
+        if joint_limits is not None:
+            robot_module = importlib.import_module(f"robostack.sim.robots.{self.bundle.robot}.model")
+            self.builder.follow_safety_limits(TargetBounds.for_robot(robot_module, self.builder.model, joint_limits))
+        if self.builder.has_object and self.deploy.topics.object is None:
+            raise ValueError(f"task {self.bundle.task!r} needs its object's pose, but the deploy config of robot "
+                             f"{self.bundle.robot!r} has no topics.object")
+        unmeasured = [name for name in self.builder.task.fixtures if name not in self.deploy.topics.fixtures]
+        if unmeasured:
+            raise ValueError(f"task {self.bundle.task!r} places {unmeasured} per episode, but the deploy config of "
+                             f"robot {self.bundle.robot!r} has no topics.fixtures for them (their poses)")
+        if isinstance(self.bundle, ChunkPolicyBundle):
+            self.actor: VectorActor | ChunkActor | ResidualActor = ChunkActor(self.bundle, self.builder)
+        elif isinstance(self.bundle, ResidualPolicyBundle):
+            self.actor = ResidualActor(self.bundle, self.builder)
+        else:
+            self.actor = VectorActor(self.bundle, self.builder)
         self.fresh_episode = True
         if self.deploy.topics.task_command is not None:
-            self.builder.set_command(self.deploy.topics.task_command.default)
+            self.set_command(self.deploy.topics.task_command.default)
+
+    def set_command(self, command: list[float]) -> None:
+        for builder in self.actor.builders:
+            builder.set_command(command)
 
     def reset(self) -> None:
-        self.builder.reset()
+        for builder in self.actor.builders:
+            builder.reset()
+        self.actor.reset()
         self.fresh_episode = True
+
+    def _own_controls(self, controls: np.ndarray) -> np.ndarray:
+        """Controls a chunk bundle wrote itself (trained on the recorded actuator controls), checked."""
+        values = np.asarray(controls, dtype=np.float64)
+        if values.shape != (self.builder.model.nu,) or not np.isfinite(values).all():
+            raise ObservationError(f"the policy's controls must be {self.builder.model.nu} finite values, got "
+                                   f"{values.tolist()}")
+        return values
 
     def tick(self, listener: StateListener, now: float | None = None) -> tuple[np.ndarray | None, str]:
         """Controls for this tick, or (None, why not)."""
@@ -66,11 +163,13 @@ class PolicyRunner:
         if age > self.deploy.state_timeout_s:
             return None, f"state is stale: {age * 1000:.0f} ms old (limit {self.deploy.state_timeout_s * 1000:.0f} ms)"
         try:
-            self.builder.update(listener.state())
+            state = listener.state()
+            for builder in self.actor.builders:
+                builder.update(state)
             if not self.fresh_episode:  # as in training: integrals advance after each step, not before the first
                 self.builder.integrate()
-            action = self.bundle.act(self.builder.observation())
-            controls = self.builder.controls(action)
+            action = self.actor.act()
+            controls = self._own_controls(action) if self.actor.writes_controls else self.builder.controls(action)
         except (ObservationError, BundleError) as exc:
             return None, f"cannot act: {exc}"
         self.fresh_episode = False
@@ -87,14 +186,15 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
         if source == runner.primary:
             on_tick()
 
-    listener = StateListener(node, runner.deploy, qos=1 if per_state else 10, on_update=on_state if per_state else None)
+    listener = StateListener(node, runner.deploy, qos=1 if per_state else 10, on_update=on_state if per_state else None,
+                             with_object=runner.builder.has_object, fixtures=runner.builder.task.fixtures)
     topic, type_ = INTERNAL["policy_command"]
     publisher = node.create_publisher(message_type(type_), topic, 10)
     task = runner.deploy.topics.task_command
     if task is not None:
         def on_task_command(msg: Any) -> None:
             try:
-                runner.builder.set_command([float(get_field(msg, f)) for f in task.fields])
+                runner.set_command([float(get_field(msg, f)) for f in task.fields])
             except ObservationError as exc:
                 node.get_logger().error(f"ignoring task command on {task.topic}: {exc}", throttle_duration_sec=1.0)
 

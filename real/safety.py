@@ -93,7 +93,8 @@ class SafetyConfig:
 
 
 POSITIVE_KEYS = ("rate_hz", "command_timeout_s", "state_timeout_s", "joints.velocity_scale", "joints.effort_scale",
-                 "quadruped.stand_down_s", "drone.descent_speed", "drone.landed_height")
+                 "joints.prismatic_velocity_scale", "quadruped.stand_down_s", "drone.descent_speed",
+                 "drone.landed_height")
 
 
 def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:

@@ -5,7 +5,8 @@ Run::
     python -m robostack.real.safety_node --ros-args -p robot:=go2
 
 Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
-``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``).
+``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``), ``task``
+(optional: the deployed task, whose section of the file's ``tasks`` is merged over it).
 
 It alone talks to the driver. It takes the latest command (the human's on ``teleop/command`` while
 ``teleop/active`` is true, else the policy's on ``policy/command``) and the latest measured state
@@ -64,10 +65,11 @@ class SafetyNode(Node):
         super().__init__("safety_node", **kwargs)
         self.robot = self.declare_parameter("robot", "").value
         config = self.declare_parameter("config", "").value
+        task = self.declare_parameter("task", "").value  # its section of the deploy config applies too
         if not self.robot:
             raise ValueError("parameter 'robot' is required (panda, go2 or cf2)")
         source = config or str(config_path("deploy", f"{self.robot}.yaml"))
-        self.deploy = load_deploy_config(self.robot, source)
+        self.deploy = load_deploy_config(self.robot, source, task=task or None)
         self.layer = safety_layer(self.robot, safety_config(self.deploy, source))
         self.listener = StateListener(self, self.deploy)
 

@@ -41,7 +41,9 @@ Topics (relative: they follow the node's namespace)
         first accelerometer, including gravity as a real IMU reads it, or covariance[0] = -1 "unknown" per
         REP 145 when the model has none; other covariances 0 = unknown); ``topics.odometry`` (pose in the
         ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105);
-        the primary source (``robostack.real.state.primary_source``) last, so a policy that acts on it
+        ``topics.object`` for a task with an object (panda-lift's cube: its odometry, as a motion-capture
+        system would report it) and ``topics.fixtures`` for the bodies it places per episode (panda-insert's
+        hole: its pose); the primary source (``robostack.real.state.primary_source``) last, so a policy that acts on it
         sees the whole step.
     out: ``topics.task_command`` at every reset and every 0.1 s of simulated time, except while a human has
         taken over (between ``start`` and ``end`` on ``teleop/intervention``): the human's task command then
@@ -87,8 +89,8 @@ from robostack.config import ConfigError
 from robostack.real.executor import stop_on_signals
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
-from robostack.real.observation import RobotState
-from robostack.real.state import BASE_FRAME, WORLD_FRAME, stamp_header, state_messages
+from robostack.real.observation import BodyState, Pose, RobotState, free_joints
+from robostack.real.state import BASE_FRAME, FIXTURE, WORLD_FRAME, stamp_header, state_messages
 
 TASK_COMMAND_PERIOD_S = 0.1
 COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
@@ -111,6 +113,13 @@ def actuated_joint_names(model: mujoco.MjModel) -> list[str]:
     """Joints driven by actuators, in actuator order (what a bundle's ``joint_names`` lists)."""
     return [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)
             if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
+
+
+def free_body(data: mujoco.MjData, qpos_adr: int, dof_adr: int) -> BodyState:
+    """A free joint's state: position and orientation (w, x, y, z), linear velocity in the world frame,
+    angular velocity in the body frame (MuJoCo's free-joint conventions)."""
+    return BodyState(data.qpos[qpos_adr:qpos_adr + 3], data.qpos[qpos_adr + 3:qpos_adr + 7],
+                     data.qvel[dof_adr:dof_adr + 3], data.qvel[dof_adr + 3:dof_adr + 6])
 
 
 class SimRobotNode(Node):
@@ -141,7 +150,7 @@ class SimRobotNode(Node):
                                 play=not bool(p["randomize"]), config=task_config)
         self.env.reset(seed=seed)
         model = self.env.default_model
-        self.cfg = load_deploy_config(self.env.task.robot)
+        self.cfg = load_deploy_config(self.env.task.robot, task=task)
         self.control_dt = self.env.control_dt
         self.joint_names = joint_names or actuated_joint_names(model)
         self._setup_physics_readout(model)
@@ -150,7 +159,12 @@ class SimRobotNode(Node):
         topics = self.cfg.topics
         self._topic_publishers = {
             name: self.create_publisher(message_type(getattr(topics, name).type), getattr(topics, name).topic, 10)
-            for name in ("joint_states", "imu", "odometry", "task_command") if getattr(topics, name) is not None}
+            for name in ("joint_states", "imu", "odometry", "task_command", "object")
+            if getattr(topics, name) is not None}
+        self._fixtures = {name: model.body(name).id for name in self.env.task.fixtures if name in topics.fixtures}
+        for name in self._fixtures:
+            self._topic_publishers[FIXTURE + name] = self.create_publisher(
+                message_type(topics.fixtures[name].type), topics.fixtures[name].topic, 10)
         self._episode_publisher = self.create_publisher(String, EPISODE_TOPIC, EPISODE_QOS)
         self.create_subscription(message_type(topics.driver_command.type), topics.driver_command.topic,
                                  self._on_driver_command, 10)
@@ -214,9 +228,11 @@ class SimRobotNode(Node):
         self._data = mujoco.MjData(model)
         self._joint_qpos = self.env.actuator_qpos_adr.cpu().numpy()
         self._joint_dof = self.env.actuator_dof_adr.cpu().numpy()
-        free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
-        self._base_qpos = int(model.jnt_qposadr[free[0]]) if free else None  # the floating base, if any
-        self._base_dof = int(model.jnt_dofadr[free[0]]) if free else None
+        base, obj = free_joints(model)
+        self._base_qpos = int(model.jnt_qposadr[base]) if base is not None else None  # the floating base, if any
+        self._base_dof = int(model.jnt_dofadr[base]) if base is not None else None
+        # the task's object, published when the deploy config has a topic for it
+        self._object = (int(model.jnt_qposadr[obj]), int(model.jnt_dofadr[obj])) if obj is not None else None
         accelerometers = [i for i in range(model.nsensor)
                           if model.sensor_type[i] == mujoco.mjtSensor.mjSENS_ACCELEROMETER]
         self._accelerometer = (None if not accelerometers else
@@ -309,12 +325,15 @@ class SimRobotNode(Node):
         data = self._read_physics()
         base = {}
         if self._base_qpos is not None:
-            base = dict(base_position=data.qpos[self._base_qpos:self._base_qpos + 3],
-                        base_orientation=data.qpos[self._base_qpos + 3:self._base_qpos + 7],  # w, x, y, z
-                        base_linear_velocity=data.qvel[self._base_dof:self._base_dof + 3],  # a free joint's: world
-                        base_angular_velocity=data.qvel[self._base_dof + 3:self._base_dof + 6])  # body frame
+            body = free_body(data, self._base_qpos, self._base_dof)
+            base = dict(base_position=body.position, base_orientation=body.orientation,
+                        base_linear_velocity=body.linear_velocity, base_angular_velocity=body.angular_velocity)
+        model = self.env.sim.models[0]  # this episode's: the task placed its fixtures in it
         state = RobotState(joint_position=dict(zip(self.joint_names, data.qpos[self._joint_qpos])),
-                           joint_velocity=dict(zip(self.joint_names, data.qvel[self._joint_dof])), **base)
+                           joint_velocity=dict(zip(self.joint_names, data.qvel[self._joint_dof])),
+                           object=free_body(data, *self._object) if self._object is not None else None,
+                           fixtures={name: Pose(model.body_pos[body], model.body_quat[body])
+                                     for name, body in self._fixtures.items()}, **base)
         accelerometer = None if self._accelerometer is None else data.sensordata[self._accelerometer]
         for source, msg in state_messages(self.cfg, state, self.get_clock().now().to_msg(), self.joint_names,
                                           data.qfrc_actuator[self._joint_dof], accelerometer):

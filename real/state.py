@@ -11,18 +11,21 @@ simulated robot and ``robostack bench deploy`` use it).
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from robostack.real.deploy_config import DeployConfig
+from robostack.real.deploy_config import DeployConfig, OdometryTopic
 from robostack.real.messages import get_field, message_type, read_vector, set_field, write_vector
-from robostack.real.observation import RobotState
+from robostack.real.observation import BodyState, Pose, RobotState
 
 QUAT_FIELDS = ("w", "x", "y", "z")
 WORLD_FRAME = "odom"  # REP 105
 BASE_FRAME = "base_link"
+OBJECT_FRAME = "object"  # the child frame of the object's odometry
+FIXTURE = "fixture:"  # + body name: the state source of a fixture's pose
 STATE_SOURCES = ("joint_states", "imu", "odometry")
 # A policy that acts per state acts on the joint encoders of a jointed robot, else on the state estimate
 # (odometry), else on the IMU; drivers publish it last of a cycle's topics, so the others are from it too.
@@ -80,24 +83,42 @@ def state_messages(cfg: DeployConfig, state: RobotState, stamp: Any, joint_names
                 write_vector(msg, "linear_acceleration", linear_acceleration)
         messages["imu"] = msg
     if topics.odometry is not None:
-        t = topics.odometry
-        msg = message_type(t.type)()
-        stamp_header(msg, stamp, WORLD_FRAME)
-        if hasattr(msg, "child_frame_id"):
-            msg.child_frame_id = BASE_FRAME
-        orientation = np.asarray(state.base_orientation, dtype=np.float64)
-        write_vector(msg, t.position, state.base_position)
-        write_vector(msg, t.orientation, orientation, QUAT_FIELDS)
-        velocity = state.base_linear_velocity
-        if t.linear_velocity_frame == "body":
-            velocity = rotate(orientation * np.array([1.0, -1.0, -1.0, -1.0]), velocity)
-        write_vector(msg, t.linear_velocity, velocity)
-        twist = get_field(msg, t.linear_velocity.rpartition(".")[0] or t.linear_velocity)
-        if hasattr(twist, "angular"):  # a Twist (the standard message): its angular part too, body frame
-            write_vector(twist, "angular", state.base_angular_velocity)
-        messages["odometry"] = msg
+        messages["odometry"] = _odometry_message(topics.odometry, stamp, BASE_FRAME, state.base_position,
+                                                 state.base_orientation, state.base_linear_velocity,
+                                                 state.base_angular_velocity)
+    for name, pose in state.fixtures.items():
+        t = topics.fixtures.get(name)
+        if t is not None:
+            msg = message_type(t.type)()
+            stamp_header(msg, stamp, WORLD_FRAME)
+            write_vector(msg, t.position, pose.position)
+            write_vector(msg, t.orientation, pose.orientation, QUAT_FIELDS)
+            messages[FIXTURE + name] = msg
+    if topics.object is not None and state.object is not None:
+        body = state.object
+        messages["object"] = _odometry_message(topics.object, stamp, OBJECT_FRAME, body.position, body.orientation,
+                                               body.linear_velocity, body.angular_velocity)
     primary = primary_source(cfg)
     return [(name, msg) for name, msg in messages.items() if name != primary] + [(primary, messages[primary])]
+
+
+def _odometry_message(t: OdometryTopic, stamp: Any, child_frame: str, position: np.ndarray, orientation: np.ndarray,
+                      linear_velocity: np.ndarray, angular_velocity: np.ndarray) -> Any:
+    """A free body's odometry-like message: pose in the world (odom) frame, linear velocity (given in the world
+    frame) in the frame ``t`` says, angular velocity in the body frame."""
+    msg = message_type(t.type)()
+    stamp_header(msg, stamp, WORLD_FRAME)
+    if hasattr(msg, "child_frame_id"):
+        msg.child_frame_id = child_frame
+    orientation = np.asarray(orientation, dtype=np.float64)
+    write_vector(msg, t.position, position)
+    write_vector(msg, t.orientation, orientation, QUAT_FIELDS)
+    if t.linear_velocity_frame == "body":
+        linear_velocity = rotate(orientation * np.array([1.0, -1.0, -1.0, -1.0]), linear_velocity)
+    write_vector(msg, t.linear_velocity, linear_velocity)
+    if t.angular_velocity is not None and angular_velocity is not None:
+        write_vector(msg, t.angular_velocity, angular_velocity)
+    return msg
 
 
 def stamp_header(msg: Any, stamp: Any, frame_id: str) -> None:
@@ -107,10 +128,28 @@ def stamp_header(msg: Any, stamp: Any, frame_id: str) -> None:
         msg.header.frame_id = frame_id
 
 
-class StateListener:
-    """Latest joint states, IMU and odometry of one robot; ``on_update`` runs after every message."""
+def _read_pose_and_velocity(msg: Any, t: OdometryTopic) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Position, orientation (w, x, y, z) and world-frame linear velocity from an odometry-like message."""
+    orientation = read_vector(msg, t.orientation, QUAT_FIELDS)
+    velocity = read_vector(msg, t.linear_velocity)
+    if t.linear_velocity_frame == "body":
+        velocity = rotate(orientation, velocity)
+    return read_vector(msg, t.position), orientation, velocity
 
-    def __init__(self, node: Any, cfg: DeployConfig, qos: Any = 10, on_update: Callable[[str], None] | None = None):
+
+class StateListener:
+    """Latest joint states, IMU and odometry of one robot (``with_object``: and the pose and twist of the object
+    its task manipulates, ``topics.object``; ``fixtures``: the poses of those fixed bodies, ``topics.fixtures``);
+    ``on_update`` runs after every message."""
+
+    def __init__(self, node: Any, cfg: DeployConfig, qos: Any = 10, on_update: Callable[[str], None] | None = None,
+                 with_object: bool = False, fixtures: Sequence[str] = ()):
+        if with_object and cfg.topics.object is None:
+            raise ValueError(f"deploy config for robot {cfg.robot!r} has no topics.object (the object's pose)")
+        unknown = [name for name in fixtures if name not in cfg.topics.fixtures]
+        if unknown:
+            raise ValueError(f"deploy config for robot {cfg.robot!r} has no topics.fixtures for {unknown} "
+                             "(their poses)")
         self.cfg = cfg
         self._on_update = on_update
         self.joint_position: dict[str, float] = {}
@@ -119,14 +158,19 @@ class StateListener:
         self.base_orientation: np.ndarray | None = None
         self.base_linear_velocity: np.ndarray | None = None
         self.base_angular_velocity: np.ndarray | None = None
+        self.object: BodyState | None = None
+        self.fixtures: dict[str, Pose] = {}
         self.received: dict[str, float] = {}  # source -> monotonic time of its last message
         self.sources = [name for name in STATE_SOURCES if getattr(cfg.topics, name) is not None]
-        handlers = {"joint_states": self._joint_states, "imu": self._imu, "odometry": self._odometry}
-        self.subscriptions = [
-            node.create_subscription(message_type(getattr(cfg.topics, name).type), getattr(cfg.topics, name).topic,
-                                     handlers[name], qos)
-            for name in self.sources
-        ]
+        self.sources += ["object"] if with_object else []
+        self.topics = {name: getattr(cfg.topics, name) for name in self.sources}
+        handlers = {"joint_states": self._joint_states, "imu": self._imu, "odometry": self._odometry,
+                    "object": self._object}
+        for name in fixtures:  # static: needed once, never stale
+            self.topics[FIXTURE + name] = cfg.topics.fixtures[name]
+            handlers[FIXTURE + name] = functools.partial(self._fixture, name)
+        self.subscriptions = [node.create_subscription(message_type(t.type), t.topic, handlers[source], qos)
+                              for source, t in self.topics.items()]
 
     def _mark(self, source: str) -> None:
         self.received[source] = time.monotonic()
@@ -150,21 +194,30 @@ class StateListener:
 
     def _odometry(self, msg: Any) -> None:
         t = self.cfg.topics.odometry
-        self.base_position = read_vector(msg, t.position)
-        velocity = read_vector(msg, t.linear_velocity)
-        if t.linear_velocity_frame == "body":
-            velocity = rotate(read_vector(msg, t.orientation, QUAT_FIELDS), velocity)
-        self.base_linear_velocity = velocity
+        self.base_position, orientation, self.base_linear_velocity = _read_pose_and_velocity(msg, t)
         if self.cfg.topics.imu is None:  # no IMU: the odometry's orientation is the attitude
-            self.base_orientation = read_vector(msg, t.orientation, QUAT_FIELDS)
+            self.base_orientation = orientation
         self._mark("odometry")
+
+    def _object(self, msg: Any) -> None:
+        t = self.cfg.topics.object
+        position, orientation, velocity = _read_pose_and_velocity(msg, t)
+        spin = read_vector(msg, t.angular_velocity) if t.angular_velocity is not None else np.zeros(3)
+        self.object = BodyState(position, orientation, velocity, spin)
+        self._mark("object")
+
+    def _fixture(self, name: str, msg: Any) -> None:
+        t = self.cfg.topics.fixtures[name]
+        self.fixtures[name] = Pose(read_vector(msg, t.position), read_vector(msg, t.orientation, QUAT_FIELDS))
+        self._mark(FIXTURE + name)
 
     # ----- queries
     def ready(self) -> bool:
-        return all(source in self.received for source in self.sources)
+        return all(source in self.received for source in self.topics)
 
     def age(self, now: float | None = None) -> float:
-        """Seconds since the *oldest* configured source last arrived (inf before all have arrived)."""
+        """Seconds since the *oldest* configured source last arrived (inf before all have arrived); fixtures
+        only have to have arrived (they stand still)."""
         if not self.ready():
             return float("inf")
         now = time.monotonic() if now is None else now
@@ -172,10 +225,11 @@ class StateListener:
 
     def missing(self) -> list[str]:
         """Configured topics that have not delivered a message yet, by topic name."""
-        return [getattr(self.cfg.topics, s).topic for s in self.sources if s not in self.received]
+        return [t.topic for source, t in self.topics.items() if source not in self.received]
 
     def state(self) -> RobotState:
         return RobotState(joint_position=dict(self.joint_position), joint_velocity=dict(self.joint_velocity),
                           base_position=self.base_position, base_orientation=self.base_orientation,
                           base_linear_velocity=self.base_linear_velocity,
-                          base_angular_velocity=self.base_angular_velocity)
+                          base_angular_velocity=self.base_angular_velocity, object=self.object,
+                          fixtures=dict(self.fixtures))

@@ -94,6 +94,7 @@ HASHED_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
 INPUT_NAME = "obs"
 OUTPUT_NAME = "action"
 ACTOR_CRITIC, CHUNK, RESIDUAL = "actor_critic", "chunk", "residual"  # metadata "kind" (absent: actor_critic)
+RESIDUAL_BASE_TERM = "base_action"  # a residual's last observation term: the action of the base it corrects
 CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 ONNX_OPSET = 17
 
@@ -263,6 +264,10 @@ class ResidualPolicyBundle(VectorPolicyBundle):
         super().__init__(path, metadata, session)
         self.base = base
         self.scale = float(metadata["residual"]["scale"])
+
+    def executed(self, base_action: np.ndarray, correction: np.ndarray) -> np.ndarray:
+        """The action the robot executes: the base's, corrected (actions span [-1, 1])."""
+        return np.clip(np.asarray(base_action) + self.scale * np.clip(correction, -1.0, 1.0), -1.0, 1.0)
 
     def __repr__(self) -> str:
         return (f"ResidualPolicyBundle({str(self.path)!r}, task={self.task!r}, obs_dim={self.obs_dim}, "

@@ -1061,7 +1061,9 @@ def sim_features(env: Any) -> dict[str, dict[str, Any]]:
 
 class SimFrameReader:
     """Reads ``sim_frame`` from one ``TaskEnv`` again and again: the name-to-address mapping is found once
-    (policies acting through recorded features read a frame every control step)."""
+    (policies acting through recorded features read a frame every control step). It reads what term
+    functions read (``qpos``, ``qvel``, ``command``, ``sensor``), so a deploy-side view of a measured robot
+    (``robostack.real.observation.ObservationBuilder``) gives the same frame."""
 
     def __init__(self, env: Any):
         self.env = env
@@ -1072,7 +1074,8 @@ class SimFrameReader:
 
     def read(self) -> dict[str, np.ndarray]:
         env = self.env
-        frame = {"observation.state": self.state_map.read(env.sim.qpos, env.sim.qvel).astype(np.float32)}
+        frame = {"observation.state": self.state_map.read(env.qpos.cpu().numpy(), env.qvel.cpu().numpy()
+                                                          ).astype(np.float32)}
         if env.task.command_dim:
             frame["observation.command"] = env.command.cpu().numpy().astype(np.float32)
         if self.ee_sensors:  # the end effector's pose, as forward kinematics gives it

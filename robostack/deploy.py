@@ -35,14 +35,16 @@ class NodeSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def recorded_topics(robot: str) -> list[str]:
-    """``/topic:type`` entries the recorder takes: the robot's state and driver topics, the task command
-    and everything the RoboStack nodes say to each other (policy and human commands, takeovers, overrides)."""
+def recorded_topics(robot: str, task: str | None = None) -> list[str]:
+    """``/topic:type`` entries the recorder takes: the robot's state and driver topics, the task command, object
+    and fixture poses (of ``task``'s deploy settings) and everything the RoboStack nodes say to each other (policy and
+    human commands, takeovers, overrides)."""
     from robostack.real.deploy_config import INTERNAL, load_deploy_config
 
-    topics = load_deploy_config(robot).topics
+    topics = load_deploy_config(robot, task=task).topics
     entries = [(t.topic, t.type) for t in (topics.joint_states, topics.imu, topics.odometry, topics.driver_command,
-                                            topics.task_command) if t is not None]
+                                            topics.task_command, topics.object, *topics.fixtures.values())
+               if t is not None]
     entries += [INTERNAL[k] for k in ("policy_command", "teleop_command", "teleop_active", "intervention", "override")]
     return [f"{topic}:{type_}" for topic, type_ in entries]
 
@@ -56,8 +58,11 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     bundle = load_bundle(policy)
     policy = str(Path(policy).resolve())
     nodes = [
-        NodeSpec("policy_node", "policy_node", {"bundle": policy}),
-        NodeSpec("safety_node", "safety_node", {"robot": bundle.robot}),
+        # The simulated robot publishes its state at the control rate, so the policy acts on each one, as on a
+        # driver that does; on a timer (a real driver's own rate) the safety layer's rate limit had only part of
+        # a period to move the targets before the simulator's step took them (panda-lift: 0.4 vs 0.9, 10 episodes).
+        NodeSpec("policy_node", "policy_node", {"bundle": policy, "trigger": "state" if sim else "timer"}),
+        NodeSpec("safety_node", "safety_node", {"robot": bundle.robot, "task": bundle.task}),
     ]
     if sim:
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
@@ -67,7 +72,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": bundle.robot, "input": teleop}))
     if record:
         nodes.append(NodeSpec("recorder_node", "recorder_node",
-                              {"topics": recorded_topics(bundle.robot), "output": str(Path(record).resolve())}))
+                              {"topics": recorded_topics(bundle.robot, bundle.task),
+                               "output": str(Path(record).resolve())}))
     return nodes
 
 

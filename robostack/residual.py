@@ -128,8 +128,8 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
     from datetime import datetime, timezone
 
     import robostack
-    from robostack.bundle import (BASE_DIR, FORMAT_VERSION, RESIDUAL, describe_observation, is_bundle, load_bundle,
-                                  write_bundle, write_vector_onnx, write_vector_torchscript)
+    from robostack.bundle import (BASE_DIR, FORMAT_VERSION, RESIDUAL, RESIDUAL_BASE_TERM, describe_observation,
+                                  is_bundle, load_bundle, write_bundle, write_vector_onnx, write_vector_torchscript)
     from robostack.imitation import export_chunk_bundle
 
     residual = run.train_config["residual"]
@@ -143,7 +143,8 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
         n = env.action_space.shape[0]
     finally:
         env.close()
-    observation["terms"].append({"name": "base_action", "dim": n, "scale": 1.0, "offset_in_vector": observation["dim"]})
+    observation["terms"].append({"name": RESIDUAL_BASE_TERM, "dim": n, "scale": 1.0,
+                                 "offset_in_vector": observation["dim"]})
     observation["dim"] += n
 
     ck = run.ckpt

@@ -30,6 +30,12 @@ class JointTargetLimits:
     # gains, 0.07 with the training's +-20% gain randomization, 1.00 without the bound (BENCHMARKS.md).
     effort_scale: float | None
     prismatic_margin: float = 0.0  # m kept inside the URDF position limits of a prismatic joint (a finger)
+    # x URDF velocity limit for a prismatic joint's target (None: velocity_scale). A gripper's open / close
+    # command is a target the gripper reaches at its own speed; ``.inf`` leaves it unlimited.
+    prismatic_velocity_scale: float | None = None
+
+
+UNLIMITED = 1e9  # rad/s or m/s: no rate limit, finite (an infinite one times a zero interval would be NaN)
 
 
 @dataclass
@@ -52,8 +58,11 @@ class TargetBounds:
         if np.any(lower >= upper):
             names = [n for n, lo, hi in zip(robot_module.JOINT_NAMES, lower, upper) if lo >= hi]
             raise ValueError(f"{robot_module.NAME}: the joint target margins leave no range for {names}")
+        finger_scale = (limits.velocity_scale if limits.prismatic_velocity_scale is None
+                        else limits.prismatic_velocity_scale)
+        velocity_scale = np.where(prismatic, finger_scale, limits.velocity_scale)
         return cls(lower=lower, upper=upper,
-                   max_velocity=robot_module.VELOCITY_LIMIT * limits.velocity_scale,
+                   max_velocity=np.minimum(robot_module.VELOCITY_LIMIT * velocity_scale, UNLIMITED),
                    max_lead=np.full(len(lower), np.inf) if limits.effort_scale is None
                    else robot_module.EFFORT_LIMIT * limits.effort_scale / robot_module.KP,
                    damping_lead=robot_module.KD / robot_module.KP)

@@ -169,3 +169,6 @@ class TaskDefinition:
     # what a perception stack would report about the scene, noiseless (datasets record it as
     # observation.environment_state): name -> (term [N, len(axes)], one letter per component, e.g. "xyz")
     environment_state: dict[str, tuple[TermFn, str]] = field(default_factory=dict)
+    # fixed bodies an event places per episode (a change of each env's model: panda-insert's hole); a
+    # deployment measures their poses (robostack.real.observation)
+    fixtures: tuple[str, ...] = ()

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from robostack import sim
-from robostack.bundle import (FORMAT_VERSION, BundleError, content_hash, describe_env, export_bundle, load_bundle,
-                              load_run)
+from robostack.bundle import (FORMAT_VERSION, BundleError, PolicyBundle, content_hash, describe_env, export_bundle,
+                              load_bundle, load_run)
 from robostack.cli import main
 
 TASK = "cf2-hover"
@@ -469,6 +469,10 @@ def test_sac_run_exports_and_evaluates(tmp_path, capsys):
     assert result["algo"] == "sac" and result["episodes"] == 2
 
 
+# Shipped bundles whose play-variant success (BENCHMARKS.md) leaves room for misses in 16 episodes.
+MIN_PLAY_SUCCESS = {"panda-lift": 0.75}  # 0.935 of 200
+
+
 def test_shipped_bundles_load_and_succeed_on_their_tasks():
     """Every shipped bundle loads (hash checked), matches the task it stores, and still does its job: a small
     play-variant evaluation through onnxruntime (the 1000-episode figures are in BENCHMARKS.md)."""
@@ -476,18 +480,21 @@ def test_shipped_bundles_load_and_succeed_on_their_tasks():
 
     root = Path(__file__).resolve().parent.parent / "bundles"
     shipped = sorted(p for p in root.iterdir() if p.is_dir())
-    assert shipped, "no bundles shipped"
+    assert {p.name for p in shipped} >= {"cf2-hover", "go2-walk", "panda-reach", "panda-lift", "panda-insert"}
     for path in shipped:
         bundle = load_bundle(path)  # verifies the content hash
-        env = sim.make_env(bundle.task, num_envs=2, play=True, config=bundle.metadata["task_config"])
-        try:
-            obs, _ = env.reset(seed=0)
-            assert bundle.obs_dim == env.observation_spaces["policy"].shape[0]
-            assert bundle.action_dim == env.action_dim
-            assert [t["name"] for t in bundle.metadata["observation"]["terms"]] == list(env.task.observations["policy"])
-            action = bundle.act(obs["policy"].numpy())
-            assert action.shape == (2, env.action_dim) and np.all(np.abs(action) <= 1.0)
-        finally:
-            env.close()
+        assert bundle.task == path.name
+        if isinstance(bundle, PolicyBundle):  # an actor-critic's observation is the task's policy group
+            env = sim.make_env(bundle.task, num_envs=2, play=True, config=bundle.metadata["task_config"])
+            try:
+                obs, _ = env.reset(seed=0)
+                assert bundle.obs_dim == env.observation_spaces["policy"].shape[0]
+                assert bundle.action_dim == env.action_dim
+                assert [t["name"] for t in bundle.metadata["observation"]["terms"]] == list(
+                    env.task.observations["policy"])
+                action = bundle.act(obs["policy"].numpy())
+                assert action.shape == (2, env.action_dim) and np.all(np.abs(action) <= 1.0)
+            finally:
+                env.close()
         result = eval_policy(path, episodes=16, num_envs=16, seed=7)
-        assert result["success_rate"] >= 0.9, (path.name, result)
+        assert result["success_rate"] >= MIN_PLAY_SUCCESS.get(path.name, 0.9), (path.name, result)

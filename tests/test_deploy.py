@@ -245,6 +245,38 @@ def test_robostack_deploy_rehearses_the_shipped_drone_policy_and_records_it(tmp_
 
 
 
+
+@pytest.mark.parametrize("task, episodes, successes", [
+    ("panda-insert", 3, 2),  # the residual on its diffusion base: 0.962 randomized in simulation
+    ("panda-lift", 4, 2),  # the diffusion policy: 0.87 randomized in simulation
+])
+def test_robostack_deploy_runs_the_shipped_chunk_and_residual_policies(task, episodes, successes, tmp_path, capsys,
+                                                                       monkeypatch):
+    """A diffusion policy (action chunks) and a residual on one, through policy_node, the safety layer and the
+    simulated arm: the cube's pose and the hole's come over ROS 2 like the joint states (and into the bag), and
+    the policies succeed there as in simulation (a few misses allowed for a CI neighbour stealing the CPU)."""
+    from robostack.cli import main
+    from robostack.real.bag import read_messages
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "43")
+    monkeypatch.chdir(tmp_path)
+    bag = tmp_path / "bag"
+    assert main(["deploy", "--task", task, "--policy", str(ROOT / "bundles" / task), "--sim", "--episodes",
+                 str(episodes), "--record", str(bag), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == episodes and report["success_rate"] * episodes >= successes, report
+    assert set(report["exit_codes"].values()) == {0}
+    policy_log = (next((tmp_path / "runs" / "deploy").iterdir()) / "policy_node.log").read_text()
+    assert "cannot act" not in policy_log, policy_log
+    topics = {}
+    for m in read_messages(bag, "mcap"):
+        topics[m.topic] = topics.get(m.topic, 0) + 1
+    # the scene is recorded with the robot: states at 50 Hz, the lift goal at 10 Hz (episodes last 2-5 s)
+    scene = {"panda-lift": {"/object/odom": 50, "/lift_goal": 5}, "panda-insert": {"/object/odom": 50,
+                                                                                  "/hole_pose": 50}}[task]
+    for topic, per_episode in {"/joint_states": 50, "/policy/command": 50, **scene}.items():
+        assert topics.get(topic, 0) >= per_episode * episodes, (topic, topics)
+
 # ------------------------------------------------------------------------------- fault injection, bench
 
 
@@ -393,3 +425,34 @@ def test_primary_state_source_is_published_last_and_required():
     stateless.topics = Topics()
     with pytest.raises(ValueError, match="names no state topic"):
         primary_source(stateless)
+
+
+def test_a_tasks_section_of_the_deploy_config_is_merged_over_the_robots(tmp_path):
+    """What differs for one task (its command, the workspace it needs, the fixtures it places) lives beside the
+    robot's settings and applies only when that task is deployed; a typo in any task's section is named."""
+    import yaml
+
+    from robostack.config import ConfigError
+    from robostack.real.deploy_config import load_deploy_config
+    from robostack.real.safety import safety_config
+
+    robot = load_deploy_config("panda")
+    lift, insert = load_deploy_config("panda", task="panda-lift"), load_deploy_config("panda", task="panda-insert")
+    assert robot.topics.task_command.topic == "target_pose" and len(robot.topics.task_command.fields) == 7
+    assert lift.topics.task_command.topic == "lift_goal" and len(lift.topics.task_command.fields) == 3
+    assert insert.topics.task_command is None and list(insert.topics.fixtures) == ["hole"] and not robot.topics.fixtures
+    assert lift.topics.object == robot.topics.object and lift.topics.joint_states == robot.topics.joint_states
+    floor = {name: safety_config(cfg, name).arm.workspace.min[2] for name, cfg in (("robot", robot), ("lift", lift))}
+    assert floor == {"robot": 0.05, "lift": 0.0}
+    assert load_deploy_config("panda", task="panda-reach") == robot  # no section: the robot's settings
+
+    data = yaml.safe_load((ROOT / "configs" / "deploy" / "panda.yaml").read_text())
+    data["tasks"]["panda-lift"]["topics"]["objekt"] = {"topic": "cube"}
+    path = tmp_path / "panda.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for task in ("panda-lift", "panda-reach", None):  # a section is checked whichever task is deployed
+        with pytest.raises(ConfigError, match=r"tasks.panda-lift.*objekt"):
+            load_deploy_config("panda", path, task=task)
+    path.write_text(yaml.safe_dump({**data, "tasks": ["panda-lift"]}))
+    with pytest.raises(ConfigError, match="'tasks' must map task names to settings"):
+        load_deploy_config("panda", path)

@@ -22,6 +22,8 @@ from robostack.imitation import dataset_episodes, joint_columns, train_imitation
 from robostack.policies.diffusion import ACTION_KEY, STATE_KEY, DiffusionPolicy
 from robostack.sim.robots.panda import insert, manipulation
 
+from measured import measured_state
+
 TINY = ["diffusion.num_steps=30", "diffusion.warmup_steps=5", "diffusion.batch_size=16",
         "diffusion.mlp_hidden=[32, 32]", "eval_episodes=2", "eval_num_envs=2"]
 CONTROLS = ["action_key=action", "relative_actions=true"]  # actuator controls, offsets from the joints
@@ -209,3 +211,34 @@ def test_a_camera_policy_trains_and_sees_each_envs_randomized_camera(tmp_path, c
     with torch.no_grad():
         chunk = scripted(noise, torch.from_numpy(histories[STATE_KEY]), images)
     np.testing.assert_allclose(chunk.numpy(), expected, atol=1e-4)
+
+
+def test_policy_node_runs_a_chunk_bundle_as_the_simulation_does(trained, tmp_path, capsys):
+    """The deploy side rebuilds the recorded features from measured joints, the cube's pose and the goal, and
+    executes the same chunks (same noise) as the simulator's chunk policy, step for step."""
+    from robostack.imitation import chunk_bundle_policy
+    from robostack.real.policy_node import ChunkActor, PolicyRunner
+
+    out = tmp_path / "bundle"
+    assert cli.main(["export", str(trained["run_dir"]), "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    runner = PolicyRunner(str(out))
+    assert isinstance(runner.actor, ChunkActor) and runner.builder.has_object
+    env = sim.make_env("panda-lift", num_envs=1, seed=4, play=True, config=runner.bundle.metadata["task_config"])
+    try:
+        obs, _ = env.reset(seed=4)
+        policy = chunk_bundle_policy(runner.bundle)["make_policy"](env)
+        for step in range(20):  # past two chunk queries (8 steps each)
+            expected = policy(obs)[0].numpy()
+            runner.set_command(env.command[0].numpy())
+            runner.builder.update(measured_state(env, runner.builder.joint_names))
+            # 1e-7 through the first chunk; then the arm moves and the simulator's sensors (ee pose, cube) lag
+            # its state by a physics substep (tests/test_observation.py): 5e-4 by step 20
+            np.testing.assert_allclose(runner.actor.act(), expected, atol=2e-3, err_msg=f"step {step}")
+            obs, *_ = env.step(torch.as_tensor(expected)[None])
+    finally:
+        env.close()
+    state = measured_state(env, runner.builder.joint_names)
+    state.object = None
+    with pytest.raises(ValueError, match=r"task 'panda-lift' has an object: state.object.position must be 3 values"):
+        runner.builder.update(state)

@@ -51,3 +51,18 @@ def test_training_targets_stay_inside_the_safety_limits_at_the_state_they_were_s
         assert np.all(np.abs(torque) <= go2_model.EFFORT_LIMIT * (1 + 1e-5))
         assert np.all(np.abs(target - previous.numpy()) <= bounds.max_velocity * env.control_dt * (1 + 1e-5))
         assert np.all((target >= bounds.lower - 1e-6) & (target <= bounds.upper + 1e-6))
+
+
+def test_panda_gripper_targets_are_not_rate_limited_and_no_interval_gives_nan():
+    """The fingers' open / close command passes at once (``prismatic_velocity_scale: .inf``) while the arm's
+    targets still move at most ``max_velocity * dt``; two outputs at the same instant (dt = 0) hold every target
+    (an infinite rate times a zero interval would be NaN)."""
+    limits = safety_config(load_deploy_config("panda"), "panda").joints
+    bounds = TargetBounds.for_robot(panda_model, panda_model.build_model(), limits)
+    home = panda_model.DEFAULT_JOINT_POS.astype(float)
+    target = home + np.r_[np.full(7, 0.5), -0.04, -0.04]  # every arm joint far off, the gripper closed
+    held, _ = limit_targets(target, home, np.zeros(9), home, bounds, 0.0)
+    np.testing.assert_array_equal(held, home)  # finite, and nothing moves in no time
+    safe, _ = limit_targets(target, home, np.zeros(9), home, bounds, 0.002)
+    np.testing.assert_allclose(safe[7:], 0.0)
+    np.testing.assert_allclose(safe[:7] - home[:7], bounds.max_velocity[:7] * 0.002, atol=1e-12)

@@ -17,6 +17,8 @@ from robostack import cli, sim
 from robostack.bundle import BundleError, ChunkPolicyBundle, ResidualPolicyBundle, load_bundle, load_run
 from robostack.residual import ResidualEnv, load_base
 
+from measured import measured_state
+
 TINY_BASE = ["diffusion.num_steps=20", "diffusion.warmup_steps=5", "diffusion.batch_size=16",
              "diffusion.mlp_hidden=[32, 32]", "eval_episodes=0"]
 TINY_PPO = ["max_iterations=2", "num_envs=8", "ppo.num_steps_per_env=8", "eval_episodes=2"]
@@ -129,3 +131,36 @@ def test_a_base_must_be_a_diffusion_policy_of_the_same_task_acting_in_task_actio
         load_base(base_run / "nope", "panda-insert")
     assert cli.main(["train", "panda-insert", "--base", str(base_run), "--dataset", "x"]) == 2
     assert "--base trains a residual with reinforcement learning" in capsys.readouterr().err
+
+
+def test_policy_node_runs_a_residual_bundle_as_the_simulation_does(residual_run, tmp_path):
+    """The deploy side places the hole where it was measured, runs the base's chunks and the residual's graph
+    on the observations it rebuilds, and executes what the residual env executes, step for step."""
+    from robostack.eval_policy import load_policy
+    from robostack.real.observation import ObservationError
+    from robostack.real.policy_node import PolicyRunner, ResidualActor
+
+    run_dir, _ = residual_run
+    out = tmp_path / "bundle"
+    _cli_json(["export", str(run_dir), "--out", str(out)], tmp_path)
+    runner = PolicyRunner(str(out))
+    assert isinstance(runner.actor, ResidualActor) and runner.builder.task.fixtures == ("hole",)
+    loaded = load_policy(out)
+    env = loaded["wrap_env"](sim.make_env("panda-insert", num_envs=1, seed=2, play=True,
+                                          config=loaded["task_config"]))
+    try:
+        obs, _ = env.reset(seed=2)
+        policy = loaded["make_policy"](env)
+        for step in range(12):  # past the base's second chunk
+            state = measured_state(env.env, runner.builder.joint_names)
+            for builder in runner.actor.builders:
+                builder.update(state)
+            executed = runner.actor.act()
+            runner.builder.controls(executed)  # the node records what it sent (the last-action term)
+            obs, *_ = env.step(policy(obs))
+            np.testing.assert_allclose(executed, env.env.action[0].numpy(), atol=2e-3, err_msg=f"step {step}")
+    finally:
+        env.close()
+    state.fixtures = {}
+    with pytest.raises(ObservationError, match=r"places 'hole' per episode: state.fixtures\['hole'\] must be"):
+        runner.builder.update(state)

@@ -166,7 +166,7 @@ def build(cfg: PandaInsertConfig) -> TaskDefinition:
                  "depth": RewardTerm(depth_progress, cfg.rewards.depth)},
         place=place_hole, reset=reset, gripper_closed=True,
         metrics={"tip_offset": tip_offset, "insertion_depth": insertion_depth},
-        scene_state={"hole_pos": (hole_pos, "xyz"), "hole_quat": (hole_quat, "wxyz")})
+        scene_state={"hole_pos": (hole_pos, "xyz"), "hole_quat": (hole_quat, "wxyz")}, fixtures=(HOLE,))
 
 
 @register("expert", "panda-insert", "scripted: peg above the hole, lined up with it, then down with corrections")

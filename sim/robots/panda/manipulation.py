@@ -333,12 +333,12 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
                     goal: dict[str, ObsTerm], shaping: dict[str, RewardTerm], place: EventFn,
                     reset: Callable[[TaskEnv, np.ndarray], None], gripper_closed: bool,
                     metrics: dict[str, TermFn], scene_state: dict[str, tuple[TermFn, str]] | None = None,
-                    command_dim: int = 0) -> TaskDefinition:
+                    command_dim: int = 0, fixtures: tuple[str, ...] = ()) -> TaskDefinition:
     """A manipulation task from its own parts: the ``success`` and ``dropped`` terms, ``goal`` observations,
     ``shaping`` rewards, the reset event that ``place``s its object or goal (kept in play: it is the task, not
-    randomization), ``reset`` and the ``scene_state`` beyond the object's pose. The rest is common: the end-effector + gripper action, observation groups,
-    the sparse success reward and action-rate penalty, terminations (dropped; success where configured) and the
-    randomization events."""
+    randomization) and the ``fixtures`` it moves, ``reset`` and the ``scene_state`` beyond the object's pose.
+    The rest is common: the end-effector + gripper action, observation groups, the sparse success reward and
+    action-rate penalty, terminations (dropped; success where configured) and the randomization events."""
     terminations = {"dropped": DoneTerm(dropped)}
     if cfg.terminate_on_success:
         terminations["success"] = DoneTerm(success)
@@ -363,6 +363,7 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
         metrics=metrics,
         environment_state={"object_pos": (object_pos, "xyz"), "object_quat": (object_quat, "wxyz"),
                            **(scene_state or {})},
+        fixtures=fixtures,
         observation_noise=cfg.randomization.observation_noise,
         randomize=cfg.randomization.enabled,
         cfg=cfg,
