@@ -131,6 +131,10 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+EXPERT_NOISE_HELP = ("scripted: noise (standard deviation, in normalized actions) on the expert's executed motion, "
+                     "not on the recorded actions: demonstrations of recovering (default: 0)")
+
+
 def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
     for name, value in (("--demos", args.demos), ("--episodes", args.episodes)):
         if value < 1:
@@ -140,7 +144,7 @@ def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
 
         result = bench_imitation(args.task, demos=args.demos, episodes=args.episodes, seed=args.seed,
                                  overrides=list(args.overrides), cameras=[args.camera] if args.camera else [],
-                                 workdir=args.workdir)
+                                 workdir=args.workdir, expert_noise=args.expert_noise)
     if args.json:
         out.write(json.dumps(result, default=str) + "\n")
     else:
@@ -419,7 +423,7 @@ def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
         try:
             summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
                              max_seconds=args.max_seconds, camera=args.camera, randomized=args.randomized,
-                             view=choose_view(args.view, args.device))
+                             view=choose_view(args.view, args.device), expert_noise=args.expert_noise)
         except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
             raise UsageError(f"--camera: {exc}") from None
     if args.json:
@@ -507,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=200, help="randomized evaluation episodes (default: 200)")
     p.add_argument("--camera", default=None, metavar="NAME", help="record this camera and let the policy see it")
     p.add_argument("--workdir", default=None, metavar="DIR", help="where the dataset goes (default: a new temp dir)")
+    p.add_argument("--expert-noise", type=float, default=0.0, metavar="STD", help=EXPERT_NOISE_HELP)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_imitation)
@@ -648,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", default=None, metavar="NAME", help="also record this camera (needs offscreen GL)")
     p.add_argument("--randomized", action="store_true",
                    help="keep the task's domain randomization on (default: the play variant)")
+    p.add_argument("--expert-noise", type=float, default=0.0, metavar="STD", help=EXPERT_NOISE_HELP)
     p.add_argument("--view", choices=("auto", "viewer", "frames", "none"), default=None,
                    help="live view: viewer (MuJoCo's window), frames (the scene camera about 5 times a second to "
                    "OUT.live.png), none; auto: viewer with a display (DISPLAY or WAYLAND_DISPLAY), else frames "

@@ -412,11 +412,12 @@ def export_chunk_bundle(run: str | os.PathLike, out_dir: str | os.PathLike) -> P
 
 
 def bench_imitation(task: str, demos: int = 200, episodes: int = 200, seed: int = 0, overrides: Sequence[str] = (),
-                    cameras: Sequence[str] = (), workdir: str | os.PathLike | None = None, run_root: str = "runs"
-                    ) -> dict[str, Any]:
+                    cameras: Sequence[str] = (), workdir: str | os.PathLike | None = None, run_root: str = "runs",
+                    expert_noise: float = 0.0) -> dict[str, Any]:
     """``robostack bench imitation``: ``demos`` scripted demonstrations under the task's randomization
     (``robostack teleop --device scripted --randomized``), a diffusion policy trained on them with the task's
-    recipe, then ``episodes`` episodes of the randomized task. Each stage's wall time is reported."""
+    recipe, then ``episodes`` episodes of the randomized task. Each stage's wall time is reported.
+    ``expert_noise``: see ``robostack.teleop.ScriptedTeleop``."""
     import tempfile
 
     from robostack.eval_policy import eval_policy
@@ -429,7 +430,7 @@ def bench_imitation(task: str, demos: int = 200, episodes: int = 200, seed: int 
     start = time.perf_counter()
     with open(os.devnull, "w") as quiet:
         recorded = record(task, "scripted", str(dataset), episodes=demos, seed=seed, randomized=True,
-                          camera=cameras[0] if cameras else None, status=quiet)
+                          camera=cameras[0] if cameras else None, status=quiet, expert_noise=expert_noise)
     record_wall_s = time.perf_counter() - start
     camera_overrides = [f"cameras=[{', '.join(cameras)}]"] if cameras else []
     summary = train_imitation(task, dataset, [*overrides, *camera_overrides, "eval_episodes=0"], seed=seed,
@@ -438,7 +439,7 @@ def bench_imitation(task: str, demos: int = 200, episodes: int = 200, seed: int 
     result = eval_policy(summary["run_dir"], episodes=episodes, randomized=True, num_envs=min(episodes, 50),
                          seed=seed + 1)
     return {
-        "task": task, "algo": ALGO, "cameras": list(cameras),
+        "task": task, "algo": ALGO, "cameras": list(cameras), "expert_noise": expert_noise,
         "demonstrations": summary["demonstrations"], "recorded_episodes": recorded["kept"],
         "expert_successes": recorded["successes"], "record_wall_s": round(record_wall_s, 2),
         "train_steps": summary["steps"], "wall_s": summary["wall_s"], "final_loss": summary["final_loss"],

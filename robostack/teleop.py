@@ -70,6 +70,10 @@ class Teleoperator:
         """The action for env 0's current state, in the task's normalized action space."""
         raise NotImplementedError
 
+    def executed(self, action: np.ndarray) -> np.ndarray:
+        """What the env is sent for the recorded ``action``: the action itself, but see ``ScriptedTeleop``."""
+        return action
+
     def events(self) -> list[str]:
         """Episode events (``EVENTS``) asked for since the last call, in order."""
         raise NotImplementedError
@@ -222,17 +226,31 @@ class ScriptedTeleop(Teleoperator):
 
     realtime = False
 
-    def __init__(self, env: Any):
+    def __init__(self, env: Any, noise: float = 0.0, seed: int = 0):
         from robostack import registry
 
         try:
             entry = registry.get("expert", env.task.name)
         except KeyError as exc:
             raise TeleopError(f"--device scripted: {exc.args[0]}") from None
+        if not noise >= 0.0:
+            raise TeleopError(f"expert noise must be >= 0, got {noise}")
         self.expert = entry.target(env)
+        self.noise, self.rng = float(noise), np.random.default_rng(seed)
+        self.moving = env.action_dim - (env.task.action.gripper is not None)  # noise on motion, not the gripper
 
     def get_action(self, env: Any) -> np.ndarray:
         return self.expert.act(env)[0].cpu().numpy()
+
+    def executed(self, action: np.ndarray) -> np.ndarray:
+        """With ``noise``, the expert's action plus Gaussian noise of that standard deviation on its motion
+        components: the env drifts off the expert's path and the expert's corrections are recorded (DART,
+        Laskey et al. 2017), so the policy learns to recover from the errors it will make."""
+        if not self.noise:
+            return action
+        noisy = np.array(action, dtype=np.float32)
+        noisy[:self.moving] += self.rng.normal(0.0, self.noise, self.moving).astype(np.float32)
+        return np.clip(noisy, -1.0, 1.0)
 
     def events(self) -> list[str]:
         return ["start"]
@@ -698,8 +716,9 @@ class _Recorder:
         self.env.reset()
         self.frames = {}
 
-    def step(self, action: np.ndarray) -> dict[str, Any]:
-        """Step the env with ``action``, recording the frame; the step's info."""
+    def step(self, action: np.ndarray, executed: np.ndarray | None = None) -> dict[str, Any]:
+        """Step the env with ``executed`` (default: ``action``), recording the frame with ``action`` as the
+        operator's; the step's info."""
         import torch
 
         env = self.env
@@ -707,7 +726,8 @@ class _Recorder:
         if self.renderer is not None:
             self.renderer.update_scene(env.sim.data_for(0), camera=self.camera)
             frame["image"] = self.renderer.render()
-        _, reward, _, _, info = env.step(torch.as_tensor(action, dtype=torch.float32).unsqueeze(0))
+        sent = action if executed is None else executed
+        _, reward, _, _, info = env.step(torch.as_tensor(sent, dtype=torch.float32).unsqueeze(0))
         frame.update({"action": env.ctrl[0].cpu().numpy(), TELEOP_ACTION: action,
                       "next.reward": float(reward[0]), "next.done": bool(info["done"][0])})
         for key, value in frame.items():
@@ -887,12 +907,14 @@ def _launch_viewer(model: Any, data: Any) -> tuple[Any, list[threading.Thread]]:
 
 def record(task: str, device: str, out: str, episodes: int | None = None, seed: int = 0,
            max_seconds: float | None = None, camera: str | None = None, randomized: bool = False,
-           view: str = "none", view_path: str | os.PathLike | None = None, status: TextIO = sys.stderr) -> dict:
+           view: str = "none", view_path: str | os.PathLike | None = None, status: TextIO = sys.stderr,
+           expert_noise: float = 0.0) -> dict:
     """Teleoperate ``task`` with ``device`` and write the kept episodes to the dataset ``out``; the session's
     summary. Ends after ``episodes`` kept episodes (a human's device default: until quit; scripted: 1), on
     ``quit``, or after ``max_seconds`` of wall time (an unfinished episode is dropped). The task runs its play
     variant unless ``randomized`` (demonstrations under the domain randomization a policy will be evaluated
-    in). ``view`` (``VIEWS``; ``choose_view`` resolves ``--view auto``) shows the operator the scene; frames go
+    in). ``expert_noise`` (scripted only): the standard deviation of the noise ``ScriptedTeleop`` adds to the
+    actions it executes, not to those it records. ``view`` (``VIEWS``; ``choose_view`` resolves ``--view auto``) shows the operator the scene; frames go
     to ``view_path`` (default ``<out>.live.png``)."""
     if device not in DEVICES:
         raise TeleopError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)}")
@@ -913,7 +935,9 @@ def record(task: str, device: str, out: str, episodes: int | None = None, seed: 
                 "this task's actuator actions needs a policy, which teleop does not run yet; teleoperate an "
                 "end-effector arm task (panda-reach, panda-lift, panda-insert) or use --device scripted where the "
                 "task has a scripted expert")
-        teleop = DEVICES[device](env)
+        if expert_noise and device != "scripted":
+            raise TeleopError(f"--expert-noise perturbs the scripted expert; the {device} is a human's device")
+        teleop = ScriptedTeleop(env, expert_noise, seed) if device == "scripted" else DEVICES[device](env)
         episodes = episodes if episodes is not None or device != "scripted" else 1
         with contextlib.ExitStack() as stack:  # device, then view, then dataset: what cannot open writes nothing
             stack.enter_context(teleop)
@@ -952,7 +976,8 @@ def _run(env: Any, teleop: Teleoperator, recorder: _Recorder, episodes: int | No
             if _handle(teleop.events(), recorder, teleop):
                 return "quit"
             if recorder.recording:
-                info = recorder.step(teleop.get_action(env))
+                action = teleop.get_action(env)
+                info = recorder.step(action, teleop.executed(action))
                 if recorder.recording and bool(info["done"][0]):
                     recorder.keep(bool(info["episode"]["success"][0]))
             if live is not None:

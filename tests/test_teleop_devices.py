@@ -114,6 +114,28 @@ def test_scripted_device_writes_successful_episodes(tmp_path, capsys):
     assert data.num_frames == summary["frames"]
 
 
+def test_scripted_expert_noise_moves_the_arm_but_not_the_recorded_actions(tmp_path, capsys):
+    """DART: the env executes the expert's action plus noise on its motion (never on the gripper); the dataset
+    keeps the expert's own action, so a policy learns the corrections without the noise."""
+    env = sim.make_env("panda-lift", num_envs=1, seed=0, play=True)
+    try:
+        env.reset(seed=0)
+        device = teleop.ScriptedTeleop(env, noise=0.1, seed=3)
+        action = device.get_action(env)
+        executed = device.executed(action)
+        assert np.abs(executed[:6] - action[:6]).max() > 0.01 and executed[6] == action[6]
+        assert np.all(np.abs(executed) <= 1.0)
+        assert teleop.ScriptedTeleop(env).executed(action) is action
+    finally:
+        env.close()
+    out = tmp_path / "demos"
+    assert cli.main(["teleop", "--task", "panda-lift", "--device", "scripted", "--out", str(out), "--episodes", "1",
+                     "--expert-noise", "0.1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kept"] == 1
+    recorded = load_dataset(out).episode(0, images=False)[TELEOP_ACTION]
+    assert recorded.shape[1] == 7 and set(np.unique(recorded[:, 6])) <= {-1.0, 1.0}  # the expert's gripper
+
+
 def test_scripted_device_records_a_camera(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MUJOCO_GL", raising=False)  # teleop picks an offscreen backend itself
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -156,6 +178,8 @@ def test_keyboard_needs_a_terminal(tmp_path):
     (["--task", "go2-walk", "--device", "scripted"], "--device scripted: unknown expert 'go2-walk'"),
     (["--task", "panda-lift", "--device", "gamepad"], "--device gamepad: no gamepad found"),  # none attached here
     (["--task", "panda-lift", "--device", "spacemouse"], "--device spacemouse: no 3Dconnexion SpaceMouse found"),
+    (["--task", "panda-lift", "--device", "keyboard", "--expert-noise", "0.1"], "perturbs the scripted expert"),
+    (["--task", "panda-lift", "--device", "scripted", "--expert-noise", "-1"], "expert noise must be >= 0"),
 ])
 def test_bad_device_or_task_is_a_clear_error(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
