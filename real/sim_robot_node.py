@@ -43,8 +43,8 @@ Topics (relative: they follow the node's namespace)
         ``odom`` frame, twist of ``base_link`` in the frame the config says, body by default per REP 105);
         ``topics.object`` for a task with an object (panda-lift's cube: its odometry, as a motion-capture
         system would report it) and ``topics.fixtures`` for the bodies it places per episode (panda-insert's
-        hole: its pose); the primary source (``robostack.real.state.primary_source``) last, so a policy that acts on it
-        sees the whole step.
+        hole: its pose); the primary source (``robostack.real.state.primary_source``) last, so a policy that
+        acts on it sees the whole step.
     out: ``topics.task_command`` at every reset and every 0.1 s of simulated time, except while a human has
         taken over (between ``start`` and ``end`` on ``teleop/intervention``): the human's task command then
         replaces the simulated operator's (``teleop_node``); ``sim/episode``

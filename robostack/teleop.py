@@ -914,8 +914,8 @@ def record(task: str, device: str, out: str, episodes: int | None = None, seed: 
     ``quit``, or after ``max_seconds`` of wall time (an unfinished episode is dropped). The task runs its play
     variant unless ``randomized`` (demonstrations under the domain randomization a policy will be evaluated
     in). ``expert_noise`` (scripted only): the standard deviation of the noise ``ScriptedTeleop`` adds to the
-    actions it executes, not to those it records. ``view`` (``VIEWS``; ``choose_view`` resolves ``--view auto``) shows the operator the scene; frames go
-    to ``view_path`` (default ``<out>.live.png``)."""
+    actions it executes, not to those it records. ``view`` (``VIEWS``; ``choose_view`` resolves ``--view
+    auto``) shows the operator the scene; frames go to ``view_path`` (default ``<out>.live.png``)."""
     if device not in DEVICES:
         raise TeleopError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)}")
     if view not in VIEWS:

@@ -14,7 +14,7 @@ from robostack.sim.robots.go2 import model as go2_model
 from robostack.sim.robots.panda import model as panda_model
 
 
-@pytest.mark.parametrize("task, robot", [("go2-walk", "go2")])
+@pytest.mark.parametrize("task, robot", [("go2-walk", "go2"), ("panda-lift", "panda")])
 def test_tasks_train_under_the_limits_their_deploy_config_enforces(task, robot):
     trained = sim.load_task_config(task).target_limits
     enforced = safety_config(load_deploy_config(robot), robot).joints

@@ -17,7 +17,7 @@ Contact settings for grasping, and why:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import mujoco
@@ -26,6 +26,7 @@ import torch
 
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
+from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots import description
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.robots.panda import tasks as reach
@@ -83,6 +84,8 @@ class ManipulationConfig:
     arm_joint_noise: float  # rad, uniform per arm joint around home at reset
     terminate_on_success: bool  # end the episode on success (the success reward then comes once)
     randomization: Randomization
+    # train under the safety layer's joint target clamps (configs/deploy/panda.yaml safety.joints), as go2 does
+    target_limits: JointTargetLimits | None = field(default=None, kw_only=True)
 
 
 # ----------------------------------------------------------------------------------------------- the scene
@@ -153,14 +156,16 @@ def render(env: TaskEnv, env_id: int, width: int = 160, height: int = 120) -> np
 
 
 # ----------------------------------------------------------------------------------------- actions, resets
-def action_map(cfg: ManipulationConfig, gripper_closed: bool) -> ActionMap:
+def action_map(cfg: ManipulationConfig, gripper_closed: bool, model: mujoco.MjModel) -> ActionMap:
     """TCP displacement (x, y, z, rotation vector; ``ee_step`` per unit) through differential IK on the arm
-    joints, then the gripper command; ``gripper_closed`` is the fingers' target before the first action."""
+    joints, then the gripper command; ``gripper_closed`` is the fingers' target before the first action. The
+    targets are clamped as ``cfg.target_limits`` says, if it does."""
     offset = panda.DEFAULT_JOINT_POS.copy()
     offset[FINGERS] = GRIPPER.closed if gripper_closed else GRIPPER.open
     ik = EndEffectorIK(panda.EE_SITE, panda.ARM_JOINT_NAMES, cfg.ik_damping)
     scale = np.repeat(np.asarray(cfg.ee_step, dtype=np.float64), 3)
-    return ActionMap(np.arange(reach.ARM_JOINTS), scale, offset, ik=ik, gripper=GRIPPER)
+    limits = None if cfg.target_limits is None else TargetBounds.for_robot(panda, model, cfg.target_limits)
+    return ActionMap(np.arange(reach.ARM_JOINTS), scale, offset, ik=ik, gripper=GRIPPER, limits=limits)
 
 
 def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
@@ -344,7 +349,7 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
         terminations["success"] = DoneTerm(success)
     return TaskDefinition(
         name=name, robot="panda", model=model, sim=cfg.sim,
-        action=action_map(cfg, gripper_closed),
+        action=action_map(cfg, gripper_closed, model),
         default_joint_pos=panda.DEFAULT_JOINT_POS,
         observations=observation_groups(goal),
         rewards={
