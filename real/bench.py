@@ -111,12 +111,16 @@ class Cycles:
     wall_s: float = 0.0
 
 
+def _unused(msg: Any) -> None:
+    """The callback of a subscription whose messages are taken by hand."""
+
+
 class ClosedLoopDriver:
     """This process as the robot's driver: state out, then wait for the driver command that answers it."""
 
     def __init__(self, cfg: DeployConfig, joint_names: list[str], namespace: str, seed: int = 0):
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.impl.implementation_singleton import rclpy_implementation
 
         self.rclpy, self.cfg, self.joint_names = rclpy, cfg, joint_names
         self.rest = home_state(cfg.robot, joint_names)
@@ -128,12 +132,13 @@ class ClosedLoopDriver:
         self.publishers = {name: self.node.create_publisher(message_type(getattr(topics, name).type),
                                                             getattr(topics, name).topic, 10)
                            for name in ("joint_states", "imu", "odometry") if getattr(topics, name) is not None}
+        # Taken by _wait, never by an executor: the callbacks given to rclpy do not run.
         driver = topics.driver_command
-        self.node.create_subscription(message_type(driver.type), driver.topic, self._on_command, 10)
         topic, type_ = INTERNAL["policy_command"]
-        self.node.create_subscription(message_type(type_), topic, self._on_policy_command, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.takers = [(self.node.create_subscription(message_type(driver.type), driver.topic, _unused, 10),
+                        self._on_command),
+                       (self.node.create_subscription(message_type(type_), topic, _unused, 10), self._on_policy_command)]
+        self.wait_set = rclpy_implementation.WaitSet(len(self.takers), 0, 0, 0, 0, 0, self.context.handle)
         self.sent_ns = 0  # when this cycle's state went out (system clock, as the middleware's stamps)
         self.policy_ns: int | None = None  # when the policy sent its command for it
         self.candidates: list[tuple[int, int]] = []  # (sent, received) of driver commands since the state
@@ -142,7 +147,6 @@ class ClosedLoopDriver:
         self.driver_commands = 0
 
     def close(self) -> None:
-        self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
 
@@ -159,14 +163,30 @@ class ClosedLoopDriver:
 
     def _settle(self) -> None:
         """The answer, once the policy's command and a driver command sent after it are both in (the
-        executor may take them in either order)."""
+        driver may take them in either order)."""
         if self.policy_ns is not None:
             self.answer_ns = next((received for sent, received in self.candidates if sent >= self.policy_ns), None)
             self.awaiting = self.answer_ns is None
 
+    def _wait(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for a command, then take every command that is in. A wait set of its own,
+        not an executor: rclpy's single-threaded executor rebuilds its wait set and walks every entity in
+        Python on each spin, which put this process at 55% of a core at 500 Hz against 32% (BENCHMARKS.md),
+        and the events executor, as the nodes use, cannot give the message info with the senders' stamps
+        that the answer is told by."""
+        self.wait_set.clear_entities()
+        for subscription, _ in self.takers:
+            self.wait_set.add_subscription(subscription.handle)
+        self.wait_set.wait(max(0, int(timeout_s * 1e9)))
+        ready = self.wait_set.get_ready_entities("subscription")
+        for subscription, handler in self.takers:
+            if subscription.handle.pointer in ready:
+                while (taken := subscription.handle.take_message(subscription.msg_type, False)) is not None:
+                    handler(*taken)
+
     def _spin_until(self, deadline: float) -> None:
         while (remaining := deadline - time.monotonic()) > 0:
-            self.executor.spin_once(timeout_sec=remaining)
+            self._wait(remaining)
 
     def _publish_state(self) -> None:
         messages = state_messages(self.cfg, jittered(self.rest, self.rng), self.node.get_clock().now().to_msg(),
@@ -192,7 +212,7 @@ class ClosedLoopDriver:
             deadline += period
             lost_at = sent + LOST_AFTER_S
             while self.answer_ns is None and (remaining := lost_at - time.monotonic()) > 0:
-                self.executor.spin_once(timeout_sec=remaining)
+                self._wait(remaining)
             self.awaiting = False
             cycles.sent += 1
             if self.answer_ns is None:
