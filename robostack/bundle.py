@@ -547,6 +547,17 @@ def _json_number(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def non_finite_paths(value: Any, path: str) -> list[str]:
+    """Where plain data (dicts, lists, numbers) under ``path`` holds an infinity or NaN, as dotted paths."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite_paths(item, f"{path}.{key}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in non_finite_paths(item, f"{path}[{i}]")]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return [path]
+    return []
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON data (tuples to lists, numpy scalars to numbers, non-finite floats to None)."""
     if isinstance(value, dict):
@@ -883,6 +894,11 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
         if extra:
             raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
                               f"({', '.join(extra[:3])}); choose a new or empty folder")
+    # _jsonable would store them as null, which a task rebuilt from the bundle may read as something else
+    infinite = non_finite_paths(metadata.get("task_config", {}), "task_config")
+    if infinite:
+        raise BundleError(f"cannot write a bundle: {', '.join(infinite)} is not finite, and a bundle's JSON metadata "
+                          "holds finite numbers only; say 'no limit' with null in the task config")
     metadata = _jsonable(metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -30,8 +30,9 @@ class JointTargetLimits:
     # gains, 0.07 with the training's +-20% gain randomization, 1.00 without the bound (BENCHMARKS.md).
     effort_scale: float | None
     prismatic_margin: float = 0.0  # m kept inside the URDF position limits of a prismatic joint (a finger)
-    # x URDF velocity limit for a prismatic joint's target (None: velocity_scale). A gripper's open / close
-    # command is a target the gripper reaches at its own speed; ``.inf`` leaves it unlimited.
+    # x URDF velocity limit for a prismatic joint's target; None: no rate limit. A gripper's open / close
+    # command is a target the gripper reaches at its own speed. (None, not ``.inf``: a bundle's JSON metadata
+    # stores no infinities, and its task must rebuild with the limits it trained under.)
     prismatic_velocity_scale: float | None = None
 
 
@@ -58,8 +59,7 @@ class TargetBounds:
         if np.any(lower >= upper):
             names = [n for n, lo, hi in zip(robot_module.JOINT_NAMES, lower, upper) if lo >= hi]
             raise ValueError(f"{robot_module.NAME}: the joint target margins leave no range for {names}")
-        finger_scale = (limits.velocity_scale if limits.prismatic_velocity_scale is None
-                        else limits.prismatic_velocity_scale)
+        finger_scale = np.inf if limits.prismatic_velocity_scale is None else limits.prismatic_velocity_scale
         velocity_scale = np.where(prismatic, finger_scale, limits.velocity_scale)
         return cls(lower=lower, upper=upper,
                    max_velocity=np.minimum(robot_module.VELOCITY_LIMIT * velocity_scale, UNLIMITED),

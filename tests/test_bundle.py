@@ -498,3 +498,16 @@ def test_shipped_bundles_load_and_succeed_on_their_tasks():
                 env.close()
         result = eval_policy(path, episodes=16, num_envs=16, seed=7)
         assert result["success_rate"] >= MIN_PLAY_SUCCESS.get(path.name, 0.9), (path.name, result)
+
+
+def test_a_task_config_with_an_infinity_is_refused_naming_it(tmp_path):
+    """JSON metadata would hold it as null, which the task rebuilt from the bundle may read otherwise."""
+    from robostack.bundle import write_bundle
+
+    def never(path: Path) -> None:
+        raise AssertionError("nothing is written")
+
+    metadata = {"task": "panda-lift", "task_config": {"target_limits": {"prismatic_velocity_scale": math.inf}}}
+    with pytest.raises(BundleError, match=r"task_config\.target_limits\.prismatic_velocity_scale is not finite"):
+        write_bundle(tmp_path / "bundle", metadata, never, never)
+    assert not (tmp_path / "bundle").exists()

@@ -54,7 +54,7 @@ def test_training_targets_stay_inside_the_safety_limits_at_the_state_they_were_s
 
 
 def test_panda_gripper_targets_are_not_rate_limited_and_no_interval_gives_nan():
-    """The fingers' open / close command passes at once (``prismatic_velocity_scale: .inf``) while the arm's
+    """The fingers' open / close command passes at once (``prismatic_velocity_scale: null``) while the arm's
     targets still move at most ``max_velocity * dt``; two outputs at the same instant (dt = 0) hold every target
     (an infinite rate times a zero interval would be NaN)."""
     limits = safety_config(load_deploy_config("panda"), "panda").joints
