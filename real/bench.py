@@ -12,8 +12,10 @@ or for a jointed robot the old command clamped around the new state (10% of pand
 even equal the answer, so values cannot tell them apart. (A beat between the policy's sending and the safety
 node's taking the command would be taken for the answer, early by at most that transit.) The latency of
 cycle k is the answer's arrival (the middleware's receive stamp) minus the time state k went out; no answer
-within ``LOST_AFTER_S`` and the cycle is lost. A state that goes out more than a period late restarts the
-schedule from then, so the loop never bursts to catch up.
+within ``LOST_AFTER_S`` and the cycle is lost. Each answered cycle also splits in two legs: the state to the
+policy's command (the policy's stamp), and that command to the answer's arrival (safety layer and transit).
+A state that goes out more than a period late restarts the schedule from then, so the loop never bursts to
+catch up.
 
 The state is the robot model's home keyframe (the arm at home, the quadruped standing, the drone hovering)
 with a little noise in every cycle, so that every state is new to the policy. The nodes and this driver run
@@ -105,6 +107,7 @@ class Cycles:
     """What one run of the closed loop measured."""
 
     latencies_ns: list[int] = dataclasses.field(default_factory=list)
+    policy_ns: list[int] = dataclasses.field(default_factory=list)  # of each answered cycle: state to policy command
     sent: int = 0
     lost: int = 0
     driver_commands: int = 0  # answers and the safety node's own beats
@@ -219,10 +222,19 @@ class ClosedLoopDriver:
                 cycles.lost += 1
             else:
                 cycles.latencies_ns.append(self.answer_ns - self.sent_ns)
+                cycles.policy_ns.append(self.policy_ns - self.sent_ns)
         self._spin_until(deadline)  # the last cycle lasts its period too
         cycles.wall_s = time.monotonic() - start
         cycles.driver_commands = self.driver_commands - driver_commands_before
         return cycles
+
+
+def percentiles(values_ms: np.ndarray) -> dict[str, float] | None:
+    """p50, p90, p99 and max in ms, or None for no values."""
+    if not values_ms.size:
+        return None
+    return ({f"p{q}": round(float(np.percentile(values_ms, q)), 3) for q in (50, 90, 99)}
+            | {"max": round(float(values_ms.max()), 3)})
 
 
 def bench_deploy(task: str | None = None, policy: str | os.PathLike | None = None, rate_hz: float = 500.0,
@@ -262,14 +274,16 @@ def bench_deploy(task: str | None = None, policy: str | os.PathLike | None = Non
     finally:
         driver.close()
     latency_ms = np.array(cycles.latencies_ns) * 1e-6
-    percentiles = ({f"p{q}": round(float(np.percentile(latency_ms, q)), 3) for q in (50, 90, 99)}
-                   | {"max": round(float(latency_ms.max()), 3)}) if latency_ms.size else None
+    policy_ms = np.array(cycles.policy_ns) * 1e-6
     return {
         "task": bundle.task, "robot": bundle.robot, "policy": str(bundle_path),
         "state_topic": getattr(cfg.topics, primary).topic, "driver_topic": cfg.topics.driver_command.topic,
         "rate_hz": rate_hz, "duration_s": duration_s, "achieved_rate_hz": round(cycles.sent / cycles.wall_s, 2),
         "cycles": cycles.sent, "lost": cycles.lost, "driver_commands": cycles.driver_commands,
-        "latency_ms": percentiles,
+        "latency_ms": percentiles(latency_ms),
+        # the two legs of each answered cycle: the state's transit and the policy, then the policy command's
+        # transit, the safety layer and the driver command's transit
+        "stages_ms": {"policy": percentiles(policy_ms), "safety": percentiles(latency_ms - policy_ms)},
         "cpu_percent": cpu, "machine": {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
         **({"logs": str(log_dir)} if log_dir else {}),
     }

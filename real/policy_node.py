@@ -37,6 +37,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import torch
 
 from robostack.bundle import BundleError, ChunkPolicyBundle, PolicyBundle, ResidualPolicyBundle, load_bundle
 from robostack.policies.diffusion import STATE_KEY, ChunkExecutor
@@ -137,10 +138,12 @@ class PolicyRunner:
         if self.deploy.topics.task_command is not None:
             self.set_command(self.deploy.topics.task_command.default)
 
+    @torch.inference_mode()  # as tick: its tensors are inference tensors, changed in place here
     def set_command(self, command: list[float]) -> None:
         for builder in self.actor.builders:
             builder.set_command(command)
 
+    @torch.inference_mode()
     def reset(self) -> None:
         for builder in self.actor.builders:
             builder.reset()
@@ -155,8 +158,10 @@ class PolicyRunner:
                                    f"{values.tolist()}")
         return values
 
+    @torch.inference_mode()
     def tick(self, listener: StateListener, now: float | None = None) -> tuple[np.ndarray | None, str]:
-        """Controls for this tick, or (None, why not)."""
+        """Controls for this tick, or (None, why not). In inference mode: the task's term functions run on
+        tensors of one robot, where autograd's bookkeeping is a noticeable part of each small operation."""
         if not listener.ready():
             return None, f"waiting for state topics {listener.missing()}"
         age = listener.age(now)

@@ -197,6 +197,11 @@ def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
               f"state-to-command latency p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
               f"(max {latency.get('max')}), achieved {result['achieved_rate_hz']} Hz, "
               f"{result['lost']} of {result['cycles']} cycles lost\n")
+    stages = result["stages_ms"]
+    if stages["policy"] is not None:
+        out.write(f"  state to policy command p50 {stages['policy']['p50']} ms, p99 {stages['policy']['p99']} ms; "
+                  f"policy command to driver command p50 {stages['safety']['p50']} ms, "
+                  f"p99 {stages['safety']['p99']} ms\n")
     return 0
 
 

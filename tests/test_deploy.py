@@ -393,6 +393,9 @@ def test_bench_deploy_measures_the_closed_loop(tmp_path, capsys, monkeypatch):
     assert abs(report["cycles"] - 200) <= 20 and abs(report["achieved_rate_hz"] - 100) <= 10, report
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < LOST_AFTER_S * 1e3, report
+    stages = report["stages_ms"]  # the two legs of every answered cycle add up to its latency
+    assert 0 < stages["policy"]["p50"] < latency["p50"] and 0 < stages["safety"]["p50"] < latency["p50"], report
+    assert max(stages["policy"]["max"], stages["safety"]["max"]) <= latency["max"], report
     assert report["lost"] <= 0.02 * report["cycles"], report
     assert report["driver_commands"] >= report["cycles"] - report["lost"]
     assert set(report["cpu_percent"]) == {"policy_node", "safety_node", "driver"}

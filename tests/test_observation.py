@@ -96,3 +96,33 @@ def test_bad_measurements_are_refused_naming_the_problem():
     with pytest.raises(ObservationError, match="do not match the task rebuilt"):
         ObservationBuilder(meta)
     env.close()
+
+
+class _FixedState:
+    """A listener whose state is always ``state``, just received."""
+
+    def __init__(self, state: RobotState):
+        self.state = lambda: state
+
+    def ready(self) -> bool:
+        return True
+
+    def age(self, now: float | None = None) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("task", ["go2-walk", "cf2-hover"])
+def test_policy_runner_starts_each_episode_afresh(task):
+    """A new episode (``sim/episode``) mid-run clears the policy's past actions and integrals: its first controls
+    for a state are those of the first episode; they differ once the past is not clear."""
+    from robostack.real.bench import SHIPPED_BUNDLES, home_state
+    from robostack.real.policy_node import PolicyRunner
+
+    runner = PolicyRunner(str(SHIPPED_BUNDLES / task))
+    listener = _FixedState(home_state(runner.bundle.robot, runner.builder.joint_names))
+    first = [runner.tick(listener)[0] for _ in range(5)]
+    assert all(controls is not None for controls in first)
+    assert not np.allclose(first[0], first[-1], atol=1e-6)  # the past matters to this policy
+    runner.reset()
+    again = [runner.tick(listener)[0] for _ in range(5)]
+    np.testing.assert_allclose(np.array(again), np.array(first), atol=1e-6)
