@@ -529,11 +529,18 @@ class DiffusionPolicy(nn.Module):
                 if n is not None}
 
     def encode_observations(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Observation history -> the conditioning vector ``[B, n_obs_steps * features per step]``."""
+        """Observation history -> the conditioning vector ``[B, n_obs_steps * features per step]``.
+
+        The normalized state is held to [-1, 1], the demonstrations' own range, so training never sees the
+        bound. A dimension the demonstrations barely moved would otherwise blow up off their range: a cube
+        tilted 0.05 by the fingers, level to 0.002 in every demonstration, came in at 30-57 and the denoiser
+        answered with chunks at the clip bounds, the gripper toggling every step (panda-lift, BENCHMARKS.md).
+        """
         missing = [key for key in self.obs_keys if key not in obs]
         if missing:
             raise KeyError(f"observations lack {missing} (the policy reads {self.obs_keys})")
-        features = [] if self.state_normalizer is None else [self.state_normalizer.normalize(obs[STATE_KEY])]
+        features = ([] if self.state_normalizer is None
+                    else [self.state_normalizer.normalize(obs[STATE_KEY]).clamp(-1.0, 1.0)])
         features += [encoder(obs[IMAGE_PREFIX + camera]) for camera, encoder in self.image_encoders.items()]
         per_step = torch.cat(features, dim=-1)
         if per_step.shape[1] != self.cfg.n_obs_steps:

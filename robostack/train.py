@@ -30,6 +30,7 @@ explicitly); the saved config.yaml holds the resolved values.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import random
@@ -88,13 +89,14 @@ def available_cores() -> int:
 def new_run_dir(run_root: str | Path, task: str, algo: str) -> Path:
     base = Path(run_root) / task
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = base / f"{stamp}-{algo}"
-    k = 1
-    while run_dir.exists():  # two runs started in the same second
-        run_dir = base / f"{stamp}-{algo}-{k}"
-        k += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    base.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count():
+        run_dir = base / (f"{stamp}-{algo}" if k == 0 else f"{stamp}-{algo}-{k}")
+        try:  # the mkdir itself decides: two runs started in the same second each get their own folder
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
 
 
 def _resolve_resume(resume: str | Path) -> Path:

@@ -410,6 +410,24 @@ def test_onnx_chunk_matches_torch(toy_run, tmp_path):
     np.testing.assert_allclose(module(noise, state).numpy(), expected, atol=1e-6, rtol=0)
 
 
+def test_a_state_beyond_the_demonstrations_is_held_at_their_range(toy_run, tmp_path):
+    """Far off the demonstrated range a state conditions the chunk as the range's edge does, in torch and ONNX."""
+    policy, episodes, _ = toy_run
+    module = policy.export_module()
+    noise, _ = module.example_inputs()
+    state = torch.as_tensor(history_at(episodes[1], 6, policy.cfg)[STATE_KEY])[None]
+    low, high = policy.state_normalizer.low, policy.state_normalizer.high
+    far = state.clone()
+    far[..., 0] = high[0] + 50 * (high[0] - low[0])
+    edge = state.clone()
+    edge[..., 0] = high[0]
+    at_edge = policy.sample({STATE_KEY: edge}, noise=noise, eta=0.0).numpy()
+    np.testing.assert_allclose(policy.sample({STATE_KEY: far}, noise=noise, eta=0.0).numpy(), at_edge, atol=1e-6)
+    np.testing.assert_allclose(export_and_run(module, (noise, far), tmp_path / "chunk.onnx"), at_edge, atol=1e-4)
+    inside = policy.sample({STATE_KEY: state}, noise=noise, eta=0.0).numpy()
+    assert np.abs(inside - at_edge).max() > 1e-3  # the state's first dimension matters to the chunk
+
+
 def test_relative_chunks_are_learned_from_and_returned_to_the_current_state(tmp_path):
     """With an action reference, the normalizer holds the windows' actions minus the current state's columns,
     and a sampled chunk (torch and ONNX alike) is that reference plus what the denoiser made."""

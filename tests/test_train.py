@@ -143,3 +143,14 @@ def test_shipped_recipes_load(task):
     cfg = load_config(TrainConfig, config_path("train", f"{task}.yaml"))
     assert cfg.algo == "ppo" and cfg.num_envs > 0 and cfg.max_iterations > 0
     assert cfg.num_envs * cfg.ppo.num_steps_per_env % cfg.ppo.num_mini_batches == 0
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Many processes asking for a run folder at once: each gets a fresh one (the mkdir decides, not a check)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from robostack.train import new_run_dir
+
+    with ProcessPoolExecutor(4) as pool:
+        folders = list(pool.map(new_run_dir, [tmp_path] * 16, ["cartpole"] * 16, ["ppo"] * 16))
+    assert len(set(folders)) == 16 and all(folder.is_dir() for folder in folders)
