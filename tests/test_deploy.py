@@ -399,7 +399,7 @@ def test_bench_deploy_measures_the_closed_loop(tmp_path, capsys, monkeypatch):
     assert report["lost"] <= 0.02 * report["cycles"], report
     assert report["driver_commands"] >= report["cycles"] - report["lost"]
     assert set(report["cpu_percent"]) == {"policy_node", "safety_node", "driver"}
-    assert report["machine"]["cores"] == os.cpu_count()
+    assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["cpu"]
     assert (tmp_path / report["logs"] / "safety_node.log").is_file()
 
     monkeypatch.setattr("robostack.real.bench.SHIPPED_BUNDLES", tmp_path / "no-bundles")
@@ -407,6 +407,34 @@ def test_bench_deploy_measures_the_closed_loop(tmp_path, capsys, monkeypatch):
     assert "no shipped bundle for go2-walk" in capsys.readouterr().err
     assert main(["bench", "deploy", "--rate", "0"]) == 2
     assert "--rate must be positive, got 0.0" in capsys.readouterr().err
+
+
+def test_bench_driver_publishes_a_new_state_stamped_now_in_every_cycle(monkeypatch):
+    """The driver's states are built before the loop; each cycle sends the next (different values), every
+    message of it stamped when it goes out, not when it was built."""
+    from robostack.real.bench import STATE_POOL, ClosedLoopDriver
+    from robostack.real.deploy_config import load_deploy_config
+
+    def ns(stamp) -> int:
+        return stamp.sec * 10**9 + stamp.nanosec
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "45")
+    joints = list(importlib.import_module("robostack.sim.robots.go2.model").JOINT_NAMES)
+    driver = ClosedLoopDriver(load_deploy_config("go2"), joints, f"/test_driver_{os.getpid()}")
+    try:
+        assert len(driver.states) == STATE_POOL
+        built = ns(driver.states[0][-1][1].header.stamp)
+        time.sleep(0.01)
+        sent = []
+        for _ in range(2):
+            driver._publish_state()
+            sent.append([msg for _, msg in driver.states[driver.next_state - 1]])
+        for messages in sent:
+            stamps = {ns(msg.header.stamp) for msg in messages}
+            assert len(messages) == 3 and len(stamps) == 1 and stamps.pop() >= built + 10**7
+        assert list(sent[0][-1].position) != list(sent[1][-1].position)  # joint states: other noise
+    finally:
+        driver.close()
 
 
 def test_primary_state_source_is_published_last_and_required():

@@ -279,3 +279,20 @@ def test_step_controls_applies_clipped_controls_and_rejects_bad_ones():
     with pytest.raises(ValueError, match=r"with shape \(2, 9\)"):
         env.step_controls(ctrl[:, :7])
     env.close()
+
+
+def test_quaternion_product_matches_mujoco_in_both_precisions():
+    """``mdp.quat_mul`` (a sign table, not 28 scalar products) against MuJoCo's ``mju_mulQuat``."""
+    import mujoco
+
+    from robostack.sim import mdp
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
+    expected = np.empty((50, 4))
+    for row, (qa, qb) in enumerate(zip(a, b)):
+        mujoco.mju_mulQuat(expected[row], qa, qb)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        product = mdp.quat_mul(torch.as_tensor(a, dtype=dtype), torch.as_tensor(b, dtype=dtype))
+        assert product.dtype == dtype and product.shape == (50, 4)
+        np.testing.assert_allclose(product.numpy(), expected, atol=tolerance)
