@@ -19,11 +19,11 @@ catch up.
 
 The state is the robot model's home keyframe (the arm at home, the quadruped standing, the drone hovering)
 with a little noise, drawn anew for each of ``STATE_POOL`` states built before the loop starts and cycled
-through (so consecutive states differ and the policy never sees a repeated input within a few seconds);
-in the loop the driver only stamps and publishes, as a real driver that has its readings in hand would,
-instead of spending 16-90 µs of each cycle building messages on the cores the nodes need. The nodes and this driver run
-in a namespace of their own, and discovery stays on this machine unless ``ROS_AUTOMATIC_DISCOVERY_RANGE``
-says otherwise: fake states must not reach a real robot's nodes.
+through (consecutive states differ; none repeats within 2 s at 500 Hz). In the loop the driver only stamps
+and publishes, as a real driver with its readings in hand would, instead of spending 16-90 µs of each cycle
+building messages on the cores the nodes need. The nodes and this driver run in a namespace of their own,
+and discovery stays on this machine unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` says otherwise: fake states must
+not reach a real robot's nodes.
 """
 from __future__ import annotations
 
@@ -305,6 +305,7 @@ def bench_deploy(task: str | None = None, policy: str | os.PathLike | None = Non
         # the two legs of each answered cycle: the state's transit and the policy, then the policy command's
         # transit, the safety layer and the driver command's transit
         "stages_ms": {"policy": percentiles(policy_ms), "safety": percentiles(latency_ms - policy_ms)},
-        "cpu_percent": cpu, "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
+        "cpu_percent": cpu,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
         **({"logs": str(log_dir)} if log_dir else {}),
     }

@@ -296,3 +296,9 @@ def test_quaternion_product_matches_mujoco_in_both_precisions():
         product = mdp.quat_mul(torch.as_tensor(a, dtype=dtype), torch.as_tensor(b, dtype=dtype))
         assert product.dtype == dtype and product.shape == (50, 4)
         np.testing.assert_allclose(product.numpy(), expected, atol=tolerance)
+    mdp.hamilton_table.cache_clear()
+    with torch.inference_mode():  # the table made first for a deploy-side tick still serves autograd
+        mdp.quat_mul(torch.as_tensor(a), torch.as_tensor(b))
+    leaf = torch.as_tensor(a, dtype=torch.float64).requires_grad_()
+    mdp.quat_mul(leaf, torch.as_tensor(b)).sum().backward()
+    assert leaf.grad is not None and leaf.grad.shape == (50, 4)
