@@ -3,9 +3,9 @@
     ros2 launch robostack quadruped.launch.py policy:=/path/to/bundle [sim:=true] [teleop:=joy|twist]
         [record:=true record_dir:=DIR]
 
-The node graph is described once in robostack.deploy.node_graph, which ``robostack deploy`` also runs.
+The node graph is described once in robostack.real.graph.node_graph, which ``robostack deploy`` also runs.
 """
-from robostack.deploy import launch_description
+from robostack.real.graph import launch_description
 
 
 def generate_launch_description():

@@ -2,7 +2,7 @@
 rate the deployment sustains.
 
 ``policy_node`` (acting on every state, ``trigger:=state``) and ``safety_node`` run as processes, as in a
-deployment (``robostack.deploy``); this process is the robot's driver. It publishes the robot's state topics
+deployment (``robostack.real.graph``); this process is the robot's driver. It publishes the robot's state topics
 (``configs/deploy/<robot>.yaml``, the primary source last, see ``robostack.real.state.primary_source``) in a
 closed loop at ``rate_hz``: state k goes out at its deadline start + k / rate, or when the answer to state
 k - 1 arrives if that is later. The answer is the first driver command that the safety node sent after the
@@ -28,7 +28,6 @@ not reach a real robot's nodes.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import platform
 import time
@@ -38,11 +37,13 @@ from typing import Any, Callable
 import mujoco
 import numpy as np
 
+from robostack import registry
 from robostack.bundle import load_bundle
-from robostack.deploy import node_graph, started_graph
+from robostack.real.graph import node_graph, started_graph
+from robostack.real.bundle_fit import bundle_robot_config
 from robostack.real.deploy_config import INTERNAL, DeployConfig, load_deploy_config
 from robostack.real.messages import message_type
-from robostack.real.observation import RobotState
+from robostack.real.robot_state import RobotState
 from robostack.real.state import primary_source, state_messages
 
 SHIPPED_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"  # in a source checkout
@@ -70,9 +71,8 @@ def resolve_bundle(task: str | None, policy: str | os.PathLike | None) -> Path:
                             "give one with --policy")
 
 
-def home_state(robot: str, joint_names: list[str]) -> RobotState:
+def home_state(model: mujoco.MjModel, joint_names: list[str]) -> RobotState:
     """The robot at rest as its model's home keyframe has it, velocities zero."""
-    model = importlib.import_module(f"robostack.sim.robots.{robot}.model").build_model()
     data = mujoco.MjData(model)
     mujoco.mj_resetDataKeyframe(model, data, 0)
     positions = {name: float(data.qpos[model.jnt_qposadr[model.joint(name).id]]) for name in joint_names}
@@ -136,19 +136,22 @@ def _unused(msg: Any) -> None:
 class ClosedLoopDriver:
     """This process as the robot's driver: state out, then wait for the driver command that answers it."""
 
-    def __init__(self, cfg: DeployConfig, joint_names: list[str], namespace: str, seed: int = 0):
+    def __init__(self, cfg: DeployConfig, model: mujoco.MjModel, joint_names: list[str], namespace: str,
+                 seed: int = 0):
         import rclpy
         from rclpy.impl.implementation_singleton import rclpy_implementation
+        from rclpy.qos import qos_profile_sensor_data
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=["--ros-args", "-r", f"__ns:={namespace}"])
         self.node = rclpy.create_node("bench_driver", context=self.context)
         topics = cfg.topics
+        # as robot drivers publish their state: best effort (rclpy's sensor data profile)
         self.publishers = {name: self.node.create_publisher(message_type(getattr(topics, name).type),
-                                                            getattr(topics, name).topic, 10)
+                                                            getattr(topics, name).topic, qos_profile_sensor_data)
                            for name in ("joint_states", "imu", "odometry") if getattr(topics, name) is not None}
-        rest, rng = home_state(cfg.robot, joint_names), np.random.default_rng(seed)
+        rest, rng = home_state(model, joint_names), np.random.default_rng(seed)
         stamp = self.node.get_clock().now().to_msg()  # restamped as each goes out
         self.states = [state_messages(cfg, jittered(rest, rng), stamp, joint_names) for _ in range(STATE_POOL)]
         self.stamped = [[msg for _, msg in messages if hasattr(msg, "header")] for messages in self.states]
@@ -264,14 +267,16 @@ def bench_deploy(task: str | None = None, policy: str | os.PathLike | None = Non
     cycles, each process's CPU share and the machine."""
     bundle_path = resolve_bundle(task, policy)
     bundle = load_bundle(bundle_path)
-    cfg = load_deploy_config(bundle.robot)
+    robot = registry.robot(bundle.robot)
+    cfg = load_deploy_config(robot.name)
     primary = primary_source(cfg)
     nodes = [spec for spec in node_graph(bundle_path) if spec.name in BENCHED_NODES]
     nodes = [dataclasses.replace(spec, parameters={**spec.parameters, "trigger": "state"})
              if spec.name == "policy_node" else spec for spec in nodes]
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # read by this process's rclpy too
     namespace = f"/robostack_bench_{os.getpid()}"
-    driver = ClosedLoopDriver(cfg, list(bundle.metadata["joint_names"]), namespace)
+    model = robot.build_model(bundle_robot_config(bundle.metadata, robot, str(bundle_path)))
+    driver = ClosedLoopDriver(cfg, model, list(bundle.metadata["joint_names"]), namespace)
     try:
         with started_graph(nodes, log_dir=log_dir, namespace=namespace) as procs:
             def exit_codes() -> dict[str, int | None]:

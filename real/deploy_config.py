@@ -10,6 +10,12 @@ simulated robot (``sim_robot_node``) follows: ``sensor_msgs/JointState`` on ``jo
 A robot's file may end with ``tasks: {<task>: {topics: ...}}``: what differs for one task (its task command,
 say) is merged over the robot's settings when a node knows the task (``load_deploy_config(robot, task=...)``).
 
+Each driver topic has its QoS (``qos``): state topics default to best effort, which hears reliable and
+best-effort publishers alike (drivers publish state with ``qos_profile_sensor_data``, best effort; a reliable
+subscription never hears them), and commands to reliable. A message with a header is as old as its stamp says
+(``stamp: header``, the default): the age is this machine's clock minus the stamp, so a frozen or replayed
+sample is stale however often it arrives; ``stamp: arrival`` for a driver that does not stamp its messages.
+
 Topics between RoboStack's own nodes are fixed (``INTERNAL``): they are an implementation detail of one
 deployment, and every node of it reads them from here.
 """
@@ -37,12 +43,35 @@ INTERNAL = {
 
 
 @dataclass
+class Qos:
+    """A topic's quality of service, as rclpy's ``QoSProfile`` takes it."""
+
+    reliability: Literal["best_effort", "reliable"]
+    durability: Literal["volatile", "transient_local"] = "volatile"
+    depth: int = 10  # keep-last queue
+
+
+def state_qos() -> Qos:
+    """Best effort: hears both best-effort (sensor data) and reliable publishers."""
+    return Qos("best_effort")
+
+
+def command_qos() -> Qos:
+    return Qos("reliable")
+
+
+Stamp = Literal["header", "arrival"]  # a message's age: now minus its header stamp, or since it arrived
+
+
+@dataclass
 class JointStatesTopic:
     topic: str = "joint_states"
     type: str = "sensor_msgs/msg/JointState"
     name: str = "name"  # field paths: joint names, positions, velocities (parallel arrays)
     position: str = "position"
     velocity: str = "velocity"
+    qos: Qos = field(default_factory=state_qos)
+    stamp: Stamp = "header"
 
 
 @dataclass
@@ -51,6 +80,8 @@ class ImuTopic:
     type: str = "sensor_msgs/msg/Imu"
     orientation: str = "orientation"  # a quaternion with x, y, z, w fields
     angular_velocity: str = "angular_velocity"  # body frame
+    qos: Qos = field(default_factory=state_qos)
+    stamp: Stamp = "header"
 
 
 @dataclass
@@ -63,6 +94,8 @@ class OdometryTopic:
     linear_velocity_frame: Literal["body", "world"] = "body"  # REP 105: Odometry twist is in the child frame
     angular_velocity: str | None = "twist.twist.angular"  # body frame (None: the message has none); a base's
     # angular velocity is read from the IMU, an object's from here
+    qos: Qos = field(default_factory=state_qos)
+    stamp: Stamp = "header"
 
 
 @dataclass
@@ -70,6 +103,7 @@ class DriverCommandTopic:
     topic: str = "forward_position_controller/commands"
     type: str = "std_msgs/msg/Float64MultiArray"
     data: str = "data"  # the array field, one value per actuator in bundle actuator order
+    qos: Qos = field(default_factory=command_qos)
 
 
 @dataclass
@@ -80,6 +114,7 @@ class TaskCommandTopic:
     type: str
     fields: list[str]
     default: list[float]  # until the first message arrives
+    qos: Qos = field(default_factory=command_qos)
 
 
 @dataclass
@@ -91,6 +126,7 @@ class PoseTopic:
     type: str = "geometry_msgs/msg/PoseStamped"
     position: str = "pose.position"
     orientation: str = "pose.orientation"  # a quaternion with x, y, z, w fields
+    qos: Qos = field(default_factory=state_qos)
 
 
 @dataclass
@@ -112,6 +148,9 @@ class DeployConfig:
     topics: Topics
     state_timeout_s: float  # state older than this is stale: the policy stops acting, the safety layer falls back
     safety: dict[str, Any]  # checked by robostack.real.safety
+    # how far a header stamp may lie ahead of this machine's clock (the offset between the driver's computer's
+    # clock and this one's, e.g. under chrony); further ahead, the clocks disagree and the state counts as stale
+    clock_tolerance_s: float = 0.02
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -138,14 +177,20 @@ def load_deploy_config(robot: str, path: str | Path | None = None, task: str | N
         cfg = from_dict(DeployConfig, data, str(source))
     if cfg.robot != robot:
         raise ValueError(f"{source}: made for robot {cfg.robot!r}, not {robot!r}")
+    if not cfg.clock_tolerance_s >= 0:
+        raise ConfigError(f"{source}: 'clock_tolerance_s' must be >= 0, got {cfg.clock_tolerance_s}",
+                          key="clock_tolerance_s", source=str(source))
     topics = [getattr(cfg.topics, name) for name in ("joint_states", "imu", "odometry", "driver_command",
                                                        "task_command", "object")]
     for topic in [*topics, *cfg.topics.fixtures.values()]:
         if topic is None:
             continue
+        if topic.qos.depth < 1:
+            raise ConfigError(f"{source}: the qos depth of topic {topic.topic!r} must be >= 1, got {topic.qos.depth}",
+                              source=str(source))
         msg_type = message_type(topic.type)
         paths = topic.fields if isinstance(topic, TaskCommandTopic) else [
-            v for k, v in vars(topic).items() if k not in ("topic", "type", "linear_velocity_frame")]
+            v for k, v in vars(topic).items() if k not in ("topic", "type", "linear_velocity_frame", "qos", "stamp")]
         for path_ in paths:
             if path_ is not None:
                 check_field(msg_type, path_)

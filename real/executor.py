@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def control_executor(context: Any = None) -> Any:
@@ -42,16 +42,17 @@ def stop_on_signals() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def spin(node: Any, stop: list[int], executor: Any = None) -> None:
-    """Spin ``node`` on ``executor`` (default: the control executor) until ``stop`` holds a signal or rclpy
-    shuts down."""
+def spin(node: Any, stop: list[int], executor: Any = None, until: Callable[[], bool] | None = None) -> None:
+    """Spin ``node`` on ``executor`` (default: the control executor) until ``stop`` holds a signal (or, given
+    ``until``, until it returns true: checked at least every 0.1 s) or rclpy shuts down."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     executor = executor if executor is not None else control_executor(node.context)
     executor.add_node(node)
+    finished = until if until is not None else lambda: bool(stop)
     try:
-        while not stop and rclpy.ok(context=node.context):
+        while not finished() and rclpy.ok(context=node.context):
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass

@@ -12,14 +12,14 @@ commanded targets, running integrals) kept by the shared ``PolicyState``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import mujoco
 import numpy as np
 import torch
 
-from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM
+from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM, rebuilt_mismatches
+from robostack.real.robot_state import BodyState, Pose, RobotState
 from robostack.sim.policy_state import PolicyState
 from robostack.sim import ik
 from robostack.sim.joint_limits import TargetBounds
@@ -32,43 +32,6 @@ BODY_FIELDS = (("position", 3), ("orientation", 4), ("linear_velocity", 3), ("an
 
 class ObservationError(ValueError):
     """The measured state cannot make the bundle's observation (a missing joint, a wrong size, NaN)."""
-
-
-@dataclass
-class BodyState:
-    """A free body's pose and twist in the simulator's frames (a free joint's qpos and qvel): position and
-    linear velocity in the world frame, orientation a (w, x, y, z) quaternion, angular velocity in the body's."""
-
-    position: np.ndarray
-    orientation: np.ndarray
-    linear_velocity: np.ndarray
-    angular_velocity: np.ndarray
-
-
-@dataclass
-class Pose:
-    """A fixed body's pose: position and orientation (w, x, y, z), robot base (world) frame."""
-
-    position: np.ndarray
-    orientation: np.ndarray
-
-
-@dataclass
-class RobotState:
-    """One measurement of the robot. Joint values are keyed by joint name; base fields are None for a
-    fixed-base robot. Frames follow the simulator: base position and linear velocity in the world frame,
-    orientation as a (w, x, y, z) quaternion, angular velocity in the body frame. ``object`` is the task's
-    manipulated object, for tasks with one (from motion capture or a pose tracker); ``fixtures`` the poses of
-    the fixed bodies the task places per episode, by body name."""
-
-    joint_position: Mapping[str, float] = field(default_factory=dict)
-    joint_velocity: Mapping[str, float] = field(default_factory=dict)
-    base_position: np.ndarray | None = None
-    base_orientation: np.ndarray | None = None
-    base_linear_velocity: np.ndarray | None = None
-    base_angular_velocity: np.ndarray | None = None
-    object: BodyState | None = None
-    fixtures: Mapping[str, Pose] = field(default_factory=dict)
 
 
 def free_joints(model: mujoco.MjModel) -> tuple[int | None, int | None]:
@@ -140,8 +103,14 @@ class ObservationBuilder(PolicyState):
         self._check_layout()
 
     def _check_layout(self) -> None:
-        """The task rebuilt here must produce exactly the observation the bundle's policy was trained on: its
-        policy terms (a residual's: then the base's action), or for a chunk bundle the recorded features."""
+        """The task rebuilt here must drive the robot as the bundle says (actuators, joints, default pose, gains,
+        action map) and produce exactly the observation its policy was trained on: its policy terms (a
+        residual's: then the base's action), or for a chunk bundle the recorded features."""
+        differing = rebuilt_mismatches(self.metadata, self.task, self.model)
+        if differing:
+            raise ObservationError(f"bundle for task {self.task.name!r}: its {', '.join(differing)} differ from what the "
+                                   "task rebuilt from its stored config gives (a bundle without its robot configuration "
+                                   "and a configs/robots file edited since export?); re-export it")
         terms = self.metadata["observation"]["terms"]
         if self.kind == CHUNK:
             from robostack.dataset import SimFrameReader, sim_features

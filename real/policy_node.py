@@ -32,24 +32,27 @@ Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/de
 """
 from __future__ import annotations
 
-import importlib
 import sys
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from robostack import registry
 from robostack.bundle import BundleError, ChunkPolicyBundle, PolicyBundle, ResidualPolicyBundle, load_bundle
 from robostack.policies.diffusion import STATE_KEY, ChunkExecutor
+from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.safety import safety_config
-from robostack.real.state import StateListener, primary_source
+from robostack.real.state import StateListener, primary_source, qos_profile
 from robostack.sim.joint_limits import TargetBounds
 
 TRIGGERS = ("timer", "state")
+WATCHDOG_PERIOD_S = 0.5  # acting per state: how often it checks that states still come, and says so if not
 
 
 class VectorActor:
@@ -114,13 +117,16 @@ class PolicyRunner:
 
     def __init__(self, bundle_path: str, config_path: str | None = None):
         self.bundle = load_bundle(bundle_path)
-        self.deploy = load_deploy_config(self.bundle.robot, config_path or None, task=self.bundle.task)
+        robot = registry.robot(check_bundle_task(self.bundle.metadata, bundle_path))
+        source = str(config_path or robot.deploy_config_file)
+        self.deploy = load_deploy_config(robot.name, source, task=self.bundle.task)
+        robot_config = check_bundle_fits(self.bundle.metadata, bundle_path, robot, self.deploy, source)
         self.primary = primary_source(self.deploy)  # the state source whose arrival is a new state
         self.builder = ObservationBuilder(self.bundle.metadata)
-        joint_limits = safety_config(self.deploy, f"deploy config of robot {self.bundle.robot!r}").joints
+        joint_limits = safety_config(self.deploy, source).joints
         if joint_limits is not None:
-            robot_module = importlib.import_module(f"robostack.sim.robots.{self.bundle.robot}.model")
-            self.builder.follow_safety_limits(TargetBounds.for_robot(robot_module, self.builder.model, joint_limits))
+            self.builder.follow_safety_limits(TargetBounds.for_robot(robot, robot_config, self.builder.model,
+                                                                     joint_limits))
         if self.builder.has_object and self.deploy.topics.object is None:
             raise ValueError(f"task {self.bundle.task!r} needs its object's pose, but the deploy config of robot "
                              f"{self.bundle.robot!r} has no topics.object")
@@ -162,11 +168,9 @@ class PolicyRunner:
     def tick(self, listener: StateListener, now: float | None = None) -> tuple[np.ndarray | None, str]:
         """Controls for this tick, or (None, why not). In inference mode: the task's term functions run on
         tensors of one robot, where autograd's bookkeeping is a noticeable part of each small operation."""
-        if not listener.ready():
-            return None, f"waiting for state topics {listener.missing()}"
-        age = listener.age(now)
-        if age > self.deploy.state_timeout_s:
-            return None, f"state is stale: {age * 1000:.0f} ms old (limit {self.deploy.state_timeout_s * 1000:.0f} ms)"
+        stale = listener.staleness(time.monotonic() if now is None else now, self.deploy.state_timeout_s)
+        if stale:
+            return None, stale
         try:
             state = listener.state()
             for builder in self.actor.builders:
@@ -191,7 +195,7 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
         if source == runner.primary:
             on_tick()
 
-    listener = StateListener(node, runner.deploy, qos=1 if per_state else 10, on_update=on_state if per_state else None,
+    listener = StateListener(node, runner.deploy, depth=1 if per_state else None, on_update=on_state if per_state else None,
                              with_object=runner.builder.has_object, fixtures=runner.builder.task.fixtures)
     topic, type_ = INTERNAL["policy_command"]
     publisher = node.create_publisher(message_type(type_), topic, 10)
@@ -203,7 +207,7 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
             except ObservationError as exc:
                 node.get_logger().error(f"ignoring task command on {task.topic}: {exc}", throttle_duration_sec=1.0)
 
-        node.create_subscription(message_type(task.type), task.topic, on_task_command, 10)
+        node.create_subscription(message_type(task.type), task.topic, on_task_command, qos_profile(task.qos))
     node.create_subscription(std_msgs.msg.String, "sim/episode", lambda _msg: runner.reset(), 10)
 
     def on_tick() -> None:
@@ -217,6 +221,13 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
 
     if per_state:
         pace = f"on every {getattr(runner.deploy.topics, runner.primary).topic} message"
+
+        def watchdog() -> None:  # no message taken, no tick: still say why it does not act
+            stale = listener.staleness(time.monotonic(), runner.deploy.state_timeout_s)
+            if stale:
+                node.get_logger().error(f"not acting: {stale}", throttle_duration_sec=1.0)
+
+        node.create_timer(WATCHDOG_PERIOD_S, watchdog)
     else:
         period = 1.0 / (rate_hz or runner.bundle.control_rate_hz)
         node.create_timer(period, on_tick)
@@ -243,8 +254,8 @@ def main(args: list[str] | None = None) -> int:
                 if trigger not in TRIGGERS:
                     raise ValueError(f"parameter 'trigger' must be one of {list(TRIGGERS)}, got {trigger!r}")
                 runner = PolicyRunner(bundle_path, config_path)
-            except (BundleError, ValueError, FileNotFoundError) as exc:
-                print(f"policy_node: error: {exc}", file=sys.stderr)
+            except (BundleError, ValueError, KeyError, FileNotFoundError) as exc:
+                print(f"policy_node: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
                 return 2
             start(node, runner, trigger, rate_hz)
             spin(node, stop)

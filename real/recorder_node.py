@@ -14,14 +14,19 @@ Parameters
         are resolved against the node namespace; the bag stores the resolved name.
     ``output`` (string): bag directory; it must not exist yet (an existing path is refused).
         Default: ``rosbag2_YYYY_MM_DD-HH_MM_SS`` in the working directory, as ``ros2 bag record``.
-    ``flush_period_s`` (1.0): a SIGKILL loses at most about this much of the latest messages
-        (after ``python -m robostack.real.bag recover OUTPUT``; see ``robostack.real.bag``).
-    ``split_period_s`` (60.0): start a new ``.mcap`` file this often; finished files are readable
-        at once even after a crash. 0 keeps one file.
+    ``flush_period_s`` (1.0): a SIGKILL loses at most about this much of the latest messages; the
+        bag stays readable as it is after every flush, no recovery step needed (see "Crash safety"
+        in ``robostack.real.bag``; ``robostack data recover OUTPUT`` is only for a file cut in the
+        middle of a flush).
+    ``split_period_s`` (60.0): start a new ``.mcap`` file this often. 0 keeps one file.
     ``qos_depth`` (1000): keep-last depth of each subscription (2 s of a 500 Hz topic).
-    ``qos_reliability`` (``reliable``): or ``best_effort``. A reliable subscription does not match
-        best-effort publishers (ROS logs an "incompatible QoS" warning); record those topics with
-        ``best_effort``.
+    ``qos_reliability`` (``reliable``): or ``best_effort``, for every topic. A reliable subscription
+        does not match best-effort publishers (ROS logs an "incompatible QoS" warning); record those
+        topics with ``best_effort``, or list them in:
+    ``best_effort_topics`` (string array, default none): topics (as written in ``topics``, without the
+        type) subscribed best effort whatever ``qos_reliability`` says: robot drivers publish state
+        with the sensor-data profile (best effort), which a best-effort subscription hears (and a
+        reliable publisher's messages too), while the nodes' own commands stay reliable.
     ``compression`` (``zstd``): MCAP chunk compression, ``zstd``, ``lz4`` or ``none``.
 
 Subscriptions are ``raw=True``: the serialized bytes go to the bag without being deserialized
@@ -104,6 +109,7 @@ class RecorderNode(Node):
         self.declare_parameter("split_period_s", 60.0, dynamic)
         self.declare_parameter("qos_depth", 1000)
         self.declare_parameter("qos_reliability", "reliable")
+        self.declare_parameter("best_effort_topics", None, dynamic)
         self.declare_parameter("compression", "zstd")
         self.bag: BagWriter | None = None
         specs = self.get_parameter("topics").value or []
@@ -127,6 +133,12 @@ class RecorderNode(Node):
             raise RecorderConfigError(f"qos_depth must be >= 1, got {depth}")
         if reliability not in ("reliable", "best_effort"):
             raise RecorderConfigError(f"qos_reliability must be 'reliable' or 'best_effort', got {reliability!r}")
+        best_effort = self.get_parameter("best_effort_topics").value or []
+        best_effort = [best_effort] if isinstance(best_effort, str) else list(best_effort)
+        listed = {parse_topic_spec(spec)[0] for spec in specs}
+        strays = [t for t in best_effort if t not in listed]
+        if strays:
+            raise RecorderConfigError(f"best_effort_topics {strays} are not in 'topics'")
 
         # Validate everything before the bag directory is created.
         types = MessageTypes()
@@ -155,14 +167,17 @@ class RecorderNode(Node):
         except (ValueError, FileExistsError) as exc:
             raise RecorderConfigError(str(exc)) from None
         self._use_rmw_stamp = not self.get_parameter("use_sim_time").value
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
-                         reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                                      else ReliabilityPolicy.BEST_EFFORT))
+        qos = {kind: QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
+                                reliability=policy)
+               for kind, policy in (("reliable", ReliabilityPolicy.RELIABLE),
+                                    ("best_effort", ReliabilityPolicy.BEST_EFFORT))}
+        best_effort_resolved = {self.resolve_topic_name(t) for t in best_effort}
         self._qos_pending: set[str] = set()
         for topic, msgtype, cls in wanted:
             self.bag.add_topic(topic, msgtype)
             self._qos_pending.add(topic)
-            self.create_subscription(cls, topic, self._make_callback(topic), qos, raw=True)
+            self.create_subscription(cls, topic, self._make_callback(topic),
+                                     qos["best_effort" if topic in best_effort_resolved else reliability], raw=True)
         self.create_timer(min(0.1, flush_period_s / 10.0), self.bag.poll)
         self.get_logger().info(
             f"recording {len(wanted)} topics to {output} (flush every {flush_period_s:g} s, "

@@ -28,19 +28,19 @@ A learned safety critic plugs in as a ``SafetyCritic`` (none by default): comman
 """
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import mujoco
 import numpy as np
 
 from robostack.config import ConfigError, from_dict
 from robostack.real.deploy_config import DeployConfig
-from robostack.real.observation import RobotState
+from robostack.real.robot_state import RobotState
 from robostack.sim.joint_limits import WINDOWS, JointTargetLimits, TargetBounds, limit_targets
+from robostack.specs import ROBOT_KINDS, RobotSpec
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -64,7 +64,8 @@ class QuadrupedLimits:
     max_tilt: float  # rad between the base's up axis and the world's
     height: tuple[float, float]  # m, base height envelope (world frame)
     stand_down_pose: tuple[float, ...]  # one leg's joint targets when lying (the same for every leg)
-    stand_down_s: float  # s the targets take to glide from the measured pose to the lying pose
+    stand_down_s: float  # s the targets take to glide from the standing pose to the lying pose
+    support_s: float  # s the targets take first, from where they were to the standing pose (feet under the body)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class SafetyConfig:
 
 
 POSITIVE_KEYS = ("rate_hz", "command_timeout_s", "state_timeout_s", "joints.velocity_scale", "joints.effort_scale",
-                 "joints.prismatic_velocity_scale", "quadruped.stand_down_s", "drone.descent_speed",
+                 "joints.prismatic_velocity_scale", "quadruped.stand_down_s", "quadruped.support_s", "drone.descent_speed",
                  "drone.landed_height")
 
 
@@ -104,9 +105,9 @@ def safety_config(deploy: DeployConfig, source: str) -> SafetyConfig:
         raise ConfigError(f"{where}: 'state_timeout_s' belongs at the top level of the file",
                           key="safety.state_timeout_s", source=source)
     cfg = from_dict(SafetyConfig, {**deploy.safety, "state_timeout_s": deploy.state_timeout_s}, where)
-    kinds = [kind for kind in ("arm", "quadruped", "drone") if getattr(cfg, kind) is not None]
+    kinds = [kind for kind in ROBOT_KINDS if getattr(cfg, kind) is not None]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: give exactly one of 'arm', 'quadruped', 'drone' (got {kinds or 'none'})",
+        raise ConfigError(f"{where}: give exactly one of {', '.join(map(repr, ROBOT_KINDS))} (got {kinds or 'none'})",
                           source=source)
     if kinds[0] != "drone" and cfg.joints is None:
         raise ConfigError(f"{where}: missing required key 'joints' (an {kinds[0]} has joint limits)",
@@ -186,16 +187,19 @@ def _box_violations(what: str, point: np.ndarray, box: Box, axis_notes: Sequence
 
 # ------------------------------------------------------------------------------------------ layers
 
+LANDED = "landed by the fallback"  # latched: a drone on the ground stays there until reset
+STOOD_DOWN = "stood down by the fallback"  # latched: a quadruped lying down stays there until reset
+
 
 class SafetyLayer(ABC):
     """The limits, watchdogs, e-stop latch and fallback common to every robot kind; subclasses say what a
     valid state is, what the envelope and clamps are and what the fallback does."""
 
-    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
-        self.robot, self.cfg, self.critic = robot, cfg, critic
-        # The robot's model module holds its URDF limits and builds its MuJoCo model (actuators in driver order)
-        self.robot_module = importlib.import_module(f"robostack.sim.robots.{robot}.model")
-        self.model = self.robot_module.build_model()
+    def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        self.spec, self.robot, self.cfg, self.critic = robot, robot.name, cfg, critic
+        # The robot's model as configured (actuators in driver order): its limits, masses and geometry
+        self.robot_config = robot_config
+        self.model = robot.build_model(robot_config)
         self.num_actuators = self.model.nu
         self.period = 1.0 / cfg.rate_hz
         self.estopped = False
@@ -206,6 +210,7 @@ class SafetyLayer(ABC):
         self.last_output_at = -math.inf  # monotonic s
         self.output_interval = self.period  # s since the previous output, at most one period (the rate limit's)
         self.commanded = False  # whether any command has passed yet
+        self.commands_stopped = False  # shutting down: no command is taken any more, the fallback finishes
         self._measurement: Measurement | None = None  # the last valid one
 
     # ----- e-stop and reset
@@ -214,8 +219,18 @@ class SafetyLayer(ABC):
         """What holds the fallback until ``reset``."""
         return ["e-stop"] * self.estopped + [self.tripped] * (self.tripped is not None)
 
+    @property
+    def fallback_complete(self) -> bool:
+        """Whether the fallback has done what it does and now only keeps the robot there (arm: holding;
+        quadruped: lying; drone: motors off on the ground): a deployment whose policy died may stop then."""
+        return False
+
     def trigger_estop(self) -> None:
         self.estopped = True
+
+    def stop_commands(self) -> None:
+        """Take no command from now on: the fallback brings the robot to rest (a deployment that shuts down)."""
+        self.commands_stopped = True
 
     def state_age(self, now: float) -> float:
         return math.inf if self._measurement is None else now - self._measurement.received
@@ -259,7 +274,8 @@ class SafetyLayer(ABC):
             if violations and self.tripped is None:
                 self.tripped = "; ".join(violations)
         reasons += [f"{latch} (latched until reset)" for latch in self.latches]
-        values, problem = self._check_command(command, now)
+        values, problem = ((None, "shutting down: no command is taken") if self.commands_stopped
+                           else self._check_command(command, now))
         if problem:
             reasons.append(problem)
         if not reasons:
@@ -332,13 +348,12 @@ class JointSafetyLayer(SafetyLayer):
     around the measured state and a rate limit from the previous target, in that priority
     (``robostack.sim.joint_limits``, the same clamps a task may train under)."""
 
-    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
-        super().__init__(robot, cfg, critic)
-        module = self.robot_module
-        self.joint_names = list(module.JOINT_NAMES)
+    def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, robot_config, cfg, critic)
+        self.joint_names = list(robot.joint_names)
         if len(self.joint_names) != self.num_actuators:
-            raise ValueError(f"{robot}: {self.num_actuators} actuators but {len(self.joint_names)} joints")
-        self.bounds = TargetBounds.for_robot(module, self.model, cfg.joints)
+            raise ValueError(f"{robot.name}: {self.num_actuators} actuators but {len(self.joint_names)} joints")
+        self.bounds = TargetBounds.for_robot(robot, robot_config, self.model, cfg.joints)
 
     def joint_positions(self, state: RobotState) -> np.ndarray:
         return np.array([state.joint_position[name] for name in self.joint_names])
@@ -370,8 +385,8 @@ class ArmSafetyLayer(JointSafetyLayer):
     """A fixed-base arm: the commanded targets' TCP (forward kinematics) must stay in the workspace box;
     the fallback holds the position measured when it began."""
 
-    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
-        super().__init__(robot, cfg, critic)
+    def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, robot_config, cfg, critic)
         self._data = mujoco.MjData(self.model)
         self._qpos_address = self.model.jnt_qposadr[self.model.actuator_trnid[:, 0]]
         self._tcp_site = self.model.site(cfg.arm.tcp_site).id
@@ -400,22 +415,32 @@ class ArmSafetyLayer(JointSafetyLayer):
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         return self._hold, "hold"
 
+    @property
+    def fallback_complete(self) -> bool:
+        return self.fallback_phase == "hold"
+
 
 class QuadrupedSafetyLayer(JointSafetyLayer):
-    """A legged floating base: base tilt and height must stay in the envelope; the fallback is a damped
-    stand-down, targets gliding from the measured pose to a lying pose (and the rate limit bounds the glide).
-    Before the first command it holds the pose it found instead: there is no control to lose yet, and the
-    policy should start from the pose the robot was put in, not from half-way down."""
+    """A legged floating base: base tilt and height must stay in the envelope; the fallback is a stand-down
+    in two glides of the joint targets (the rate limit bounds both): from the targets the joints were
+    following to the standing (home) pose in ``support_s``, which puts every foot under the body (a walking
+    robot's swing legs are in the air), then to the lying pose in ``stand_down_s``; the base height follows
+    the targets' profile down instead of dropping. A robot already out of its envelope (tipped over) skips
+    the first glide. Lying down latches, as a landed drone does: a policy that comes back does not stand the
+    robot up again by itself. Before the first command it holds the pose it found instead: there is no
+    control to lose yet, and the policy should start from the pose the robot was put in."""
 
-    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
-        super().__init__(robot, cfg, critic)
+    def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, robot_config, cfg, critic)
         leg_pose = np.asarray(cfg.quadruped.stand_down_pose, dtype=np.float64)
         if leg_pose.size == 0 or self.num_actuators % leg_pose.size:
-            raise ValueError(f"{robot}: safety.quadruped.stand_down_pose has {leg_pose.size} values; one leg's "
+            raise ValueError(f"{robot.name}: safety.quadruped.stand_down_pose has {leg_pose.size} values; one leg's "
                              f"joints must divide the {self.num_actuators} joints")
         self.lying_pose = np.tile(leg_pose, self.num_actuators // leg_pose.size)
+        self.standing_pose = np.asarray(robot_config.home_joint_pos(), dtype=np.float64)
         self._glide_from: np.ndarray | None = None
         self._glide_start = 0.0
+        self._support_s = 0.0  # this fallback's first glide (0: straight to lying)
 
     def _state_problem(self, state: RobotState) -> str | None:
         return super()._state_problem(state) or _base_problem(state, ("base_position", "base_orientation"))
@@ -431,15 +456,30 @@ class QuadrupedSafetyLayer(JointSafetyLayer):
         return out
 
     def _begin_fallback(self, measurement: Measurement, now: float) -> None:
-        self._glide_from = self.joint_positions(measurement.state)
+        # From the targets the joints were following, not the measured pose: a loaded leg sags below its target,
+        # and gliding from there dropped the body at once (below 0.15 m within 0.3-0.9 s of a 2 s glide).
+        # Before any command: from the pose the robot was found in.
+        self._glide_from = self.joint_positions(measurement.state) if self.last_output is None else self.last_output
         self._glide_start = now - self.period  # one period in at the first tick: the fallback shows at once
+        self._support_s = 0.0 if self._envelope(measurement.state) else self.cfg.quadruped.support_s
+
+    @property
+    def fallback_complete(self) -> bool:
+        return self.tripped == STOOD_DOWN
 
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         if not self.commanded and not self.latches:
             self._glide_start = now  # a stand-down would start from here, one period on
             return self._glide_from, "hold until the first command"
-        progress = min(1.0, (now - self._glide_start) / self.cfg.quadruped.stand_down_s)
-        return self._glide_from + progress * (self.lying_pose - self._glide_from), "stand down"
+        elapsed = now - self._glide_start
+        if elapsed < self._support_s:
+            progress = elapsed / self._support_s
+            return self._glide_from + progress * (self.standing_pose - self._glide_from), "stand down: support"
+        start = self.standing_pose if self._support_s else self._glide_from
+        progress = min(1.0, (elapsed - self._support_s) / self.cfg.quadruped.stand_down_s)
+        if progress >= 1.0:
+            self.tripped = self.tripped or STOOD_DOWN
+        return start + progress * (self.lying_pose - start), "stand down"
 
 
 # Fallback flight controller: natural frequency (rad/s) and damping ratio of each loop. The attitude loop
@@ -457,8 +497,8 @@ class DroneSafetyLayer(SafetyLayer):
     cuts the motors on the ground; the e-stop lands at once. With stale state it cannot close the loop: it
     descends open-loop on ``blind_thrust`` and cuts the motors after ``blind_s``."""
 
-    def __init__(self, robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None):
-        super().__init__(robot, cfg, critic)
+    def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
+        super().__init__(robot, robot_config, cfg, critic)
         model, data = self.model, mujoco.MjData(self.model)
         mujoco.mj_forward(model, data)
         base = model.jnt_bodyid[0]  # the free joint's body
@@ -489,6 +529,10 @@ class DroneSafetyLayer(SafetyLayer):
     def _state_problem(self, state: RobotState) -> str | None:
         return _base_problem(state, ("base_position", "base_orientation", "base_linear_velocity",
                                      "base_angular_velocity"))
+
+    @property
+    def fallback_complete(self) -> bool:
+        return self.fallback_phase == "motors off"
 
     def _envelope(self, state: RobotState) -> list[str]:
         limits, out = self.cfg.drone, []
@@ -528,7 +572,7 @@ class DroneSafetyLayer(SafetyLayer):
             return self.position_hold(state, self._hold_position, np.zeros(3)), "hover"
         if state.base_position[2] <= limits.landed_height:
             self._airborne = False
-            self.tripped = self.tripped or "landed by the fallback"
+            self.tripped = self.tripped or LANDED
             return off, "motors off"
         descended = limits.descent_speed * (now - self._land_at)
         reference = self._hold_position - np.array([0.0, 0.0, descended])
@@ -557,10 +601,14 @@ class DroneSafetyLayer(SafetyLayer):
         return np.clip(self.mixer @ np.array([collective, *torque]), 0.0, self.max_thrust)
 
 
-LAYERS = {"arm": ArmSafetyLayer, "quadruped": QuadrupedSafetyLayer, "drone": DroneSafetyLayer}
+LAYERS = {"arm": ArmSafetyLayer, "quadruped": QuadrupedSafetyLayer, "drone": DroneSafetyLayer}  # by RobotKind
 
 
-def safety_layer(robot: str, cfg: SafetyConfig, critic: SafetyCritic | None = None) -> SafetyLayer:
-    """The layer for the robot kind whose section the config has (``arm``, ``quadruped`` or ``drone``)."""
-    kind = next(kind for kind in LAYERS if getattr(cfg, kind) is not None)
-    return LAYERS[kind](robot, cfg, critic)
+def safety_layer(robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None
+                 ) -> SafetyLayer:
+    """The layer of the robot's kind; its deploy config must hold that kind's section."""
+    if getattr(cfg, robot.kind) is None:
+        given = next(kind for kind in ROBOT_KINDS if getattr(cfg, kind) is not None)
+        raise ConfigError(f"the {robot.name} is a {robot.kind}, but its deploy config's safety section is for a "
+                          f"{given} ('safety.{given}'; give 'safety.{robot.kind}')", key=f"safety.{robot.kind}")
+    return LAYERS[robot.kind](robot, robot_config, cfg, critic)

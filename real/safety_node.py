@@ -4,9 +4,11 @@ Run::
 
     python -m robostack.real.safety_node --ros-args -p robot:=go2
 
-Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
-``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``), ``task``
-(optional: the deployed task, whose section of the file's ``tasks`` is merged over it).
+Parameters: ``robot`` (panda, go2, cf2: required without a bundle), ``bundle`` (the policy bundle deployed:
+checked to fit the robot before anything is published, ``robostack.real.bundle_fit``, and the robot's
+configuration, gains and motor limits, comes from it; only its metadata is read), ``config`` (deploy YAML,
+default ``configs/deploy/<robot>.yaml``; its ``safety:`` section is ``robostack.real.safety.SafetyConfig``),
+``task`` (the deployed task, default the bundle's: its section of the file's ``tasks`` is merged over it).
 
 It alone talks to the driver. It takes the latest command (the human's on ``teleop/command`` while
 ``teleop/active`` is true, else the policy's on ``policy/command``) and the latest measured state
@@ -19,18 +21,30 @@ arriving it keeps the driver supplied, and the fallback engages on it.
 What the layer changes is published on ``safety/override`` as JSON ``{"reasons": [...], "t": <ROS time,
 s>}`` when it changes (the reasons with their measured values masked: a stale command's growing age is
 no change), while it persists every ``OVERRIDE_HEARTBEAT_S``, and as an empty list when commands pass
-unchanged again; so a fallback at 500 Hz does not flood the topic. Health goes on ``/diagnostics`` at 2 Hz.
+unchanged again; so a fallback at 500 Hz does not flood the topic. Health goes on ``/diagnostics`` at 2 Hz,
+with ``fallback_complete`` (the fallback has done what it does: arm holding, quadruped lying, drone landed with
+its motors off) and ``state_problems`` (stamps frozen, backward, ahead of this clock, or zero).
 
 ``true`` on ``safety/estop`` or a call of ``safety/trigger_estop`` latches the e-stop; only ``safety/reset``
 clears it (and any latched fallback), and it refuses while the state is stale. Before the first valid state
 it publishes no command: there is nothing safe to hold.
+
+It finishes what it started. On SIGINT it takes no more commands, so the fallback brings the robot to rest
+(drone: hover, land, motors off; quadruped: stand down; arm: hold), and exits once the fallback is complete,
+at a second SIGINT or a SIGTERM, or after ``SHUTDOWN_TIMEOUT_S``; at once if no command ever passed (nothing
+was driven). Whatever else stops (the launch system SIGINTs every node at once, and SIGTERMs after its
+``sigterm_timeout``), the robot is not left mid-air or half-way down. With ``status_file`` set (``robostack deploy`` sets it) it writes a JSON line there whenever
+its situation changes, so a supervisor on this machine knows when the fallback is complete.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,14 +55,17 @@ from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from robostack.config import config_path
+from robostack import registry
+from robostack.bundle import read_metadata
+from robostack.real.bundle_fit import check_bundle_fits
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import message_type, set_field
 from robostack.real.safety import Command, Measurement, safety_config, safety_layer
-from robostack.real.state import StateListener
+from robostack.real.state import StateListener, qos_profile
 
 DIAGNOSTICS_PERIOD_S = 0.5
+SHUTDOWN_TIMEOUT_S = 30.0  # the longest a stop waits for the fallback: a drone landing from its highest allowed
 OVERRIDE_HEARTBEAT_S = 0.5  # a persisting override is repeated this often
 MEASURED_VALUE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")  # 104 ms, x=2.500, [11]; not names like joint1, m2
 
@@ -64,14 +81,23 @@ class SafetyNode(Node):
     def __init__(self, **kwargs: Any):
         super().__init__("safety_node", **kwargs)
         self.robot = self.declare_parameter("robot", "").value
+        bundle = self.declare_parameter("bundle", "").value
         config = self.declare_parameter("config", "").value
         task = self.declare_parameter("task", "").value  # its section of the deploy config applies too
+        metadata = read_metadata(bundle) if bundle else None
+        self.robot = self.robot or (metadata["robot"] if metadata else "")
         if not self.robot:
-            raise ValueError("parameter 'robot' is required (panda, go2 or cf2)")
-        source = config or str(config_path("deploy", f"{self.robot}.yaml"))
-        self.deploy = load_deploy_config(self.robot, source, task=task or None)
-        self.layer = safety_layer(self.robot, safety_config(self.deploy, source))
+            raise ValueError("parameter 'robot' (panda, go2 or cf2) or 'bundle' is required")
+        robot = registry.robot(self.robot)
+        source = config or str(robot.deploy_config_file)
+        self.deploy = load_deploy_config(robot.name, source, task=task or (metadata["task"] if metadata else None))
+        robot_config = (check_bundle_fits(metadata, bundle, robot, self.deploy, source) if metadata
+                        else robot.load_config())
+        self.layer = safety_layer(robot, robot_config, safety_config(self.deploy, source))
         self.listener = StateListener(self, self.deploy)
+        self.status_file = Path(status) if (status := self.declare_parameter("status_file", "").value) else None
+        self.status: dict[str, Any] = {}
+        self.stopping_since: float | None = None
 
         self.policy_command: Command | None = None
         self.teleop_command: Command | None = None
@@ -85,7 +111,7 @@ class SafetyNode(Node):
         driver = self.deploy.topics.driver_command
         self.driver_type = message_type(driver.type)
         self.driver_field = driver.data
-        self.driver_publisher = self.create_publisher(self.driver_type, driver.topic, 10)
+        self.driver_publisher = self.create_publisher(self.driver_type, driver.topic, qos_profile(driver.qos))
         self.override_publisher = self.create_publisher(String, INTERNAL["override"][0], 10)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, INTERNAL["diagnostics"][0], 10)
         self.create_subscription(Float64MultiArray, INTERNAL["policy_command"][0], self._on_policy, 10)
@@ -171,7 +197,41 @@ class SafetyNode(Node):
             set_field(msg, self.driver_field, output.tolist())
             self.driver_publisher.publish(msg)
         self._report_override(reasons, now)
+        self._write_status(now)
         return output is not None
+
+    def _write_status(self, now: float) -> None:
+        """The node's situation to ``status_file`` when it changes (atomically: a reader never sees half)."""
+        if self.status_file is None:
+            return
+        command = self.command
+        status = {"fallback": self.layer.fallback_phase, "complete": self.layer.fallback_complete,
+                  "commanded": self.layer.commanded, "source": self.source, "stopping": self.stopping_since is not None,
+                  "state_fresh": self.layer.state_age(now) <= self.layer.cfg.state_timeout_s,
+                  "command_stale": command is not None and now - command.received > self.layer.cfg.command_timeout_s}
+        if status != self.status:
+            self.status = status
+            tmp = self.status_file.with_name(self.status_file.name + ".tmp")
+            tmp.write_text(json.dumps(status) + "\n")
+            os.replace(tmp, self.status_file)
+
+    def finished(self, signals: list[int]) -> bool:
+        """Whether to exit now: never before a stop signal; at SIGTERM or a second SIGINT, at once; at the first
+        SIGINT, stop taking commands and let the fallback run, and exit once it is complete (or nothing was
+        ever driven) or after ``SHUTDOWN_TIMEOUT_S``."""
+        if not signals:
+            return False
+        if signal.SIGTERM in signals or len(signals) > 1:
+            return True
+        now = time.monotonic()
+        if self.stopping_since is None:
+            self.stopping_since = now
+            self.layer.stop_commands()
+            if self.layer.commanded and not self.layer.fallback_complete:
+                self.get_logger().warning("stopping: taking no more commands; finishing the fallback first "
+                                          "(SIGINT again or SIGTERM to stop at once)")
+        return (not self.layer.commanded or self.layer.fallback_complete
+                or now - self.stopping_since > SHUTDOWN_TIMEOUT_S)
 
     def _report_override(self, reasons: list[str], now: float) -> None:
         """On ``safety/override`` when what is overridden changes, and as a heartbeat while it lasts."""
@@ -208,6 +268,9 @@ class SafetyNode(Node):
             status.level = DiagnosticStatus.ERROR
             status.message = (f"fallback ({self.layer.fallback_phase}) latched until reset: "
                               f"{'; '.join(self.layer.latches)}")
+        elif self.listener.problems and self.layer.fallback_phase:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"fallback ({self.layer.fallback_phase}): {'; '.join(self.listener.problems.values())}"
         elif self.layer.fallback_phase:
             status.level, status.message = DiagnosticStatus.WARN, f"fallback: {self.layer.fallback_phase}"
         elif now - self.last_override_at < DIAGNOSTICS_PERIOD_S:
@@ -221,6 +284,8 @@ class SafetyNode(Node):
             "command_age_s": f"{command_age:.4f}",
             "source": self.source,
             "fallback": self.layer.fallback_phase,
+            "fallback_complete": str(self.layer.fallback_complete).lower(),
+            "state_problems": "; ".join(self.listener.problems.values()),
             "last_override": self.last_override,
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -236,10 +301,10 @@ def main(args: list[str] | None = None) -> int:
         with stop_on_signals() as stop:
             try:
                 node = SafetyNode()
-            except (ValueError, ImportError, KeyError) as exc:  # a bad parameter, config, robot or site name
-                print(f"safety_node: error: {exc}", file=sys.stderr)
+            except (ValueError, ImportError, KeyError) as exc:  # a bad parameter, bundle, config, robot or site
+                print(f"safety_node: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
                 return 2
-            spin(node, stop)
+            spin(node, stop, until=lambda: node.finished(stop))
             return 0
     finally:
         if node is not None:

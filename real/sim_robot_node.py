@@ -52,6 +52,11 @@ Topics (relative: they follow the node's namespace)
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
 
+Unattended: once driven, a robot that gets no command on ``policy/command`` or ``teleop/command`` for
+``UNATTENDED_S`` has lost its policy (or human): only the safety layer's fallback moves it, as on a real robot.
+Physics goes on, but the task no longer judges, ends or resets the episode (no operator puts the robot back
+while the fallback lands or lays it down); with commands again, the episode goes on.
+
 Stepping: one ``TaskEnv.step_controls`` per control period on a wall-clock schedule (absolute deadlines;
 subscription callbacks run while waiting). A step that ends after the next one was due is an overrun: it
 is counted and the schedule restarts from now instead of bursting to catch up, as a real robot cannot.
@@ -84,17 +89,21 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from robostack import registry, sim
-from robostack.bundle import BundleError, load_bundle
+from robostack.bundle import BundleError, read_metadata
 from robostack.config import ConfigError
 from robostack.real.executor import stop_on_signals
+from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
-from robostack.real.observation import BodyState, Pose, RobotState, free_joints
+from robostack.real.observation import free_joints
+from robostack.real.robot_state import BodyState, Pose, RobotState
 from robostack.real.state import BASE_FRAME, FIXTURE, WORLD_FRAME, stamp_header, state_messages
+from robostack.sim.task_env import control_limits
 
 TASK_COMMAND_PERIOD_S = 0.1
 COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
 EPISODE_TOPIC = "sim/episode"
+UNATTENDED_S = 0.5  # no policy or human command for this long: the robot is unattended
 EPISODE_ACK_TIMEOUT_S = 1.0
 EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # late joiners get past episodes
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
@@ -170,6 +179,7 @@ class SimRobotNode(Node):
                                  self._on_driver_command, 10)
 
         self.controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)  # the task's default controls
+        self._ctrl_range = control_limits(model)
         self._pending: deque[tuple[float, np.ndarray]] = deque()  # (sim time it takes effect, controls)
         self._last_complaint: dict[str, float] = {}
         self.rejected_commands = 0
@@ -178,11 +188,11 @@ class SimRobotNode(Node):
         self.wall_s = 0.0
         self.episode_stats: list[dict[str, Any]] = []
         self.paused = bool(p["start_paused"])
-        self._commander_seen = False  # while paused: whether the policy or a human has spoken yet
-        if self.paused:
-            for key in ("policy_command", "teleop_command"):
-                topic, type_ = INTERNAL[key]
-                self.create_subscription(message_type(type_), topic, self._on_commander, 10)
+        self._commander_seen = False  # whether the policy or a human has spoken yet
+        self._commanded_at = -math.inf  # monotonic s of the latest policy or human command
+        for key in ("policy_command", "teleop_command"):
+            topic, type_ = INTERNAL[key]
+            self.create_subscription(message_type(type_), topic, self._on_commander, 10)
         self._safety_reset = (self.create_client(Trigger, INTERNAL["reset_service"][0])
                               if p["reset_safety"] else None)
         self._human_in_control = False
@@ -201,9 +211,12 @@ class SimRobotNode(Node):
             raise SimRobotError("give a policy bundle (-p bundle:=DIR) or a task (-p task:=NAME)")
         resolved: tuple[str, dict | None, list[str] | None] = (task, None, None)
         if bundle_path:
-            metadata = load_bundle(bundle_path).metadata
+            metadata = read_metadata(bundle_path)
             if task and task != metadata["task"]:
                 raise SimRobotError(f"bundle {bundle_path} is for task {metadata['task']!r}, not {task!r}")
+            robot = registry.robot(check_bundle_task(metadata, bundle_path))
+            check_bundle_fits(metadata, bundle_path, robot, load_deploy_config(robot.name, task=metadata["task"]),
+                              str(robot.deploy_config_file))
             resolved = (metadata["task"], metadata["task_config"], list(metadata.get("joint_names") or []))
         try:
             registry.get("task", resolved[0])
@@ -256,6 +269,13 @@ class SimRobotNode(Node):
 
     def _on_commander(self, _msg: Any) -> None:
         self._commander_seen = True
+        self._commanded_at = time.monotonic()
+
+    @property
+    def unattended(self) -> bool:
+        """Driven once, but by neither the policy nor a human for ``UNATTENDED_S`` (one has died): only the
+        safety layer's fallback moves the robot now, and no operator puts it back at an episode's end."""
+        return self._commander_seen and time.monotonic() - self._commanded_at > UNATTENDED_S
 
     def _on_intervention(self, msg: String) -> None:
         self._human_in_control = msg.data == "start"
@@ -280,6 +300,12 @@ class SimRobotNode(Node):
         if self.paused:  # the policy needs the state and the task command to start
             self._publish_state()
             self._publish_task_command()
+            return
+        if self.unattended:  # physics goes on; the task does not judge, end or reset the episode
+            self.env.sim.step(np.clip(self._due_controls(), *self._ctrl_range.T)[None],
+                              np.zeros_like(self.env.external_force))
+            self.steps += 1
+            self._publish_state()
             return
         controls = torch.as_tensor(self._due_controls(), dtype=torch.float32)[None]
         _, _, _, _, info = self.env.step_controls(controls)

@@ -1,9 +1,18 @@
 """The robot's measured state from its driver's topics, as configured in ``configs/deploy/<robot>.yaml``.
 
-``StateListener`` subscribes to the configured joint-state, IMU and odometry topics on an rclpy node and
-keeps the latest of each with its arrival time (monotonic clock), so nodes can tell a fresh state from a
-stale one. ``state()`` gives a ``RobotState`` in the simulator's conventions (quaternion w, x, y, z; base
-linear velocity in the world frame; angular velocity in the body frame).
+``StateListener`` subscribes to the configured joint-state, IMU and odometry topics on an rclpy node (with
+each topic's QoS from the deploy config) and keeps the latest of each with the time it was measured, so nodes
+can tell a fresh state from a stale one. ``state()`` gives a ``RobotState`` in the simulator's conventions
+(quaternion w, x, y, z; base linear velocity in the world frame; angular velocity in the body frame).
+
+When it was measured: for a message with a header (and ``stamp: header``, the default), its stamp, read
+against the node's clock when it arrives and kept on the monotonic clock. So a simulator that froze and replays
+its last sample, stamps seconds old, or a backlog of messages queued behind a busy executor all read as old, not
+as fresh because they keep arriving. A stamp no newer than the last one (a frozen or backward clock, or a
+message delivered out of order) is not taken; a stamp further ahead of the node's clock than the deploy
+config's ``clock_tolerance_s`` means the two machines' clocks disagree, and is not taken either; a zero stamp
+means the driver does not stamp (set ``stamp: arrival`` for that topic). Each of these is a ``problem`` the
+nodes report, and the state ages until good messages come. Messages without a header: their arrival time.
 
 ``primary_source`` names the topic whose every message is a new state for nodes that act per state;
 ``state_messages`` is the inverse of the listener, the messages a driver publishes for a state (the
@@ -12,14 +21,15 @@ simulated robot and ``robostack bench deploy`` use it).
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from robostack.real.deploy_config import DeployConfig, OdometryTopic
+from robostack.real.deploy_config import DeployConfig, OdometryTopic, Qos
 from robostack.real.messages import get_field, message_type, read_vector, set_field, write_vector
-from robostack.real.observation import BodyState, Pose, RobotState
+from robostack.real.robot_state import BodyState, Pose, RobotState
 
 QUAT_FIELDS = ("w", "x", "y", "z")
 WORLD_FRAME = "odom"  # REP 105
@@ -30,6 +40,17 @@ STATE_SOURCES = ("joint_states", "imu", "odometry")
 # A policy that acts per state acts on the joint encoders of a jointed robot, else on the state estimate
 # (odometry), else on the IMU; drivers publish it last of a cycle's topics, so the others are from it too.
 PRIMARY_PREFERENCE = ("joint_states", "odometry", "imu")
+
+
+def qos_profile(qos: Qos, depth: int | None = None) -> Any:
+    """The rclpy ``QoSProfile`` of a deploy config's ``qos`` (``depth`` replaces its queue depth)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth or qos.depth,
+                      reliability=ReliabilityPolicy.BEST_EFFORT if qos.reliability == "best_effort"
+                      else ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.durability == "transient_local"
+                      else DurabilityPolicy.VOLATILE)
 
 
 def primary_source(cfg: DeployConfig) -> str:
@@ -140,10 +161,12 @@ def _read_pose_and_velocity(msg: Any, t: OdometryTopic) -> tuple[np.ndarray, np.
 class StateListener:
     """Latest joint states, IMU and odometry of one robot (``with_object``: and the pose and twist of the object
     its task manipulates, ``topics.object``; ``fixtures``: the poses of those fixed bodies, ``topics.fixtures``);
-    ``on_update`` runs after every message."""
+    ``on_update`` runs after every message taken. ``depth``: every state subscription's queue depth instead of
+    the configured one (1 for a node that acts on each state: only the newest matters)."""
 
-    def __init__(self, node: Any, cfg: DeployConfig, qos: Any = 10, on_update: Callable[[str], None] | None = None,
-                 with_object: bool = False, fixtures: Sequence[str] = ()):
+    def __init__(self, node: Any, cfg: DeployConfig, depth: int | None = None,
+                 on_update: Callable[[str], None] | None = None, with_object: bool = False,
+                 fixtures: Sequence[str] = ()):
         if with_object and cfg.topics.object is None:
             raise ValueError(f"deploy config for robot {cfg.robot!r} has no topics.object (the object's pose)")
         unknown = [name for name in fixtures if name not in cfg.topics.fixtures]
@@ -151,6 +174,7 @@ class StateListener:
             raise ValueError(f"deploy config for robot {cfg.robot!r} has no topics.fixtures for {unknown} "
                              "(their poses)")
         self.cfg = cfg
+        self._clock = node.get_clock()
         self._on_update = on_update
         self.joint_position: dict[str, float] = {}
         self.joint_velocity: dict[str, float] = {}
@@ -160,7 +184,9 @@ class StateListener:
         self.base_angular_velocity: np.ndarray | None = None
         self.object: BodyState | None = None
         self.fixtures: dict[str, Pose] = {}
-        self.received: dict[str, float] = {}  # source -> monotonic time of its last message
+        self.received: dict[str, float] = {}  # source -> monotonic time its latest message was measured
+        self._stamps: dict[str, int] = {}  # source -> header stamp (ns) of its latest message taken
+        self.problems: dict[str, str] = {}  # source -> why its latest message was not taken (cleared by a good one)
         self.sources = [name for name in STATE_SOURCES if getattr(cfg.topics, name) is not None]
         self.sources += ["object"] if with_object else []
         self.topics = {name: getattr(cfg.topics, name) for name in self.sources}
@@ -169,13 +195,47 @@ class StateListener:
         for name in fixtures:  # static: needed once, never stale
             self.topics[FIXTURE + name] = cfg.topics.fixtures[name]
             handlers[FIXTURE + name] = functools.partial(self._fixture, name)
-        self.subscriptions = [node.create_subscription(message_type(t.type), t.topic, handlers[source], qos)
-                              for source, t in self.topics.items()]
+        self.subscriptions = [
+            node.create_subscription(message_type(t.type), t.topic, functools.partial(self._take, source, handlers[source]),
+                                     qos_profile(t.qos, depth))
+            for source, t in self.topics.items()]
 
-    def _mark(self, source: str) -> None:
-        self.received[source] = time.monotonic()
+    def _take(self, source: str, handler: Callable[[Any], None], msg: Any) -> None:
+        """Read ``msg`` if its stamp allows, note when it was measured, tell ``on_update``."""
+        arrived = time.monotonic()
+        measured = self._measured_at(source, msg, arrived)
+        if measured is None:
+            return
+        handler(msg)
+        self.received[source] = measured
+        self.problems.pop(source, None)
         if self._on_update is not None:
             self._on_update(source)
+
+    def _measured_at(self, source: str, msg: Any, arrived: float) -> float | None:
+        """Monotonic time ``msg`` was measured at, or None (and a problem noted) if it must not be taken."""
+        topic = self.topics[source]
+        header = getattr(msg, "header", None)
+        if header is None or getattr(topic, "stamp", "arrival") == "arrival":
+            return arrived
+        stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        name = topic.topic
+        if stamp == 0:
+            self.problems[source] = (f"{name}: header stamp is zero (the driver does not stamp its messages: set "
+                                     f"'stamp: arrival' for this topic in the deploy config)")
+            return None
+        previous = self._stamps.get(source)
+        if previous is not None and stamp <= previous:
+            change = "repeated" if stamp == previous else f"went backwards by {(previous - stamp) * 1e-9:.3f} s"
+            self.problems[source] = f"{name}: header stamp {change}: a frozen or replayed sample"
+            return None
+        age = (self._clock.now().nanoseconds - stamp) * 1e-9
+        if age < -self.cfg.clock_tolerance_s:
+            self.problems[source] = (f"{name}: header stamp {-age:.3f} s ahead of this machine's clock (tolerance "
+                                     f"{self.cfg.clock_tolerance_s:g} s): the clocks disagree")
+            return None
+        self._stamps[source] = stamp
+        return arrived - max(age, 0.0)
 
     def _joint_states(self, msg: Any) -> None:
         t = self.cfg.topics.joint_states
@@ -184,44 +244,51 @@ class StateListener:
         self.joint_position.update(zip(names, map(float, positions)))
         if len(velocities) == len(names):  # a driver may leave velocity empty; then it stays unknown
             self.joint_velocity.update(zip(names, map(float, velocities)))
-        self._mark("joint_states")
 
     def _imu(self, msg: Any) -> None:
         t = self.cfg.topics.imu
         self.base_orientation = read_vector(msg, t.orientation, QUAT_FIELDS)
         self.base_angular_velocity = read_vector(msg, t.angular_velocity)
-        self._mark("imu")
 
     def _odometry(self, msg: Any) -> None:
         t = self.cfg.topics.odometry
         self.base_position, orientation, self.base_linear_velocity = _read_pose_and_velocity(msg, t)
         if self.cfg.topics.imu is None:  # no IMU: the odometry's orientation is the attitude
             self.base_orientation = orientation
-        self._mark("odometry")
 
     def _object(self, msg: Any) -> None:
         t = self.cfg.topics.object
         position, orientation, velocity = _read_pose_and_velocity(msg, t)
         spin = read_vector(msg, t.angular_velocity) if t.angular_velocity is not None else np.zeros(3)
         self.object = BodyState(position, orientation, velocity, spin)
-        self._mark("object")
 
     def _fixture(self, name: str, msg: Any) -> None:
         t = self.cfg.topics.fixtures[name]
         self.fixtures[name] = Pose(read_vector(msg, t.position), read_vector(msg, t.orientation, QUAT_FIELDS))
-        self._mark(FIXTURE + name)
 
     # ----- queries
     def ready(self) -> bool:
         return all(source in self.received for source in self.topics)
 
     def age(self, now: float | None = None) -> float:
-        """Seconds since the *oldest* configured source last arrived (inf before all have arrived); fixtures
+        """Seconds since the *oldest* configured source was measured (inf before all have arrived); fixtures
         only have to have arrived (they stand still)."""
         if not self.ready():
-            return float("inf")
+            return math.inf
         now = time.monotonic() if now is None else now
         return max(now - self.received[s] for s in self.sources)
+
+    def staleness(self, now: float, timeout_s: float) -> str | None:
+        """Why the state cannot be acted on now (missing topics, too old, and each topic's timing problem), or
+        None while it is fresh."""
+        if not self.ready():
+            why = f"waiting for state topics {self.missing()}"
+        else:
+            age = self.age(now)
+            if age <= timeout_s:
+                return None
+            why = f"state is stale: {age * 1000:.0f} ms old (limit {timeout_s * 1000:.0f} ms)"
+        return "; ".join([why, *self.problems.values()])
 
     def missing(self) -> list[str]:
         """Configured topics that have not delivered a message yet, by topic name."""

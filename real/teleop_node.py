@@ -14,7 +14,7 @@ Twists keep arriving. Either way, input older than ``input_timeout_s`` ends the 
 dies or unplugs with the button held must not keep control. A message that cannot be read (too few axes or
 buttons, NaN or inf) is dropped with a throttled error, as if it had not come.
 
-What the human commands depends on the robot's kind (the ``safety:`` section of its deploy config):
+What the human commands depends on the robot's kind (its ``robostack.specs.RobotSpec``):
 
 * arm (panda): the end effector's velocity (x, y, z in the base frame, and yaw about the vertical),
   integrated into an end-effector target that starts at the measured pose when the takeover starts (so
@@ -40,7 +40,8 @@ Commands go out at ``rate_hz`` while the human is in control, and only through t
 the driver's topic. Nothing is sent without a fresh measured state (the arm's IK and the drone's setpoint
 start from it); a takeover does not start without one. On shutdown a takeover in progress is ended.
 
-Parameters: ``robot`` (required: panda, go2, cf2), ``config`` (deploy YAML, default
+Parameters: ``robot`` (required: panda, go2, cf2), ``bundle`` (the policy bundle deployed: it must fit the
+robot, and the arm's model comes from its robot configuration), ``config`` (deploy YAML, default
 ``configs/deploy/<robot>.yaml``), ``input`` (``joy`` or ``twist``), ``input_topic`` (default ``joy`` or
 ``teleop/twist``), ``deadman_button`` (4: LB), ``axes`` and ``scales`` (per commanded component, below),
 ``gripper_open_button`` (1: B), ``gripper_close_button`` (0: A), ``rate_hz`` (0: the robot's control rate),
@@ -82,14 +83,17 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
-from robostack.config import config_path
+from robostack import registry
+from robostack.bundle import read_metadata
+from robostack.real.bundle_fit import check_bundle_fits
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
 from robostack.real.messages import get_field, message_type, set_field
-from robostack.real.observation import RobotState
+from robostack.real.robot_state import RobotState
 from robostack.real.safety import safety_config
-from robostack.real.state import StateListener
+from robostack.real.state import StateListener, qos_profile
 from robostack.sim import ik
+from robostack.specs import RobotSpec
 
 ACTIVE_PERIOD_S = 0.1  # teleop/active is repeated this often, so the safety layer and late joiners know
 IK_DAMPING = 0.05  # damped least squares lambda (m), as the panda-reach action map
@@ -155,15 +159,6 @@ class TeleopStep:
     problem: str = ""
 
 
-def robot_kind(deploy: DeployConfig) -> str:
-    """``arm``, ``quadruped`` or ``drone``: the section of the deploy config's safety limits."""
-    kinds = [k for k in KINDS if k in deploy.safety]
-    if len(kinds) != 1:
-        raise TeleopError(f"deploy config for {deploy.robot}: its safety section names {kinds or 'no'} robot kind "
-                          f"(one of {list(KINDS)} expected)")
-    return kinds[0]
-
-
 def control_rate_hz(robot: str) -> float:
     """The rate the robot's policies act at (its tasks' control rate; the fastest, should they differ)."""
     from robostack import registry, sim
@@ -213,10 +208,7 @@ class ArmTakeover:
 
     joint_level = True
 
-    def __init__(self, robot: str, tcp_site: str, lead: tuple[float, float], gripper_buttons: tuple[int, int]):
-        from robostack import registry
-
-        model = registry.get("robot", robot).target()
+    def __init__(self, model: Any, tcp_site: str, lead: tuple[float, float], gripper_buttons: tuple[int, int]):
         self.kinematics = ik.KinematicSensors(model)
         self.site = tcp_site
         self.position_lead, self.angle_lead = lead
@@ -316,18 +308,18 @@ class SetpointTakeover:
         return self.setpoint.copy()  # hold where the human left it
 
 
-def takeover_for(robot: str, kind: str, deploy: DeployConfig, safety: Any, settings: TeleopSettings):
-    """The kind's takeover; a task-level one checks that the deploy config has a task command to replace."""
-    spec = KINDS[kind]
-    if kind == "arm":
-        return ArmTakeover(robot, safety.arm.tcp_site, ARM_LEAD,
+def takeover_for(robot: RobotSpec, robot_config: Any, deploy: DeployConfig, safety: Any, settings: TeleopSettings):
+    """The robot kind's takeover; a task-level one checks that the deploy config has a task command to replace."""
+    kind = KINDS[robot.kind]
+    if robot.kind == "arm":
+        return ArmTakeover(robot.build_model(robot_config), safety.arm.tcp_site, ARM_LEAD,
                            (settings.gripper_open_button, settings.gripper_close_button))
     task = deploy.topics.task_command
-    if task is None or len(task.fields) != len(spec.components):
-        raise TeleopError(f"deploy config for {robot}: a {kind} takeover replaces the task command "
-                          f"({', '.join(spec.components)}), but topics.task_command is "
+    if task is None or len(task.fields) != len(kind.components):
+        raise TeleopError(f"deploy config for {robot.name}: a {robot.kind} takeover replaces the task command "
+                          f"({', '.join(kind.components)}), but topics.task_command is "
                           f"{'missing' if task is None else f'{len(task.fields)} fields'}")
-    return VelocityTakeover(len(spec.components)) if kind == "quadruped" else SetpointTakeover(DRONE_LEAD)
+    return VelocityTakeover(len(kind.components)) if robot.kind == "quadruped" else SetpointTakeover(DRONE_LEAD)
 
 
 # ----------------------------------------------------------------------------------------- the logic
@@ -336,11 +328,21 @@ def takeover_for(robot: str, kind: str, deploy: DeployConfig, safety: Any, setti
 class TeleopRunner:
     """The node's logic without ROS: human input and measured state in, takeover events and commands out."""
 
-    def __init__(self, robot: str, settings: TeleopSettings, config: str | None = None):
-        source = config or str(config_path("deploy", f"{robot}.yaml"))
+    def __init__(self, robot: str, settings: TeleopSettings, config: str | None = None, bundle: str | None = None):
+        """``robot``'s deploy config (``config``, default its own file); with ``bundle``, the bundle deployed, which
+        must fit the robot and gives the robot's configuration (the arm's gains and limits)."""
+        metadata = read_metadata(bundle) if bundle else None
+        robot_spec = registry.robot(robot)
+        source = config or str(robot_spec.deploy_config_file)
         self.robot = robot
-        self.deploy = load_deploy_config(robot, source)
-        self.kind = robot_kind(self.deploy)
+        self.deploy = load_deploy_config(robot, source, task=metadata["task"] if metadata else None)
+        robot_config = (check_bundle_fits(metadata, bundle, robot_spec, self.deploy, source) if metadata
+                        else robot_spec.load_config())
+        self.kind = robot_spec.kind
+        safety = safety_config(self.deploy, source)
+        if getattr(safety, self.kind) is None:
+            raise TeleopError(f"{source}: the {robot} is a {self.kind}, but its safety section has no '{self.kind}' "
+                              "settings")
         spec = KINDS[self.kind]
         if settings.input not in ("joy", "twist"):
             raise TeleopError(f"input must be 'joy' or 'twist', got {settings.input!r}")
@@ -362,7 +364,7 @@ class TeleopRunner:
         self.rate_hz = float(settings.rate_hz) or control_rate_hz(robot)
         if not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
             raise TeleopError(f"rate_hz must be > 0, got {settings.rate_hz}")
-        self.takeover = takeover_for(robot, self.kind, self.deploy, safety_config(self.deploy, source), settings)
+        self.takeover = takeover_for(robot_spec, robot_config, self.deploy, safety, settings)
         self.latest: HumanInput | None = None
         self.active = False
 
@@ -433,12 +435,8 @@ class TeleopRunner:
 
 def fresh_state(listener: StateListener, timeout_s: float, now: float) -> tuple[RobotState | None, str]:
     """The listener's state if every topic is younger than ``timeout_s``, else (None, why not)."""
-    if not listener.ready():
-        return None, f"waiting for state topics {listener.missing()}"
-    age = listener.age(now)
-    if age > timeout_s:
-        return None, f"state is stale: {age * 1000:.0f} ms old (limit {timeout_s * 1000:.0f} ms)"
-    return listener.state(), ""
+    stale = listener.staleness(now, timeout_s)
+    return (None, stale) if stale else (listener.state(), "")
 
 
 # ----------------------------------------------------------------------------------------- the node
@@ -451,7 +449,7 @@ def arrival(info: dict) -> float:
     return time.monotonic() - max(0, time.time_ns() - received_ns) * 1e-9
 
 
-PARAMETERS = {"robot": "", "config": "", "input": "joy", "input_topic": "", "deadman_button": 4, "axes": None,
+PARAMETERS = {"robot": "", "bundle": "", "config": "", "input": "joy", "input_topic": "", "deadman_button": 4, "axes": None,
               "scales": None, "gripper_open_button": 1, "gripper_close_button": 0, "rate_hz": 0.0,
               "input_timeout_s": 0.5}
 
@@ -473,16 +471,17 @@ class TeleopNode(Node):
                 input_timeout_s=float(p["input_timeout_s"]))
         except (TypeError, ValueError) as exc:
             raise TeleopError(f"a numeric parameter is not a number: {exc}") from None
-        self.runner = runner = TeleopRunner(str(p["robot"]), settings, p["config"] or None)
+        self.runner = runner = TeleopRunner(str(p["robot"]), settings, p["config"] or None, p["bundle"] or None)
         self.listener = StateListener(self, runner.deploy)
         self.intervention_publisher = self.create_publisher(String, INTERNAL["intervention"][0], 10)
         self.active_publisher = (self.create_publisher(Bool, INTERNAL["teleop_active"][0], 10)
                                  if runner.task_command is None else None)
         if runner.task_command is None:
-            self.command_type, command_topic = Float64MultiArray, INTERNAL["teleop_command"][0]
+            self.command_type, command_topic, qos = Float64MultiArray, INTERNAL["teleop_command"][0], 10
         else:
             self.command_type, command_topic = message_type(runner.task_command.type), runner.task_command.topic
-        self.command_publisher = self.create_publisher(self.command_type, command_topic, 10)
+            qos = qos_profile(runner.task_command.qos)
+        self.command_publisher = self.create_publisher(self.command_type, command_topic, qos)
         if settings.input == "joy":
             input_topic = p["input_topic"] or "joy"
             self.create_subscription(Joy, input_topic, self._on_joy, 10)
@@ -563,7 +562,7 @@ def main(args: list[str] | None = None) -> int:
             try:
                 node = TeleopNode()
             except (ValueError, KeyError, ParameterException) as exc:  # bad parameters, config or robot
-                print(f"teleop_node: error: {exc}", file=sys.stderr)
+                print(f"teleop_node: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
                 return 2
             spin(node, stop, SingleThreadedExecutor())
             node.finish()

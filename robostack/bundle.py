@@ -308,7 +308,7 @@ class ChunkPolicyBundle(LoadedBundle):
                 f"state_dim={self.state_dim}, cameras={list(self.image_shapes)}, action_dim={self.act_dim})")
 
 
-def _read_metadata(root: Path) -> dict[str, Any]:
+def _read_metadata_json(root: Path) -> dict[str, Any]:
     path = root / METADATA_FILE
     if not path.is_file():
         raise BundleError(f"bundle {root}: missing {METADATA_FILE}")
@@ -406,23 +406,19 @@ def _onnx_dim(shape: list[Any], axis: int) -> int | None:
     return shape[axis] if isinstance(shape[axis], int) else None
 
 
-def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int = 1,
-                verify: bool = True) -> PolicyBundle | ChunkPolicyBundle | ResidualPolicyBundle:
-    """Open a bundle directory; with ``robot``, refuse a bundle made for another robot.
+def read_metadata(path: str | os.PathLike, robot: str | None = None, verify: bool = True) -> dict[str, Any]:
+    """A bundle's checked metadata, without loading its graph (numpy only: what a safety node reads).
 
-    Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot, that both
-    policy files are there, the content hash (``verify``), that the ONNX graph loads, and that its input /
-    output sizes agree with the metadata (a residual's base: the same checks, and that it is the base the
-    residual was exported with). Any failure raises ``BundleError`` naming the problem.
-    ``threads``: onnxruntime intra-op threads (the policy is a small MLP: 1 is fastest for a single robot).
-    """
+    Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot (with
+    ``robot``), that both policy files are there, the metadata's structure and the content hash (``verify``).
+    Any failure raises ``BundleError`` naming the problem."""
     root = Path(path)
     if not root.exists():
         raise BundleError(f"bundle {root}: no such directory")
     if not root.is_dir():
         raise BundleError(f"bundle {root}: not a directory (a bundle is a folder with {METADATA_FILE}, "
                           f"{ONNX_FILE} and {TORCHSCRIPT_FILE})")
-    meta = _read_metadata(root)
+    meta = _read_metadata_json(root)
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle {root}: bundle format {version}, this RoboStack reads {FORMAT_VERSION}")
@@ -440,6 +436,21 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
         if actual != meta["content_hash"]:
             raise BundleError(f"bundle {root}: content hash mismatch: files were modified "
                               f"(expected {meta['content_hash'][:12]}..., got {actual[:12]}...)")
+    return meta
+
+
+def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int = 1,
+                verify: bool = True) -> PolicyBundle | ChunkPolicyBundle | ResidualPolicyBundle:
+    """Open a bundle directory; with ``robot``, refuse a bundle made for another robot.
+
+    Checks, in order: the directory and ``metadata.json`` (JSON, ``format_version``), the robot, that both
+    policy files are there, the content hash (``verify``), that the ONNX graph loads, and that its input /
+    output sizes agree with the metadata (a residual's base: the same checks, and that it is the base the
+    residual was exported with). Any failure raises ``BundleError`` naming the problem.
+    ``threads``: onnxruntime intra-op threads (the policy is a small MLP: 1 is fastest for a single robot).
+    """
+    root = Path(path)
+    meta = read_metadata(root, robot, verify)
     base = None
     if meta.get("kind") == RESIDUAL:
         if not (root / BASE_DIR).is_dir():
@@ -471,6 +482,7 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
             raise BundleError(f"bundle {root}: {ONNX_FILE} has inputs {[i.name for i in inputs]} and outputs "
                               f"{[o.name for o in outputs]}; the metadata says {meta['chunk']['inputs']} and "
                               f"{[CHUNK_OUTPUT]}")
+        _check_contract(root, meta, session)
         return ChunkPolicyBundle(root, meta, session)
     if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
         raise BundleError(f"bundle {root}: {ONNX_FILE} must have one input {INPUT_NAME!r} and an output "
@@ -485,9 +497,17 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
     if out_dim != act_dim:
         raise BundleError(f"bundle {root}: {ONNX_FILE} returns actions of size {out_dim} but the metadata "
                           f"says action.dim = {act_dim}")
+    _check_contract(root, meta, session)
     if base is not None:
         return ResidualPolicyBundle(root, meta, session, base)
     return PolicyBundle(root, meta, session)
+
+
+def _check_contract(root: Path, meta: dict[str, Any], session: Any) -> None:
+    """The contract embedded in the graph (``embed_contract``) must be the metadata's."""
+    embedded = session.get_modelmeta().custom_metadata_map.get(CONTRACT_KEY)
+    if embedded is not None and json.loads(embedded) != _jsonable(contract(meta)):
+        raise BundleError(f"bundle {root}: the contract in {ONNX_FILE}'s metadata_props differs from {METADATA_FILE}")
 
 
 def bench_policy(path: str | os.PathLike, iterations: int = 200, warmup: int = 20, threads: int = 1,
@@ -582,11 +602,17 @@ def _jsonable(value: Any) -> Any:
 def describe_observation(env: Any) -> dict[str, Any]:
     """The policy observation group of a ``TaskEnv`` for the metadata: its terms in order, sized from what
     the env computes now."""
+    import dataclasses
+
     task = env.task
     terms, offset = [], 0
     for name, term in task.observations["policy"].items():
         dim = int(term.func(env).shape[-1])
-        entry = {"name": name, "dim": dim, "scale": float(term.scale), "offset_in_vector": offset}
+        if term.defines is None:
+            raise BundleError(f"task {task.name}: policy observation term {name!r} has no definition (what it "
+                              "measures, its frame, units and order: robostack.sim.terms.Definition)")
+        entry = {"name": name, "dim": dim, "scale": float(term.scale), "offset_in_vector": offset,
+                 "definition": dataclasses.asdict(term.defines)}
         if hasattr(term.func, "integral_of"):  # a running integral: deploy code integrates that quantity
             of = term.func.integral_of
             entry["integral"] = {"of": of, "limit": float(task.integrals[of].limit), "dt": float(env.control_dt)}
@@ -598,20 +624,21 @@ def describe_observation(env: Any) -> dict[str, Any]:
     return {"dim": obs_dim, "terms": terms}
 
 
-def describe_env(env: Any) -> dict[str, Any]:
-    """Robot/task facts of a ``TaskEnv`` for the metadata: observation terms, action map, actuators."""
+def _actuated_joint(model: Any, i: int) -> str | None:
     import mujoco
 
-    task, model = env.task, env.default_model
-    nu = model.nu
+    if int(model.actuator_trntype[i]) in (int(mujoco.mjtTrn.mjTRN_JOINT), int(mujoco.mjtTrn.mjTRN_JOINTINPARENT)):
+        return model.joint(int(model.actuator_trnid[i, 0])).name
+    return None
 
-    def joint_of(i: int) -> str | None:
-        if int(model.actuator_trntype[i]) in (int(mujoco.mjtTrn.mjTRN_JOINT), int(mujoco.mjtTrn.mjTRN_JOINTINPARENT)):
-            return model.joint(int(model.actuator_trnid[i, 0])).name
-        return None
 
-    actuators, kp, kd, ctrl_min, ctrl_max = [], [], [], [], []
-    for i in range(nu):
+def describe_actuators(model: Any) -> list[dict[str, Any]]:
+    """Every actuator of a ``mujoco.MjModel`` in driver order: name, joint, type ("position": a PD servo,
+    "motor": force or thrust = gain x gear x ctrl), gain, gear, control range (null: unlimited), kp, kd."""
+    import mujoco
+
+    actuators = []
+    for i in range(model.nu):
         gain, bias = model.actuator_gainprm[i], model.actuator_biasprm[i]
         gaintype, biastype = int(model.actuator_gaintype[i]), int(model.actuator_biastype[i])
         is_pd = (gaintype == int(mujoco.mjtGain.mjGAIN_FIXED) and biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)
@@ -619,57 +646,91 @@ def describe_env(env: Any) -> dict[str, Any]:
         limited = bool(model.actuator_ctrllimited[i])
         lo, hi = (float(model.actuator_ctrlrange[i, 0]), float(model.actuator_ctrlrange[i, 1])) if limited \
             else (None, None)
-        ctrl_min.append(lo)
-        ctrl_max.append(hi)
-        kp.append(float(gain[0]) if is_pd else None)
-        kd.append(float(-bias[2]) if is_pd else None)
         if is_pd:
             kind = "position"
         elif biastype == int(mujoco.mjtBias.mjBIAS_NONE) and gaintype == int(mujoco.mjtGain.mjGAIN_FIXED):
             kind = "motor"  # force/torque/thrust = gain * gear * ctrl
         else:
             kind = "other"
-        actuators.append({"name": model.actuator(i).name, "joint": joint_of(i), "type": kind,
+        actuators.append({"name": model.actuator(i).name, "joint": _actuated_joint(model, i), "type": kind,
                           "gain": float(gain[0]), "gear": float(model.actuator_gear[i, 0]),
-                          "ctrl_range": [lo, hi], "kp": kp[-1], "kd": kd[-1]})
+                          "ctrl_range": [lo, hi], "kp": float(gain[0]) if is_pd else None,
+                          "kd": float(-bias[2]) if is_pd else None})
+    return actuators
 
-    am = task.action
+
+def describe_robot(task: Any, model: Any) -> dict[str, Any]:
+    """What every bundle states about the robot it drives: its name, actuators, actuated joints (driver
+    order), default joint positions and PD gains."""
+    actuators = describe_actuators(model)
+    return {
+        "robot": task.robot,
+        "actuators": actuators,
+        "joint_names": [a["joint"] for a in actuators if a["joint"] is not None],
+        "default_joint_pos": [float(v) for v in np.asarray(task.default_joint_pos).tolist()],
+        "pd_gains": {"kp": [a["kp"] for a in actuators], "kd": [a["kd"] for a in actuators]},
+    }
+
+
+def describe_action(task: Any, model: Any) -> dict[str, Any]:
+    """A vector policy's action map (``ActionMap``) for the metadata: what ``PolicyBundle.controls`` applies."""
+    am, nu = task.action, model.nu
     if am.gripper is not None:
         raise BundleError(f"task {task.name}: its gripper action cannot be described in a bundle yet")
     action_terms, ik = [], None
     if am.ik is None:
         for k, aid in enumerate(np.asarray(am.actuator_ids).tolist()):
             action_terms.append({"index": k, "actuator": model.actuator(int(aid)).name, "actuator_index": int(aid),
-                                 "joint": joint_of(int(aid)), "scale": float(am.scale[k]),
+                                 "joint": _actuated_joint(model, int(aid)), "scale": float(am.scale[k]),
                                  "offset": float(am.offset[int(aid)])})
     else:
         axes = ("x", "y", "z", "rx", "ry", "rz")  # metres, then a rotation vector (rad), world frame
         action_terms = [{"index": k, "ee_axis": axes[k], "scale": float(am.scale[k])} for k in range(am.dim)]
         ik = {"site": am.ik.site, "joints": list(am.ik.joints), "damping": float(am.ik.damping),
               "actuator_indices": [int(a) for a in np.asarray(am.actuator_ids).tolist()]}
-    joint_names = [joint_of(i) for i in range(nu) if joint_of(i) is not None]
+    limited = model.actuator_ctrllimited.astype(bool)
     return {
-        "robot": task.robot,
+        "dim": int(am.dim), "range": [-1.0, 1.0], "terms": action_terms,
+        "actuators": [model.actuator(i).name for i in range(nu)],
+        "offset": [float(v) for v in am.offset],
+        "ctrl_min": [float(lo) if on else None for (lo, _), on in zip(model.actuator_ctrlrange, limited)],
+        "ctrl_max": [float(hi) if on else None for (_, hi), on in zip(model.actuator_ctrlrange, limited)],
+        "relative": bool(am.relative or am.ik), "ik": ik,
+        "formula": ("ctrl = previous ctrl (offset at episode start)" if am.relative or am.ik else "ctrl = offset")
+                   + ("; ctrl[ik.actuator_indices] += dls(J(ik.site), terms.scale * clip(a, -1, 1), ik.damping)"
+                      if am.ik else "; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1)")
+                   + "; ctrl = clip(ctrl, ctrl_min, ctrl_max)"
+                   + ("; ctrl = robostack.sim.joint_limits.limit_targets(ctrl, measured q, qdot, previous ctrl, "
+                      "target_limits, control dt)" if am.limits is not None else ""),
+        "target_limits": None if am.limits is None else {k: np.asarray(v).tolist() for k, v in vars(am.limits).items()},
+    }
+
+
+def rebuilt_mismatches(metadata: dict[str, Any], task: Any, model: Any) -> list[str]:
+    """The metadata fields that the task rebuilt from the bundle's stored config (robot configuration
+    included) describes otherwise: the robot's actuators, joints, default pose and gains, and a vector
+    policy's action map. Empty when deployment applies actions exactly as the metadata says."""
+    rebuilt = _jsonable(describe_robot(task, model))
+    if metadata.get("kind", ACTOR_CRITIC) == ACTOR_CRITIC:
+        rebuilt["action"] = _jsonable(describe_action(task, model))
+
+    def differs(stored: Any, built: Any) -> bool:
+        if isinstance(stored, dict) and isinstance(built, dict):  # a key stored without (older exports): null
+            return any(differs(stored.get(k), built.get(k)) for k in {*stored, *built})
+        return stored != built
+
+    return [key for key, value in rebuilt.items() if key in metadata and differs(metadata[key], value)]
+
+
+def describe_env(env: Any) -> dict[str, Any]:
+    """Robot/task facts of a ``TaskEnv`` for a vector bundle's metadata: the robot (``describe_robot``),
+    observation terms, action map, control timing."""
+    task, model = env.task, env.default_model
+    return {
+        **describe_robot(task, model),
         "task": task.name,
         "observation": describe_observation(env),
-        "action": {
-            "dim": int(am.dim), "range": [-1.0, 1.0], "terms": action_terms,
-            "actuators": [model.actuator(i).name for i in range(nu)],
-            "offset": [float(v) for v in am.offset],
-            "ctrl_min": ctrl_min, "ctrl_max": ctrl_max, "relative": bool(am.relative or am.ik), "ik": ik,
-            "formula": ("ctrl = previous ctrl (offset at episode start)" if am.relative or am.ik else "ctrl = offset")
-                       + ("; ctrl[ik.actuator_indices] += dls(J(ik.site), terms.scale * clip(a, -1, 1), ik.damping)"
-                          if am.ik else "; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1)")
-                       + "; ctrl = clip(ctrl, ctrl_min, ctrl_max)"
-                       + ("; ctrl = robostack.sim.joint_limits.limit_targets(ctrl, measured q, qdot, previous ctrl, "
-                          "target_limits, control dt)" if am.limits is not None else ""),
-            "target_limits": None if am.limits is None else {k: np.asarray(v).tolist()
-                                                             for k, v in vars(am.limits).items()},
-        },
-        "actuators": actuators,
-        "joint_names": joint_names,
-        "default_joint_pos": [float(v) for v in np.asarray(task.default_joint_pos).tolist()],
-        "pd_gains": {"kp": kp, "kd": kd},
+        "action": describe_action(task, model),
         "command_dim": int(task.command_dim),
         "control_rate_hz": 1.0 / float(env.control_dt),
         "control_dt": float(env.control_dt),
@@ -880,6 +941,29 @@ def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,
                         lambda path: write_vector_torchscript(module, obs_dim, path))
 
 
+CONTRACT_KEY = "robostack.contract"  # policy.onnx's metadata_props entry holding the contract (JSON)
+CONTRACT_FIELDS = ("format_version", "kind", "robot", "task", "observation", "action", "joint_names", "actuators",
+                   "default_joint_pos", "pd_gains", "command_dim", "control_rate_hz", "control_dt", "chunk", "residual")
+
+
+def contract(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a runtime needs of the metadata to run the graph on a robot (``CONTRACT_FIELDS``, those present):
+    the observation terms with their definitions, the action map, the robot, the control rate."""
+    return {key: metadata[key] for key in CONTRACT_FIELDS if key in metadata}
+
+
+def embed_contract(onnx_path: Path, metadata: dict[str, Any]) -> None:
+    """Put the bundle's contract into the ONNX graph's ``metadata_props`` (``CONTRACT_KEY``), so the graph
+    alone says what to feed it and what its output commands."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, json.dumps(_jsonable(contract(metadata)), sort_keys=True)
+    onnx.save(model, str(onnx_path))
+
+
 def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onnx: Callable[[Path], None],
                  write_torchscript: Callable[[Path], None], write_base: Callable[[Path], None] | None = None) -> Path:
     """Write a bundle's files next to ``out_dir``, hash them, then move them in: a reader never sees a half
@@ -904,10 +988,11 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write_onnx(tmp / ONNX_FILE)
+        embed_contract(tmp / ONNX_FILE, metadata)
         write_torchscript(tmp / TORCHSCRIPT_FILE)
         if write_base is not None:
             write_base(tmp / BASE_DIR)
-            metadata["base"] = {"path": BASE_DIR, "content_hash": _read_metadata(tmp / BASE_DIR)["content_hash"]}
+            metadata["base"] = {"path": BASE_DIR, "content_hash": _read_metadata_json(tmp / BASE_DIR)["content_hash"]}
         metadata["files"] = {name: _sha256_file(tmp / name) for name in HASHED_FILES}
         metadata["content_hash"] = content_hash(tmp, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")

@@ -29,6 +29,10 @@ class UsageError(ValueError):
     """A command line that parses but makes no sense (reported like any other error, exit code 2)."""
 
 
+class Failure(RuntimeError):
+    """A command that ran but could not finish (a deployment whose node died): one line, exit code 1."""
+
+
 # ---------------------------------------------------------------------------------------------- list
 
 
@@ -219,7 +223,7 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     from datetime import datetime
 
     from robostack.bundle import load_bundle
-    from robostack.deploy import node_graph, run_graph
+    from robostack.real.graph import node_graph, run_graph
 
     bundle = load_bundle(args.policy)
     if bundle.task != args.task:
@@ -234,18 +238,20 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     result = run_graph(nodes, duration=args.duration, wait_for="sim_robot_node" if args.episodes else None,
                        env=env, log_dir=log_dir)
     summary: dict = {}
-    for line in reversed(result["output"].splitlines()):
+    for line in reversed(result.output.splitlines()):
         if line.strip().startswith("{"):
             summary = json.loads(line)
             break
     report = {"task": args.task, "policy": str(args.policy), "sim": args.sim, "randomized": args.sim and not args.play,
-              "nodes": [n.name for n in nodes], "exit_codes": result["exit_codes"], "logs": str(log_dir),
+              "nodes": [n.name for n in nodes], "exit_codes": result.exit_codes, "logs": str(log_dir),
               **({"record": str(args.record)} if args.record else {}), **summary}
-    if result["failed"]:
-        raise RuntimeError(f"node {result['failed']} exited with code {result['exit_codes'][result['failed']]} "
-                           f"(log: {log_dir / (result['failed'] + '.log')})")
+    if result.failure:
+        raise Failure("; ".join(filter(None, [f"deployment stopped: {result.failure}", result.rest])))
+    if result.interrupted:
+        sys.stderr.write(f"{PROG}: interrupted; {result.rest or 'stopped'}\n")
+        return 130
     if args.episodes and "success_rate" not in summary:
-        raise RuntimeError(f"the simulated robot reported no episodes (logs: {log_dir})")
+        raise Failure(f"the simulated robot reported no episodes (logs: {log_dir})")
     if args.json:
         out.write(json.dumps(report) + "\n")
     else:
@@ -386,13 +392,51 @@ def cmd_data_convert(args: argparse.Namespace, out: TextIO) -> int:
     if args.fps is not None and args.fps < 1:
         raise UsageError(f"--fps must be at least 1, got {args.fps}")
     from robostack.dataset import convert_bag
+    from robostack.real.bag import BagError, inspect_bag
 
+    # A bag whose recorder is alive or was killed: refuse (live, or a file cut mid-write: name `data
+    # recover`, which rewrites files, so it is never run unasked) or read it with a one-line note.
+    try:
+        status = inspect_bag(args.bag)
+    except BagError as exc:
+        raise UsageError(str(exc)) from None
+    refusal = status.refusal(f"{PROG} data recover {args.bag}")
+    if refusal:
+        raise UsageError(refusal)
+    if status.note:
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: note: {status.note}\n")
     summary = convert_bag(args.bag, args.out, robot=args.robot, fps=args.fps, task=args.task,
                           sim_task=args.sim_task, namespace=args.namespace).summary()
     if args.json:
         out.write(json.dumps(summary) + "\n")
     else:
         _print_dataset(f"data convert: {args.bag} -> {args.out}", summary, out)
+    return 0
+
+
+def cmd_data_recover(args: argparse.Namespace, out: TextIO) -> int:
+    """``recover()`` a bag whose recorder was killed; refused while a recorder still writes it."""
+    from robostack.real.bag import BagError, is_live, recover
+
+    if Path(args.bag).is_dir() and is_live(args.bag):
+        raise UsageError(f"{args.bag} is still being recorded (a live recorder holds its lock); stop the recorder "
+                         "first")
+    try:
+        report = recover(args.bag)
+    except BagError as exc:
+        raise UsageError(str(exc)) from None
+    result = {"bag": str(args.bag), "files": report.files, "message_count": report.message_count,
+              "rebuilt": [{"file": r.path, "messages_kept": r.messages, "stopped_at": r.stopped_at}
+                          for r in report.rebuilt]}
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+        return 0
+    for r in report.rebuilt:
+        out.write(f"rebuilt {r.path}: {r.messages} messages kept (stopped at: {r.stopped_at})\n")
+    if not report.rebuilt:
+        out.write("every file ends with a valid footer: no file rebuilt\n")
+    out.write(f"data recover: {args.bag}: {len(report.files)} files, {report.message_count} messages\n")
     return 0
 
 
@@ -595,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
-        "data", help="datasets (LeRobotDataset v3.0 layout): info, merge, convert a bag, replay in simulation",
+        "data", help="datasets (LeRobotDataset v3.0 layout): info, merge, convert a bag, replay in simulation; "
+        "recover a bag",
         description="Datasets of teleoperated demonstrations, intervention logs and policy rollouts in the "
         "layout of LeRobotDataset v3.0 (see robostack.dataset).")
     data = p.add_subparsers(dest="data_command", metavar="WHAT", parser_class=_Parser)
@@ -627,6 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-task", default=None, help="the RoboStack task of this robot, stored for data replay")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_data_convert)
+    p = data.add_parser(
+        "recover", help="make a bag whose recorder was killed whole again (like ros2 bag reindex)",
+        description="Rebuild every file of a bag recorded by recorder_node that does not end in a valid "
+        "footer (a recorder killed in the middle of a flush) from its complete chunks, and rewrite "
+        "metadata.yaml from the files. Files that end in a valid footer are not touched; a bag that a live "
+        "recorder still writes is refused.",
+        epilog="example: robostack data recover bags/go2-20250101-120000")
+    p.add_argument("bag", metavar="BAG", help="bag folder (with metadata.yaml)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_data_recover)
     p = data.add_parser(
         "replay", help="re-execute an episode's actions in simulation and report the state error",
         description="Start the dataset's RoboStack task (info.json robostack.task) from the episode's first "
@@ -704,6 +759,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.write(f"{PROG}: error: {_message(exc)}\n")
         return 2
+    except Failure as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130

@@ -1037,6 +1037,27 @@ def _actuated_joints(model: Any) -> list[str]:
             if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT]
 
 
+# What each recorded vector feature holds (a chunk bundle's inputs state it, so a reader without RoboStack can
+# build them): robostack.sim.terms.Definition fields.
+FEATURE_DEFINITIONS = {
+    "observation.state": {
+        "quantity": "the robot's measured state", "units": "rad, rad/s, m, 1, m/s, rad/s (per component)",
+        "frame": "", "reference": "joint positions absolute (not relative to a default pose)",
+        "components": "as 'names' says: <joint>.pos (rad; m for a prismatic joint) for every actuated joint, then "
+                      "<joint>.vel (rad/s), then for a floating base base_position.x/y/z (world, m), "
+                      "base_orientation.w/x/y/z (quaternion, world), base_linear_velocity.x/y/z (world, m/s), "
+                      "base_angular_velocity.x/y/z (base frame, rad/s)"},
+    "observation.command": {"quantity": "the task command: what the task's command term states (its goal, target or "
+                                        "velocity)", "units": "as that term states", "frame": "", "reference": "",
+                            "components": "command_0 .. command_(n-1)"},
+    "observation.ee_pose": {"quantity": "pose of the end effector (the IK site)", "units": "m, then 1",
+                            "frame": "world", "reference": "", "components": "x, y, z, then quaternion qw, qx, qy, qz"},
+    "observation.environment_state": {
+        "quantity": "the scene's objects as a perception stack reports them", "units": "m, then 1", "frame": "world",
+        "reference": "", "components": "as 'names' says: <object>_pos.x/y/z (m), <object>_quat.w/x/y/z"},
+}
+
+
 def sim_features(env: Any) -> dict[str, dict[str, Any]]:
     """``observation.state``, ``action`` and (if the task has them) ``observation.command``,
     ``observation.ee_pose`` (the IK site of an end-effector task: position, quaternion wxyz) and
@@ -1159,13 +1180,21 @@ def replay(dataset: Dataset, episode: int) -> dict[str, Any]:
 
 class _BagSubscriptions:
     """Stands in for an rclpy node: collects ``StateListener``'s callbacks by topic so that bag messages
-    can be fed to the same code that reads the live topics."""
+    can be fed to the same code that reads the live topics, on a clock that reads each message's log time
+    (when the recorder received it: stamps are judged as they were live)."""
 
     def __init__(self) -> None:
         self.callbacks: dict[str, Callable[[Any], None]] = {}
+        self.nanoseconds = 0  # the log time of the message being fed
 
     def create_subscription(self, _msg_type: Any, topic: str, callback: Callable[[Any], None], _qos: Any) -> None:
         self.callbacks[topic] = callback
+
+    def get_clock(self) -> _BagSubscriptions:
+        return self
+
+    def now(self) -> _BagSubscriptions:
+        return self
 
 
 def _resolve(topic: str, namespace: str) -> str:
@@ -1237,8 +1266,13 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     before the next frame (the one in effect when the next state was measured). Rewards are 0 and
     ``next.done`` marks the last frame. ``robot`` and ``namespace`` are found from the bag's topics unless
     given; ``sim_task`` (a RoboStack task of that robot) is stored for ``replay``.
+
+    A bag that a recorder is still writing, or one with a file cut short (a recorder killed in the middle of
+    a flush), is refused (``DatasetError``; the latter names ``robostack data recover``, which rewrites files
+    and so is not run unasked). A bag whose recorder was killed between flushes is read as it is: every
+    flush leaves it readable (``robostack.real.bag``).
     """
-    from robostack.real.bag import read_messages, read_metadata
+    from robostack.real.bag import BagError, inspect_bag, read_messages, read_metadata
     from robostack.real.deploy_config import INTERNAL
     from robostack.real.messages import get_field
     from robostack.real.state import StateListener, primary_source
@@ -1248,6 +1282,12 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
         topics = {t["topic_metadata"]["name"] for t in read_metadata(bag)["topics_with_message_count"]}
     except (OSError, KeyError, TypeError) as exc:
         raise DatasetError(f"{bag}: not a rosbag2 bag with a metadata.yaml ({exc})") from None
+    try:
+        refusal = inspect_bag(bag).refusal(f"robostack data recover {bag}")
+    except BagError as exc:
+        refusal = str(exc)
+    if refusal:
+        raise DatasetError(refusal)
     cfg, namespace = _bag_robot(bag, topics, robot, namespace)
     if sim_task is not None:
         from robostack import registry
@@ -1272,6 +1312,7 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     events: list[tuple[int, bool]] = []
     for message in sorted(read_messages(bag, topics=wanted), key=lambda m: m.log_time):
         if message.topic in state_topics:
+            subscriptions.nanoseconds = message.log_time
             state_topics[message.topic](message.msg)
             if message.topic == primary and listener.ready():
                 current, values = _state_vector(listener.state())

@@ -332,8 +332,8 @@ def export_chunk_bundle(run: str | os.PathLike, out_dir: str | os.PathLike) -> P
 
     import robostack
     from robostack import sim
-    from robostack.bundle import CHUNK, CHUNK_OUTPUT, FORMAT_VERSION, ONNX_OPSET, write_bundle
-    from robostack.dataset import sim_features
+    from robostack.bundle import CHUNK, CHUNK_OUTPUT, FORMAT_VERSION, ONNX_OPSET, describe_robot, write_bundle
+    from robostack.dataset import FEATURE_DEFINITIONS, sim_features
 
     run_dir = Path(run)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -350,7 +350,8 @@ def export_chunk_bundle(run: str | os.PathLike, out_dir: str | os.PathLike) -> P
         terms, offset = [], 0
         for key in ckpt["state_keys"]:
             names = features[key]["names"]
-            terms.append({"name": key, "dim": len(names), "names": names, "offset_in_vector": offset})
+            terms.append({"name": key, "dim": len(names), "names": names, "offset_in_vector": offset,
+                          "definition": FEATURE_DEFINITIONS[key]})
             offset += len(names)
         limited = model.actuator_ctrllimited.astype(bool)
         if controls:
@@ -367,11 +368,8 @@ def export_chunk_bundle(run: str | os.PathLike, out_dir: str | os.PathLike) -> P
             action = {"kind": "task", "dim": env.action_dim, "names": names, "range": [-1.0, 1.0],
                       "ik": {"site": env.task.action.ik.site, "ee_step": [float(v) for v in env.task_cfg.ee_step]}}
         facts = {
-            "robot": env.task.robot, "task": env.task.name, "control_rate_hz": 1.0 / env.control_dt,
-            "control_dt": env.control_dt, "max_episode_length": int(env.max_episode_length),
-            "joint_names": [name[:-len(".pos")] for name in features["observation.state"]["names"]
-                            if name.endswith(".pos")],
-            "action": action,
+            **describe_robot(env.task, model), "task": env.task.name, "control_rate_hz": 1.0 / env.control_dt,
+            "control_dt": env.control_dt, "max_episode_length": int(env.max_episode_length), "action": action,
         }
     finally:
         env.close()

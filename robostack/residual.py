@@ -119,6 +119,11 @@ def env_wrapper(base: dict[str, Any], scale: float) -> Any:
 # ---------------------------------------------------------------------------------------------- bundles
 
 
+BASE_ACTION_DEFINITION = {"quantity": "the base policy's action for this control step, before the correction",
+                          "units": "1 (each in [-1, 1])", "frame": "", "reference": "",
+                          "components": "in action order (action.names)"}
+
+
 def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
     """The bundle of a residual run (``robostack.bundle.load_run``): the residual's graph (``policy.onnx``,
     input: the task's policy observation, then the base's action) and its base as a chunk bundle in
@@ -129,7 +134,7 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
 
     import robostack
     from robostack.bundle import (BASE_DIR, FORMAT_VERSION, RESIDUAL, RESIDUAL_BASE_TERM, describe_observation,
-                                  is_bundle, load_bundle, write_bundle, write_vector_onnx, write_vector_torchscript)
+                                  describe_robot, is_bundle, load_bundle, write_bundle, write_vector_onnx, write_vector_torchscript)
     from robostack.imitation import export_chunk_bundle
 
     residual = run.train_config["residual"]
@@ -139,12 +144,13 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
     try:
         env.reset(seed=0)
         observation = describe_observation(env.env)
+        robot = describe_robot(env.env.task, env.env.default_model)
         module = run.policy_module(env)
         n = env.action_space.shape[0]
     finally:
         env.close()
     observation["terms"].append({"name": RESIDUAL_BASE_TERM, "dim": n, "scale": 1.0,
-                                 "offset_in_vector": observation["dim"]})
+                                 "offset_in_vector": observation["dim"], "definition": BASE_ACTION_DEFINITION})
     observation["dim"] += n
 
     ck = run.ckpt
@@ -157,8 +163,8 @@ def export_residual_bundle(run: Any, out_dir: str | os.PathLike) -> Path:
         base_meta = load_bundle(base_dir).metadata
         metadata = {
             "format_version": FORMAT_VERSION, "kind": RESIDUAL, "algo": run.algo,
-            **{key: base_meta[key] for key in ("robot", "task", "control_rate_hz", "control_dt", "max_episode_length",
-                                               "joint_names", "action")},
+            **robot,
+            **{key: base_meta[key] for key in ("task", "control_rate_hz", "control_dt", "max_episode_length", "action")},
             "observation": observation,
             "residual": {"scale": float(residual["scale"]),
                          "executed": "clip(base action + scale * clip(residual, -1, 1), -1, 1)"},

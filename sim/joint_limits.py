@@ -9,12 +9,13 @@ one robot) and on torch tensors (training, a batch), so the two cannot drift.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import mujoco
 import numpy as np
 import torch
+
+from robostack.specs import RobotConfig, RobotSpec
 
 
 @dataclass
@@ -50,22 +51,24 @@ class TargetBounds:
     damping_lead: np.ndarray  # kd / kp (s): the torque-free point leads the position by this x velocity
 
     @classmethod
-    def for_robot(cls, robot_module: ModuleType, model: mujoco.MjModel, limits: JointTargetLimits) -> "TargetBounds":
-        """From a robot model module's URDF limits and gains (``JOINT_LOWER``, ``VELOCITY_LIMIT``,
-        ``EFFORT_LIMIT``, ``KP``, ``KD``...) and the model's joint types."""
+    def for_robot(cls, robot: RobotSpec, config: RobotConfig, model: mujoco.MjModel,
+                  limits: JointTargetLimits) -> "TargetBounds":
+        """From a robot's URDF limits, the gains of its configuration and the model's joint types."""
         prismatic = model.jnt_type[model.actuator_trnid[:, 0]] == mujoco.mjtJoint.mjJNT_SLIDE
         margin = np.where(prismatic, limits.prismatic_margin, limits.position_margin)
-        lower, upper = robot_module.JOINT_LOWER + margin, robot_module.JOINT_UPPER - margin
+        urdf = robot.joint_limits
+        lower, upper = urdf.lower + margin, urdf.upper - margin
         if np.any(lower >= upper):
-            names = [n for n, lo, hi in zip(robot_module.JOINT_NAMES, lower, upper) if lo >= hi]
-            raise ValueError(f"{robot_module.NAME}: the joint target margins leave no range for {names}")
+            names = [n for n, lo, hi in zip(robot.joint_names, lower, upper) if lo >= hi]
+            raise ValueError(f"{robot.name}: the joint target margins leave no range for {names}")
         finger_scale = np.inf if limits.prismatic_velocity_scale is None else limits.prismatic_velocity_scale
         velocity_scale = np.where(prismatic, finger_scale, limits.velocity_scale)
+        kp, kd = config.joint_gains()
         return cls(lower=lower, upper=upper,
-                   max_velocity=np.minimum(robot_module.VELOCITY_LIMIT * velocity_scale, UNLIMITED),
+                   max_velocity=np.minimum(urdf.velocity * velocity_scale, UNLIMITED),
                    max_lead=np.full(len(lower), np.inf) if limits.effort_scale is None
-                   else robot_module.EFFORT_LIMIT * limits.effort_scale / robot_module.KP,
-                   damping_lead=robot_module.KD / robot_module.KP)
+                   else urdf.effort * limits.effort_scale / kp,
+                   damping_lead=kd / kp)
 
     def as_tensors(self, device: torch.device | str) -> "TargetBounds":
         return TargetBounds(**{k: torch.as_tensor(v, dtype=torch.float32, device=device)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from robostack.sim.terms import Definition, defined
+
 if TYPE_CHECKING:
     from robostack.sim.task_env import TaskEnv
 
@@ -92,20 +94,26 @@ def base_quat(env: TaskEnv) -> torch.Tensor:
     return env.qpos[:, 3:7]
 
 
+@defined(Definition("linear velocity of the base", "m/s", "world", components="x, y, z"))
 def base_lin_vel_world(env: TaskEnv) -> torch.Tensor:
     return env.qvel[:, 0:3]
 
 
+@defined(Definition("linear velocity of the base", "m/s", "base", components="x, y, z"))
 def base_lin_vel(env: TaskEnv) -> torch.Tensor:
     """Linear velocity in the body frame."""
     return quat_rotate_inverse(base_quat(env), env.qvel[:, 0:3])
 
 
+@defined(Definition("angular velocity of the base (what a gyroscope on it measures)", "rad/s", "base",
+                    "right-handed about each axis", "x, y, z"))
 def base_ang_vel(env: TaskEnv) -> torch.Tensor:
     """Angular velocity in the body frame."""
     return env.qvel[:, 3:6]
 
 
+@defined(Definition("unit vector along gravity", "1", "base", "(0, 0, -1) when the base is level",
+                    "x, y, z"))
 def projected_gravity(env: TaskEnv) -> torch.Tensor:
     """Gravity direction seen from the body: (0, 0, -1) when level. What an IMU's attitude filter gives."""
     down = torch.zeros(env.num_envs, 3, device=env.device)
@@ -118,23 +126,37 @@ def base_height(env: TaskEnv) -> torch.Tensor:
 
 
 # ----- joint and action terms -----
+JOINT_ORDER = "one per actuated joint, in joint_names order"
+
+
+@defined(Definition("joint positions", "rad (m for a prismatic joint)", "",
+                    "minus default_joint_pos (the default pose reads zero)", JOINT_ORDER))
 def joint_pos_rel(env: TaskEnv) -> torch.Tensor:
     return env.joint_pos - env.default_joint_pos
 
 
+@defined(Definition("joint position targets commanded at the previous control step (after the action map "
+                    "and its limits)", "rad (m for a prismatic joint)", "",
+                    "minus default_joint_pos; the action map's offset at the start of an episode", JOINT_ORDER))
 def joint_target_rel(env: TaskEnv) -> torch.Tensor:
     """Commanded joint targets (before latency) minus the default pose: what a relative action adds to."""
     return env.ctrl_target - env.default_joint_pos
 
 
+@defined(Definition("joint velocities", "rad/s (m/s for a prismatic joint)", "", "", JOINT_ORDER))
 def joint_vel(env: TaskEnv) -> torch.Tensor:
     return env.joint_vel
 
 
+@defined(Definition("the policy's previous action", "1 (each in [-1, 1])", "",
+                    "zeros at the start of an episode", "in action order (action.terms)"))
 def last_action(env: TaskEnv) -> torch.Tensor:
     return env.action
 
 
+@defined(Definition("the policy's most recent actions", "1 (each in [-1, 1])", "",
+                    "zeros for steps before the episode's first action",
+                    "newest first; each action in action order (action.terms); flattened"))
 def action_history(env: TaskEnv) -> torch.Tensor:
     """The last ``TaskDefinition.action_history`` actions, newest first, flattened. Lets a memoryless policy
     infer disturbances (thrust mismatch, wind) from what it commanded versus how the state moved, as in
@@ -152,12 +174,18 @@ def within(error: Callable[[TaskEnv], torch.Tensor], radius: float) -> Callable[
     return term
 
 
-def integral(name: str) -> Callable[[TaskEnv], torch.Tensor]:
-    """Observation term reading ``TaskDefinition.integrals[name]``; the bundle metadata records ``name``."""
+def integral(name: str, of: Definition) -> Callable[[TaskEnv], torch.Tensor]:
+    """Observation term reading ``TaskDefinition.integrals[name]``, the running integral of a quantity whose
+    definition is ``of``; the bundle metadata records ``name`` (with the integral's limit and step)."""
     def term(env: TaskEnv) -> torch.Tensor:
         return env.integrals[name]
 
     term.integral_of = name
+    term.definition = Definition(
+        f"running integral over the episode of: {of.quantity}", f"({of.units}) x s", of.frame,
+        f"zero at the start of an episode; after each control step (not before the first) it adds control_dt "
+        f"times the quantity ({of.reference or 'as defined'}), then is clipped to +-integral.limit",
+        of.components)
     return term
 
 

@@ -53,16 +53,55 @@ class RandomizationConfig:
 
 
 # ----- term specs the task assembles -----
+FRAMES = {  # the frames a Definition names (REP 103 axes)
+    "world": "fixed, z up (gravity along -z); for a fixed-base arm, its base frame",
+    "base": "the robot base's body frame: x forward, y left, z up",
+}
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What an observation term's values are, for a reader of a policy bundle who has no RoboStack: the
+    quantity, its units, the frame its vectors are expressed in (a key of ``FRAMES``, or "" for none), what it
+    is relative to (its zero, sign conventions) and what each value is, in order. The bundle's metadata and its
+    ONNX graph carry it; export refuses a policy term without one."""
+
+    quantity: str
+    units: str
+    frame: str = ""
+    reference: str = ""
+    components: str = ""
+
+    def __post_init__(self) -> None:
+        if self.frame and self.frame not in FRAMES:
+            raise ValueError(f"definition of {self.quantity!r}: frame must be one of {sorted(FRAMES)} or '', "
+                             f"got {self.frame!r}")
+
+
+def defined(definition: Definition) -> Callable[[TermFn], TermFn]:
+    """Decorator: the ``Definition`` of what a term function returns (``ObsTerm.definition`` overrides it)."""
+    def attach(func: TermFn) -> TermFn:
+        func.definition = definition
+        return func
+
+    return attach
+
+
 @dataclass
 class ObsTerm:
     func: TermFn
     noise: float = 0.0  # half-width of uniform noise added while randomization is on
     scale: float = 1.0
+    definition: Definition | None = None  # what it measures; default: the function's own (``defined``)
+
+    @property
+    def defines(self) -> Definition | None:
+        return self.definition or getattr(self.func, "definition", None)
 
 
 def noiseless(terms: dict[str, ObsTerm]) -> dict[str, ObsTerm]:
     """The same terms without noise: what the privileged critic reads."""
-    return {name: ObsTerm(t.func, scale=t.scale) for name, t in terms.items()}
+    return {name: ObsTerm(t.func, scale=t.scale, definition=t.definition) for name, t in terms.items()}
 
 
 @dataclass

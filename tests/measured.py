@@ -2,7 +2,8 @@
 deploy side (``robostack.real``), which sees only this, with the simulator."""
 from __future__ import annotations
 
-from robostack.real.observation import BodyState, Pose, RobotState, free_joints
+from robostack.real.observation import free_joints
+from robostack.real.robot_state import BodyState, Pose, RobotState
 
 
 def measured_state(env, joint_names: list[str], i: int = 0) -> RobotState:

@@ -89,6 +89,39 @@ def test_bundle_layout(bundle_dir):
         assert key in meta
 
 
+def test_an_exported_bundle_states_its_robot_configuration_term_definitions_and_contract(bundle_dir):
+    """What deployment and a reader without RoboStack need: the robot configuration it trained with (in its
+    task config), a definition per observation term, the schema's shape, and the contract inside the graph."""
+    import onnx
+
+    meta = _metadata(bundle_dir)
+    assert meta["task_config"]["robot"] == {"torque_to_thrust": 0.005964552, "max_thrust": 0.15,
+                                            "motor_time_constant": 0.02, "default_height": 1.0}
+    definitions = {t["name"]: t["definition"] for t in meta["observation"]["terms"]}
+    assert definitions["position_error"] == {"quantity": "target position minus the base's position", "units": "m",
+                                             "frame": "world", "reference": "", "components": "x, y, z"}
+    assert "running integral" in definitions["position_error_integral"]["quantity"]
+    assert definitions["action_history"]["components"].startswith("newest first")
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(meta, json.loads((Path(__file__).parents[1] / "robostack" /
+                                          "bundle_metadata.schema.json").read_text()))
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(bundle_dir / "policy.onnx")).metadata_props}
+    assert props["robostack.contract"]["observation"] == meta["observation"]
+
+
+def test_a_graph_whose_contract_differs_from_the_metadata_is_refused(copy):
+    from robostack.bundle import embed_contract
+
+    meta = _metadata(copy)
+    other = json.loads(json.dumps(meta))
+    other["control_rate_hz"] = 50.0
+    embed_contract(copy / "policy.onnx", other)
+    meta["files"]["policy.onnx"] = __import__("hashlib").sha256((copy / "policy.onnx").read_bytes()).hexdigest()
+    _write_metadata(copy, meta)
+    with pytest.raises(BundleError, match="the contract in policy.onnx's metadata_props differs from metadata.json"):
+        load_bundle(copy)
+
+
 def test_onnx_matches_torch_on_real_observations(run_dir, bundle_dir):
     obs = _real_observations()
     bundle = load_bundle(bundle_dir)

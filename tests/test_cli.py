@@ -5,23 +5,30 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robostack import cli, registry
 from robostack.config import ConfigError
+from robostack.specs import JointLimits, RobotSpec
 
 
 @pytest.fixture
 def fake_registry(monkeypatch):
     """A registry holding only fake entries, with no built-in modules to import."""
     monkeypatch.setattr(registry, "_BUILTIN_MODULES", ())
+    monkeypatch.setattr(registry, "_BUILTIN_ROBOTS", ())
     monkeypatch.setattr(registry, "_ENTRIES", {})
+    monkeypatch.setattr(registry, "_ROBOTS", {})
 
     def target():
         return None
 
-    registry.register("robot", "toybot", "a two-joint toy arm", dof=2)(target)
+    registry.register_robot(RobotSpec(name="toybot", kind="arm", summary="a two-joint toy arm", urdf=Path("toybot.urdf"),
+                                      config_type=dict, build_spec=target, joint_names=("a", "b"),
+                                      joint_limits=JointLimits(*np.zeros((4, 2)))))
     registry.register("task", "toy-reach", "reach a point with the toy arm")(target)
     registry.register("task", "toy-hover", "hover the toy drone")(target)
     registry.register("algorithm", "ppo", "proximal policy optimization")(target)
@@ -56,14 +63,16 @@ def test_list_json(fake_registry, capsys):
     out = capsys.readouterr().out
     data = json.loads(out)  # exactly one JSON document
     assert set(data) == {"robots", "tasks", "algorithms", "backends"}
-    assert data["robots"] == [{"name": "toybot", "summary": "a two-joint toy arm", "dof": 2}]
+    assert data["robots"] == [{"name": "toybot", "summary": "a two-joint toy arm", "kind": "arm", "urdf": "toybot.urdf"}]
     assert [t["name"] for t in data["tasks"]] == ["toy-hover", "toy-reach"]
     assert data["algorithms"][0]["name"] == "ppo"
 
 
 def test_list_empty_kind(monkeypatch, capsys):
     monkeypatch.setattr(registry, "_BUILTIN_MODULES", ())
+    monkeypatch.setattr(registry, "_BUILTIN_ROBOTS", ())
     monkeypatch.setattr(registry, "_ENTRIES", {})
+    monkeypatch.setattr(registry, "_ROBOTS", {})
     assert cli.main(["list"]) == 0
     assert "(none)" in capsys.readouterr().out
 

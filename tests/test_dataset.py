@@ -316,10 +316,10 @@ def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Float64MultiArray, String
 
-    from robostack.deploy import recorded_topics
+    from robostack.real.graph import recorded_topics
     from robostack.real.bag import BagWriter
     from robostack.real.deploy_config import load_deploy_config
-    from robostack.real.observation import RobotState
+    from robostack.real.robot_state import RobotState
     from robostack.real.state import state_messages
 
     cfg = load_deploy_config("go2")
@@ -340,7 +340,8 @@ def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
                            joint_velocity={j: 0.5 + n for n, j in enumerate(joints)},
                            base_position=np.array([0.01 * k, 0.0, 0.3]), base_orientation=orientation,
                            base_linear_velocity=velocity, base_angular_velocity=np.array([0.0, 0.0, 0.2]))
-        for offset, (source, msg) in enumerate(state_messages(cfg, state, Time(sec=1, nanosec=0), joints)):
+        stamp = Time(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)  # measured when the recorder got it
+        for offset, (source, msg) in enumerate(state_messages(cfg, state, stamp, joints)):
             bag.write(topics[getattr(cfg.topics, source).topic], serialize_message(msg), t + offset * 1000)
         bag.write(topics[cfg.topics.driver_command.topic],
                   serialize_message(Float64MultiArray(data=[float(k)] * 12)), t + 5_000_000)

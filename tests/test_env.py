@@ -120,7 +120,7 @@ def test_action_latency_delays_controls_by_whole_steps():
         env.step(a)
         applied.append(env.ctrl[0, 0].item())
     from robostack.sim.robots.cf2 import model as cf2
-    scale = cf2.MAX_THRUST - cf2.HOVER_THRUST
+    scale = cf2.SPEC.load_config().max_thrust - cf2.HOVER_THRUST
     expected = [cf2.HOVER_THRUST, cf2.HOVER_THRUST, cf2.HOVER_THRUST + 0.5 * scale, cf2.HOVER_THRUST - 0.5 * scale]
     np.testing.assert_allclose(applied, expected, rtol=1e-6)
     env.close()

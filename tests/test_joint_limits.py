@@ -26,8 +26,9 @@ def test_numpy_and_torch_clamp_alike(robot, module):
     """go2's config bounds the effort, panda's does not (its window is infinite and never clamps)."""
     rng = np.random.default_rng(0)
     limits = safety_config(load_deploy_config(robot), robot).joints
-    bounds = TargetBounds.for_robot(module, module.build_model(), limits)
-    n = module.KP.size
+    config = module.SPEC.load_config()
+    bounds = TargetBounds.for_robot(module.SPEC, config, module.SPEC.build_model(config), limits)
+    n = len(module.JOINT_NAMES)
     target, position, previous = (rng.uniform(-3, 3, (64, n)) for _ in range(3))
     velocity = rng.uniform(-2, 2, (64, n))
     expected, outside = limit_targets(target, position, velocity, previous, bounds, 0.02)
@@ -47,8 +48,9 @@ def test_training_targets_stay_inside_the_safety_limits_at_the_state_they_were_s
         position, velocity, previous = env.joint_pos.clone(), env.joint_vel.clone(), env.ctrl_target.clone()
         env.step(torch.randn(16, env.action_dim) * 5)  # far outside what the limits allow
         target = env.ctrl_target.numpy().astype(np.float64)
-        torque = go2_model.KP * (target - position.numpy()) - go2_model.KD * velocity.numpy()
-        assert np.all(np.abs(torque) <= go2_model.EFFORT_LIMIT * (1 + 1e-5))
+        kp, kd = env.task_cfg.robot.joint_gains()
+        torque = kp * (target - position.numpy()) - kd * velocity.numpy()
+        assert np.all(np.abs(torque) <= go2_model.LIMITS.effort * (1 + 1e-5))
         assert np.all(np.abs(target - previous.numpy()) <= bounds.max_velocity * env.control_dt * (1 + 1e-5))
         assert np.all((target >= bounds.lower - 1e-6) & (target <= bounds.upper + 1e-6))
 
@@ -58,8 +60,9 @@ def test_panda_gripper_targets_are_not_rate_limited_and_no_interval_gives_nan():
     targets still move at most ``max_velocity * dt``; two outputs at the same instant (dt = 0) hold every target
     (an infinite rate times a zero interval would be NaN)."""
     limits = safety_config(load_deploy_config("panda"), "panda").joints
-    bounds = TargetBounds.for_robot(panda_model, panda_model.build_model(), limits)
-    home = panda_model.DEFAULT_JOINT_POS.astype(float)
+    config = panda_model.SPEC.load_config()
+    bounds = TargetBounds.for_robot(panda_model.SPEC, config, panda_model.SPEC.build_model(config), limits)
+    home = config.home_joint_pos()
     target = home + np.r_[np.full(7, 0.5), -0.04, -0.04]  # every arm joint far off, the gripper closed
     held, _ = limit_targets(target, home, np.zeros(9), home, bounds, 0.0)
     np.testing.assert_array_equal(held, home)  # finite, and nothing moves in no time

@@ -8,7 +8,8 @@ import torch
 from robostack import sim
 from robostack.bundle import describe_env
 from robostack.config import to_dict
-from robostack.real.observation import ObservationBuilder, ObservationError, RobotState
+from robostack.real.observation import ObservationBuilder, ObservationError
+from robostack.real.robot_state import RobotState
 
 
 def _metadata(task: str, env) -> dict:
@@ -107,8 +108,8 @@ class _FixedState:
     def ready(self) -> bool:
         return True
 
-    def age(self, now: float | None = None) -> float:
-        return 0.0
+    def staleness(self, now: float, timeout_s: float) -> None:
+        return None
 
 
 @pytest.mark.parametrize("task", ["go2-walk", "cf2-hover"])
@@ -119,7 +120,7 @@ def test_policy_runner_starts_each_episode_afresh(task):
     from robostack.real.policy_node import PolicyRunner
 
     runner = PolicyRunner(str(SHIPPED_BUNDLES / task))
-    listener = _FixedState(home_state(runner.bundle.robot, runner.builder.joint_names))
+    listener = _FixedState(home_state(runner.builder.model, runner.builder.joint_names))
     first = [runner.tick(listener)[0] for _ in range(5)]
     assert all(controls is not None for controls in first)
     assert not np.allclose(first[0], first[-1], atol=1e-6)  # the past matters to this policy

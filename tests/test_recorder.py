@@ -35,8 +35,9 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 
+from robostack import cli  # noqa: E402
 from robostack.real.bag import (  # noqa: E402
-    STATE_KEY, BagError, BagWriter, MessageTypes, read_messages, read_metadata, recover)
+    STATE_KEY, BagError, BagWriter, MessageTypes, inspect_bag, read_messages, read_metadata, recover)
 
 with warnings.catch_warnings():  # the module warns that it is deprecated, but it is the documented reader
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -160,31 +161,37 @@ def test_existing_output_refused(tmp_path):
 def test_recover_any_truncation(tmp_path):
     bag = BagWriter(tmp_path / "src", split_period_s=0)
     bag.add_topic("/arr", "std_msgs/msg/Float64MultiArray")
-    flushed = []
     for i in range(40):
         bag.write("/arr", serialize_message(Float64MultiArray(data=[float(i)] * (i % 5))), 1000 + i)
         if i % 10 == 9:
             bag.flush()
-            flushed.append(os.path.getsize(tmp_path / "src" / "src_0.mcap"))
     data = (tmp_path / "src" / "src_0.mcap").read_bytes()  # never closed: as after a SIGKILL
-    assert read_metadata(tmp_path / "src")["relative_file_paths"] == []  # unfinished file is not listed
-    for cut in sorted(set(range(0, len(data) + 1, 61)) | set(flushed) | {f - 1 for f in flushed}):
+    meta = read_metadata(tmp_path / "src")  # the file being written is listed, with what it holds
+    assert meta["relative_file_paths"] == ["src_0.mcap"] and meta["message_count"] == 40
+    with open(tmp_path / "src" / "src_0.mcap", "rb") as fh:  # where each flush's chunk record ends
+        chunk_ends = [c.chunk_start_offset + c.chunk_length for c in make_reader(fh).get_summary().chunk_indexes]
+    assert len(chunk_ends) == 4
+    for cut in sorted(set(range(0, len(data) + 1, 61)) | set(chunk_ends) | {e - 1 for e in chunk_ends}):
         dst = tmp_path / f"cut{cut}"
         shutil.copytree(tmp_path / "src", dst)
         (dst / "src_0.mcap").rename(dst / f"cut{cut}_0.mcap")
         with open(dst / f"cut{cut}_0.mcap", "r+b") as fh:
             fh.truncate(cut)
         report = recover(dst)
-        floor = 10 * sum(1 for f in flushed if f <= cut)  # every flush before the cut survives
+        kept = 10 * sum(1 for e in chunk_ends if e <= cut)  # every chunk complete before the cut survives
         rb, mc = rosbags_read(dst).get("/arr", []), mcap_read(dst).get("/arr", [])
-        assert len(rb) == len(mc) == report.message_count and floor <= len(rb) <= floor + 10, cut
+        assert len(rb) == len(mc) == report.message_count == kept, cut
         assert [len(m.data) for _, m in mc] == [i % 5 for i in range(len(mc))]  # a clean prefix
+        assert bool(report.rebuilt) == (cut < len(data)), cut  # an uncut file (valid footer) is not touched
         shutil.rmtree(dst)
     with pytest.raises(BagError, match="still being written"):  # the live writer holds a lock
         recover(tmp_path / "src")
-    bag._cur.stream.close()  # what a SIGKILL does to the writer's file
-    assert recover(tmp_path / "src").rebuilt  # and recovering twice is a no-op
-    assert not recover(tmp_path / "src").rebuilt
+    bag._cur.stream.close()  # what a SIGKILL does to the writer's file and its lock on the directory
+    os.close(bag._dir_fd)
+    for _ in range(2):  # the file ends in the last flush's tail: nothing to rebuild, twice
+        report = recover(tmp_path / "src")
+        assert not report.rebuilt and report.message_count == 40
+    assert (tmp_path / "src" / "src_0.mcap").read_bytes() == data
     assert read_metadata(tmp_path / "src")["custom_data"][STATE_KEY] == "recovered"
 
 
@@ -244,12 +251,18 @@ def test_record_roundtrip_both_readers(ros, tmp_path, stop_signal):
         assert [(m.linear.x, m.angular.z) for _, m in got[tw_t]] == [(float(i), -float(i)) for i in range(n)]
 
 
-def test_sigkill_loses_at_most_the_last_second(ros, tmp_path):
+def test_sigkill_loses_at_most_the_last_second(ros, tmp_path, capsys):
     out = tmp_path / "bag"
     topic = f"/rec_{RUN}/kill/joint_states"
     proc = start_recorder(out, [f"{topic}:sensor_msgs/msg/JointState"], "flush_period_s:=1.0", "split_period_s:=2.0")
     pub = ros.create_publisher(JointState, topic, 100)
     wait_matched([pub], proc)
+    # While the recorder lives, robostack data refuses to read or recover its bag, in one line.
+    for argv in (["convert", str(out), str(tmp_path / "ds")], ["recover", str(out)]):
+        assert cli.main(["data", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"robostack: error: {out} is still being recorded (a live recorder holds its lock); " \
+                      "stop the recorder first\n", argv
     sent: list[float] = []  # monotonic publish time of message i
     t0 = time.monotonic()
     t_kill = None
@@ -265,26 +278,28 @@ def test_sigkill_loses_at_most_the_last_second(ros, tmp_path):
     proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
 
-    # Straight after the crash: readable with both readers (the finished split files only).
+    # Straight after the crash, with no recovery: both readers read every message up to the last flush,
+    # including those of the file that was being written, and metadata.yaml counts exactly those.
     meta = read_metadata(out)
-    assert meta["custom_data"][STATE_KEY] == "recording"
-    before = {name: [m.header.stamp.sec for _, m in got.get(topic, [])]
-              for name, got in (("rosbags", rosbags_read(out)), ("mcap_ros2", mcap_read(out)))}
-    assert before["rosbags"] == before["mcap_ros2"] == list(range(len(before["rosbags"])))
-    assert len(before["rosbags"]) >= 300  # at least the first 2 s file
-
-    report = recover(out)
-    assert len(report.files) >= 2 and report.rebuilt[-1].messages > 0, report  # flushed chunks of the open file
+    assert meta["custom_data"][STATE_KEY] == "recording" and len(meta["relative_file_paths"]) == 2
+    status = inspect_bag(out)
+    assert not status.live and not status.damaged and status.message_count == meta["message_count"]
     must_have = sum(1 for t in sent if t < t_kill - 1.0 - 0.25)  # 1 s + discovery/latency margin
     for name, got in (("rosbags", rosbags_read(out)), ("mcap_ros2", mcap_read(out))):
         seqs = [m.header.stamp.sec for _, m in got[topic]]
         assert seqs == list(range(len(seqs))), name  # a gap-free prefix
+        assert len(seqs) == meta["message_count"] == meta["topics_with_message_count"][0]["message_count"], name
         assert len(seqs) >= must_have, (name, len(seqs), must_have)
         lost_s = t_kill - sent[len(seqs) - 1]
         print(f"{name}: {len(seqs)} of {sum(1 for t in sent if t < t_kill)} messages sent before the kill "
               f"survived; the newest one was sent {lost_s:.2f} s before the kill")
         assert all(len(m.effort) == 0 for _, m in got[topic])
-    assert read_metadata(out)["message_count"] == len(seqs)
+    per_file = [f["message_count"] for f in meta["files"]]
+    assert per_file[0] >= 300 and per_file[1] > 0, per_file  # the 2 s file, and the flushes of the open one
+    assert meta["duration"]["nanoseconds"] == got[topic][-1][0] - got[topic][0][0]
+
+    report = recover(out)  # nothing to rebuild: every file ends in a valid footer
+    assert report.rebuilt == [] and report.message_count == len(seqs), report
 
 
 def test_config_errors_are_clear(tmp_path):

@@ -14,6 +14,7 @@ from robostack.sim.robots.go2 import model as go2
 from robostack.sim.robots.panda import model as panda
 
 ROBOTS = {"panda": panda, "go2": go2, "cf2": cf2}
+SPECS = {name: module.SPEC for name, module in ROBOTS.items()}
 FLOATING = {"panda": False, "go2": True, "cf2": True}
 # Published masses (kg): Menagerie's link masses summed.
 TOTAL_MASS = {
@@ -61,36 +62,58 @@ def test_links_survive_as_named_bodies(robot):
     assert {link.get("name") for link in root.iter("link")} <= bodies
 
 
-def test_constants_match_urdf_and_model(robot):
-    module = ROBOTS[robot]
-    model = module.build_model()
-    assert model.nu == (4 if robot == "cf2" else len(module.JOINT_NAMES))
-    for i, name in enumerate(module.JOINT_NAMES):
+def test_spec_matches_urdf_config_and_model(robot):
+    spec = SPECS[robot]
+    config = spec.load_config()
+    model = spec.build_model(config)
+    kp, kd = config.joint_gains()
+    limits = spec.joint_limits
+    assert model.nu == (4 if robot == "cf2" else len(spec.joint_names))
+    for i, name in enumerate(spec.joint_names):
         joint = model.joint(name)
         assert model.actuator(i).name == name and model.actuator_trnid[i, 0] == joint.id
-        np.testing.assert_allclose(joint.range, [module.JOINT_LOWER[i], module.JOINT_UPPER[i]])
-        np.testing.assert_allclose(model.actuator_forcerange[i], [-module.EFFORT_LIMIT[i], module.EFFORT_LIMIT[i]])
-        np.testing.assert_allclose(model.actuator_gainprm[i, 0], module.KP[i])
-        np.testing.assert_allclose(model.actuator_biasprm[i, :3], [0, -module.KP[i], -module.KD[i]])
-    if module.JOINT_NAMES:
-        assert np.all(module.DEFAULT_JOINT_POS >= module.JOINT_LOWER)
-        assert np.all(module.DEFAULT_JOINT_POS <= module.JOINT_UPPER)
-        assert np.all(module.VELOCITY_LIMIT > 0)
+        np.testing.assert_allclose(joint.range, [limits.lower[i], limits.upper[i]])
+        np.testing.assert_allclose(model.actuator_forcerange[i], [-limits.effort[i], limits.effort[i]])
+        np.testing.assert_allclose(model.actuator_gainprm[i, 0], kp[i])
+        np.testing.assert_allclose(model.actuator_biasprm[i, :3], [0, -kp[i], -kd[i]])
+    home = config.home_joint_pos()
+    assert home.shape == (len(spec.joint_names),)
+    assert np.all(home >= limits.lower) and np.all(home <= limits.upper) and np.all(limits.velocity > 0)
+
+
+def test_robots_are_registered_specs_and_their_model_follows_the_config_given(robot):
+    """One typed specification per robot in the registry; the model is built from the configuration passed,
+    not from the YAML file read at import (an edited file changes nothing of a model built from a stored one)."""
+    from dataclasses import replace
+
+    from robostack import registry
+
+    spec = registry.robot(robot)
+    assert spec is SPECS[robot] and spec.urdf == description.urdf_path(robot)
+    assert spec.kind == {"panda": "arm", "go2": "quadruped", "cf2": "drone"}[robot]
+    config = spec.load_config()
+    changed = replace(config, **({"max_thrust": 0.2} if robot == "cf2" else {"kd": tuple(np.add(config.kd, 1.0))
+                                                                              if robot == "panda" else config.kd + 1.0}))
+    model, other = spec.build_model(config), spec.build_model(changed)
+    if robot == "cf2":
+        assert model.actuator_ctrlrange[0, 1] == 0.15 and other.actuator_ctrlrange[0, 1] == 0.2
+    else:
+        np.testing.assert_allclose(other.actuator_biasprm[:, 2], model.actuator_biasprm[:, 2] - 1.0)
 
 
 def test_published_joint_limits():
-    np.testing.assert_allclose(panda.JOINT_UPPER[:7], [2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
-    np.testing.assert_allclose(panda.EFFORT_LIMIT, [87] * 4 + [12] * 3 + [20] * 2)
-    np.testing.assert_allclose(panda.VELOCITY_LIMIT, [2.175] * 4 + [2.61] * 3 + [0.2] * 2)
+    np.testing.assert_allclose(panda.LIMITS.upper[:7], [2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
+    np.testing.assert_allclose(panda.LIMITS.effort, [87] * 4 + [12] * 3 + [20] * 2)
+    np.testing.assert_allclose(panda.LIMITS.velocity, [2.175] * 4 + [2.61] * 3 + [0.2] * 2)
     assert go2.JOINT_NAMES[:3] == ("FR_hip_joint", "FR_thigh_joint", "FR_calf_joint")
     assert [n.split("_")[0] for n in go2.JOINT_NAMES[::3]] == ["FR", "FL", "RR", "RL"]
-    np.testing.assert_allclose(go2.EFFORT_LIMIT, [23.7, 23.7, 45.43] * 4)
-    np.testing.assert_allclose(go2.JOINT_UPPER[1::3], [3.4907, 3.4907, 4.5379, 4.5379])
+    np.testing.assert_allclose(go2.LIMITS.effort, [23.7, 23.7, 45.43] * 4)
+    np.testing.assert_allclose(go2.LIMITS.upper[1::3], [3.4907, 3.4907, 4.5379, 4.5379])
     np.testing.assert_allclose(cf2.HOVER_THRUST, 0.027 * 9.81 / 4, rtol=1e-3)
 
 
 def test_masses(robot):
-    model = ROBOTS[robot].build_model()
+    model = SPECS[robot].build_model()
     np.testing.assert_allclose(model.body_mass.sum(), TOTAL_MASS[robot], rtol=1e-3)
     np.testing.assert_allclose(description.link_mass(description.urdf_path(robot)), TOTAL_MASS[robot], rtol=1e-3)
 
@@ -108,18 +131,19 @@ def test_pybullet_loads_urdf(robot):
         for i in range(n):
             info = pybullet.getJointInfo(body, i, physicsClientId=client)
             infos[info[1].decode()] = info
-        module = ROBOTS[robot]
-        for i, name in enumerate(module.JOINT_NAMES):
+        spec = SPECS[robot]
+        limits = spec.joint_limits
+        for i, name in enumerate(spec.joint_names):
             info = infos[name]
-            np.testing.assert_allclose(info[8:12], [module.JOINT_LOWER[i], module.JOINT_UPPER[i],
-                                                    module.EFFORT_LIMIT[i], module.VELOCITY_LIMIT[i]])
+            np.testing.assert_allclose(info[8:12], [limits.lower[i], limits.upper[i], limits.effort[i],
+                                                    limits.velocity[i]])
     finally:
         pybullet.disconnect(client)
 
 
 def _hold(module, timestep: float, seconds: float = 10.0):
     """Start at the ``home`` keyframe, command it, and simulate."""
-    model = module.build_model()
+    model = module.SPEC.build_model()
     model.opt.timestep = timestep
     data = mujoco.MjData(model)
     mujoco.mj_resetDataKeyframe(model, data, model.key("home").id)
@@ -134,7 +158,7 @@ def test_panda_holds_home_pose():
     model, data, qpos = _hold(panda, 0.002)
     assert model.opt.integrator == mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     # Measured: largest error 0.0066 rad (gravity sag of joints 2 and 4 under the PD gains).
-    assert np.abs(qpos - panda.DEFAULT_JOINT_POS).max() < 0.02
+    assert np.abs(qpos - panda.SPEC.load_config().home_joint_pos()).max() < 0.02
     assert np.abs(data.qvel).max() < 1e-3
     np.testing.assert_allclose(data.sensor("ee_pos").data, data.site("ee").xpos)
     assert data.sensor("ee_pos").data[2] > 0.4  # the hand stays up, not sagging towards the floor
@@ -152,11 +176,11 @@ def test_panda_ee_matches_franka_kinematics():
     a = [0, 0, 0, 0.0825, -0.0825, 0, 0.088]
     d = [0.333, 0, 0.316, 0, 0.384, 0, 0]
     alpha = [0, -np.pi / 2, np.pi / 2, np.pi / 2, -np.pi / 2, np.pi / 2, np.pi / 2]
-    model = panda.build_model()
+    model = panda.SPEC.build_model()
     data = mujoco.MjData(model)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        q = rng.uniform(panda.JOINT_LOWER[:7], panda.JOINT_UPPER[:7])
+        q = rng.uniform(panda.LIMITS.lower[:7], panda.LIMITS.upper[:7])
         tcp = np.eye(4)
         for i in range(7):
             tcp = tcp @ dh(a[i], d[i], alpha[i], q[i])
@@ -177,7 +201,7 @@ def test_go2_stands_in_default_pose():
     # weight with Playground's soft kp = 35, so 0.1 rad holds for hip and thigh only.
     assert 0.2 < height < 0.35
     assert projected_gravity_z[2] < -0.99
-    err = np.abs(qpos - go2.DEFAULT_JOINT_POS).reshape(4, 3)
+    err = np.abs(qpos - go2.SPEC.load_config().home_joint_pos()).reshape(4, 3)
     assert err[:, :2].max() < 0.1 and err[:, 2].max() < 0.3
     contacts = np.array([data.sensor(f"{leg}_contact").data[0] for leg in go2.LEGS])
     assert np.all(contacts > 0)
@@ -192,7 +216,7 @@ def test_go2_stands_in_default_pose():
 def test_cf2_hovers_under_equal_hover_thrust():
     model, data, _ = _hold(cf2, 0.002)
     # Measured: 0 drift in x, y, attitude and |z - 1| ~ 1e-13 m: equal thrusts, symmetric body.
-    np.testing.assert_allclose(data.qpos[:3], cf2.DEFAULT_BASE_POS, atol=1e-6)
+    np.testing.assert_allclose(data.qpos[:3], cf2.SPEC.load_config().home_base_pos(), atol=1e-6)
     np.testing.assert_allclose(data.act, cf2.HOVER_THRUST)
     np.testing.assert_allclose(data.sensor("imu_acc").data, [0, 0, 9.81], atol=1e-6)
 
@@ -200,7 +224,7 @@ def test_cf2_hovers_under_equal_hover_thrust():
 def test_cf2_motor_layout_and_yaw_sign():
     """More thrust on M2/M4 (clockwise rotors) must yaw the body counter-clockwise, as Bitcraze's mixer expects;
     more thrust on the left motors M3/M4 must roll it right side up (positive x torque)."""
-    model = cf2.build_model()
+    model = cf2.SPEC.build_model()
     data = mujoco.MjData(model)
     for i, (sx, sy) in enumerate([(1, -1), (-1, -1), (-1, 1), (1, 1)]):
         np.testing.assert_allclose(model.site(cf2.MOTOR_NAMES[i]).pos[:2], [sx * 0.0325, sy * 0.0325])
@@ -213,15 +237,16 @@ def test_cf2_motor_layout_and_yaw_sign():
 
 
 def test_cf2_motor_lag():
-    model = cf2.build_model()
+    config = cf2.SPEC.load_config()
+    model = cf2.SPEC.build_model(config)
     data = mujoco.MjData(model)
     mujoco.mj_resetDataKeyframe(model, data, model.key("home").id)
     data.act[:] = 0
-    data.ctrl[:] = cf2.MAX_THRUST
-    steps = round(cf2.MOTOR_TIME_CONSTANT / model.opt.timestep)
+    data.ctrl[:] = config.max_thrust
+    steps = round(config.motor_time_constant / model.opt.timestep)
     for _ in range(steps):
         mujoco.mj_step(model, data)
-    np.testing.assert_allclose(data.act, cf2.MAX_THRUST * (1 - np.exp(-1)), rtol=0.05)
+    np.testing.assert_allclose(data.act, config.max_thrust * (1 - np.exp(-1)), rtol=0.05)
 
 
 def test_menagerie_override(tmp_path, monkeypatch):
@@ -232,12 +257,12 @@ def test_menagerie_override(tmp_path, monkeypatch):
     spec.add_sensor(name="their_gyro", type=mujoco.mjtSensor.mjSENS_GYRO, objtype=mujoco.mjtObj.mjOBJ_SITE,
                     objname="imu")
     spec.add_key(name="theirs", qpos=spec.compile().qpos0)
-    path = tmp_path / description.MENAGERIE_FILES["go2"]
+    path = tmp_path / go2.SPEC.menagerie_file
     path.parent.mkdir(parents=True)
     path.write_text(spec.to_xml())
     monkeypatch.setenv("MENAGERIE_ROOT", str(tmp_path))
-    assert description.menagerie_path("go2") == path
-    model = go2.build_model()
+    assert description.menagerie_path(go2.SPEC.menagerie_file) == path
+    model = go2.SPEC.build_model()
     assert [model.actuator(i).name for i in range(model.nu)] == list(go2.JOINT_NAMES)
     assert model.nkey == 1 and model.key(0).name == "home"
     assert "their_gyro" not in {model.sensor(i).name for i in range(model.nsensor)}
@@ -253,9 +278,9 @@ def test_ik_jacobian_from_joint_sensors_matches_mujoco_and_dls_moves_the_tcp():
     from robostack.sim import ik
     from robostack.sim.robots.panda import model as panda
 
-    m = panda.build_model()
+    m = panda.SPEC.build_model()
     d = mujoco.MjData(m)
-    d.qpos[:7] = panda.DEFAULT_JOINT_POS[:7] + np.random.default_rng(0).uniform(-0.3, 0.3, 7)
+    d.qpos[:7] = panda.SPEC.load_config().home_joint_pos()[:7] + np.random.default_rng(0).uniform(-0.3, 0.3, 7)
     mujoco.mj_forward(m, d)
 
     class Sensors:

@@ -30,6 +30,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
+from robostack import registry  # noqa: E402
 from robostack.config import load_yaml  # noqa: E402
 from robostack.real.bench import home_state  # noqa: E402
 from robostack.real.deploy_config import load_deploy_config  # noqa: E402
@@ -59,7 +60,7 @@ class Cf2Rig:
 
     def __init__(self, namespace: str):
         self.cfg = load_deploy_config("cf2")
-        self.hovering = home_state("cf2", [])
+        self.hovering = home_state(registry.robot("cf2").build_model(), [])
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=["--ros-args", "-r", f"__ns:={namespace}"])
         node = self.node = rclpy.create_node("safety_node_test", context=self.context)
@@ -130,7 +131,7 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen) -> No
 
 
 def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(2)
+    proc.send_signal(15)  # SIGTERM: at once (SIGINT would first land the fake drone, which never comes down)
     try:
         return proc.communicate(timeout=10)[0]
     except subprocess.TimeoutExpired:

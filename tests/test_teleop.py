@@ -24,16 +24,17 @@ import pytest
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(140 + os.getpid() % 60))
 
-from robostack.deploy import recorded_topics  # noqa: E402
+from robostack.real.graph import recorded_topics  # noqa: E402
 from robostack.real.bag import read_messages  # noqa: E402
-from robostack.real.observation import RobotState  # noqa: E402
+from robostack.real.robot_state import RobotState  # noqa: E402
 from robostack.real.teleop_node import DRONE_LEAD, TeleopError, TeleopRunner, TeleopSettings  # noqa: E402
 from robostack.sim.robots.panda import model as panda  # noqa: E402
 
 # rclpy's type support imports rosidl_parser -> lark, which imports the deprecated sre_* modules
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
-PANDA_MODEL = panda.build_model()
+PANDA_MODEL = panda.SPEC.build_model()
+PANDA_HOME = panda.SPEC.load_config().home_joint_pos()
 DEADMAN, OPEN, CLOSE = 4, 1, 0  # the defaults: LB, B, A
 LEFT_UP, LEFT_LEFT, RIGHT_LEFT, RIGHT_UP = 1, 0, 3, 4  # Xbox axes as the joy driver numbers them
 
@@ -48,7 +49,7 @@ def joy(now: float, runner: TeleopRunner, deadman: bool = True, sticks: dict[int
     return runner.take_joy(axes, buttons, now)
 
 
-def panda_state(joints=panda.DEFAULT_JOINT_POS) -> RobotState:
+def panda_state(joints=PANDA_HOME) -> RobotState:
     return RobotState(joint_position=dict(zip(panda.JOINT_NAMES, map(float, joints))))
 
 
@@ -64,7 +65,7 @@ def tcp_pose(joints) -> tuple[np.ndarray, float]:
 def drive_arm(runner: TeleopRunner, sticks: dict[int, float], ticks: int, pressed: tuple[int, ...] = ()):
     """Hold the deadman and ``sticks`` for ``ticks`` control periods on an arm that tracks every command
     exactly; returns the last command."""
-    joints, now, command = panda.DEFAULT_JOINT_POS.copy(), 0.0, None
+    joints, now, command = PANDA_HOME.copy(), 0.0, None
     for _ in range(ticks):
         now += 1.0 / runner.rate_hz
         assert joy(now, runner, sticks=sticks, pressed=pressed) is None
@@ -81,7 +82,7 @@ def drive_arm(runner: TeleopRunner, sticks: dict[int, float], ticks: int, presse
 def test_arm_ik_moves_the_tcp_the_way_the_stick_points(axis, sign, moved):
     runner = TeleopRunner("panda", TeleopSettings())
     assert runner.rate_hz == 50.0  # the panda-reach control rate
-    start, yaw = tcp_pose(panda.DEFAULT_JOINT_POS)
+    start, yaw = tcp_pose(PANDA_HOME)
     command = drive_arm(runner, {axis: sign * 1.0}, ticks=25)  # 0.5 s at the full 0.1 m/s
     end, end_yaw = tcp_pose(command)
     displacement = end - start
@@ -92,7 +93,7 @@ def test_arm_ik_moves_the_tcp_the_way_the_stick_points(axis, sign, moved):
 
 def test_arm_yaw_stick_turns_the_tcp_about_the_vertical_in_place():
     runner = TeleopRunner("panda", TeleopSettings())
-    start, yaw = tcp_pose(panda.DEFAULT_JOINT_POS)
+    start, yaw = tcp_pose(PANDA_HOME)
     end, end_yaw = tcp_pose(drive_arm(runner, {RIGHT_LEFT: 1.0}, ticks=25))
     assert end_yaw - yaw == pytest.approx(0.25, abs=0.02)  # 0.5 rad/s for 0.5 s
     assert np.abs(end - start).max() < 0.003
@@ -100,7 +101,7 @@ def test_arm_yaw_stick_turns_the_tcp_about_the_vertical_in_place():
 
 def test_arm_takeover_starts_at_the_measured_pose_and_drives_the_gripper():
     runner = TeleopRunner("panda", TeleopSettings())
-    measured = panda.DEFAULT_JOINT_POS + 0.05
+    measured = PANDA_HOME + 0.05
     measured[7:] = 0.03
     joy(0.0, runner)
     step = runner.tick(panda_state(measured), 0.0)
@@ -121,7 +122,7 @@ def test_arm_target_stays_near_a_blocked_arm():
         joy(k * 0.02, runner, sticks={LEFT_UP: 1.0})
         command = runner.tick(panda_state(), k * 0.02).command
     moved, _ = tcp_pose(command)
-    assert np.linalg.norm(moved - tcp_pose(panda.DEFAULT_JOINT_POS)[0]) < 0.06
+    assert np.linalg.norm(moved - tcp_pose(PANDA_HOME)[0]) < 0.06
 
 
 # ------------------------------------------------------------------------------------------ deadman, timeout, bad input
@@ -208,10 +209,10 @@ def test_no_takeover_without_a_usable_state():
     joy(0.0, runner)
     step = runner.tick(None, 0.0, "waiting for state topics ['joint_states']")
     assert not step.active and step.command is None and "['joint_states']" in step.problem
-    partial = RobotState(joint_position=dict(zip(panda.JOINT_NAMES[:7], panda.DEFAULT_JOINT_POS)))
+    partial = RobotState(joint_position=dict(zip(panda.JOINT_NAMES[:7], PANDA_HOME)))
     step = runner.tick(partial, 0.02)
     assert not step.active and "finger_joint1" in step.problem
-    nan = panda.DEFAULT_JOINT_POS.copy()
+    nan = PANDA_HOME.copy()
     nan[2] = np.nan
     assert "joint3" in runner.tick(panda_state(nan), 0.04).problem
     assert runner.tick(panda_state(), 0.06).events == ["start"]

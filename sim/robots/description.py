@@ -16,14 +16,9 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-ROBOTS_DIR = pathlib.Path(__file__).resolve().parent
+from robostack.specs import JointLimits
 
-# Menagerie MJCF file of each robot, relative to a menagerie checkout.
-MENAGERIE_FILES = {
-    "panda": "franka_emika_panda/panda.xml",
-    "go2": "unitree_go2/go2.xml",
-    "cf2": "bitcraze_crazyflie_2/cf2.xml",
-}
+ROBOTS_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def urdf_path(robot: str) -> pathlib.Path:
@@ -34,12 +29,13 @@ def urdf_path(robot: str) -> pathlib.Path:
     return path
 
 
-def menagerie_path(robot: str) -> pathlib.Path | None:
-    """The Menagerie MJCF to use instead of our URDF, when ``MENAGERIE_ROOT`` points at a checkout holding it."""
+def menagerie_path(menagerie_file: str | None) -> pathlib.Path | None:
+    """The Menagerie MJCF (``menagerie_file``, relative to a checkout) to use instead of our URDF, when
+    ``MENAGERIE_ROOT`` points at a checkout holding it."""
     root = os.environ.get("MENAGERIE_ROOT")
-    if not root or robot not in MENAGERIE_FILES:
+    if not root or not menagerie_file:
         return None
-    path = pathlib.Path(root) / MENAGERIE_FILES[robot]
+    path = pathlib.Path(root) / menagerie_file
     return path if path.is_file() else None
 
 
@@ -54,9 +50,9 @@ def load_urdf_spec(path: str | os.PathLike, floating_base: bool) -> mujoco.MjSpe
     return spec
 
 
-def load_spec(robot: str, floating_base: bool) -> mujoco.MjSpec:
+def load_spec(robot: str, floating_base: bool, menagerie_file: str | None = None) -> mujoco.MjSpec:
     """The robot's spec: our URDF, or the Menagerie model stripped of actuators, keyframes and sensors."""
-    menagerie = menagerie_path(robot)
+    menagerie = menagerie_path(menagerie_file)
     if menagerie is None:
         return load_urdf_spec(urdf_path(robot), floating_base)
     spec = mujoco.MjSpec.from_file(str(menagerie))
@@ -77,16 +73,6 @@ def _add_freejoint(spec: mujoco.MjSpec) -> None:
 # ----------------------------------------------------------------------------------------------- URDF facts
 
 
-@dataclass(frozen=True)
-class JointLimits:
-    """Per-joint ``<limit>`` values read from a URDF, in the order asked for."""
-
-    lower: np.ndarray
-    upper: np.ndarray
-    effort: np.ndarray
-    velocity: np.ndarray
-
-
 def _joints(path: str | os.PathLike) -> dict[str, ET.Element]:
     return {j.get("name"): j for j in ET.parse(path).getroot().iter("joint")}
 
@@ -98,7 +84,7 @@ def joint_limits(path: str | os.PathLike, names: Sequence[str]) -> JointLimits:
     for name in names:
         limit = joints[name].find("limit")
         rows.append([float(limit.get(k)) for k in ("lower", "upper", "effort", "velocity")])
-    lower, upper, effort, velocity = np.array(rows, dtype=np.float64).T
+    lower, upper, effort, velocity = np.array(rows, dtype=np.float64).reshape(-1, 4).T
     return JointLimits(lower, upper, effort, velocity)
 
 
@@ -262,14 +248,3 @@ def add_home_key(
     key = spec.add_key(name="home", qpos=qpos, ctrl=list(ctrl))
     if act is not None:
         key.act = list(act)
-
-
-def robot_config(cls: type, robot: str):
-    """The robot's tunable actuation numbers from ``configs/robots/<robot>.yaml``, typed by ``cls``.
-
-    Physical facts (links, inertias, limits) live in the URDF; gains, default pose and motor constants,
-    which users tune per unit, live in YAML.
-    """
-    from robostack.config import config_path, load_config
-
-    return load_config(cls, config_path("robots", f"{robot}.yaml"))

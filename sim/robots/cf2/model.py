@@ -6,16 +6,26 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from robostack.registry import register
+from robostack.registry import register_robot
 from robostack.sim.robots import description
+from robostack.specs import RobotSpec
 
 NAME = "cf2"
 URDF = description.urdf_path(NAME)
+MENAGERIE_FILE = "bitcraze_crazyflie_2/cf2.xml"
 
 MOTOR_NAMES = ("m1", "m2", "m3", "m4")  # Bitcraze order: front-right, back-right, back-left, front-left
 # Body yaw torque per newton of thrust. M1/M3 spin counter-clockwise seen from above, so their reaction
 # torque is clockwise (-z); M2/M4 the reverse. Source and derivation: the comment in cf2.urdf.
 MOTOR_YAW_SIGN = np.array([-1.0, 1.0, -1.0, 1.0])
+
+MASS = description.link_mass(URDF)
+GRAVITY = 9.81
+HOVER_THRUST = MASS * GRAVITY / 4  # N per motor: the URDF's mass, held up by four motors
+
+# No joints: the joint facts are empty so code written for jointed robots still runs.
+JOINT_NAMES: tuple[str, ...] = ()
+LIMITS = description.joint_limits(URDF, JOINT_NAMES)
 
 
 @dataclass
@@ -27,25 +37,19 @@ class Cf2Config:
     motor_time_constant: float  # s, first-order rotor lag
     default_height: float  # m, spawn height
 
+    def joint_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(0), np.zeros(0)
 
-CONFIG = description.robot_config(Cf2Config, NAME)
-TORQUE_TO_THRUST = CONFIG.torque_to_thrust
-MAX_THRUST = CONFIG.max_thrust
-MOTOR_TIME_CONSTANT = CONFIG.motor_time_constant
+    def home_joint_pos(self) -> np.ndarray:
+        return np.zeros(0)
 
-MASS = description.link_mass(URDF)
-GRAVITY = 9.81
-HOVER_THRUST = MASS * GRAVITY / 4
-DEFAULT_BASE_POS = np.array([0.0, 0.0, CONFIG.default_height])
-
-# No joints: the "joint" constants are empty so code written for jointed robots still runs.
-JOINT_NAMES: tuple[str, ...] = ()
-DEFAULT_JOINT_POS = np.zeros(0)
+    def home_base_pos(self) -> np.ndarray:
+        return np.array([0.0, 0.0, self.default_height])
 
 
-def build_spec() -> mujoco.MjSpec:
+def build_spec(cfg: Cf2Config) -> mujoco.MjSpec:
     """Crazyflie above a floor with thrust actuators m1..m4 (ctrl in newtons) and ``imu_*`` sensors."""
-    spec = description.load_spec(NAME, floating_base=True)
+    spec = description.load_spec(NAME, floating_base=True, menagerie_file=MENAGERIE_FILE)
     description.add_ground(spec)
     description.add_site(spec, NAME, "imu")
     description.add_imu(spec)
@@ -55,20 +59,22 @@ def build_spec() -> mujoco.MjSpec:
             name=name,
             target=name,
             trntype=mujoco.mjtTrn.mjTRN_SITE,
-            gear=[0, 0, 1, 0, 0, yaw_sign * TORQUE_TO_THRUST],
+            gear=[0, 0, 1, 0, 0, yaw_sign * cfg.torque_to_thrust],
             # thrust follows the command through a first-order lag: d(thrust)/dt = (ctrl - thrust) / tau
             dyntype=mujoco.mjtDyn.mjDYN_FILTER,
-            dynprm=[MOTOR_TIME_CONSTANT] + [0] * 9,
+            dynprm=[cfg.motor_time_constant] + [0] * 9,
             gaintype=mujoco.mjtGain.mjGAIN_FIXED,
             gainprm=[1] + [0] * 9,
             ctrllimited=True,
-            ctrlrange=[0, MAX_THRUST],
+            ctrlrange=[0, cfg.max_thrust],
         )
     hover = np.full(len(MOTOR_NAMES), HOVER_THRUST)
-    description.add_home_key(spec, {}, ctrl=hover, base_pos=DEFAULT_BASE_POS, act=hover)
+    description.add_home_key(spec, {}, ctrl=hover, base_pos=cfg.home_base_pos(), act=hover)
     return spec
 
 
-@register("robot", NAME, "Bitcraze Crazyflie 2.x quadrotor: four motor thrusts with rotor lag (floating base)", urdf=str(URDF))
-def build_model() -> mujoco.MjModel:
-    return build_spec().compile()
+SPEC = register_robot(RobotSpec(
+    name=NAME, kind="drone",
+    summary="Bitcraze Crazyflie 2.x quadrotor: four motor thrusts with rotor lag (floating base)",
+    urdf=URDF, config_type=Cf2Config, build_spec=build_spec, joint_names=JOINT_NAMES, joint_limits=LIMITS,
+    menagerie_file=MENAGERIE_FILE))

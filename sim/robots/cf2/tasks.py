@@ -17,8 +17,8 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
-                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
+                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, defined, noiseless)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class Randomization(RandomizationConfig):
 
 @dataclass
 class Cf2HoverConfig:
+    robot: cf2.Cf2Config
     sim: SimConfig
     target: tuple[float, float, float]
     start: Start
@@ -63,6 +64,10 @@ class Cf2HoverConfig:
     max_distance: float  # m from target: terminate (flew away)
 
 
+POSITION_ERROR = Definition("target position minus the base's position", "m", "world", "", "x, y, z")
+
+
+@defined(POSITION_ERROR)
 def position_error(env: TaskEnv) -> torch.Tensor:
     """Target minus position, world frame."""
     return env.command - mdp.base_pos(env)
@@ -72,6 +77,9 @@ def distance(env: TaskEnv) -> torch.Tensor:
     return torch.norm(position_error(env), dim=1)
 
 
+@defined(Definition("the base's orientation as a rotation matrix, base to world (its columns are the base's "
+                    "axes in world coordinates)", "1", "world", "", "row-major: R00, R01, R02, R10, R11, R12, R20, "
+                    "R21, R22"))
 def rotation_matrix(env: TaskEnv) -> torch.Tensor:
     return mdp.quat_to_matrix(mdp.base_quat(env)).reshape(env.num_envs, 9)
 
@@ -120,10 +128,16 @@ def reset_drone(env: TaskEnv, env_ids: np.ndarray) -> None:
     env.command[torch.as_tensor(env_ids)] = torch.as_tensor(cfg.target, dtype=torch.float32, device=env.device)
 
 
+def near(cfg: Cf2HoverConfig) -> Definition:
+    """What the position error's integral integrates."""
+    return Definition(POSITION_ERROR.quantity, "m", "world",
+                      f"zero farther than {cfg.position_integral_radius} m from the target", "x, y, z")
+
+
 @register("task", "cf2-hover", "Crazyflie 2.x: fly to and hold a target position from random starts",
           config=Cf2HoverConfig, robot="cf2")
 def build(cfg: Cf2HoverConfig) -> TaskDefinition:
-    model = cf2.build_model()
+    model = cf2.SPEC.build_model(cfg.robot)
     r, dr_cfg = cfg.rewards, cfg.randomization
     policy_obs = {
         "position_error": ObsTerm(position_error, noise=0.005),
@@ -131,14 +145,15 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         "linear_velocity": ObsTerm(mdp.base_lin_vel_world, noise=0.01),
         "angular_velocity": ObsTerm(mdp.base_ang_vel, noise=0.05, scale=0.25),
         "action_history": ObsTerm(mdp.action_history),
-        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target")),
+        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target", near(cfg))),
     }
     critic_obs = noiseless(policy_obs)
     critic_obs.update({"rotor_thrust": ObsTerm(rotor_thrust), "wind_force": ObsTerm(wind_force)})
     nu = model.nu
     return TaskDefinition(
         name="cf2-hover", robot="cf2", model=model, sim=cfg.sim,
-        action=ActionMap(np.arange(nu), np.full(nu, cf2.MAX_THRUST - cf2.HOVER_THRUST), np.full(nu, cf2.HOVER_THRUST)),
+        action=ActionMap(np.arange(nu), np.full(nu, cfg.robot.max_thrust - cf2.HOVER_THRUST),
+                         np.full(nu, cf2.HOVER_THRUST)),
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
             "alive": RewardTerm(mdp.alive, r.alive),

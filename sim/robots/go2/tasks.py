@@ -16,12 +16,10 @@ from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.go2 import model as go2
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, DoneTerm, EventConfig, EventTerm, ObsTerm, RandomizationConfig,
-                                 RewardTerm, SimConfig, TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, ObsTerm,
+                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
 
 FEET = ("FR", "FL", "RR", "RL")
-_KP = torch.as_tensor(go2.KP, dtype=torch.float32)  # nominal gains for the torque penalty
-_KD = torch.as_tensor(go2.KD, dtype=torch.float32)
 
 
 @dataclass
@@ -60,6 +58,7 @@ class Randomization(RandomizationConfig):
 
 @dataclass
 class Go2WalkConfig:
+    robot: go2.Go2Config
     sim: SimConfig
     action_scale: float  # rad per unit action around the default pose
     commands: Commands
@@ -97,7 +96,8 @@ def track_ang_vel_z(env: TaskEnv) -> torch.Tensor:
 
 def joint_torques(env: TaskEnv) -> torch.Tensor:
     """Squared PD torques as commanded this step (the position actuators' force law, nominal gains)."""
-    torque = _KP.to(env.device) * (env.ctrl - env.joint_pos) - _KD.to(env.device) * env.joint_vel
+    robot: go2.Go2Config = env.task_cfg.robot
+    torque = robot.kp * (env.ctrl - env.joint_pos) - robot.kd * env.joint_vel
     return torch.sum(torque ** 2, dim=1)
 
 
@@ -130,10 +130,11 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
     """Standing at the default pose with a random heading, small joint and velocity perturbations."""
     n, model = len(env_ids), env.default_model
     qpos = np.tile(model.qpos0, (n, 1))
-    qpos[:, 0:3] = go2.DEFAULT_BASE_POS
+    robot: go2.Go2Config = env.task_cfg.robot
+    qpos[:, 0:3] = robot.home_base_pos()
     qpos[:, 3:7] = mdp.yaw_quat(env.rng.uniform(-np.pi, np.pi, n))
     joints = env.actuator_qpos_adr.cpu().numpy()
-    qpos[:, joints] = go2.DEFAULT_JOINT_POS + env.rng.uniform(-0.1, 0.1, (n, len(joints)))
+    qpos[:, joints] = robot.home_joint_pos() + env.rng.uniform(-0.1, 0.1, (n, len(joints)))
     env.sim.qpos[env_ids] = qpos
     qvel = np.zeros((n, model.nv))
     qvel[:, 0:6] = env.rng.uniform(-0.2, 0.2, (n, 6))
@@ -145,13 +146,15 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
 @register("task", "go2-walk", "Unitree Go2: track commanded vx, vy, yaw rate on flat ground",
           config=Go2WalkConfig, robot="go2")
 def build(cfg: Go2WalkConfig) -> TaskDefinition:
-    model = go2.build_model()
+    model = go2.SPEC.build_model(cfg.robot)
+    home = cfg.robot.home_joint_pos()
     r, dr_cfg = cfg.rewards, cfg.randomization
     policy_obs = {  # base velocity as a state estimator gives it (odometry), as Isaac Lab and Playground do
         "base_lin_vel": ObsTerm(mdp.base_lin_vel, noise=0.1, scale=2.0),
         "base_ang_vel": ObsTerm(mdp.base_ang_vel, noise=0.2, scale=0.25),
         "projected_gravity": ObsTerm(mdp.projected_gravity, noise=0.05),
-        "command": ObsTerm(mdp.command),
+        "command": ObsTerm(mdp.command, definition=Definition(
+            "commanded base velocity", "m/s, m/s, rad/s", "base", "", "vx, vy, yaw rate (about z)")),
         "joint_pos": ObsTerm(mdp.joint_pos_rel, noise=0.01),
         "joint_vel": ObsTerm(mdp.joint_vel, noise=1.5, scale=0.05),
         "last_action": ObsTerm(mdp.last_action),
@@ -163,10 +166,10 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
     })
     definition = TaskDefinition(
         name="go2-walk", robot="go2", model=model, sim=cfg.sim,
-        action=ActionMap(np.arange(model.nu), np.full(model.nu, cfg.action_scale), go2.DEFAULT_JOINT_POS.copy(),
+        action=ActionMap(np.arange(model.nu), np.full(model.nu, cfg.action_scale), home.copy(),
                          limits=None if cfg.target_limits is None
-                         else TargetBounds.for_robot(go2, model, cfg.target_limits)),
-        default_joint_pos=go2.DEFAULT_JOINT_POS,
+                         else TargetBounds.for_robot(go2.SPEC, cfg.robot, model, cfg.target_limits)),
+        default_joint_pos=home,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
             "termination": RewardTerm(mdp.is_terminated, r.termination),

@@ -20,7 +20,7 @@ from robostack.sim import mdp
 from robostack.sim.robots import description
 from robostack.sim.robots.panda import manipulation as manip
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import EventConfig, ObsTerm, RewardTerm, TaskDefinition
+from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
 
 HOLE = "hole"  # the block's body; site and sensors hole_pos, hole_quat at the centre of the hole's mouth
 TIP = "peg_tip"  # site and sensor peg_tip_pos at the centre of the peg's lower face
@@ -76,6 +76,7 @@ def add_hole_block(spec: mujoco.MjSpec, peg: Peg, hole: Hole) -> None:
     description.add_sensor(spec, f"{HOLE}_quat", mujoco.mjtSensor.mjSENS_FRAMEQUAT, HOLE)
 
 
+@defined(Definition("position of the hole's mouth (the centre of its opening)", "m", "world", "", "x, y, z"))
 def hole_pos(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{HOLE}_pos")
 
@@ -84,6 +85,7 @@ def hole_quat(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{HOLE}_quat")
 
 
+@defined(Definition("the hole's mouth minus the peg's tip", "m", "world", "", "x, y, z"))
 def tip_to_hole(env: TaskEnv) -> torch.Tensor:
     return hole_pos(env) - env.sensor(f"{TIP}_pos")
 
@@ -98,6 +100,9 @@ def insertion_depth(env: TaskEnv) -> torch.Tensor:
     return tip_to_hole(env)[:, 2]
 
 
+@defined(Definition("turn about the vertical that lines the peg's faces up with the hole's (the smallest of "
+                    "the four)", "rad", "world", "positive counter-clockwise seen from above; in [-pi/4, pi/4)",
+                    "one value"))
 def yaw_error(env: TaskEnv) -> torch.Tensor:
     """[N, 1] turn (rad) that lines the peg's faces up with the hole's, the smallest of the four."""
     turn = manip.heading(hole_quat(env)) - manip.heading(manip.object_quat(env))
@@ -152,7 +157,7 @@ def reset(env: TaskEnv, env_ids: np.ndarray) -> None:
 @register("task", "panda-insert", "Franka Panda: insert a held square peg into a square hole (mm clearance)",
           config=PandaInsertConfig, robot="panda")
 def build(cfg: PandaInsertConfig) -> TaskDefinition:
-    spec = manip.build_spec(cfg.table)
+    spec = manip.build_spec(cfg.robot, cfg.table)
     peg = manip.add_object(spec, cfg.table, [cfg.peg.size / 2, cfg.peg.size / 2, cfg.peg.length / 2],
                            cfg.peg.mass, cfg.peg.friction, rgba=[0.9, 0.7, 0.1, 1.0])
     description.add_site(spec, peg.name, TIP, pos=(0.0, 0.0, cfg.peg.length / 2))  # +z: away from the hand

@@ -16,7 +16,7 @@ from robostack.sim import mdp
 from robostack.sim.robots.panda import manipulation as manip
 from robostack.sim.robots.panda import tasks as reach
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import EventConfig, ObsTerm, RewardTerm, TaskDefinition
+from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
 
 
 @dataclass
@@ -69,6 +69,7 @@ def lift_progress(env: TaskEnv) -> torch.Tensor:
     return torch.clamp(height_gain(env) / env.task_cfg.lift_height, 0.0, 1.0)
 
 
+@defined(Definition("the goal position minus the cube's centre", "m", "world", "", "x, y, z"))
 def object_to_goal(env: TaskEnv) -> torch.Tensor:
     return env.command - manip.object_pos(env)
 
@@ -86,12 +87,14 @@ def place_cube(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
 @register("task", "panda-lift", "Franka Panda: grasp a cube on a table and lift it", config=PandaLiftConfig,
           robot="panda")
 def build(cfg: PandaLiftConfig) -> TaskDefinition:
-    spec = manip.build_spec(cfg.table)
+    spec = manip.build_spec(cfg.robot, cfg.table)
     manip.add_object(spec, cfg.table, [cfg.cube.size / 2] * 3, cfg.cube.mass, cfg.cube.friction,
                      rgba=[0.8, 0.2, 0.2, 1.0])
     return manip.task_definition(
         "panda-lift", cfg, spec.compile(), success=lifted, dropped=dropped,
-        goal={"goal": ObsTerm(mdp.command), "object_to_goal": ObsTerm(object_to_goal, noise=0.003)},
+        goal={"goal": ObsTerm(mdp.command, definition=Definition("where to lift the cube's centre to", "m", "world",
+                                                                  "", "x, y, z")),
+              "object_to_goal": ObsTerm(object_to_goal, noise=0.003)},
         shaping={"reach": RewardTerm(reach_kernel, cfg.rewards.reach),
                  "lift": RewardTerm(lift_progress, cfg.rewards.lift)},
         place=place_cube, reset=manip.reset_arm, gripper_closed=False,

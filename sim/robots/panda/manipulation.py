@@ -30,8 +30,9 @@ from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots import description
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.robots.panda import tasks as reach
-from robostack.sim.terms import (ActionMap, DoneTerm, EndEffectorIK, EventConfig, EventFn, EventTerm, GripperCommand,
-                                 ObsTerm, RewardTerm, SimConfig, TaskDefinition, TermFn, noiseless)
+from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EndEffectorIK, EventConfig, EventFn, EventTerm,
+                                 GripperCommand, ObsTerm, RewardTerm, SimConfig, TaskDefinition, TermFn, defined,
+                                 noiseless)
 
 if TYPE_CHECKING:
     from robostack.sim.task_env import TaskEnv
@@ -41,7 +42,7 @@ CAMERA = "scene"  # fixed camera looking at the table (for image observations)
 LIGHT = "scene"  # spot light aimed at the table
 FINGERS = np.array([panda.JOINT_NAMES.index(j) for j in ("finger_joint1", "finger_joint2")])  # actuator ids
 # open: each finger's full travel (4 cm, an 8 cm gap); closed: past any object, so the fingers squeeze it
-GRIPPER = GripperCommand(FINGERS, open=float(panda.JOINT_UPPER[FINGERS[0]]), closed=0.0)
+GRIPPER = GripperCommand(FINGERS, open=float(panda.LIMITS.upper[FINGERS[0]]), closed=0.0)
 VIEW_HEIGHT = 0.15  # m above the table's top centre: where the camera and the light aim (objects and gripper)
 CAMERA_OFFSET = np.array([1.0, 0.8, 0.7])  # m from that point
 LIGHT_OFFSET = np.array([0.0, 0.3, 1.4])
@@ -77,6 +78,7 @@ class Rewards:
 class ManipulationConfig:
     """Fields every manipulation task has; each task's config adds its object, goal and ``rewards``."""
 
+    robot: panda.PandaConfig
     sim: SimConfig
     ee_step: tuple[float, float]  # m and rad of TCP motion per control step per unit action
     ik_damping: float  # damped least squares lambda
@@ -109,10 +111,10 @@ def look_at_quat(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
     return quat
 
 
-def build_spec(table: Table) -> mujoco.MjSpec:
+def build_spec(robot: panda.PandaConfig, table: Table) -> mujoco.MjSpec:
     """The Panda (``panda.build_spec``) in front of a table, with coupled fingers, grasp-friendly contact
     options, camera ``scene`` and spot light ``scene``; tasks add their objects."""
-    spec = panda.build_spec()
+    spec = panda.build_spec(robot)
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.impratio = 10.0
     coupling = [0.0, 1.0] + [0.0] * (mujoco.mjNEQDATA - 2)  # finger_joint2 = 0 + 1 * finger_joint1
@@ -160,11 +162,12 @@ def action_map(cfg: ManipulationConfig, gripper_closed: bool, model: mujoco.MjMo
     """TCP displacement (x, y, z, rotation vector; ``ee_step`` per unit) through differential IK on the arm
     joints, then the gripper command; ``gripper_closed`` is the fingers' target before the first action. The
     targets are clamped as ``cfg.target_limits`` says, if it does."""
-    offset = panda.DEFAULT_JOINT_POS.copy()
+    offset = cfg.robot.home_joint_pos()
     offset[FINGERS] = GRIPPER.closed if gripper_closed else GRIPPER.open
     ik = EndEffectorIK(panda.EE_SITE, panda.ARM_JOINT_NAMES, cfg.ik_damping)
     scale = np.repeat(np.asarray(cfg.ee_step, dtype=np.float64), 3)
-    limits = None if cfg.target_limits is None else TargetBounds.for_robot(panda, model, cfg.target_limits)
+    limits = (None if cfg.target_limits is None
+              else TargetBounds.for_robot(panda.SPEC, cfg.robot, model, cfg.target_limits))
     return ActionMap(np.arange(reach.ARM_JOINTS), scale, offset, ik=ik, gripper=GRIPPER, limits=limits)
 
 
@@ -174,7 +177,7 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     n = len(env_ids)
     qpos = np.tile(env.default_model.qpos0, (n, 1))
     joints = env.actuator_qpos_adr.cpu().numpy()
-    qpos[:, joints] = panda.DEFAULT_JOINT_POS
+    qpos[:, joints] = env.task_cfg.robot.home_joint_pos()
     noise = env.task_cfg.arm_joint_noise
     qpos[:, joints[:reach.ARM_JOINTS]] += env.rng.uniform(-noise, noise, (n, reach.ARM_JOINTS))
     qpos[:, joints[FINGERS]] = GRIPPER.open
@@ -216,10 +219,12 @@ def place_in_gripper(env: TaskEnv, env_ids: np.ndarray, depth: np.ndarray, half_
 
 
 # ------------------------------------------------------------------------------------------- observations
+@defined(Definition("position of the object's centre", "m", "world", "", "x, y, z"))
 def object_pos(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{OBJECT}_pos")
 
 
+@defined(Definition("orientation of the object", "1", "world", "", "quaternion w, x, y, z"))
 def object_quat(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{OBJECT}_quat")
 
@@ -228,6 +233,7 @@ def object_linvel(env: TaskEnv) -> torch.Tensor:
     return env.sensor(f"{OBJECT}_linvel")
 
 
+@defined(Definition("the object's centre minus the TCP's position", "m", "world", "", "x, y, z"))
 def object_from_tcp(env: TaskEnv) -> torch.Tensor:
     return object_pos(env) - reach.ee_pos(env)
 
@@ -236,25 +242,19 @@ def tcp_distance(env: TaskEnv) -> torch.Tensor:
     return torch.norm(object_from_tcp(env), dim=1)
 
 
+@defined(Definition("gap between the finger pads (the sum of the two finger joints' positions)", "m", "",
+                    "0 when closed", "one value"))
 def gripper_opening(env: TaskEnv) -> torch.Tensor:
     """Gap between the finger pads (m)."""
     return env.joint_pos[:, FINGERS].sum(dim=1, keepdim=True)
-
-
-def arm_joint_pos(env: TaskEnv) -> torch.Tensor:
-    return mdp.joint_pos_rel(env)[:, :reach.ARM_JOINTS]
-
-
-def arm_joint_vel(env: TaskEnv) -> torch.Tensor:
-    return mdp.joint_vel(env)[:, :reach.ARM_JOINTS]
 
 
 def observation_groups(goal: dict[str, ObsTerm]) -> dict[str, dict[str, ObsTerm]]:
     """Policy terms (robot, TCP, object, then the task's ``goal`` terms, then the last action) and the critic's:
     the same without noise, plus the object's velocity (privileged: a camera sees it only over frames)."""
     policy = {
-        "joint_pos": ObsTerm(arm_joint_pos, noise=0.005),
-        "joint_vel": ObsTerm(arm_joint_vel, noise=0.05, scale=0.2),
+        "joint_pos": ObsTerm(reach.arm_joint_pos, noise=0.005),
+        "joint_vel": ObsTerm(reach.arm_joint_vel, noise=0.05, scale=0.2),
         "gripper_opening": ObsTerm(gripper_opening, noise=0.001),
         "tcp_pos": ObsTerm(reach.ee_pos, noise=0.002),
         "tcp_quat": ObsTerm(reach.ee_quat, noise=0.01),
@@ -350,7 +350,7 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
     return TaskDefinition(
         name=name, robot="panda", model=model, sim=cfg.sim,
         action=action_map(cfg, gripper_closed, model),
-        default_joint_pos=panda.DEFAULT_JOINT_POS,
+        default_joint_pos=cfg.robot.home_joint_pos(),
         observations=observation_groups(goal),
         rewards={
             "success": RewardTerm(success, cfg.rewards.success),

@@ -6,13 +6,18 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from robostack.registry import register
+from robostack.registry import register_robot
 from robostack.sim.robots import description
+from robostack.specs import RobotSpec
 
 NAME = "panda"
 URDF = description.urdf_path(NAME)
+MENAGERIE_FILE = "franka_emika_panda/panda.xml"
 
 JOINT_NAMES = (*(f"joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
+ARM_JOINT_NAMES = JOINT_NAMES[:7]
+LIMITS = description.joint_limits(URDF, JOINT_NAMES)
+EE_SITE = "ee"
 
 
 @dataclass
@@ -24,35 +29,29 @@ class PandaConfig:
     armature: float  # kg m^2 on every joint
     default_joint_pos: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        if not len(self.kp) == len(self.kd) == len(self.default_joint_pos) == len(JOINT_NAMES):
+            raise ValueError(f"panda robot config: kp, kd and default_joint_pos need {len(JOINT_NAMES)} values "
+                             f"each ({', '.join(JOINT_NAMES)})")
 
-CONFIG = description.robot_config(PandaConfig, NAME)
-if not len(CONFIG.kp) == len(CONFIG.kd) == len(CONFIG.default_joint_pos) == len(JOINT_NAMES):
-    raise ValueError(f"configs/robots/panda.yaml: kp, kd and default_joint_pos need {len(JOINT_NAMES)} values "
-                     f"each ({', '.join(JOINT_NAMES)})")
-DEFAULT_JOINT_POS = np.array(CONFIG.default_joint_pos)
-KP = np.array(CONFIG.kp)
-KD = np.array(CONFIG.kd)
-ARMATURE = CONFIG.armature
+    def joint_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.kp, dtype=np.float64), np.array(self.kd, dtype=np.float64)
 
-_LIMITS = description.joint_limits(URDF, JOINT_NAMES)
-JOINT_LOWER, JOINT_UPPER = _LIMITS.lower, _LIMITS.upper
-EFFORT_LIMIT = _LIMITS.effort
-VELOCITY_LIMIT = _LIMITS.velocity
-
-EE_SITE = "ee"
-ARM_JOINT_NAMES = JOINT_NAMES[:7]
+    def home_joint_pos(self) -> np.ndarray:
+        return np.array(self.default_joint_pos, dtype=np.float64)
 
 
-def build_spec() -> mujoco.MjSpec:
+def build_spec(cfg: PandaConfig) -> mujoco.MjSpec:
     """Panda fixed at the world origin on a floor, with actuators, ``ee`` site, ``ee_*`` sensors and the
     arm joints' anchor/axis sensors (for differential IK)."""
-    spec = description.load_spec(NAME, floating_base=False)
+    spec = description.load_spec(NAME, floating_base=False, menagerie_file=MENAGERIE_FILE)
     # The stiff arm PD gains need implicit damping; the caller may still pick another integrator.
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     description.add_ground(spec)
     description.disable_self_collision(spec, "link0")
-    description.set_joint_dynamics(spec, JOINT_NAMES, armature=ARMATURE)
-    description.add_position_actuators(spec, JOINT_NAMES, KP, KD, _LIMITS)
+    description.set_joint_dynamics(spec, JOINT_NAMES, armature=cfg.armature)
+    kp, kd = cfg.joint_gains()
+    description.add_position_actuators(spec, JOINT_NAMES, kp, kd, LIMITS)
     description.add_frame_site(spec, URDF, EE_SITE)
     for name, kind in (
         ("ee_pos", mujoco.mjtSensor.mjSENS_FRAMEPOS),
@@ -61,10 +60,12 @@ def build_spec() -> mujoco.MjSpec:
     ):
         description.add_sensor(spec, name, kind, EE_SITE)
     description.add_joint_axis_sensors(spec, ARM_JOINT_NAMES)
-    description.add_home_key(spec, dict(zip(JOINT_NAMES, DEFAULT_JOINT_POS)), ctrl=DEFAULT_JOINT_POS)
+    home = cfg.home_joint_pos()
+    description.add_home_key(spec, dict(zip(JOINT_NAMES, home)), ctrl=home)
     return spec
 
 
-@register("robot", NAME, "Franka Emika Panda: 7-DoF arm + 2-finger gripper, PD joints, TCP frame", urdf=str(URDF))
-def build_model() -> mujoco.MjModel:
-    return build_spec().compile()
+SPEC = register_robot(RobotSpec(
+    name=NAME, kind="arm", summary="Franka Emika Panda: 7-DoF arm + 2-finger gripper, PD joints, TCP frame",
+    urdf=URDF, config_type=PandaConfig, build_spec=build_spec, joint_names=JOINT_NAMES, joint_limits=LIMITS,
+    menagerie_file=MENAGERIE_FILE))

@@ -21,8 +21,8 @@ from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.panda import model as panda
 from robostack.sim.task_env import TaskEnv
-from robostack.sim.terms import (ActionMap, EndEffectorIK, EventConfig, EventTerm, Integral, ObsTerm,
-                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
+from robostack.sim.terms import (ActionMap, Definition, EndEffectorIK, EventConfig, EventTerm, Integral, ObsTerm,
+                                 RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, defined, noiseless)
 
 ARM_JOINTS = 7
 
@@ -56,6 +56,7 @@ class Randomization(RandomizationConfig):
 
 @dataclass
 class PandaReachConfig:
+    robot: panda.PandaConfig
     sim: SimConfig
     action_mode: Literal["end_effector", "joint", "joint_relative"]
     action_scale: float  # joint modes: rad per unit action (per control step for joint_relative)
@@ -71,18 +72,43 @@ class PandaReachConfig:
     target_limits: JointTargetLimits | None = None  # train under the safety layer's clamps (deploy YAML)
 
 
+ARM_JOINT_ORDER = "joint1 .. joint7"
+POSITION_ERROR = Definition("target TCP position minus the TCP's position", "m", "world", "", "x, y, z")
+
+
+@defined(Definition("position of the TCP (site ee, between the fingertips)", "m", "world", "", "x, y, z"))
 def ee_pos(env: TaskEnv) -> torch.Tensor:
     return env.sensor("ee_pos")
 
 
+@defined(Definition("orientation of the TCP (site ee)", "1", "world", "", "quaternion w, x, y, z"))
 def ee_quat(env: TaskEnv) -> torch.Tensor:
     return env.sensor("ee_quat")
 
 
+@defined(Definition("arm joint positions", "rad", "", "minus default_joint_pos", ARM_JOINT_ORDER))
+def arm_joint_pos(env: TaskEnv) -> torch.Tensor:
+    return mdp.joint_pos_rel(env)[:, :ARM_JOINTS]
+
+
+@defined(Definition("arm joint velocities", "rad/s", "", "", ARM_JOINT_ORDER))
+def arm_joint_vel(env: TaskEnv) -> torch.Tensor:
+    return mdp.joint_vel(env)[:, :ARM_JOINTS]
+
+
+@defined(Definition("arm joint position targets commanded at the previous control step", "rad", "",
+                    "minus default_joint_pos; the action map's offset at the start of an episode", ARM_JOINT_ORDER))
+def arm_joint_target(env: TaskEnv) -> torch.Tensor:
+    return mdp.joint_target_rel(env)[:, :ARM_JOINTS]
+
+
+@defined(POSITION_ERROR)
 def position_error(env: TaskEnv) -> torch.Tensor:
     return env.command[:, :3] - ee_pos(env)
 
 
+@defined(Definition("rotation vector (axis times angle) that turns the TCP's orientation into the target's",
+                    "rad", "world", "the shorter way round", "x, y, z"))
 def orientation_error(env: TaskEnv) -> torch.Tensor:
     return mdp.quat_error_vector(ee_quat(env), env.command[:, 3:7])
 
@@ -108,11 +134,11 @@ def reached(env: TaskEnv) -> torch.Tensor:
     return (distance(env) < cfg.success_position) & (angle_error(env) < cfg.success_angle)
 
 
-def home_tcp_quat(model: mujoco.MjModel) -> np.ndarray:
-    """The TCP's orientation in the home pose (pointing down): targets are sampled around it, so every
+def home_tcp_quat(model: mujoco.MjModel, home: np.ndarray) -> np.ndarray:
+    """The TCP's orientation in the ``home`` pose (pointing down): targets are sampled around it, so every
     sampled yaw stays within the wrist's reach from home."""
     data = mujoco.MjData(model)
-    data.qpos[model.jnt_qposadr[[model.joint(j).id for j in panda.JOINT_NAMES]]] = panda.DEFAULT_JOINT_POS
+    data.qpos[model.jnt_qposadr[[model.joint(j).id for j in panda.JOINT_NAMES]]] = home
     mujoco.mj_kinematics(model, data)
     quat = np.empty(4)
     mujoco.mju_mat2Quat(quat, data.site(panda.EE_SITE).xmat)
@@ -139,15 +165,16 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     n = len(env_ids)
     qpos = np.tile(env.default_model.qpos0, (n, 1))
     joints = env.actuator_qpos_adr.cpu().numpy()
-    qpos[:, joints] = panda.DEFAULT_JOINT_POS
+    qpos[:, joints] = env.task_cfg.robot.home_joint_pos()
     qpos[:, joints[:ARM_JOINTS]] += env.rng.uniform(-0.2, 0.2, (n, ARM_JOINTS))
     env.sim.qpos[env_ids] = qpos
     env.sim.qvel[env_ids] = 0.0
 
 
 def action_map(cfg: PandaReachConfig, model: mujoco.MjModel) -> ActionMap:
-    arm, home = np.arange(ARM_JOINTS), panda.DEFAULT_JOINT_POS.copy()
-    limits = None if cfg.target_limits is None else TargetBounds.for_robot(panda, model, cfg.target_limits)
+    arm, home = np.arange(ARM_JOINTS), cfg.robot.home_joint_pos()
+    limits = (None if cfg.target_limits is None
+              else TargetBounds.for_robot(panda.SPEC, cfg.robot, model, cfg.target_limits))
     if cfg.action_mode == "end_effector":
         scale = np.repeat(np.asarray(cfg.ee_step, dtype=np.float64), 3)
         ik = EndEffectorIK(panda.EE_SITE, panda.ARM_JOINT_NAMES, cfg.ik_damping)
@@ -159,25 +186,27 @@ def action_map(cfg: PandaReachConfig, model: mujoco.MjModel) -> ActionMap:
 @register("task", "panda-reach", "Franka Panda: reach a sampled end-effector pose",
           config=PandaReachConfig, robot="panda")
 def build(cfg: PandaReachConfig) -> TaskDefinition:
-    model = panda.build_model()
+    model = panda.SPEC.build_model(cfg.robot)
+    home = cfg.robot.home_joint_pos()
     r, dr_cfg = cfg.rewards, cfg.randomization
-    arm_pos = lambda env: mdp.joint_pos_rel(env)[:, :ARM_JOINTS]  # noqa: E731
-    arm_vel = lambda env: mdp.joint_vel(env)[:, :ARM_JOINTS]  # noqa: E731
     policy_obs = {
-        "joint_pos": ObsTerm(arm_pos, noise=0.005),
-        "joint_vel": ObsTerm(arm_vel, noise=0.05, scale=0.2),
-        "joint_target": ObsTerm(lambda env: mdp.joint_target_rel(env)[:, :ARM_JOINTS]),
-        "target": ObsTerm(mdp.command),
+        "joint_pos": ObsTerm(arm_joint_pos, noise=0.005),
+        "joint_vel": ObsTerm(arm_joint_vel, noise=0.05, scale=0.2),
+        "joint_target": ObsTerm(arm_joint_target),
+        "target": ObsTerm(mdp.command, definition=Definition(
+            "target TCP pose", "m, then 1", "world", "", "x, y, z, then quaternion w, x, y, z")),
         "position_error": ObsTerm(position_error, noise=0.002),
         "orientation_error": ObsTerm(orientation_error, noise=0.01),
         "last_action": ObsTerm(mdp.last_action),
-        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target")),
+        "position_error_integral": ObsTerm(mdp.integral("position_error_near_target", Definition(
+            POSITION_ERROR.quantity, "m", "world", f"zero farther than {cfg.position_integral_radius} m from the "
+            "target", "x, y, z"))),
     }
     critic_obs = noiseless(policy_obs)
     return TaskDefinition(
         name="panda-reach", robot="panda", model=model, sim=cfg.sim,
         action=action_map(cfg, model),
-        default_joint_pos=panda.DEFAULT_JOINT_POS,
+        default_joint_pos=home,
         observations={"policy": policy_obs, "critic": critic_obs},
         rewards={
             "position": RewardTerm(distance, r.position),
@@ -189,7 +218,7 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
         },
         terminations={},
         events={
-            "sample_targets": EventTerm(target_sampler(home_tcp_quat(model)), EventConfig("reset"), randomization=False),
+            "sample_targets": EventTerm(target_sampler(home_tcp_quat(model, home)), EventConfig("reset"), randomization=False),
             "link_mass": EventTerm(dr.model_event(dr.scale_link_masses), dr_cfg.link_mass),
             "com_offset": EventTerm(dr.model_event(dr.offset_coms), dr_cfg.com_offset),
             "joint_damping": EventTerm(dr.model_event(dr.scale_joint_damping), dr_cfg.joint_damping),
