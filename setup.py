@@ -60,7 +60,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={PACKAGE: ["*.schema.json"],  # the bundle metadata's JSON Schema
+    package_data={f"{PACKAGE}.bundle": ["*.schema.json"],  # the bundle metadata's JSON Schema
                   **{f"{PACKAGE}.{os.path.dirname(u).replace(os.sep, '.')}": ["*.urdf"] for u in urdfs}},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

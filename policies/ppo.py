@@ -48,7 +48,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["PPOConfig", "EmpiricalNormalizer", "ActorCritic", "RolloutStorage", "PPO"]
+from robostack import registry
+from robostack.policies.learner import Learner
+from robostack.specs import AlgorithmSpec
+
+__all__ = ["PPOConfig", "EmpiricalNormalizer", "ActorCritic", "RolloutStorage", "PPO", "PPOLearner", "export_policy"]
 
 LR_MIN, LR_MAX = 1e-5, 1e-2
 
@@ -479,3 +483,43 @@ class PPO:
         self.learning_rate = float(state.get("learning_rate", self.learning_rate))
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate
+
+
+class PPOLearner(Learner):
+    """PPO in the shared training loop."""
+
+    columns = ("surrogate_loss", "value_loss", "entropy", "kl", "clip_fraction", "lr", "action_std")
+
+    def __init__(self, env: Any, cfg: PPOConfig, device: torch.device | str | None = None):
+        super().__init__(PPO.from_env(env, cfg, device), cfg.num_steps_per_env)
+
+    def env_step(self, env, obs):
+        out = env.step(self.alg.act(obs).to(env.device))
+        _, reward, terminated, truncated, info = out
+        self.alg.process_env_step(reward, terminated, truncated, info)
+        return out
+
+    def end_rollout(self, obs):
+        self.alg.compute_returns(obs)
+
+    def update(self):
+        losses = self.alg.update()
+        return {"surrogate_loss": losses["surrogate_loss"], "value_loss": losses["value_loss"],
+                "entropy": losses["entropy"], "kl": losses["kl"], "clip_fraction": losses["clip_fraction"],
+                "lr": losses["learning_rate"], "action_std": losses["action_std"]}
+
+    def act_inference(self, obs_policy):
+        return self.alg.actor_critic.act_inference(obs_policy)
+
+
+def export_policy(env: Any, cfg: PPOConfig, state: dict[str, Any]) -> nn.Module:
+    """The deterministic policy of a checkpoint's algorithm ``state`` (eval mode, CPU)."""
+    alg = PPO.from_env(env, cfg, "cpu")
+    alg.load_state_dict(state, load_optimizer=False)
+    alg.eval_mode()
+    return alg.actor_critic.export_policy()
+
+
+SPEC = registry.register(AlgorithmSpec(
+    "ppo", "Proximal Policy Optimization, asymmetric actor-critic for massively parallel envs", "reinforcement",
+    PPOConfig, bundle_kind="actor_critic", trainer=PPOLearner, exporter=export_policy))

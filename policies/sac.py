@@ -1,6 +1,6 @@
 """Soft Actor-Critic for batched environments, in one readable file (with RLPD-style prior data).
 
-The loop (what ``robostack.train`` does for ``algo: sac``):
+The loop (what ``robostack.workflows.train`` does for ``algo: sac``):
 
     algo = SAC.from_env(env, SACConfig(), device)
     obs, _ = env.reset(seed=0)
@@ -48,6 +48,8 @@ Everything lives on the ``torch.device`` the algorithm was built with; env tenso
 """
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import math
 from dataclasses import dataclass
@@ -57,10 +59,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robostack import registry
+from robostack.policies.learner import Learner
 from robostack.policies.ppo import EmpiricalNormalizer, _activation, gaussian_log_prob
+from robostack.specs import AlgorithmSpec
 
 __all__ = ["SACConfig", "ReplayBuffer", "SquashedGaussianActor", "TwinQ", "SAC", "compute_targets",
-           "squashed_log_prob", "polyak_update", "BUFFER_KEYS"]
+           "squashed_log_prob", "polyak_update", "BUFFER_KEYS", "SACLearner", "export_policy"]
 
 # the layout of a transition, shared by the online and the prior-data buffers
 BUFFER_KEYS = ("policy_obs", "critic_obs", "actions", "rewards", "next_policy_obs", "next_critic_obs", "dones")
@@ -571,3 +576,46 @@ class SAC:
         self.num_transitions = int(state.get("num_transitions", 0))
         if "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
+
+
+class SACLearner(Learner):
+    """SAC in the shared training loop; ``prior_data`` (a file of transitions, ``sac.prior_data``) fills half of
+    every batch (RLPD)."""
+
+    columns = ("critic_loss", "actor_loss", "alpha", "q_mean", "entropy")
+
+    def __init__(self, env: Any, cfg: SACConfig, device: torch.device | str | None = None):
+        prior = torch.load(cfg.prior_data, map_location=device, weights_only=False) if cfg.prior_data else None
+        super().__init__(SAC.from_env(env, cfg, device, prior_data=prior), cfg.num_steps_per_env)
+
+    def env_step(self, env, obs):
+        action = self.alg.act(obs)
+        out = env.step(action.to(env.device))
+        next_obs, reward, terminated, truncated, info = out
+        self.alg.process_env_step(obs, action, reward, terminated, truncated, info, next_obs)
+        return out
+
+    def update(self):
+        losses = self.alg.update()
+        return {k: losses[k] for k in self.columns}
+
+    def act_inference(self, obs_policy):
+        return self.alg.act_inference(obs_policy)
+
+
+INFERENCE_BUFFER = 1024  # transitions a SAC built only to act allocates (a trained run's buffer holds a million)
+
+
+def export_policy(env: Any, cfg: SACConfig, state: dict[str, Any]) -> nn.Module:
+    """The deterministic policy of a checkpoint's algorithm ``state`` (eval mode, CPU), without its replay buffer
+    or prior data."""
+    cfg = dataclasses.replace(cfg, buffer_size=min(cfg.buffer_size, INFERENCE_BUFFER), prior_data=None)
+    alg = SAC.from_env(env, cfg, "cpu")
+    alg.load_state_dict({key: value for key, value in state.items() if key != "buffer"}, load_optimizer=False)
+    alg.eval_mode()
+    return alg.export_policy()
+
+
+SPEC = registry.register(AlgorithmSpec(
+    "sac", "Soft Actor-Critic with twin critics, auto temperature and RLPD-style prior data", "reinforcement",
+    SACConfig, bundle_kind="actor_critic", trainer=SACLearner, exporter=export_policy))

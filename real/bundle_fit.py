@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from robostack import sim
 from robostack.bundle import BundleError
 from robostack.config import ConfigError
 from robostack.real.deploy_config import DeployConfig
@@ -58,11 +59,9 @@ def check_bundle_fits(metadata: Mapping[str, Any], path: Any, robot: RobotSpec, 
 
 def check_bundle_task(metadata: Mapping[str, Any], path: Any) -> str:
     """The robot the bundle's task runs on, after checking the bundle names that robot and a known task."""
-    from robostack import registry
-
     task = metadata.get("task")
     try:
-        robot = registry.get("task", task).extra["robot"]
+        robot = sim.task(task).robot
     except KeyError as exc:
         raise BundleMismatch(f"bundle {path}: {exc.args[0]}") from None
     if metadata.get("robot") != robot:

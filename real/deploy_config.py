@@ -29,12 +29,14 @@ from robostack.config import ConfigError, config_path, from_dict, load_yaml
 from robostack.real.messages import check_field, message_type
 
 # Topics and services between RoboStack's nodes (relative: they follow the nodes' namespace).
+STATUS_DEPTH = 1  # a repeated status: only the newest matters
 INTERNAL = {
     "policy_command": ("policy/command", "std_msgs/msg/Float64MultiArray"),  # policy -> safety: actuator controls
     "teleop_command": ("teleop/command", "std_msgs/msg/Float64MultiArray"),  # human -> safety, while active
     "teleop_active": ("teleop/active", "std_msgs/msg/Bool"),  # deadman held: the human is in control
     "intervention": ("teleop/intervention", "std_msgs/msg/String"),  # "start" / "end" of a takeover
     "override": ("safety/override", "std_msgs/msg/String"),  # JSON: what the safety layer changed and why
+    "status": ("safety/status", "std_msgs/msg/String"),  # JSON, repeated: fallback phase and whose commands pass
     "estop": ("safety/estop", "std_msgs/msg/Bool"),  # true latches the e-stop
     "estop_service": ("safety/trigger_estop", "std_srvs/srv/Trigger"),
     "reset_service": ("safety/reset", "std_srvs/srv/Trigger"),

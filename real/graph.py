@@ -36,7 +36,7 @@ from robostack import registry
 from robostack.bundle import LoadedBundle, load_bundle
 from robostack.real.bundle_fit import BundleMismatch, check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
-from robostack.specs import ROBOT_KINDS
+from robostack.specs import ROBOT_KINDS, RobotSpec
 
 PACKAGE = "robostack"
 TELEOP_INPUTS = ("joy", "twist")  # teleop_node's inputs: a gamepad (the joy driver) or a Twist stream
@@ -145,7 +145,7 @@ def launch_description(kind: str):
 
     if kind not in ROBOT_KINDS:
         raise ValueError(f"robot kind must be one of {ROBOT_KINDS}, got {kind!r}")
-    of_kind = [spec.name for spec in registry.robots() if spec.kind == kind]
+    of_kind = [spec.name for spec in registry.registered(RobotSpec) if spec.kind == kind]
 
     def nodes(context: Any) -> list[Any]:
         arg = {name: LaunchConfiguration(name).perform(context)

@@ -18,12 +18,13 @@ import mujoco
 import numpy as np
 import torch
 
-from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM, rebuilt_mismatches
+from robostack import sim
+from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM
+from robostack.bundle.describe import rebuilt_mismatches
+from robostack.data.features import SimFrameReader, sim_features
 from robostack.real.robot_state import BodyState, Pose, RobotState
-from robostack.sim.policy_state import PolicyState
-from robostack.sim import ik
 from robostack.sim.joint_limits import TargetBounds
-from robostack.sim.task_env import actuated_joint_addresses, control_limits
+from robostack.sim.measured_task import MeasuredTask
 
 
 # A free body's state fields and their sizes.
@@ -61,42 +62,28 @@ def _write_body(state: BodyState, qpos: np.ndarray, qvel: np.ndarray, qpos_adr: 
 
 def build_task(metadata: Mapping[str, Any]):
     """The ``TaskDefinition`` a bundle was trained on, from its stored task config (play variant: no noise)."""
-    from robostack import registry, sim
-
     cfg = sim.load_task_config(metadata["task"], play=True, config=metadata["task_config"])
-    return registry.get("task", metadata["task"]).target(cfg)
+    return sim.task(metadata["task"]).build(cfg)
 
 
-class ObservationBuilder(PolicyState):
+class ObservationBuilder(MeasuredTask):
     """Observation vector and actuator controls for one robot, as the bundle's task computes them."""
 
+    error = ObservationError
+
     def __init__(self, metadata: Mapping[str, Any]):
+        super().__init__(build_task(metadata))
         self.metadata = metadata
-        self.task = build_task(metadata)
-        self.task_cfg = self.task.cfg
-        self.num_envs = 1
-        self.device = torch.device("cpu")
         self.control_dt = float(metadata["control_dt"])
         self.max_episode_length = int(metadata["max_episode_length"])
-        model = self.model = self.default_model = self.task.model  # default_model: as a TaskEnv names it
-        self._kinematics = ik.KinematicSensors(model)
-        self.actuator_qpos_adr, self.actuator_dof_adr = actuated_joint_addresses(model, self.device)
+        model = self.model
         self._joint_qpos_adr, self._joint_dof_adr = self.actuator_qpos_adr.numpy(), self.actuator_dof_adr.numpy()
-        self.default_joint_pos = torch.as_tensor(self.task.default_joint_pos, dtype=torch.float32)
         self.joint_names: list[str] = list(metadata["joint_names"])
         base, obj = free_joints(model)
         self.floating_base = base is not None
         self.has_object = obj is not None  # the measured state must then carry the object's
         self._object_adr = (int(model.jnt_qposadr[obj]), int(model.jnt_dofadr[obj])) if obj is not None else None
         self._fixture_ids = {name: model.body(name).id for name in self.task.fixtures}  # moved in this model
-        self.command = torch.zeros(1, self.task.command_dim)
-        self.episode_length = torch.zeros(1, dtype=torch.long)
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.init_policy_state(self.task, control_limits(model))
-        self.qpos = torch.as_tensor(model.qpos0, dtype=torch.float32).reshape(1, -1)
-        self.qvel = torch.zeros(1, model.nv)
-        self._sensors: torch.Tensor | None = None  # [1, nsensordata] at the measured configuration, once per update
-        self.size_integrals()
         self._terms = self.task.observations["policy"]
         self.kind = metadata.get("kind", ACTOR_CRITIC)
         self._frame_reader: Any = None  # a chunk bundle's: the measured state as datasets record it
@@ -108,13 +95,11 @@ class ObservationBuilder(PolicyState):
         residual's: then the base's action), or for a chunk bundle the recorded features."""
         differing = rebuilt_mismatches(self.metadata, self.task, self.model)
         if differing:
-            raise ObservationError(f"bundle for task {self.task.name!r}: its {', '.join(differing)} differ from what the "
-                                   "task rebuilt from its stored config gives (a bundle without its robot configuration "
-                                   "and a configs/robots file edited since export?); re-export it")
+            raise ObservationError(f"bundle for task {self.task.name!r}: its {', '.join(differing)} differ from what "
+                                   "the task rebuilt from its stored config gives (a bundle without its robot "
+                                   "configuration and a configs/robots file edited since export?); re-export it")
         terms = self.metadata["observation"]["terms"]
         if self.kind == CHUNK:
-            from robostack.dataset import SimFrameReader, sim_features
-
             features = sim_features(self)
             wrong = [t["name"] for t in terms if features.get(t["name"], {}).get("names") != t.get("names")]
             if wrong:
@@ -131,18 +116,6 @@ class ObservationBuilder(PolicyState):
             raise ObservationError(f"bundle for task {self.task.name!r}: its observation terms {listed} do not match "
                                    f"the task rebuilt from its config {built}")
 
-    # ----- what term functions read
-    def sensor(self, name: str) -> torch.Tensor:
-        """A view of the float32 sensor values, as ``TaskEnv.sensor`` gives: one conversion per update rather
-        than one per call (a panda-reach step reads 18 sensors)."""
-        if self._sensors is None:
-            self._kinematics.set_qpos(self.qpos[0].double().numpy())
-            self._sensors = torch.from_numpy(self._kinematics.data.sensordata.astype(np.float32)).reshape(1, -1)
-        try:
-            return self._sensors[:, self._kinematics.slices[name]]
-        except KeyError:
-            raise KeyError(f"task {self.task.name!r}: model has no sensor {name!r}") from None
-
     # ----- deployment API
     def reset(self, command: np.ndarray | None = None) -> None:
         """Start an episode: no past actions, targets at the action offset, integrals at zero."""
@@ -158,7 +131,7 @@ class ObservationBuilder(PolicyState):
         diffusion policy through the safety layer, in lockstep with the simulator: 4 of 20 episodes succeeded,
         17 of 20 with this)."""
         if self._limits is None:
-            self._limits = bounds.as_tensors(self.device)
+            self._limits = bounds.converted(lambda v: torch.as_tensor(v, dtype=torch.float32, device=self.device))
 
     def set_command(self, command: np.ndarray) -> None:
         value = np.asarray(command, dtype=np.float64).reshape(-1)
@@ -192,10 +165,10 @@ class ObservationBuilder(PolicyState):
         self._place_fixtures(state.fixtures)
         if not (np.isfinite(qpos).all() and np.isfinite(qvel).all()):
             raise ObservationError("state has non-finite values (NaN or inf)")
-        self.qpos, self.qvel, self._sensors = torch.from_numpy(qpos), torch.from_numpy(qvel), None
+        self.set_state(qpos, qvel)
 
     def features(self) -> dict[str, np.ndarray]:
-        """A chunk bundle's inputs: the measured state as datasets record it (``robostack.dataset.sim_features``),
+        """A chunk bundle's inputs: the measured state as datasets record it (``robostack.data.features.sim_features``),
         float32 ``[1, dim]`` per feature."""
         return self._frame_reader.read()
 
@@ -220,11 +193,3 @@ class ObservationBuilder(PolicyState):
             value = term.func(self)
             parts.append(value * term.scale if term.scale != 1.0 else value)
         return torch.cat(parts, dim=-1)[0].numpy().astype(np.float32)
-
-    def controls(self, action: np.ndarray) -> np.ndarray:
-        """Record the policy's action and return the actuator controls it commands, float64 [nu]."""
-        a = np.asarray(action, dtype=np.float32).reshape(1, -1)
-        if a.shape[1] != self.action_dim or not np.isfinite(a).all():
-            raise ObservationError(f"action must be {self.action_dim} finite values, got {a[0].tolist()}")
-        self.episode_length += 1
-        return self.apply_action(torch.from_numpy(a))[0].double().numpy()

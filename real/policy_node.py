@@ -9,7 +9,8 @@ comes from the bundle: its task (whose own observation terms build the observati
 ``robostack.real.observation``), joint order, action mapping and control rate. An actor-critic bundle maps
 the observation vector to an action; a chunk (diffusion) bundle reads the measured state as its dataset
 recorded it and executes action chunks (history, query period and temporal ensembling from its metadata,
-``robostack.policies.diffusion.ChunkExecutor``); a residual bundle corrects its base chunk bundle's action.
+``robostack.bundle.chunks.ChunkExecutor``); a residual bundle corrects its base chunk bundle's action. Each kind
+acts through its own actor (``robostack.bundle.kinds``), the one evaluation in simulation runs too.
 Tasks with an object (panda-lift) also need its pose on ``topics.object``, tasks that place fixed bodies
 per episode (panda-insert's hole) their poses on ``topics.fixtures``. The robot's topics come
 from ``configs/deploy/<robot>.yaml`` (parameter ``config`` to use another file).
@@ -27,11 +28,19 @@ topic is missing or how old the state is. A new task command (``topics.task_comm
 is used from the next tick; ``sim/episode`` (published by ``sim_robot_node`` when a rehearsal episode ends)
 starts a new episode of the policy's own state (past actions, integrals).
 
+Its commands reach the driver only through the safety layer, which says on ``safety/status`` (latched) whose
+commands it passes. Until it passes this node's (it has not found this node yet: discovery between processes
+takes seconds on a loaded machine; it runs a fallback; a human is in control), nothing the policy commands is
+executed: before anything of the episode was, the policy starts the episode over at every tick; after, the
+targets of a relative or end-effector action map follow the measured joints. So it never integrates commands
+the robot did not get, and is not pushed off course when the safety layer passes it again.
+
 Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/deploy/<robot>.yaml``),
 ``trigger`` (``timer``, the default, or ``state``), ``rate_hz`` (the timer's; 0 = the bundle's control rate).
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -40,76 +49,18 @@ import numpy as np
 import torch
 
 from robostack import registry
-from robostack.bundle import BundleError, ChunkPolicyBundle, PolicyBundle, ResidualPolicyBundle, load_bundle
-from robostack.policies.diffusion import STATE_KEY, ChunkExecutor
+from robostack.bundle import ACTOR_CRITIC, BundleError, load_bundle
 from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.safety import safety_config
-from robostack.real.state import StateListener, primary_source, qos_profile
+from robostack.real.state import StateListener, status_qos, primary_source, qos_profile
 from robostack.sim.joint_limits import TargetBounds
 
 TRIGGERS = ("timer", "state")
 WATCHDOG_PERIOD_S = 0.5  # acting per state: how often it checks that states still come, and says so if not
-
-
-class VectorActor:
-    """An actor-critic bundle: the observation vector in, the action out."""
-
-    writes_controls = False  # it writes the task's actions
-
-    def __init__(self, bundle: PolicyBundle, builder: ObservationBuilder):
-        self.bundle, self.builder = bundle, builder
-        self.builders = [builder]  # every view of the measured state it reads: each gets every update
-
-    def act(self) -> np.ndarray:
-        return self.bundle.act(self.builder.observation())
-
-    def reset(self) -> None:
-        pass
-
-
-class ChunkActor:
-    """A chunk (diffusion) bundle: the measured state as its dataset recorded it, action chunks executed by
-    ``ChunkExecutor`` with the bundle's history, query period and temporal ensembling."""
-
-    def __init__(self, bundle: ChunkPolicyBundle, builder: ObservationBuilder, seed: int = 0):
-        if bundle.image_shapes:
-            raise BundleError(f"bundle {bundle.path} reads camera images ({', '.join(bundle.image_shapes)}); "
-                              "policy_node runs chunk bundles with state observations only")
-        chunk = bundle.metadata["chunk"]
-        self.builder, self.keys = builder, [term["name"] for term in bundle.metadata["observation"]["terms"]]
-        self.executor = ChunkExecutor(bundle, 1, chunk.get("query_every"), chunk.get("ensemble_coef", 0.01), seed)
-        self.writes_controls = bundle.metadata["action"].get("kind") == "controls"  # else the task's actions
-        self.builders = [builder]
-
-    def act(self) -> np.ndarray:
-        features = self.builder.features()
-        state = np.concatenate([features[key] for key in self.keys], axis=1)
-        return self.executor.step({STATE_KEY: state})[0]
-
-    def reset(self) -> None:
-        self.executor.reset()
-
-
-class ResidualActor:
-    """A residual bundle: its base chunk bundle's action, corrected from the policy observation and that action."""
-
-    def __init__(self, bundle: ResidualPolicyBundle, builder: ObservationBuilder):
-        self.bundle, self.builder = bundle, builder
-        self.base = ChunkActor(bundle.base, ObservationBuilder(bundle.base.metadata))
-        self.writes_controls = False  # load_bundle checked that the base acts in the task's actions
-        self.builders = [builder, *self.base.builders]
-
-    def act(self) -> np.ndarray:
-        base = self.base.act()
-        correction = self.bundle.act(np.concatenate([self.builder.observation(), base]))
-        return self.bundle.executed(base, correction)
-
-    def reset(self) -> None:
-        self.base.reset()
 
 
 class PolicyRunner:
@@ -134,31 +85,47 @@ class PolicyRunner:
         if unmeasured:
             raise ValueError(f"task {self.bundle.task!r} places {unmeasured} per episode, but the deploy config of "
                              f"robot {self.bundle.robot!r} has no topics.fixtures for them (their poses)")
-        if isinstance(self.bundle, ChunkPolicyBundle):
-            self.actor: VectorActor | ChunkActor | ResidualActor = ChunkActor(self.bundle, self.builder)
-        elif isinstance(self.bundle, ResidualPolicyBundle):
-            self.actor = ResidualActor(self.bundle, self.builder)
-        else:
-            self.actor = VectorActor(self.bundle, self.builder)
+        kind = registry.bundle_kind(self.bundle.metadata.get("kind", ACTOR_CRITIC))
+        # every view of the measured state the actor reads (a residual's base reads the state as its dataset
+        # recorded it): each gets every update
+        self.builders = [self.builder]
+        base_source = None
+        if kind.has_base:
+            base_source = ObservationBuilder(self.bundle.base.metadata)
+            self.builders.append(base_source)
+        self.actor = kind.actor(self.bundle, self.builder, num_envs=1, seed=0, base_source=base_source)
         self.fresh_episode = True
+        # Whether the safety layer passes this node's commands (``safety/status``), the only way they reach a
+        # driver. While it does not (it has not found this node yet, it runs a fallback, a human is in control),
+        # what the policy commands is not executed: before anything of this episode was, the episode starts
+        # over at every tick (no integrals or past actions of commands the robot never got); after, the
+        # targets of a relative or end-effector action map follow the measured joints (no wind-up, no jump
+        # when the policy is passed again).
+        self.executed = False
+        self.executed_this_episode = False
         if self.deploy.topics.task_command is not None:
             self.set_command(self.deploy.topics.task_command.default)
 
     @torch.inference_mode()  # as tick: its tensors are inference tensors, changed in place here
     def set_command(self, command: list[float]) -> None:
-        for builder in self.actor.builders:
+        for builder in self.builders:
             builder.set_command(command)
 
     @torch.inference_mode()
     def reset(self) -> None:
-        for builder in self.actor.builders:
+        for builder in self.builders:
             builder.reset()
         self.actor.reset()
         self.fresh_episode = True
+        self.executed_this_episode = False
 
-    def _own_controls(self, controls: np.ndarray) -> np.ndarray:
-        """Controls a chunk bundle wrote itself (trained on the recorded actuator controls), checked."""
-        values = np.asarray(controls, dtype=np.float64)
+    def controls_for(self, action: np.ndarray) -> np.ndarray:
+        """The actuator controls of the actor's output: through the task's action map (recording the action in
+        the policy's state), or as they are, checked, where the bundle writes controls itself (a chunk bundle
+        trained on the recorded actuator controls)."""
+        if not self.actor.writes_controls:
+            return self.builder.controls(action)
+        values = np.asarray(action, dtype=np.float64)
         if values.shape != (self.builder.model.nu,) or not np.isfinite(values).all():
             raise ObservationError(f"the policy's controls must be {self.builder.model.nu} finite values, got "
                                    f"{values.tolist()}")
@@ -173,12 +140,17 @@ class PolicyRunner:
             return None, stale
         try:
             state = listener.state()
-            for builder in self.actor.builders:
+            if not self.executed and not self.executed_this_episode:
+                self.reset()
+            self.executed_this_episode |= self.executed
+            for builder in self.builders:
                 builder.update(state)
+            if not self.executed:
+                self.builder.anchor_targets()
             if not self.fresh_episode:  # as in training: integrals advance after each step, not before the first
                 self.builder.integrate()
-            action = self.actor.act()
-            controls = self._own_controls(action) if self.actor.writes_controls else self.builder.controls(action)
+            action = self.actor.act()[0]
+            controls = self.controls_for(action)
         except (ObservationError, BundleError) as exc:
             return None, f"cannot act: {exc}"
         self.fresh_episode = False
@@ -209,6 +181,19 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
 
         node.create_subscription(message_type(task.type), task.topic, on_task_command, qos_profile(task.qos))
     node.create_subscription(std_msgs.msg.String, "sim/episode", lambda _msg: runner.reset(), 10)
+
+    def on_safety_status(msg: Any) -> None:
+        try:
+            status = json.loads(msg.data)
+            executed = status.get("passes") == "policy"
+        except (ValueError, AttributeError):
+            return
+        if not executed and runner.executed:
+            node.get_logger().info(f"the safety layer does not pass policy commands ({msg.data}): the policy "
+                                   "starts over from the measured state at every tick until it does")
+        runner.executed = executed
+
+    node.create_subscription(std_msgs.msg.String, INTERNAL["status"][0], on_safety_status, status_qos())
 
     def on_tick() -> None:
         controls, why = runner.tick(listener)

@@ -23,7 +23,10 @@ s>}`` when it changes (the reasons with their measured values masked: a stale co
 no change), while it persists every ``OVERRIDE_HEARTBEAT_S``, and as an empty list when commands pass
 unchanged again; so a fallback at 500 Hz does not flood the topic. Health goes on ``/diagnostics`` at 2 Hz,
 with ``fallback_complete`` (the fallback has done what it does: arm holding, quadruped lying, drone landed with
-its motors off) and ``state_problems`` (stamps frozen, backward, ahead of this clock, or zero).
+its motors off) and ``state_problems`` (stamps frozen, backward, ahead of this clock, or zero). Its situation
+goes on ``safety/status`` (JSON, best effort: at every change and every ``STATUS_PERIOD_S``): the fallback
+phase, the command source, and ``passes``, whose commands reach the driver now (``policy``, ``teleop`` or
+null); the policy node and the simulated robot wait for it.
 
 ``true`` on ``safety/estop`` or a call of ``safety/trigger_estop`` latches the e-stop; only ``safety/reset``
 clears it (and any latched fallback), and it refuses while the state is stale. Before the first valid state
@@ -62,11 +65,12 @@ from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import message_type, set_field
 from robostack.real.safety import Command, Measurement, safety_config, safety_layer
-from robostack.real.state import StateListener, qos_profile
+from robostack.real.state import StateListener, status_qos, qos_profile
 
 DIAGNOSTICS_PERIOD_S = 0.5
 SHUTDOWN_TIMEOUT_S = 30.0  # the longest a stop waits for the fallback: a drone landing from its highest allowed
 OVERRIDE_HEARTBEAT_S = 0.5  # a persisting override is repeated this often
+STATUS_PERIOD_S = 0.1  # safety/status is repeated this often (best effort: a late or lossy reader catches up)
 MEASURED_VALUE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")  # 104 ms, x=2.500, [11]; not names like joint1, m2
 
 
@@ -97,6 +101,7 @@ class SafetyNode(Node):
         self.listener = StateListener(self, self.deploy)
         self.status_file = Path(status) if (status := self.declare_parameter("status_file", "").value) else None
         self.status: dict[str, Any] = {}
+        self.status_published_at = -float("inf")  # monotonic s
         self.stopping_since: float | None = None
 
         self.policy_command: Command | None = None
@@ -113,6 +118,7 @@ class SafetyNode(Node):
         self.driver_field = driver.data
         self.driver_publisher = self.create_publisher(self.driver_type, driver.topic, qos_profile(driver.qos))
         self.override_publisher = self.create_publisher(String, INTERNAL["override"][0], 10)
+        self.status_publisher = self.create_publisher(String, INTERNAL["status"][0], status_qos())
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, INTERNAL["diagnostics"][0], 10)
         self.create_subscription(Float64MultiArray, INTERNAL["policy_command"][0], self._on_policy, 10)
         self.create_subscription(Float64MultiArray, INTERNAL["teleop_command"][0], self._on_teleop, 10)
@@ -197,20 +203,27 @@ class SafetyNode(Node):
             set_field(msg, self.driver_field, output.tolist())
             self.driver_publisher.publish(msg)
         self._report_override(reasons, now)
-        self._write_status(now)
+        passing = output is not None and not self.layer.fallback_phase and self.command is not None
+        self._write_status(now, self.source if passing else None)
         return output is not None
 
-    def _write_status(self, now: float) -> None:
-        """The node's situation to ``status_file`` when it changes (atomically: a reader never sees half)."""
-        if self.status_file is None:
-            return
+    def _write_status(self, now: float, passes: str | None) -> None:
+        """The node's situation on ``safety/status`` (when it changes, and every ``STATUS_PERIOD_S`` for those who
+        join later), and to ``status_file`` when it changes (atomically: a reader never sees half); ``passes``:
+        whose commands reach the driver now (None: none, the fallback's or nothing go out)."""
         command = self.command
         status = {"fallback": self.layer.fallback_phase, "complete": self.layer.fallback_complete,
                   "commanded": self.layer.commanded, "source": self.source, "stopping": self.stopping_since is not None,
                   "state_fresh": self.layer.state_age(now) <= self.layer.cfg.state_timeout_s,
-                  "command_stale": command is not None and now - command.received > self.layer.cfg.command_timeout_s}
+                  "command_stale": command is not None and now - command.received > self.layer.cfg.command_timeout_s,
+                  "passes": passes}
+        if status != self.status or now - self.status_published_at >= STATUS_PERIOD_S:
+            self.status_published_at = now
+            self.status_publisher.publish(String(data=json.dumps(status)))
         if status != self.status:
             self.status = status
+            if self.status_file is None:
+                return
             tmp = self.status_file.with_name(self.status_file.name + ".tmp")
             tmp.write_text(json.dumps(status) + "\n")
             os.replace(tmp, self.status_file)

@@ -23,9 +23,11 @@ Parameters
         wall second; tests may run faster).
     ``start_paused`` (false): hold the first episode's initial state (publishing it at the control rate)
         until the policy node or a human is in control: the first driver command that arrives after a
-        message on ``policy/command`` or ``teleop/command``, i.e. once policy and safety layer are both up.
-        A real robot stands still until it is driven; so no episode is lost to nodes that start slowly.
-        Driver commands before that (the safety layer's fallback) are dropped.
+        message on ``policy/command`` or ``teleop/command`` while the safety layer says it passes them
+        (``safety/status``: ``passes``), i.e. once policy and safety layer are both up and have found each
+        other. A real robot stands still until it is driven; so no episode is lost to nodes that start or
+        discover each other slowly (seconds, on a loaded machine). Driver commands before that (the safety
+        layer's fallback) are dropped.
     ``reset_safety`` (false): at every episode start, call the safety layer's ``safety/reset`` service,
         as an operator who puts the robot back clears a tripped envelope; so each episode is its own trial.
 
@@ -97,7 +99,7 @@ from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
 from robostack.real.observation import free_joints
 from robostack.real.robot_state import BodyState, Pose, RobotState
-from robostack.real.state import BASE_FRAME, FIXTURE, WORLD_FRAME, stamp_header, state_messages
+from robostack.real.state import BASE_FRAME, FIXTURE, WORLD_FRAME, status_qos, stamp_header, state_messages
 from robostack.sim.task_env import control_limits
 
 TASK_COMMAND_PERIOD_S = 0.1
@@ -197,6 +199,8 @@ class SimRobotNode(Node):
                               if p["reset_safety"] else None)
         self._human_in_control = False
         self.create_subscription(String, INTERNAL["intervention"][0], self._on_intervention, 10)
+        self._safety_passes: bool | None = None  # None: no safety layer has said (it runs without one)
+        self.create_subscription(String, INTERNAL["status"][0], self._on_safety_status, status_qos())
         self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
         self._publish_task_command()
         self.get_logger().info(
@@ -219,7 +223,7 @@ class SimRobotNode(Node):
                               str(robot.deploy_config_file))
             resolved = (metadata["task"], metadata["task_config"], list(metadata.get("joint_names") or []))
         try:
-            registry.get("task", resolved[0])
+            sim.task(resolved[0])
         except KeyError as exc:
             raise SimRobotError(exc.args[0]) from None
         return resolved
@@ -262,7 +266,7 @@ class SimRobotNode(Node):
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
         elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
-        elif self._commander_seen:
+        elif self._commander_seen and self._safety_passes is not False:
             self.paused = False
             self._pending.append((self.latency_s, values))
             self.get_logger().info("the policy (or a human) drives the robot now: the simulation starts")
@@ -276,6 +280,12 @@ class SimRobotNode(Node):
         """Driven once, but by neither the policy nor a human for ``UNATTENDED_S`` (one has died): only the
         safety layer's fallback moves the robot now, and no operator puts it back at an episode's end."""
         return self._commander_seen and time.monotonic() - self._commanded_at > UNATTENDED_S
+
+    def _on_safety_status(self, msg: String) -> None:
+        try:
+            self._safety_passes = json.loads(msg.data).get("passes") is not None
+        except (ValueError, AttributeError):
+            self._safety_passes = None
 
     def _on_intervention(self, msg: String) -> None:
         self._human_in_control = msg.data == "start"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from robostack.real.deploy_config import DeployConfig, OdometryTopic, Qos
+from robostack.real.deploy_config import STATUS_DEPTH, DeployConfig, OdometryTopic, Qos
 from robostack.real.messages import get_field, message_type, read_vector, set_field, write_vector
 from robostack.real.robot_state import BodyState, Pose, RobotState
 
@@ -51,6 +51,12 @@ def qos_profile(qos: Qos, depth: int | None = None) -> Any:
                       else ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if qos.durability == "transient_local"
                       else DurabilityPolicy.VOLATILE)
+
+
+def status_qos() -> Any:
+    """Best effort, depth 1, for a status its publisher repeats (``safety/status``): a writer never waits on a
+    reader, not even on one whose process died (a reliable one can stall the safety node's loop for 0.4 s)."""
+    return qos_profile(Qos(reliability="best_effort", depth=STATUS_DEPTH))
 
 
 def primary_source(cfg: DeployConfig) -> str:

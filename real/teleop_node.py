@@ -19,9 +19,10 @@ What the human commands depends on the robot's kind (its ``robostack.specs.Robot
 * arm (panda): the end effector's velocity (x, y, z in the base frame, and yaw about the vertical),
   integrated into an end-effector target that starts at the measured pose when the takeover starts (so
   the arm does not jump) and stays within ``ARM_LEAD`` of the measured pose (a blocked arm does not wind up).
-  Damped least squares on the Jacobian at the measured joints (``robostack.sim.ik``, as the panda-reach
-  action map) turns the pose error into joint position targets; gripper buttons open or close the fingers.
-  The result is a full actuator control vector in MuJoCo actuator order, the one the policy sends, on
+  The pose error becomes the deployed task's own end-effector actions, issued through that task's action map
+  at the measured joints (its IK site, damping, step sizes and gripper, as the policy's actions are;
+  ``robostack.teleop.takeovers.ArmTakeover``); where the task has a gripper, the gripper buttons close or open
+  it. The result is a full actuator control vector in MuJoCo actuator order, the one the policy sends, on
   ``teleop/command``; ``teleop/active`` tells the safety layer to take it instead of the policy's.
 * quadruped (go2) and drone (cf2): the human does not drive joints or motors (no one can balance a
   quadruped or fly a quadrotor motor by motor); the human's command replaces the *task command* the
@@ -41,15 +42,16 @@ the driver's topic. Nothing is sent without a fresh measured state (the arm's IK
 start from it); a takeover does not start without one. On shutdown a takeover in progress is ended.
 
 Parameters: ``robot`` (required: panda, go2, cf2), ``bundle`` (the policy bundle deployed: it must fit the
-robot, and the arm's model comes from its robot configuration), ``config`` (deploy YAML, default
+robot, and the arm takeover acts through its task), ``task`` (without a bundle: the task whose action map the arm
+takeover uses, as its YAML file configures it), ``config`` (deploy YAML, default
 ``configs/deploy/<robot>.yaml``), ``input`` (``joy`` or ``twist``), ``input_topic`` (default ``joy`` or
 ``teleop/twist``), ``deadman_button`` (4: LB), ``axes`` and ``scales`` (per commanded component, below),
-``gripper_open_button`` (1: B), ``gripper_close_button`` (0: A), ``rate_hz`` (0: the robot's control rate),
+``gripper_open_button`` (1: B), ``gripper_close_button`` (0: A), ``rate_hz`` (0: the task's control rate),
 ``input_timeout_s`` (0.5).
 
-Defaults per kind (``KINDS``; axes and buttons as the joy driver numbers an Xbox pad: axis 0/1 left stick
-left/up, 3/4 right stick left/up, positive toward left and up). A full stick gives ``scales``; a Twist's
-value is clipped to it:
+Defaults per kind (``robostack.teleop.mapping.TAKEOVER_MAPPINGS``; axes and buttons as the joy driver numbers an
+Xbox pad: axis 0/1 left stick left/up, 3/4 right stick left/up, positive toward left and up). A full stick gives
+``scales``; a Twist's value is clipped to it:
 
 ==========  ====================================  ==========  ===================  ======================
 kind        components                            axes        scales               Twist fields
@@ -69,10 +71,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import mujoco
 import numpy as np
 import rclpy
-import torch
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
@@ -83,20 +83,23 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
-from robostack import registry
+from robostack import registry, sim
 from robostack.bundle import read_metadata
 from robostack.real.bundle_fit import check_bundle_fits
-from robostack.real.executor import spin, stop_on_signals
 from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
+from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import get_field, message_type, set_field
+from robostack.real.observation import build_task
 from robostack.real.robot_state import RobotState
 from robostack.real.safety import safety_config
 from robostack.real.state import StateListener, qos_profile
-from robostack.sim import ik
+from robostack.sim.measured_task import MeasuredTask
 from robostack.specs import RobotSpec
+from robostack.teleop import TeleopError
+from robostack.teleop.mapping import TAKEOVER_DEADMAN_BUTTON, TAKEOVER_GRIPPER_BUTTONS, TAKEOVER_MAPPINGS
+from robostack.teleop.takeovers import ArmTakeover, SetpointTakeover, VelocityTakeover
 
 ACTIVE_PERIOD_S = 0.1  # teleop/active is repeated this often, so the safety layer and late joiners know
-IK_DAMPING = 0.05  # damped least squares lambda (m), as the panda-reach action map
 ERROR_THROTTLE_S = 1.0
 # How far a target may run ahead of the measured pose: a blocked robot does not wind up, and it stops soon
 # after the stick is let go. Arm: about 0.5 s at full stick (m, rad); drone: 1 s (m).
@@ -104,36 +107,14 @@ ARM_LEAD = (0.05, 0.3)
 DRONE_LEAD = 0.5
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What a human commands on one kind of robot, and how the default inputs map onto it."""
-
-    components: tuple[str, ...]
-    axes: tuple[int, ...]  # Joy axis per component
-    scales: tuple[float, ...]  # at full stick; Twist values are clipped to it
-    twist_fields: tuple[str, ...]
-
-
-KINDS = {
-    "arm": Kind(("x", "y", "z", "yaw"), (1, 0, 4, 3), (0.1, 0.1, 0.1, 0.5),
-                ("linear.x", "linear.y", "linear.z", "angular.z")),
-    "quadruped": Kind(("vx", "vy", "yaw_rate"), (1, 0, 3), (1.0, 0.5, 1.0), ("linear.x", "linear.y", "angular.z")),
-    "drone": Kind(("x", "y", "z"), (1, 0, 4), (0.5, 0.5, 0.5), ("linear.x", "linear.y", "linear.z")),
-}
-
-
-class TeleopError(ValueError):
-    """A bad parameter or a deploy config the teleop cannot serve (the message says which)."""
-
-
 @dataclass
 class TeleopSettings:
     input: str = "joy"  # "joy" | "twist"
-    deadman_button: int = 4
+    deadman_button: int = TAKEOVER_DEADMAN_BUTTON
     axes: Sequence[int] = ()  # () = the kind's default
     scales: Sequence[float] = ()
-    gripper_open_button: int = 1
-    gripper_close_button: int = 0
+    gripper_open_button: int = TAKEOVER_GRIPPER_BUTTONS[0]
+    gripper_close_button: int = TAKEOVER_GRIPPER_BUTTONS[1]
     rate_hz: float = 0.0  # 0 = the robot's control rate
     input_timeout_s: float = 0.5
 
@@ -161,165 +142,29 @@ class TeleopStep:
 
 def control_rate_hz(robot: str) -> float:
     """The rate the robot's policies act at (its tasks' control rate; the fastest, should they differ)."""
-    from robostack import registry, sim
-
-    tasks = [entry.name for entry in registry.entries("task") if entry.extra.get("robot") == robot]
-    rates = [1.0 / (cfg.sim.timestep * cfg.sim.decimation) for cfg in map(sim.load_task_config, tasks)]
+    tasks = [spec for spec in sim.tasks() if spec.robot == robot]
+    rates = [1.0 / (cfg.sim.timestep * cfg.sim.decimation) for cfg in (sim.load_task_config(t.name) for t in tasks)]
     if not rates:
         raise TeleopError(f"no task is registered for robot {robot!r}: give rate_hz")
     return max(rates)
 
 
-def limit_lead(target: np.ndarray, measured: np.ndarray, lead: float) -> np.ndarray:
-    """``target``, pulled back to within ``lead`` (Euclidean) of ``measured``."""
-    offset = target - measured
-    distance = float(np.linalg.norm(offset))
-    return target if distance <= lead else measured + offset * (lead / distance)
-
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty(4)
-    mujoco.mju_mulQuat(out, a, b)
-    return out
-
-
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector taking orientation ``current`` to ``target`` (quaternions w, x, y, z)."""
-    inverse, error = np.empty(4), np.empty(3)
-    mujoco.mju_negQuat(inverse, current)
-    mujoco.mju_quat2Vel(error, quat_mul(target, inverse), 1.0)
-    return error
-
-
-def rotation_quat(rotation_vector: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(rotation_vector))
-    quat = np.array([1.0, 0.0, 0.0, 0.0])
-    if angle > 0.0:
-        mujoco.mju_axisAngle2Quat(quat, rotation_vector / angle, angle)
-    return quat
-
-
-# ----------------------------------------------------------------------------------- one takeover per kind
-
-
-class ArmTakeover:
-    """End-effector velocity -> end-effector target -> joint position targets (differential IK at the
-    measured joints), fingers from the gripper buttons; all actuators, in actuator order."""
-
-    joint_level = True
-
-    def __init__(self, model: Any, tcp_site: str, lead: tuple[float, float], gripper_buttons: tuple[int, int]):
-        self.kinematics = ik.KinematicSensors(model)
-        self.site = tcp_site
-        self.position_lead, self.angle_lead = lead
-        self.open_button, self.close_button = gripper_buttons
-        sensors = set(self.kinematics.slices)
-        self.actuated = [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)]
-        self.actuated_qpos = [int(model.jnt_qposadr[model.actuator_trnid[i, 0]]) for i in range(model.nu)]
-        self.ik_joints = [j for j in self.actuated if ik.anchor_sensor(j) in sensors]  # the chain IK moves
-        self.is_ik = np.array([j in self.ik_joints for j in self.actuated])
-        self.lower, self.upper = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
-        self.target_position = np.zeros(3)
-        self.target_quat = np.array([1.0, 0.0, 0.0, 0.0])
-        self.gripper = self.lower[~self.is_ik].copy()
-
-    def state_problem(self, state: RobotState) -> str:
-        missing = [j for j in self.actuated if not math.isfinite(state.joint_position.get(j, math.nan))]
-        return f"no finite position for joints {missing}" if missing else ""
-
-    def _measure(self, state: RobotState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The actuated joints' positions, the end effector's position and orientation."""
-        joints = np.array([state.joint_position[j] for j in self.actuated])
-        qpos = self.kinematics.model.qpos0.copy()
-        qpos[self.actuated_qpos] = joints
-        self.kinematics.set_qpos(qpos)
-        return (joints, self.kinematics.sensor(f"{self.site}_pos")[0].numpy().copy(),
-                self.kinematics.sensor(f"{self.site}_quat")[0].numpy().copy())
-
-    def begin(self, state: RobotState) -> None:
-        joints, self.target_position, self.target_quat = self._measure(state)
-        self.gripper = joints[~self.is_ik]
-
-    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
-        joints, position, quat = self._measure(state)
-        self.target_position = limit_lead(self.target_position + velocity[:3] * dt, position, self.position_lead)
-        turned = quat_mul(rotation_quat(np.array([0.0, 0.0, velocity[3] * dt])), self.target_quat)
-        angle = limit_lead(rotation_error(turned, quat), np.zeros(3), self.angle_lead)
-        self.target_quat = quat_mul(rotation_quat(angle), quat)
-        error = torch.as_tensor(np.concatenate([self.target_position - position, angle]))[None]
-        jacobian = ik.site_jacobian(self.kinematics, self.site, self.ik_joints)
-        step = ik.damped_least_squares(jacobian, error, IK_DAMPING)[0].numpy()
-        if self.close_button in buttons:
-            self.gripper = self.lower[~self.is_ik].copy()
-        elif self.open_button in buttons:
-            self.gripper = self.upper[~self.is_ik].copy()
-        controls = joints.copy()
-        controls[self.is_ik] += step
-        controls[~self.is_ik] = self.gripper
-        return np.clip(controls, self.lower, self.upper)
-
-    def release(self) -> np.ndarray | None:
-        return None  # the policy's own commands take over again
-
-
-class VelocityTakeover:
-    """Quadruped: the sticks' velocity is the task command."""
-
-    joint_level = False
-
-    def __init__(self, dim: int):
-        self.dim = dim
-
-    def state_problem(self, state: RobotState) -> str:
-        return ""
-
-    def begin(self, state: RobotState) -> None:
-        pass
-
-    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
-        return velocity.copy()
-
-    def release(self) -> np.ndarray | None:
-        return np.zeros(self.dim)  # stand still
-
-
-class SetpointTakeover:
-    """Drone: the sticks move a position setpoint from where the drone was when the takeover began; it stays
-    within ``lead`` of the measured position."""
-
-    joint_level = False
-
-    def __init__(self, lead: float):
-        self.lead = lead
-        self.setpoint = np.zeros(3)
-
-    def state_problem(self, state: RobotState) -> str:
-        known = state.base_position is not None and np.all(np.isfinite(state.base_position))
-        return "" if known else "no finite base position"
-
-    def begin(self, state: RobotState) -> None:
-        self.setpoint = np.asarray(state.base_position, dtype=np.float64).copy()
-
-    def command(self, velocity: np.ndarray, buttons: frozenset[int], state: RobotState, dt: float) -> np.ndarray:
-        self.setpoint = limit_lead(self.setpoint + velocity * dt, np.asarray(state.base_position), self.lead)
-        return self.setpoint.copy()
-
-    def release(self) -> np.ndarray | None:
-        return self.setpoint.copy()  # hold where the human left it
-
-
-def takeover_for(robot: RobotSpec, robot_config: Any, deploy: DeployConfig, safety: Any, settings: TeleopSettings):
-    """The robot kind's takeover; a task-level one checks that the deploy config has a task command to replace."""
-    kind = KINDS[robot.kind]
+def takeover_for(robot: RobotSpec, robot_config: Any, deploy: DeployConfig, settings: TeleopSettings,
+                 task: Any = None):
+    """The robot kind's takeover. The arm's acts through ``task``'s action map (a ``TaskDefinition``: the deployed
+    bundle's); a task-level one checks that the deploy config has a task command to replace."""
+    mapping = TAKEOVER_MAPPINGS[robot.kind]
     if robot.kind == "arm":
-        return ArmTakeover(robot.build_model(robot_config), safety.arm.tcp_site, ARM_LEAD,
-                           (settings.gripper_open_button, settings.gripper_close_button))
-    task = deploy.topics.task_command
-    if task is None or len(task.fields) != len(kind.components):
+        if task is None:
+            raise TeleopError(f"an arm takeover acts through its task's action map: give the bundle deployed on the "
+                              f"{robot.name} (or the task)")
+        return ArmTakeover(MeasuredTask(task), ARM_LEAD, (settings.gripper_open_button, settings.gripper_close_button))
+    command = deploy.topics.task_command
+    if command is None or len(command.fields) != len(mapping.components):
         raise TeleopError(f"deploy config for {robot.name}: a {robot.kind} takeover replaces the task command "
-                          f"({', '.join(kind.components)}), but topics.task_command is "
-                          f"{'missing' if task is None else f'{len(task.fields)} fields'}")
-    return VelocityTakeover(len(kind.components)) if robot.kind == "quadruped" else SetpointTakeover(DRONE_LEAD)
+                          f"({', '.join(mapping.components)}), but topics.task_command is "
+                          f"{'missing' if command is None else f'{len(command.fields)} fields'}")
+    return VelocityTakeover(len(mapping.components)) if robot.kind == "quadruped" else SetpointTakeover(DRONE_LEAD)
 
 
 # ----------------------------------------------------------------------------------------- the logic
@@ -328,9 +173,11 @@ def takeover_for(robot: RobotSpec, robot_config: Any, deploy: DeployConfig, safe
 class TeleopRunner:
     """The node's logic without ROS: human input and measured state in, takeover events and commands out."""
 
-    def __init__(self, robot: str, settings: TeleopSettings, config: str | None = None, bundle: str | None = None):
-        """``robot``'s deploy config (``config``, default its own file); with ``bundle``, the bundle deployed, which
-        must fit the robot and gives the robot's configuration (the arm's gains and limits)."""
+    def __init__(self, robot: str, settings: TeleopSettings, config: str | None = None, bundle: str | None = None,
+                 task: str | None = None):
+        """``robot``'s deploy config (``config``, default its own file); ``bundle``, the bundle deployed, which must
+        fit the robot and whose task an arm takeover acts through (without a bundle: ``task``, as its YAML file
+        configures it)."""
         metadata = read_metadata(bundle) if bundle else None
         robot_spec = registry.robot(robot)
         source = config or str(robot_spec.deploy_config_file)
@@ -343,7 +190,7 @@ class TeleopRunner:
         if getattr(safety, self.kind) is None:
             raise TeleopError(f"{source}: the {robot} is a {self.kind}, but its safety section has no '{self.kind}' "
                               "settings")
-        spec = KINDS[self.kind]
+        spec = TAKEOVER_MAPPINGS[self.kind]
         if settings.input not in ("joy", "twist"):
             raise TeleopError(f"input must be 'joy' or 'twist', got {settings.input!r}")
         self.settings = settings
@@ -361,10 +208,19 @@ class TeleopRunner:
             raise TeleopError(f"button indices must be >= 0, got {self.buttons}")
         if not settings.input_timeout_s > 0:
             raise TeleopError(f"input_timeout_s must be > 0, got {settings.input_timeout_s}")
-        self.rate_hz = float(settings.rate_hz) or control_rate_hz(robot)
+        if metadata is not None:
+            definition = build_task(metadata)
+        elif task is not None:
+            definition = sim.task(task).build(sim.load_task_config(task, play=True))
+        else:
+            definition = None
+        if definition is not None and sim.task(definition.name).robot != robot:
+            raise TeleopError(f"task {definition.name!r} is not a task of the {robot}")
+        rate = 1.0 / (definition.sim.timestep * definition.sim.decimation) if definition is not None else 0.0
+        self.rate_hz = float(settings.rate_hz) or rate or control_rate_hz(robot)
         if not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
             raise TeleopError(f"rate_hz must be > 0, got {settings.rate_hz}")
-        self.takeover = takeover_for(robot_spec, robot_config, self.deploy, safety, settings)
+        self.takeover = takeover_for(robot_spec, robot_config, self.deploy, settings, definition)
         self.latest: HumanInput | None = None
         self.active = False
 
@@ -449,9 +305,12 @@ def arrival(info: dict) -> float:
     return time.monotonic() - max(0, time.time_ns() - received_ns) * 1e-9
 
 
-PARAMETERS = {"robot": "", "bundle": "", "config": "", "input": "joy", "input_topic": "", "deadman_button": 4, "axes": None,
-              "scales": None, "gripper_open_button": 1, "gripper_close_button": 0, "rate_hz": 0.0,
-              "input_timeout_s": 0.5}
+DEFAULTS = TeleopSettings()
+PARAMETERS = {"robot": "", "bundle": "", "task": "", "config": "", "input": DEFAULTS.input, "input_topic": "",
+              "deadman_button": DEFAULTS.deadman_button, "axes": None, "scales": None,
+              "gripper_open_button": DEFAULTS.gripper_open_button,
+              "gripper_close_button": DEFAULTS.gripper_close_button, "rate_hz": DEFAULTS.rate_hz,
+              "input_timeout_s": DEFAULTS.input_timeout_s}
 
 
 class TeleopNode(Node):
@@ -471,7 +330,8 @@ class TeleopNode(Node):
                 input_timeout_s=float(p["input_timeout_s"]))
         except (TypeError, ValueError) as exc:
             raise TeleopError(f"a numeric parameter is not a number: {exc}") from None
-        self.runner = runner = TeleopRunner(str(p["robot"]), settings, p["config"] or None, p["bundle"] or None)
+        self.runner = runner = TeleopRunner(str(p["robot"]), settings, p["config"] or None, p["bundle"] or None,
+                                            p["task"] or None)
         self.listener = StateListener(self, runner.deploy)
         self.intervention_publisher = self.create_publisher(String, INTERNAL["intervention"][0], 10)
         self.active_publisher = (self.create_publisher(Bool, INTERNAL["teleop_active"][0], 10)

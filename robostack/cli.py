@@ -2,8 +2,8 @@
 ``deploy`` (the ROS 2 node graph), ``data info|merge|convert|replay`` (datasets), ``teleop`` (record
 demonstrations in simulation).
 
-Importing this module is cheap (argparse and json only): torch, MuJoCo and the training code are imported
-inside the subcommand that needs them, so ``robostack --help`` and ``robostack list`` start fast.
+Importing this module is cheap (argparse and json only): each subcommand imports the workflow it runs
+(``robostack.workflows``) when it runs, so ``robostack --help`` starts fast and a command loads only its own.
 """
 from __future__ import annotations
 
@@ -16,13 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from robostack.eval_policy import IMITATION_ALGO
-
 PROG = "robostack"
-
-# registry kind -> key in ``robostack list --json`` and heading in the table
-LIST_KINDS = (("robot", "robots"), ("task", "tasks"), ("algorithm", "algorithms"), ("backend", "backends"))
-ALGORITHMS = ("ppo", "sac", IMITATION_ALGO)
 
 
 class UsageError(ValueError):
@@ -36,17 +30,37 @@ class Failure(RuntimeError):
 # ---------------------------------------------------------------------------------------------- list
 
 
-def _entry_json(entry: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": entry.name, "summary": entry.summary}
-    for key, value in (getattr(entry, "extra", None) or {}).items():
-        out.setdefault(key, value)
+def _spec_json(spec: Any) -> dict[str, Any]:
+    """A specification's plain facts (names, kinds, paths), not its builders."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, (str, bool, int, float, Path)):
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        elif isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            out[f.name] = list(value)
     return out
+
+
+def load_catalogue() -> None:
+    """Import what registers every specification: robots and tasks, algorithms, bundle kinds, backends."""
+    from robostack import bundle, policies, sim  # noqa: F401 - robostack.bundle registers its kinds
+
+    sim.tasks()
+    sim.load_backends()
+    policies.load()
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     from robostack import registry
+    from robostack.specs import AlgorithmSpec, BackendSpec, BundleKindSpec, RobotSpec, TaskSpec
 
-    catalogue = {plural: [_entry_json(e) for e in registry.entries(kind)] for kind, plural in LIST_KINDS}
+    load_catalogue()
+    kinds = {"robots": RobotSpec, "tasks": TaskSpec, "algorithms": AlgorithmSpec, "bundle_kinds": BundleKindSpec,
+             "backends": BackendSpec}
+    catalogue = {plural: [_spec_json(spec) for spec in registry.registered(kind)] for plural, kind in kinds.items()}
     if args.json:
         out.write(json.dumps(catalogue, default=str) + "\n")
         return 0
@@ -54,7 +68,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     width = max([len(r["name"]) for r in rows] + [4])
     blocks = []
     for plural, items in catalogue.items():
-        lines = [f"{plural.upper()} ({len(items)})"]
+        lines = [f"{plural.replace('_', ' ').upper()} ({len(items)})"]
         if not items:
             lines.append("  (none)")
         for item in items:
@@ -124,7 +138,7 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
     with _stdout_to_stderr(args.json):
-        from robostack.train import bench_train
+        from robostack.workflows.bench import bench_train
 
         result = bench_train(args.task, seed=args.seed, episodes=args.episodes, overrides=list(args.overrides))
     if args.json:
@@ -144,7 +158,7 @@ def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
     with _stdout_to_stderr(args.json):
-        from robostack.imitation import bench_imitation
+        from robostack.workflows.bench import bench_imitation
 
         result = bench_imitation(args.task, demos=args.demos, episodes=args.episodes, seed=args.seed,
                                  overrides=list(args.overrides), cameras=[args.camera] if args.camera else [],
@@ -162,7 +176,7 @@ def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
     for name, value in (("--iterations", args.iterations), ("--threads", args.threads)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
-    from robostack.bundle import bench_policy
+    from robostack.workflows.bench import bench_policy
 
     result = bench_policy(args.bundle, iterations=args.iterations, threads=args.threads)
     if args.json:
@@ -270,21 +284,28 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     for item in args.overrides:
         if "=" not in item or item.startswith("="):
             raise UsageError(f"override {item!r} is not of the form key=value (for example ppo.lr=3e-4)")
-    imitation = args.dataset is not None or args.algo == IMITATION_ALGO
+    spec = None
+    if args.algo is not None:
+        from robostack.workflows.runs import algorithm
+
+        spec = algorithm(args.algo)
+    imitation = args.dataset is not None or (spec is not None and spec.trains_with == "imitation")
     if imitation and args.dataset is None:
-        raise UsageError("--algo diffusion learns from demonstrations: give --dataset DATASET")
+        raise UsageError(f"--algo {args.algo} learns from demonstrations: give --dataset DATASET")
+    if imitation and spec is not None and spec.trains_with != "imitation":
+        raise UsageError(f"--dataset: {args.algo} learns by reinforcement, not from demonstrations")
     if imitation and args.resume is not None:
-        raise UsageError("--resume continues reinforcement learning runs; a diffusion run trains in one go")
+        raise UsageError("--resume continues reinforcement learning runs; an imitation run trains in one go")
     if args.base is not None and (imitation or args.resume is not None):
-        raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, --algo diffusion "
-                         "or --resume (a resumed run keeps its base)")
+        raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, an imitation "
+                         "algorithm or --resume (a resumed run keeps its base)")
     with _stdout_to_stderr(args.json):
         if imitation:
-            from robostack.imitation import train_imitation
+            from robostack.workflows.imitation import train_imitation
 
             summary = train_imitation(args.task, args.dataset, list(args.overrides), seed=args.seed)
         else:
-            from robostack.train import train
+            from robostack.workflows.train import train
 
             summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume,
                             seed=args.seed, base=args.base)
@@ -301,17 +322,10 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     with _stdout_to_stderr(args.json):
-        from robostack.bundle import export_bundle, load_bundle
-        from robostack.eval_policy import is_imitation_run
+        from robostack.bundle import load_bundle
+        from robostack.workflows.export import export_bundle
 
-        if is_imitation_run(Path(args.run)):
-            from robostack.imitation import export_chunk_bundle
-
-            if args.checkpoint is not None:
-                raise UsageError(f"{args.run} is a diffusion run: it keeps one checkpoint, give no --checkpoint")
-            path = export_chunk_bundle(args.run, args.out)
-        else:
-            path = export_bundle(args.run, args.out, checkpoint=args.checkpoint)
+        path = export_bundle(args.run, args.out, checkpoint=args.checkpoint)
         meta = load_bundle(path).metadata
     training = meta.get("training") or {}
     result = {"bundle": str(path), "robot": meta["robot"], "task": meta["task"], "algo": meta.get("algo"),
@@ -332,7 +346,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     if args.num_envs is not None and args.num_envs < 1:
         raise UsageError(f"--num-envs must be at least 1, got {args.num_envs}")
     with _stdout_to_stderr(args.json):
-        from robostack.eval_policy import RenderError, eval_policy
+        from robostack.workflows.evaluate import eval_policy
+        from robostack.workflows.render import RenderError
 
         try:
             result = eval_policy(args.source, episodes=args.episodes, randomized=args.randomized,
@@ -367,7 +382,7 @@ def _print_dataset(title: str, summary: dict[str, Any], out: TextIO) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace, out: TextIO) -> int:
-    from robostack.dataset import load_dataset
+    from robostack.data.dataset import load_dataset
 
     summary = load_dataset(args.dataset).summary()
     if args.json:
@@ -378,7 +393,7 @@ def cmd_data_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_data_merge(args: argparse.Namespace, out: TextIO) -> int:
-    from robostack.dataset import merge
+    from robostack.data.merge import merge
 
     summary = merge(args.sources, args.out).summary()
     if args.json:
@@ -391,8 +406,9 @@ def cmd_data_merge(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_data_convert(args: argparse.Namespace, out: TextIO) -> int:
     if args.fps is not None and args.fps < 1:
         raise UsageError(f"--fps must be at least 1, got {args.fps}")
-    from robostack.dataset import convert_bag
-    from robostack.real.bag import BagError, inspect_bag
+    from robostack.real.bag import BagError
+    from robostack.real.bag_recovery import inspect_bag
+    from robostack.workflows.convert import convert_bag
 
     # A bag whose recorder is alive or was killed: refuse (live, or a file cut mid-write: name `data
     # recover`, which rewrites files, so it is never run unasked) or read it with a one-line note.
@@ -417,7 +433,8 @@ def cmd_data_convert(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_data_recover(args: argparse.Namespace, out: TextIO) -> int:
     """``recover()`` a bag whose recorder was killed; refused while a recorder still writes it."""
-    from robostack.real.bag import BagError, is_live, recover
+    from robostack.real.bag import BagError
+    from robostack.real.bag_recovery import is_live, recover
 
     if Path(args.bag).is_dir() and is_live(args.bag):
         raise UsageError(f"{args.bag} is still being recorded (a live recorder holds its lock); stop the recorder "
@@ -442,7 +459,8 @@ def cmd_data_recover(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_data_replay(args: argparse.Namespace, out: TextIO) -> int:
     with _stdout_to_stderr(args.json):
-        from robostack.dataset import load_dataset, replay
+        from robostack.data.dataset import load_dataset
+        from robostack.workflows.replay import replay
 
         report = replay(load_dataset(args.dataset), args.episode)
     if args.json:
@@ -466,8 +484,8 @@ def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise UsageError(f"--max-seconds must be positive, got {args.max_seconds}")
     with _stdout_to_stderr(args.json):
-        from robostack.eval_policy import RenderError
-        from robostack.teleop import choose_view, record
+        from robostack.workflows.record import choose_view, record
+        from robostack.workflows.render import RenderError
 
         try:
             summary = record(args.task, args.device, args.out, episodes=args.episodes, seed=args.seed,
@@ -574,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         "task.sim.num_envs=64",
     )
     p.add_argument("task", help="task name (see: robostack list)")
-    p.add_argument("--algo", choices=ALGORITHMS, default=None, help="learning algorithm (default: the recipe's algo key)")
+    p.add_argument("--algo", default=None, help="learning algorithm (see: robostack list; default: the recipe's algo key)")
     p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
@@ -642,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="datasets (LeRobotDataset v3.0 layout): info, merge, convert a bag, replay in simulation; "
         "recover a bag",
         description="Datasets of teleoperated demonstrations, intervention logs and policy rollouts in the "
-        "layout of LeRobotDataset v3.0 (see robostack.dataset).")
+        "layout of LeRobotDataset v3.0 (see robostack.data.dataset).")
     data = p.add_subparsers(dest="data_command", metavar="WHAT", parser_class=_Parser)
     data.required = True
     p = data.add_parser("info", help="episodes, frames, fps, features, tasks and success rate by source",

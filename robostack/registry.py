@@ -1,104 +1,66 @@
-"""A tiny registry of what RoboStack can run: robots, tasks, algorithms and simulator backends.
+"""The catalogue of what RoboStack can run: typed specifications (``robostack.specs``) by kind and name.
 
-Entries register themselves when their module is imported; ``load_builtins`` imports the built-in ones,
-so ``robostack list`` and the CLI see the same catalogue as Python code does. Robots are typed
-specifications (``robostack.specs.RobotSpec``) and load on their own (``robot``): a deploy process reads a
-robot's specification without importing any task, learner or torch.
+Core, and nothing more than storage: a specification registers itself where it is declared (a robot's
+``model.py``, a task module, an algorithm's file in ``policies/``, a backend module, ``robostack.bundle``), and
+the layer that owns a kind discovers its own (``robostack.sim.robots`` its robot folders and their tasks,
+``robostack.policies.load`` its algorithms, ``robostack.sim.load_backends`` its backends). So a deploy process
+that asks for a robot loads the robots' models and nothing else; ``robostack list`` loads everything.
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TypeVar
 
-from robostack.specs import RobotSpec
+from robostack.specs import AlgorithmSpec, BackendSpec, BundleKindSpec, RobotSpec, TaskSpec
 
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    kind: str  # "robot" | "task" | "algorithm" | "backend" | "expert"
-    summary: str
-    target: Callable[..., Any]  # what to call to build it
-    extra: dict[str, Any] = field(default_factory=dict)
+Spec = TypeVar("Spec", RobotSpec, TaskSpec, AlgorithmSpec, BundleKindSpec, BackendSpec)
+KINDS: dict[type, str] = {RobotSpec: "robot", TaskSpec: "task", AlgorithmSpec: "algorithm",
+                          BundleKindSpec: "bundle kind", BackendSpec: "backend"}
+_SPECS: dict[type, dict[str, object]] = {kind: {} for kind in KINDS}
+# who registers each kind: named when a lookup finds none registered at all
+_OWNERS = {RobotSpec: "importing robostack.sim", TaskSpec: "robostack.sim.task(name)",
+           AlgorithmSpec: "robostack.policies.load()", BundleKindSpec: "importing robostack.bundle",
+           BackendSpec: "robostack.sim.load_backends()"}
 
 
-_ENTRIES: dict[tuple[str, str], Entry] = {}
-_ROBOTS: dict[str, RobotSpec] = {}
-
-_BUILTIN_ROBOTS = (
-    "robostack.sim.robots.panda.model",
-    "robostack.sim.robots.go2.model",
-    "robostack.sim.robots.cf2.model",
-)
-_BUILTIN_MODULES = (
-    "robostack.sim.robots.panda.tasks",
-    "robostack.sim.robots.panda.lift",
-    "robostack.sim.robots.panda.insert",
-    "robostack.sim.robots.go2.tasks",
-    "robostack.sim.robots.cf2.tasks",
-    "robostack.sim.mujoco_backend",
-    "robostack.policies",
-)
-
-
-def register(kind: str, name: str, summary: str, **extra: Any) -> Callable[[Callable], Callable]:
-    """Decorator: ``@register("task", "go2-walk", "...")`` on the function that builds it."""
-
-    def wrap(target: Callable) -> Callable:
-        key = (kind, name)
-        if key in _ENTRIES and _ENTRIES[key].target is not target:
-            raise ValueError(f"{kind} {name!r} is registered twice")
-        _ENTRIES[key] = Entry(name, kind, summary, target, dict(extra))
-        return target
-
-    return wrap
-
-
-def register_robot(spec: RobotSpec) -> RobotSpec:
-    """Add a robot's specification (its ``model.py`` calls this at import)."""
-    known = _ROBOTS.get(spec.name)
+def register(spec: Spec) -> Spec:
+    """Add a specification (its module calls this at import); the same name twice is an error."""
+    specs = _SPECS[type(spec)]
+    known = specs.get(spec.name)
     if known is not None and known is not spec:
-        raise ValueError(f"robot {spec.name!r} is registered twice")
-    _ROBOTS[spec.name] = spec
+        raise ValueError(f"{KINDS[type(spec)]} {spec.name!r} is registered twice")
+    specs[spec.name] = spec
     return spec
 
 
-def robots() -> list[RobotSpec]:
-    for module in _BUILTIN_ROBOTS:
-        importlib.import_module(module)
-    return sorted(_ROBOTS.values(), key=lambda spec: spec.name)
+def registered(kind: type[Spec]) -> list[Spec]:
+    """Every registered specification of ``kind``, by name."""
+    return sorted(_SPECS[kind].values(), key=lambda spec: spec.name)
+
+
+def _get(kind: type[Spec], name: str) -> Spec:
+    try:
+        return _SPECS[kind][name]
+    except KeyError:
+        label = KINDS[kind]
+        known = ", ".join(sorted(_SPECS[kind])) or f"none yet ({_OWNERS[kind]} registers them)"
+        raise KeyError(f"unknown {label} {name!r}; known {label}s: {known}") from None
 
 
 def robot(name: str) -> RobotSpec:
-    """The registered robot ``name``; loads the robot modules only (no tasks, no torch)."""
-    specs = {spec.name: spec for spec in robots()}
-    try:
-        return specs[name]
-    except KeyError:
-        raise KeyError(f"unknown robot {name!r}; known robots: {', '.join(specs) or 'none'}") from None
+    return _get(RobotSpec, name)
 
 
-def load_builtins() -> None:
-    robots()
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+def task(name: str) -> TaskSpec:
+    return _get(TaskSpec, name)
 
 
-def entries(kind: str) -> list[Entry]:
-    load_builtins()
-    if kind == "robot":
-        return [Entry(s.name, "robot", s.summary, s.build_model, {"kind": s.kind, "urdf": str(s.urdf)})
-                for s in robots()]
-    return sorted((e for (k, _), e in _ENTRIES.items() if k == kind), key=lambda e: e.name)
+def algorithm(name: str) -> AlgorithmSpec:
+    return _get(AlgorithmSpec, name)
 
 
-def get(kind: str, name: str) -> Entry:
-    if kind == "robot":
-        raise TypeError("robots are typed specifications: use registry.robot(name)")
-    load_builtins()
-    try:
-        return _ENTRIES[(kind, name)]
-    except KeyError:
-        known = ", ".join(e.name for e in entries(kind)) or "none"
-        raise KeyError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+def bundle_kind(name: str) -> BundleKindSpec:
+    return _get(BundleKindSpec, name)
+
+
+def backend(name: str) -> BackendSpec:
+    return _get(BackendSpec, name)

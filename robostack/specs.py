@@ -1,12 +1,17 @@
 """Typed specifications of what RoboStack runs, registered in ``robostack.registry`` and read by every stage.
 
 Core: this module imports no simulator, learner or ROS code, so any process (a deploy node included) can
-read a specification without loading what it describes.
+read a specification without loading what it describes. Each kind is declared once, where it lives:
 
-``RobotSpec`` describes a robot once: its kind (which safety layer, fallback, launch file and teleop mapping
-it gets), its URDF (physical facts: links, inertias, joint limits), its configuration type (the tunable
-actuation numbers of ``configs/robots/<robot>.yaml``: gains, default pose, motor constants), the builder of its
-MuJoCo model from that configuration, and its joints in driver order. Nothing else restates those facts.
+* ``RobotSpec`` in ``sim/robots/<robot>/model.py``: kind (which safety layer, fallback, launch file and
+  teleop mapping it gets), URDF (links, inertias, joint limits), configuration type (the tunable actuation
+  numbers of ``configs/robots/<robot>.yaml``), the builder of its MuJoCo model, its joints in driver order;
+* ``TaskSpec`` beside the task's terms (``sim/robots/<robot>/<task>.py``): robot, configuration type, builder
+  of its ``TaskDefinition``, and a scripted expert where it has one;
+* ``AlgorithmSpec`` in its file in ``policies/``: what it trains with, its recipe section's type, its trainer
+  and the kind of bundle it exports;
+* ``BundleKindSpec`` in ``robostack.bundle.kinds``: how a bundle of that kind is checked, loaded and run;
+* ``BackendSpec`` in a simulator backend's module (``sim/*_backend.py``): how it builds a task's env.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 
 RobotKind = Literal["arm", "quadruped", "drone"]
 ROBOT_KINDS: tuple[RobotKind, ...] = ("arm", "quadruped", "drone")
+TrainsWith = Literal["reinforcement", "imitation"]
 
 
 class RobotConfig(Protocol):
@@ -88,3 +94,66 @@ class RobotSpec:
     def build_model(self, config: Any = None) -> Any:
         """The robot's ``mujoco.MjModel`` for ``config`` (default: its YAML file)."""
         return self.build_spec(config if config is not None else self.load_config()).compile()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: ``build(config)`` makes its ``robostack.sim.terms.TaskDefinition`` from a ``config_type``
+    (``configs/tasks/<task>.yaml``, its robot's configuration in ``robot``); ``expert(env)``, where the task has
+    one, is a scripted expert acting in a batched env (``robostack teleop --device scripted``)."""
+
+    name: str
+    robot: str
+    summary: str
+    config_type: type
+    build: Callable[[Any], Any]
+    expert: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A learning algorithm. ``config_type`` is its section of a training recipe (``configs/train/<task>.yaml``,
+    under its name); ``bundle_kind`` is what ``robostack export`` makes of its runs.
+
+    * reinforcement: ``trainer(env, config, device)`` is the ``robostack.policies.learner.Learner`` the shared
+      training loop drives (``robostack.workflows.train``); ``exporter(env, config, state)`` is the deterministic
+      policy (a torch module, raw policy observation in, action out) of a checkpoint's algorithm ``state``;
+    * imitation: ``trainer(episodes, config, **options)`` returns the trained policy
+      (``robostack.workflows.imitation``); ``exporter(state)`` is the module of one action chunk a chunk bundle
+      holds, from a checkpoint's policy ``state``.
+    """
+
+    name: str
+    summary: str
+    trains_with: TrainsWith
+    config_type: type
+    bundle_kind: str
+    trainer: Callable[..., Any]
+    exporter: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class BundleKindSpec:
+    """A kind of policy bundle (metadata ``kind``): ``check(metadata, fail)`` validates its metadata (``fail(what)``
+    makes the error to raise), ``load(path, metadata, session, base)`` makes the loaded bundle (``base``: the
+    loaded bundle in ``base/``, for kinds that have one), ``actor(bundle, source, num_envs, seed, base_source)`` runs
+    it for a batch of robots whose observations ``source`` gives (``robostack.bundle.kinds.ObservationSource``;
+    ``base_source``, where it differs, those of the bundle in ``base/``)."""
+
+    name: str
+    summary: str
+    check: Callable[[dict[str, Any], Callable[[str], Exception]], None]
+    load: Callable[..., Any]
+    actor: Callable[..., Any]
+    has_base: bool = False
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A simulator backend: ``make_env(definition, num_envs, seed, device)`` runs a task's
+    ``TaskDefinition`` as a batched ``robostack.sim.env.VecEnv`` on ``devices``."""
+
+    name: str
+    summary: str
+    make_env: Callable[..., Any]
+    devices: tuple[str, ...] = ("cpu",)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv if needed (fast when already done), then run the test suite; arguments go to pytest,
-# e.g. `bash scripts/test.sh tests/test_config.py -k override`.
+# e.g. `bash scripts/test.sh tests/core/test_config.py -k override`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh

@@ -9,11 +9,10 @@ one robot) and on torch tensors (training, a batch), so the two cannot drift.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import mujoco
 import numpy as np
-import torch
 
 from robostack.specs import RobotConfig, RobotSpec
 
@@ -70,9 +69,10 @@ class TargetBounds:
                    else urdf.effort * limits.effort_scale / kp,
                    damping_lead=kd / kp)
 
-    def as_tensors(self, device: torch.device | str) -> "TargetBounds":
-        return TargetBounds(**{k: torch.as_tensor(v, dtype=torch.float32, device=device)
-                               for k, v in vars(self).items()})
+    def converted(self, convert: Callable[[np.ndarray], Any]) -> "TargetBounds":
+        """The same bounds as another array type (``limit_targets`` on torch tensors takes them as tensors):
+        numpy alone here, so the safety layer loads no torch."""
+        return TargetBounds(**{k: convert(v) for k, v in vars(self).items()})
 
 
 WINDOWS = ("joint bounds", "effort limit", "rate limit")  # in priority order
@@ -84,7 +84,7 @@ def limit_targets(target: Any, position: Any, velocity: Any, previous: Any, boun
     then the rate limit (at most ``max_velocity * dt`` from ``previous``), in that priority: each window
     narrows what the stronger ones left, and where it lies outside them their nearest point wins.
 
-    Works on numpy arrays (``xp=np``) or torch tensors (``xp=torch``, bounds from ``as_tensors``); returns the
+    Works on numpy arrays (``xp=np``) or torch tensors (``xp=torch``, bounds ``converted`` to tensors); returns the
     limited targets and, per window in ``WINDOWS`` order, where the target was outside it."""
     torque_free = position + bounds.damping_lead * velocity
     step = bounds.max_velocity * dt

@@ -73,6 +73,13 @@ def quat_error_vector(current: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return err[:, 1:] / sin_half * angle
 
 
+def rotation_vector_quat(v: torch.Tensor) -> torch.Tensor:
+    """The (w, x, y, z) quaternion of rotation vectors (axis * angle) [N, 3]."""
+    angle = v.norm(dim=-1, keepdim=True)
+    axis = v / angle.clamp(min=1e-12)
+    return torch.cat([torch.cos(angle / 2), axis * torch.sin(angle / 2)], dim=-1)
+
+
 def random_quat_within(rng: np.random.Generator, n: int, max_angle: float) -> np.ndarray:
     """Uniformly random axes with angles uniform in [0, max_angle]: [n, 4] (w, x, y, z)."""
     axis = rng.normal(size=(n, 3))

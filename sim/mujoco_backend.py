@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import mujoco
 import numpy as np
 from mujoco import rollout
 
-from robostack.registry import register
+from robostack import registry
+from robostack.sim.task_env import TaskEnv
+from robostack.specs import BackendSpec
 
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
 # Controls per substep: actuator commands plus a generalized external force (pushes, wind).
@@ -26,7 +29,6 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@register("backend", "mujoco", "MuJoCo (C, CPU) stepped in parallel by mujoco.rollout's thread pool")
 class MujocoBatch:
     """``num_envs`` copies of one model; each env may get its own randomized ``MjModel`` copy."""
 
@@ -120,3 +122,10 @@ class MujocoBatch:
             self._pool.close()
             self._pool = None
 
+
+def make_env(definition: Any, num_envs: int | None = None, seed: int = 0, device: str = "cpu") -> TaskEnv:
+    return TaskEnv(definition, MujocoBatch, num_envs=num_envs, seed=seed, device=device)
+
+
+SPEC = registry.register(BackendSpec("mujoco", "MuJoCo (C, CPU) stepped in parallel by mujoco.rollout's thread pool",
+                                     make_env))

@@ -41,7 +41,8 @@ class PolicyState:
         self.action = torch.zeros(n, self.action_dim, device=dev)
         self.last_action = torch.zeros_like(self.action)
         self.action_history = torch.zeros(n, task.action_history, self.action_dim, device=dev)
-        self._limits = None if am.limits is None else am.limits.as_tensors(dev)
+        self._limits = None if am.limits is None else am.limits.converted(
+            lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev))
         self.ctrl_target = self._ctrl_offset.repeat(n, 1)  # the controls the policy commanded (before latency)
         self.integrals: dict[str, torch.Tensor] = {}  # sized by size_integrals once the state can be read
 

@@ -1,4 +1,5 @@
-"""The generic task environment: a ``TaskDefinition`` (terms) running on a ``MujocoBatch`` (physics).
+"""The generic task environment: a ``TaskDefinition`` (terms) running on a backend's batch of physics states
+(``physics``: ``MujocoBatch`` for the embedded ``mujoco`` backend).
 
 Per control step: action -> latency buffer -> controls; interval events; ``decimation`` physics substeps
 in native threads; then terminations, rewards, episode bookkeeping, automatic resets and observations,
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import mujoco
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 
 from robostack.sim.env import Obs, VecEnv
-from robostack.sim.mujoco_backend import MujocoBatch
 from robostack.sim.policy_state import PolicyState
 from robostack.sim.terms import TaskDefinition
 
@@ -61,7 +61,11 @@ def actuated_joint_addresses(model: mujoco.MjModel, device: torch.device) -> tup
 
 
 class TaskEnv(PolicyState, VecEnv):
-    def __init__(self, task: TaskDefinition, num_envs: int | None = None, seed: int = 0,
+    """``physics(model, num_envs, substeps, threads)`` makes the backend's batch: ``qpos``, ``qvel``,
+    ``sensordata``, ``state``, ``act`` and ``ctrl`` arrays per env, ``models`` (and ``per_env_models`` for
+    randomization), ``step``, ``forward``, ``data_for`` and ``close`` (``robostack.sim.mujoco_backend``)."""
+
+    def __init__(self, task: TaskDefinition, physics: Callable[..., Any], num_envs: int | None = None, seed: int = 0,
                  device: str | torch.device = "cpu"):
         self.task = task
         self.task_cfg = task.cfg
@@ -71,7 +75,7 @@ class TaskEnv(PolicyState, VecEnv):
         self.max_episode_length = int(round(task.sim.episode_length_s / self.control_dt))
         model: mujoco.MjModel = task.model
         model.opt.timestep = task.sim.timestep
-        self.sim = MujocoBatch(model, self.num_envs, task.sim.decimation, task.sim.num_threads)
+        self.sim = physics(model, self.num_envs, task.sim.decimation, task.sim.num_threads)
         self.default_model = model
         n, dev = self.num_envs, self.device
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from robostack.registry import register_robot
+from robostack import registry
 from robostack.sim.robots import description
 from robostack.specs import RobotSpec
 
@@ -73,7 +73,7 @@ def build_spec(cfg: Cf2Config) -> mujoco.MjSpec:
     return spec
 
 
-SPEC = register_robot(RobotSpec(
+SPEC = registry.register(RobotSpec(
     name=NAME, kind="drone",
     summary="Bitcraze Crazyflie 2.x quadrotor: four motor thrusts with rotor lag (floating base)",
     urdf=URDF, config_type=Cf2Config, build_spec=build_spec, joint_names=JOINT_NAMES, joint_limits=LIMITS,

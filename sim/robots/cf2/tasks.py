@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robostack.registry import register
+from robostack import registry
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.task_env import TaskEnv
+from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
                                  RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, defined, noiseless)
 
@@ -134,8 +135,6 @@ def near(cfg: Cf2HoverConfig) -> Definition:
                       f"zero farther than {cfg.position_integral_radius} m from the target", "x, y, z")
 
 
-@register("task", "cf2-hover", "Crazyflie 2.x: fly to and hold a target position from random starts",
-          config=Cf2HoverConfig, robot="cf2")
 def build(cfg: Cf2HoverConfig) -> TaskDefinition:
     model = cf2.SPEC.build_model(cfg.robot)
     r, dr_cfg = cfg.rewards, cfg.randomization
@@ -184,3 +183,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
         randomize=dr_cfg.enabled,
         cfg=cfg,
     )
+
+
+SPEC = registry.register(TaskSpec("cf2-hover", "cf2", "Crazyflie 2.x: fly to and hold a target position from random "
+                                  "starts", Cf2HoverConfig, build))

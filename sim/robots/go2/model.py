@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from robostack.registry import register_robot
+from robostack import registry
 from robostack.sim.robots import description
 from robostack.specs import RobotSpec
 
@@ -70,7 +70,7 @@ def build_spec(cfg: Go2Config) -> mujoco.MjSpec:
     return spec
 
 
-SPEC = register_robot(RobotSpec(
+SPEC = registry.register(RobotSpec(
     name=NAME, kind="quadruped", summary="Unitree Go2 quadruped: 12 PD joints, IMU, foot contacts (floating base)",
     urdf=URDF, config_type=Go2Config, build_spec=build_spec, joint_names=JOINT_NAMES, joint_limits=LIMITS,
     menagerie_file=MENAGERIE_FILE))

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robostack.registry import register
+from robostack import registry
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.go2 import model as go2
 from robostack.sim.task_env import TaskEnv
+from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, ObsTerm,
                                  RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, noiseless)
 
@@ -143,8 +144,6 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
         env.buffers["air_time"][torch.as_tensor(env_ids)] = 0.0
 
 
-@register("task", "go2-walk", "Unitree Go2: track commanded vx, vy, yaw rate on flat ground",
-          config=Go2WalkConfig, robot="go2")
 def build(cfg: Go2WalkConfig) -> TaskDefinition:
     model = go2.SPEC.build_model(cfg.robot)
     home = cfg.robot.home_joint_pos()
@@ -205,3 +204,7 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
         cfg=cfg,
     )
     return definition
+
+
+SPEC = registry.register(TaskSpec("go2-walk", "go2", "Unitree Go2: track commanded vx, vy, yaw rate on flat ground",
+                                  Go2WalkConfig, build))

@@ -15,11 +15,12 @@ import mujoco
 import numpy as np
 import torch
 
-from robostack.registry import register
+from robostack import registry
 from robostack.sim import mdp
 from robostack.sim.robots import description
 from robostack.sim.robots.panda import manipulation as manip
 from robostack.sim.task_env import TaskEnv
+from robostack.specs import TaskSpec
 from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
 
 HOLE = "hole"  # the block's body; site and sensors hole_pos, hole_quat at the centre of the hole's mouth
@@ -154,8 +155,6 @@ def reset(env: TaskEnv, env_ids: np.ndarray) -> None:
     manip.place_in_gripper(env, env_ids, depth, half_width=peg.size / 2)
 
 
-@register("task", "panda-insert", "Franka Panda: insert a held square peg into a square hole (mm clearance)",
-          config=PandaInsertConfig, robot="panda")
 def build(cfg: PandaInsertConfig) -> TaskDefinition:
     spec = manip.build_spec(cfg.robot, cfg.table)
     peg = manip.add_object(spec, cfg.table, [cfg.peg.size / 2, cfg.peg.size / 2, cfg.peg.length / 2],
@@ -174,7 +173,6 @@ def build(cfg: PandaInsertConfig) -> TaskDefinition:
         scene_state={"hole_pos": (hole_pos, "xyz"), "hole_quat": (hole_quat, "wxyz")}, fixtures=(HOLE,))
 
 
-@register("expert", "panda-insert", "scripted: peg above the hole, lined up with it, then down with corrections")
 class InsertExpert(manip.ScriptedExpert):
     """Bring the peg's tip well above the hole's mouth with the peg upright and its faces turned to the hole's,
     line it up just above the mouth, then lower it while still correcting the horizontal offset and the
@@ -200,3 +198,8 @@ class InsertExpert(manip.ScriptedExpert):
         target = torch.stack([*waypoints, down])[self.phase, torch.arange(env.num_envs, device=env.device)]
         max_step = torch.as_tensor(self.MAX_STEP, device=env.device)[self.phase]
         return self.servo(env, target - tip, turn, max_step, close=torch.ones_like(self.phase, dtype=torch.bool))
+
+
+SPEC = registry.register(TaskSpec("panda-insert", "panda", "Franka Panda: insert a held square peg into a square hole, "
+                                  "mm clearance (scripted expert: peg above the hole, lined up, then down with "
+                                  "corrections)", PandaInsertConfig, build, expert=InsertExpert))

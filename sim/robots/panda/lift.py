@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robostack.registry import register
+from robostack import registry
 from robostack.sim import mdp
 from robostack.sim.robots.panda import manipulation as manip
-from robostack.sim.robots.panda import tasks as reach
+from robostack.sim.robots.panda import reach
 from robostack.sim.task_env import TaskEnv
+from robostack.specs import TaskSpec
 from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
 
 
@@ -84,8 +85,6 @@ def place_cube(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     env.command[torch.as_tensor(env_ids)] = torch.as_tensor(goal, dtype=torch.float32, device=env.device)
 
 
-@register("task", "panda-lift", "Franka Panda: grasp a cube on a table and lift it", config=PandaLiftConfig,
-          robot="panda")
 def build(cfg: PandaLiftConfig) -> TaskDefinition:
     spec = manip.build_spec(cfg.robot, cfg.table)
     manip.add_object(spec, cfg.table, [cfg.cube.size / 2] * 3, cfg.cube.mass, cfg.cube.friction,
@@ -101,7 +100,6 @@ def build(cfg: PandaLiftConfig) -> TaskDefinition:
         metrics={"height_gain": height_gain, "tcp_distance": manip.tcp_distance}, command_dim=3)
 
 
-@register("expert", "panda-lift", "scripted: above the cube, down, close the gripper, lift")
 class LiftExpert(manip.ScriptedExpert):
     """Approach a point above the cube with the gripper turned to its faces, descend, close, lift to the goal."""
 
@@ -123,3 +121,8 @@ class LiftExpert(manip.ScriptedExpert):
         target = torch.where((self.phase == self.LIFT).unsqueeze(1), lift_to, target)
         max_step = torch.as_tensor(self.MAX_STEP, device=env.device)[self.phase]
         return self.servo(env, target - tcp, turn, max_step, close=self.phase >= self.CLOSE)
+
+
+SPEC = registry.register(TaskSpec("panda-lift", "panda", "Franka Panda: grasp a cube on a table and lift it (scripted "
+                                  "expert: above the cube, down, close the gripper, lift)", PandaLiftConfig, build,
+                                  expert=LiftExpert))

@@ -29,7 +29,7 @@ from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots import description
 from robostack.sim.robots.panda import model as panda
-from robostack.sim.robots.panda import tasks as reach
+from robostack.sim.robots.panda import reach
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EndEffectorIK, EventConfig, EventFn, EventTerm,
                                  GripperCommand, ObsTerm, RewardTerm, SimConfig, TaskDefinition, TermFn, defined,
                                  noiseless)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from robostack.registry import register_robot
+from robostack import registry
 from robostack.sim.robots import description
 from robostack.specs import RobotSpec
 
@@ -65,7 +65,7 @@ def build_spec(cfg: PandaConfig) -> mujoco.MjSpec:
     return spec
 
 
-SPEC = register_robot(RobotSpec(
+SPEC = registry.register(RobotSpec(
     name=NAME, kind="arm", summary="Franka Emika Panda: 7-DoF arm + 2-finger gripper, PD joints, TCP frame",
     urdf=URDF, config_type=PandaConfig, build_spec=build_spec, joint_names=JOINT_NAMES, joint_limits=LIMITS,
     menagerie_file=MENAGERIE_FILE))

@@ -1,0 +1,201 @@
+"""``robostack data convert``: a bag recorded on a robot (``recorder_node``) as an episode of a dataset, in the
+feature schema simulated data uses (``robostack.data.features``), so both merge and train together.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from robostack import registry, sim
+from robostack.config import ConfigError
+from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, DatasetWriter, load_dataset
+from robostack.data.features import BASE_STATE, action_names, command_names, state_names, vector_feature
+from robostack.real.bag import BagError, read_messages, read_metadata
+from robostack.real.bag_recovery import inspect_bag
+from robostack.real.deploy_config import INTERNAL, load_deploy_config
+from robostack.real.messages import get_field
+from robostack.real.state import StateListener, primary_source
+from robostack.specs import RobotSpec
+
+
+class _BagSubscriptions:
+    """Stands in for an rclpy node: collects ``StateListener``'s callbacks by topic so that bag messages
+    can be fed to the same code that reads the live topics, on a clock that reads each message's log time
+    (when the recorder received it: stamps are judged as they were live)."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[str, Callable[[Any], None]] = {}
+        self.nanoseconds = 0  # the log time of the message being fed
+
+    def create_subscription(self, _msg_type: Any, topic: str, callback: Callable[[Any], None], _qos: Any) -> None:
+        self.callbacks[topic] = callback
+
+    def get_clock(self) -> _BagSubscriptions:
+        return self
+
+    def now(self) -> _BagSubscriptions:
+        return self
+
+
+def _resolve(topic: str, namespace: str) -> str:
+    return topic if topic.startswith("/") else f"{namespace}/{topic}"
+
+
+def _bag_robot(bag: Path, topics: set[str], robot: str | None, namespace: str | None) -> tuple[Any, str]:
+    """The deploy config of the robot whose state, driver and task-command topics the bag has, and the
+    namespace they were recorded under (found from the driver command topic unless given)."""
+    candidates = [robot] if robot else [spec.name for spec in registry.registered(RobotSpec)]
+    matches, problems = [], []
+    for name in candidates:
+        try:
+            cfg = load_deploy_config(name)
+        except ConfigError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        driver = cfg.topics.driver_command.topic
+        found = [namespace] if namespace is not None else \
+            [t[:len(t) - len(driver) - 1] for t in topics if t == _resolve(driver, "") or t.endswith("/" + driver)]
+        for ns in found:
+            wanted = [_resolve(getattr(cfg.topics, part).topic, ns) for part in
+                      ("joint_states", "imu", "odometry", "driver_command", "task_command")
+                      if getattr(cfg.topics, part) is not None]
+            missing = [t for t in wanted if t not in topics]
+            if missing:
+                problems.append(f"{name} (namespace {ns or '/'}): no {missing}")
+            else:
+                matches.append((cfg, ns))
+        if not found:
+            problems.append(f"{name}: no driver command topic {driver!r}")
+    if len(matches) != 1:
+        why = "several robots match: " + ", ".join(f"{c.robot} in {ns or '/'}" for c, ns in matches) if matches \
+            else "no robot's deploy config matches: " + "; ".join(problems)
+        raise DatasetError(f"{bag}: {why} (bag topics: {sorted(topics)}); give the robot (and namespace)")
+    return matches[0]
+
+
+def _state_vector(state: Any) -> tuple[list[str], np.ndarray]:
+    """``observation.state`` names and values of a ``RobotState`` (see ``state_names``)."""
+    joints = list(state.joint_position)
+    velocities = bool(joints) and set(joints) <= set(state.joint_velocity)
+    base = [field for field in BASE_STATE if getattr(state, field) is not None]
+    values = [state.joint_position[j] for j in joints]
+    values += [state.joint_velocity[j] for j in joints] if velocities else []
+    values += [float(v) for field in base for v in getattr(state, field)]
+    return state_names(joints, velocities, base), np.array(values, dtype=np.float64)
+
+
+def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: str | None = None,
+                fps: int | None = None, task: str | None = None, sim_task: str | None = None,
+                namespace: str | None = None, success: bool | None = None) -> Dataset:
+    """Turn a bag recorded by ``recorder_node`` (``robostack deploy --record``) into one episode of the
+    dataset at ``out`` (created, or appended to when it has the same features).
+
+    The whole bag is one episode: a takeover is kept in context (what the policy did before the human
+    stepped in and after), and ``complementary_info.intervention`` marks the frames between
+    ``teleop/intervention`` "start" and "end". ``source`` is ``teleop`` if the human was in control on every
+    frame, ``intervention`` if on some, else ``rollout``.
+
+    Frames are on a clock of ``fps`` (default: the rate of the robot's primary state topic) from the first
+    moment both a state and a driver command exist to the last state: each frame holds the latest state
+    (joint states, IMU, odometry as the deploy config of ``robot`` reads them, through the same
+    ``StateListener`` the nodes use), the latest task command, and as action the last driver command sent
+    before the next frame (the one in effect when the next state was measured). Rewards are 0 and
+    ``next.done`` marks the last frame. ``robot`` and ``namespace`` are found from the bag's topics unless
+    given; ``sim_task`` (a RoboStack task of that robot) is stored for ``replay``.
+
+    A bag that a recorder is still writing, or one with a file cut short (a recorder killed in the middle of
+    a flush), is refused (``DatasetError``; the latter names ``robostack data recover``, which rewrites files
+    and so is not run unasked). A bag whose recorder was killed between flushes is read as it is: every
+    flush leaves it readable (``robostack.real.bag``).
+    """
+    bag = Path(bag_dir)
+    try:
+        topics = {t["topic_metadata"]["name"] for t in read_metadata(bag)["topics_with_message_count"]}
+    except (OSError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{bag}: not a rosbag2 bag with a metadata.yaml ({exc})") from None
+    try:
+        refusal = inspect_bag(bag).refusal(f"robostack data recover {bag}")
+    except BagError as exc:
+        refusal = str(exc)
+    if refusal:
+        raise DatasetError(refusal)
+    cfg, namespace = _bag_robot(bag, topics, robot, namespace)
+    if sim_task is not None:
+        task_robot = sim.task(sim_task).robot
+        if task_robot != cfg.robot:
+            raise DatasetError(f"sim_task {sim_task!r} is for robot {task_robot!r}, the bag is from {cfg.robot!r}")
+    subscriptions = _BagSubscriptions()
+    listener = StateListener(subscriptions, cfg)
+    state_topics = {_resolve(topic, namespace): callback for topic, callback in subscriptions.callbacks.items()}
+    primary = _resolve(getattr(cfg.topics, primary_source(cfg)).topic, namespace)
+    driver = _resolve(cfg.topics.driver_command.topic, namespace)
+    command_cfg = cfg.topics.task_command
+    command_topic = _resolve(command_cfg.topic, namespace) if command_cfg else None
+    intervention = _resolve(INTERNAL["intervention"][0], namespace)
+    wanted = [t for t in (*state_topics, driver, command_topic, intervention) if t in topics]
+
+    names: list[str] | None = None
+    states: list[tuple[int, np.ndarray]] = []
+    commands: list[tuple[int, np.ndarray]] = []
+    task_commands: list[tuple[int, np.ndarray]] = []
+    events: list[tuple[int, bool]] = []
+    for message in sorted(read_messages(bag, topics=wanted), key=lambda m: m.log_time):
+        if message.topic in state_topics:
+            subscriptions.nanoseconds = message.log_time
+            state_topics[message.topic](message.msg)
+            if message.topic == primary and listener.ready():
+                current, values = _state_vector(listener.state())
+                if names is not None and current != names:
+                    raise DatasetError(f"{bag}: the state changed layout at t={message.log_time} ns: {current} "
+                                       f"instead of {names}")
+                names = current
+                states.append((message.log_time, values))
+        elif message.topic == driver:
+            commands.append((message.log_time, np.asarray(get_field(message.msg, cfg.topics.driver_command.data),
+                                                          dtype=np.float64)))
+        elif message.topic == command_topic:
+            task_commands.append((message.log_time, np.array([float(get_field(message.msg, f))
+                                                              for f in command_cfg.fields])))
+        else:
+            events.append((message.log_time, message.msg.data == "start"))
+    if len(states) < 2 or not commands:
+        raise DatasetError(f"{bag}: needs at least two complete states on {primary} and one driver command on "
+                           f"{driver}; has {len(states)} states and {len(commands)} commands")
+    if len({len(c) for _, c in commands}) != 1:
+        raise DatasetError(f"{bag}: driver commands on {driver} change length: {sorted({len(c) for _, c in commands})}")
+    state_times = np.array([t for t, _ in states])
+    if fps is None:
+        period = float(np.median(np.diff(state_times)))
+        if period <= 0:
+            raise DatasetError(f"{bag}: states on {primary} share timestamps; give the frame rate (fps)")
+        fps = round(1e9 / period)
+    step = round(1e9 / fps)
+    command_times = np.array([t for t, _ in commands])
+    start = max(state_times[0], command_times[0])
+    if start > state_times[-1]:
+        raise DatasetError(f"{bag}: no state was recorded after the first driver command")
+    times = np.arange(start, state_times[-1] + 1, step)
+
+    def latest(stamped: Sequence[tuple[int, Any]], at: np.ndarray, side: str = "right") -> list[int]:
+        return list(np.searchsorted([t for t, _ in stamped], at, side=side) - 1)
+
+    frames: dict[str, Any] = {
+        "observation.state": np.stack([states[i][1] for i in latest(states, times)]),
+        "action": np.stack([commands[i][1] for i in latest(commands, times + step, "left")]),
+        INTERVENTION: np.array([i >= 0 and events[i][1] for i in latest(events, times)], dtype=bool)}
+    joints = [name[:-len(".pos")] for name in names if name.endswith(".pos")]
+    features = {"observation.state": vector_feature(names),
+                "action": vector_feature(action_names(joints, len(commands[0][1])))}
+    if command_cfg is not None:
+        default = np.asarray(command_cfg.default, dtype=np.float64)
+        frames["observation.command"] = np.stack([task_commands[i][1] if i >= 0 else default
+                                                  for i in latest(task_commands, times)])
+        features["observation.command"] = vector_feature(command_names(len(command_cfg.fields)))
+    flags = frames[INTERVENTION]
+    source = "teleop" if flags.all() else "intervention" if flags.any() else "rollout"
+    writer = DatasetWriter(out, fps, features, cfg.robot, sim_task=sim_task)
+    writer.add_episode(frames, task or f"{cfg.robot}: recorded deployment", success=success, source=source)
+    return load_dataset(out)
