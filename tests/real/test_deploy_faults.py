@@ -523,3 +523,29 @@ def test_the_recorder_hears_best_effort_state_it_is_told_of(tmp_path):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["fake-go2"]:
     fake_go2(sys.argv[2], sys.argv[3])
+
+
+def test_subscribers_that_die_do_not_stall_the_safety_loop(tmp_path):
+    """SIGKILL the recorder (it subscribes to every topic the safety node publishes), then the policy (the safety
+    node's status reader): the safety node keeps sending driver commands at its rate, with no gap a dead reader's
+    lost acknowledgements could cause (a reliable, transient-local writer once stalled it for 0.4-0.6 s)."""
+    from robostack.real.graph import node_graph, started_graph
+
+    namespace = f"/deadsub_{uuid.uuid4().hex[:6]}"
+    watch = Watch(namespace)
+    nodes = node_graph(ROOT / "bundles" / "go2-walk", sim=True, randomize=False, record=tmp_path / "bag")
+    try:
+        with started_graph(nodes, log_dir=tmp_path, namespace=namespace) as procs:
+            wait(lambda: len(watch.policy) >= 100, 60, "2 s of the policy walking", procs.values())
+            procs["recorder_node"].send_signal(signal.SIGKILL)
+            time.sleep(1.0)
+            procs["policy_node"].send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            time.sleep(2.0)
+            assert procs["safety_node"].poll() is None
+    finally:
+        watch.close()
+    times = np.array([t for t, _ in watch.driver])
+    gaps = np.diff(times[times > killed - 1.5])
+    assert len(gaps) > 1000 and gaps.max() < 0.05, (len(gaps), gaps.max())
+    assert any("command stale" in " ".join(reasons) for t, reasons in watch.overrides if t > killed)
