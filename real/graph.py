@@ -66,9 +66,10 @@ def _driver_topics(robot: str, task: str | None) -> list[Any]:
 
 def recorded_topics(robot: str, task: str | None = None) -> list[str]:
     """``/topic:type`` entries the recorder takes: the robot's topics (``_driver_topics``) and everything the
-    RoboStack nodes say to each other (policy and human commands, takeovers, overrides)."""
+    RoboStack nodes say to each other (policy and human commands, takeovers, overrides, diagnostics)."""
     entries = [(t.topic, t.type) for t in _driver_topics(robot, task)]
-    entries += [INTERNAL[k] for k in ("policy_command", "teleop_command", "teleop_active", "intervention", "override")]
+    entries += [INTERNAL[k] for k in ("policy_command", "teleop_command", "teleop_active", "intervention", "override",
+                                      "diagnostics")]
     return [f"{topic}:{type_}" for topic, type_ in entries]
 
 
@@ -91,7 +92,14 @@ def preflight(policy: str | os.PathLike, robot: str | None = None) -> LoadedBund
         raise BundleMismatch(f"bundle {policy} drives robot {task_robot!r} (task {bundle.task!r}), not {robot!r}")
     spec = registry.robot(task_robot)
     source = str(spec.deploy_config_file)
-    check_bundle_fits(bundle.metadata, policy, spec, load_deploy_config(spec.name, source, task=bundle.task), source)
+    deploy = load_deploy_config(spec.name, source, task=bundle.task)
+    robot_config = check_bundle_fits(bundle.metadata, policy, spec, deploy, source)
+    if "critic" in bundle.metadata:  # the safety node will run it: it loads and reads this robot's features
+        from robostack.real.critic import bundle_critic
+        from robostack.real.safety import safety_config
+
+        arm = safety_config(deploy, source).arm
+        bundle_critic(policy, bundle.metadata, spec, robot_config, arm.tcp_site if arm is not None else None)
     try:
         ObservationBuilder(bundle.metadata)
     except ObservationError as exc:
@@ -101,10 +109,11 @@ def preflight(policy: str | os.PathLike, robot: str | None = None) -> LoadedBund
 
 def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.PathLike | None = None,
                randomize: bool = True, episodes: int = 0, seed: int = 0, teleop: str | None = None,
-               robot: str | None = None) -> list[NodeSpec]:
+               robot: str | None = None, disturbances: list[str] | None = None) -> list[NodeSpec]:
     """The nodes of one deployment of the bundle at ``policy`` (checked by ``preflight``, on ``robot`` if
-    given); ``sim`` adds the simulated robot driver, ``teleop`` ("joy" or "twist") a human takeover, ``record``
-    (a new bag directory) the recorder."""
+    given); ``sim`` adds the simulated robot driver (``disturbances``: task-config overrides it simulates,
+    e.g. stronger pushes), ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the
+    recorder."""
     if teleop is not None and teleop not in TELEOP_INPUTS:
         raise ValueError(f"teleop must be one of {TELEOP_INPUTS} or None, got {teleop!r}")
     bundle = preflight(policy, robot)
@@ -122,7 +131,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     if sim:
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
                               {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
-                               "start_paused": True, "reset_safety": True}))
+                               "start_paused": True, "reset_safety": True,
+                               **({"overrides": list(disturbances)} if disturbances else {})}))
     if teleop:
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": spec.name, "bundle": policy, "input": teleop}))
     if record:

@@ -185,7 +185,7 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
     def on_safety_status(msg: Any) -> None:
         try:
             status = json.loads(msg.data)
-            executed = status.get("passes") == "policy"
+            executed = status.get("passes") == "policy" and not status.get("recovering", False)
         except (ValueError, AttributeError):
             return
         if not executed and runner.executed:

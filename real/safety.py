@@ -23,8 +23,13 @@ Envelope violations, the e-stop and the fallback's cutting a drone's motors latc
 the clamps (the rate limit above all) make the return to the policy's commands smooth. Before the first
 command there is no control to lose: a quadruped holds the pose it was found in rather than lying down.
 
-A learned safety critic plugs in as a ``SafetyCritic`` (none by default): commands it scores below
-``critic_threshold`` are replaced by the fallback.
+A learned safety critic (``robostack.real.critic.RiskCritic``, from the policy's bundle; none by default) judges
+every command in the measured state before the clamps: where its risk (the discounted probability of a
+violation ahead) is above its ``epsilon`` and the recovery's own risk is lower, the layer runs the kind's
+recovery instead (arm: hold where it was; quadruped: stand on the home pose; drone: level and hold its
+position) for at least ``RECOVERY_MIN_S`` and until the command's risk is below ``epsilon`` again, then passes
+commands again. A recovery is not a
+fallback: nothing latches, and the clamps apply to it as to any command.
 """
 from __future__ import annotations
 
@@ -86,7 +91,6 @@ class SafetyConfig:
     rate_hz: float  # the reflex loop
     command_timeout_s: float  # no policy or teleop command for this long: fall back
     state_timeout_s: float  # from the deploy config's top level: older state is stale
-    critic_threshold: float = 0.0  # a safety critic's score below this triggers the fallback
     joints: JointTargetLimits | None = None  # jointed robots (arm, quadruped)
     arm: ArmLimits | None = None
     quadruped: QuadrupedLimits | None = None
@@ -147,10 +151,17 @@ class Measurement:
     received: float  # monotonic s when its oldest part arrived
 
 
-class SafetyCritic(Protocol):
-    """A learned judge of a command in a state (higher is safer); the layer falls back on a low score."""
+RECOVERY_MIN_S = 0.2  # a recovery runs at least this long: a risk hovering at epsilon does not chatter
 
-    def score(self, state: RobotState, command: np.ndarray) -> float: ...
+
+class SafetyCritic(Protocol):
+    """A learned judge of a command in a state: the risk of a violation ahead, in [0, 1]; above ``epsilon`` the
+    layer recovers (``robostack.real.critic.RiskCritic``)."""
+
+    epsilon: float
+    judges_recovery: bool  # its risk of the recovery's commands is learned too: recover only where it is lower
+
+    def risk(self, state: RobotState, command: np.ndarray) -> float: ...
 
 
 def tilt(quat_wxyz: np.ndarray) -> float:
@@ -197,6 +208,9 @@ class SafetyLayer(ABC):
 
     def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         self.spec, self.robot, self.cfg, self.critic = robot, robot.name, cfg, critic
+        self.risk = 0.0  # the critic's latest risk of the command (0 without a critic)
+        self.recovering_since: float | None = None  # when the current recovery began
+        self.executed: np.ndarray | None = None  # the command the layer ran last: the policy's, or the recovery's
         # The robot's model as configured (actuators in driver order): its limits, masses and geometry
         self.robot_config = robot_config
         self.model = robot.build_model(robot_config)
@@ -234,6 +248,13 @@ class SafetyLayer(ABC):
 
     def state_age(self, now: float) -> float:
         return math.inf if self._measurement is None else now - self._measurement.received
+
+    def restart(self) -> None:
+        """Forget the commands of the last episode: a robot put back by an operator (a simulated episode's reset)
+        takes its next command from where it now is, not by the rate limit from where its targets were."""
+        self.last_output, self.fallback_since, self.fallback_phase = None, None, ""
+        self.recovering_since, self.commanded = None, False
+        self.estopped, self.tripped = False, None
 
     def reset(self, now: float) -> tuple[bool, str]:
         """Clear the e-stop and any latched fallback, unless the state is stale: with no fresh state there
@@ -279,19 +300,23 @@ class SafetyLayer(ABC):
         if problem:
             reasons.append(problem)
         if not reasons:
-            safe, clamps = self._limit_command(values, state)
-            veto = self._critic_veto(state, safe)
-            if veto is None:
-                self.fallback_since, self.fallback_phase = None, ""
-                self.commanded = True
-                self.last_output, self.last_output_at = safe, now
-                return safe, clamps
-            reasons.append(veto)
+            self.fallback_since, self.fallback_phase = None, ""
+            self.commanded = True
+            recovery = self._critic(state, values, now)
+            if recovery is None:
+                self.executed = values.copy()  # the command as judged: a caller may reuse its array
+                safe, clamps = self._limit_command(values, state)
+            else:
+                self.executed, name = self.recovery(state, now)
+                safe, clamps = self._clamp(self.executed, state)
+                clamps = [f"critic: risk {self.risk:.2f} above {self.critic.epsilon:.2f}: recovery ({name})", *clamps]
+            self.last_output, self.last_output_at = safe, now
+            return safe, clamps
         if self.fallback_since is None:
             self.fallback_since = now
             self._begin_fallback(self._measurement, now)
-        target, self.fallback_phase = self._fallback(self._measurement, now, state_fresh)
-        safe, clamps = self._clamp(target, state)
+        self.executed, self.fallback_phase = self._fallback(self._measurement, now, state_fresh)
+        safe, clamps = self._clamp(self.executed, state)
         self.last_output, self.last_output_at = safe, now
         return safe, [f"fallback: {self.fallback_phase}", *reasons, *clamps]
 
@@ -309,13 +334,32 @@ class SafetyLayer(ABC):
             return None, f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}"
         return values, None
 
-    def _critic_veto(self, state: RobotState, command: np.ndarray) -> str | None:
+    def _critic(self, state: RobotState, command: np.ndarray, now: float) -> float | None:
+        """Whether to recover now (its start time, or None). A recovery begins where the command's risk is above
+        epsilon (a NaN risk counts as high) and, with a critic that ``judges_recovery`` (trained on rollouts
+        with recoveries in them), the recovery's own risk is lower: a robot that a recovery would not save (a
+        strong push a walking policy steps out of) keeps its policy. It lasts at least ``RECOVERY_MIN_S`` and
+        until the command's risk is below epsilon again."""
         if self.critic is None:
             return None
-        score = float(self.critic.score(state, command))
-        if score >= self.cfg.critic_threshold:  # a NaN score fails this too
-            return None
-        return f"critic score {score:.3g} below {self.cfg.critic_threshold}"
+        self.risk = float(self.critic.risk(state, command))
+        risky = not self.risk <= self.critic.epsilon
+        if risky and self.recovering_since is None:
+            self.begin_recovery(state, now)
+            if not (self.critic.judges_recovery and math.isfinite(self.risk)) or \
+                    self.critic.risk(state, self.recovery(state, now)[0]) < self.risk:
+                self.recovering_since = now
+        elif not risky and self.recovering_since is not None and now - self.recovering_since >= RECOVERY_MIN_S:
+            self.recovering_since = None
+        return self.recovering_since
+
+    @abstractmethod
+    def begin_recovery(self, state: RobotState, now: float) -> None:
+        """A recovery starts from ``state``."""
+
+    @abstractmethod
+    def recovery(self, state: RobotState, now: float) -> tuple[np.ndarray, str]:
+        """The recovery's target now and its name."""
 
     def _limit_command(self, command: np.ndarray, state: RobotState) -> tuple[np.ndarray, list[str]]:
         """The clamps a policy's or teleop's command goes through (the fallback's skips nothing but this)."""
@@ -415,6 +459,12 @@ class ArmSafetyLayer(JointSafetyLayer):
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         return self._hold, "hold"
 
+    def begin_recovery(self, state: RobotState, now: float) -> None:
+        self._recovery_hold = self.joint_positions(state)
+
+    def recovery(self, state: RobotState, now: float) -> tuple[np.ndarray, str]:
+        return self._recovery_hold, "hold"
+
     @property
     def fallback_complete(self) -> bool:
         return self.fallback_phase == "hold"
@@ -466,6 +516,12 @@ class QuadrupedSafetyLayer(JointSafetyLayer):
     @property
     def fallback_complete(self) -> bool:
         return self.tripped == STOOD_DOWN
+
+    def begin_recovery(self, state: RobotState, now: float) -> None:
+        pass
+
+    def recovery(self, state: RobotState, now: float) -> tuple[np.ndarray, str]:
+        return self.standing_pose, "stand"  # all four feet down, body up: the rate limit makes it a glide
 
     def _fallback(self, measurement: Measurement, now: float, state_fresh: bool) -> tuple[np.ndarray, str]:
         if not self.commanded and not self.latches:
@@ -578,25 +634,40 @@ class DroneSafetyLayer(SafetyLayer):
         reference = self._hold_position - np.array([0.0, 0.0, descended])
         return self.position_hold(state, reference, np.array([0.0, 0.0, -limits.descent_speed])), "land"
 
+    def begin_recovery(self, state: RobotState, now: float) -> None:
+        fence = self.cfg.drone.geofence
+        self._recovery_position = np.clip(state.base_position, fence.min, fence.max)
+        rotation = rotation_matrix(state.base_orientation)
+        self._hold_yaw = math.atan2(rotation[1, 0], rotation[0, 0])
+
+    def recovery(self, state: RobotState, now: float) -> tuple[np.ndarray, str]:
+        return self.position_hold(state, self._recovery_position, np.zeros(3)), "level and hold"
+
     def position_hold(self, state: RobotState, position: np.ndarray, velocity: np.ndarray) -> np.ndarray:
         """Motor thrusts that steer toward ``position`` moving at ``velocity`` (world frame) with the held yaw:
         PD position loop -> desired thrust axis and collective thrust -> attitude PD (on SO(3)) -> mixer."""
         kp, kd = self.position_gains
         accel = kp * (position - state.base_position) + kd * (velocity - state.base_linear_velocity)
         accel[2] = max(accel[2] + self.gravity, MIN_VERTICAL_ACCEL * self.gravity)
-        horizontal, max_horizontal = np.linalg.norm(accel[:2]), accel[2] * math.tan(MAX_FALLBACK_TILT)
+        horizontal, max_horizontal = math.hypot(accel[0], accel[1]), accel[2] * math.tan(MAX_FALLBACK_TILT)
         if horizontal > max_horizontal:
             accel[:2] *= max_horizontal / horizontal
+        # mujoco's 3-vector helpers: this runs on every tick of a recovery or fallback, where numpy's
+        # per-call overhead on 3-vectors would cost several times the arithmetic
         rotation = rotation_matrix(state.base_orientation)
-        z_axis = accel / np.linalg.norm(accel)
-        y_axis = np.cross(z_axis, [math.cos(self._hold_yaw), math.sin(self._hold_yaw), 0.0])
-        y_axis /= np.linalg.norm(y_axis)
-        desired = np.column_stack([np.cross(y_axis, z_axis), y_axis, z_axis])
+        z_axis, y_axis, x_axis = accel.copy(), np.empty(3), np.empty(3)
+        mujoco.mju_normalize3(z_axis)
+        mujoco.mju_cross(y_axis, z_axis, np.array([math.cos(self._hold_yaw), math.sin(self._hold_yaw), 0.0]))
+        mujoco.mju_normalize3(y_axis)
+        mujoco.mju_cross(x_axis, y_axis, z_axis)
+        desired = np.column_stack([x_axis, y_axis, z_axis])
         error_matrix = desired.T @ rotation - rotation.T @ desired
         attitude_error = 0.5 * np.array([error_matrix[2, 1], error_matrix[0, 2], error_matrix[1, 0]])
         rate = state.base_angular_velocity
         kr, kw = self.attitude_gains
-        torque = self.inertia @ (-kr * attitude_error - kw * rate) + np.cross(rate, self.inertia @ rate)
+        gyroscopic = np.empty(3)
+        mujoco.mju_cross(gyroscopic, rate, self.inertia @ rate)
+        torque = self.inertia @ (-kr * attitude_error - kw * rate) + gyroscopic
         collective = self.mass * float(accel @ rotation[:, 2])
         return np.clip(self.mixer @ np.array([collective, *torque]), 0.0, self.max_thrust)
 

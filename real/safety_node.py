@@ -25,8 +25,9 @@ unchanged again; so a fallback at 500 Hz does not flood the topic. Health goes o
 with ``fallback_complete`` (the fallback has done what it does: arm holding, quadruped lying, drone landed with
 its motors off) and ``state_problems`` (stamps frozen, backward, ahead of this clock, or zero). Its situation
 goes on ``safety/status`` (JSON, best effort: at every change and every ``STATUS_PERIOD_S``): the fallback
-phase, the command source, and ``passes``, whose commands reach the driver now (``policy``, ``teleop`` or
-null); the policy node and the simulated robot wait for it.
+phase, the command source, ``passes``, whose commands the layer takes now (``policy``, ``teleop`` or null),
+and ``recovering``, whether the critic's recovery runs instead of them; the policy node and the simulated robot
+wait for ``passes``, and the policy does not integrate what a recovery did not execute.
 
 ``true`` on ``safety/estop`` or a call of ``safety/trigger_estop`` latches the e-stop; only ``safety/reset``
 clears it (and any latched fallback), and it refuses while the state is stale. Before the first valid state
@@ -36,8 +37,13 @@ It finishes what it started. On SIGINT it takes no more commands, so the fallbac
 (drone: hover, land, motors off; quadruped: stand down; arm: hold), and exits once the fallback is complete,
 at a second SIGINT or a SIGTERM, or after ``SHUTDOWN_TIMEOUT_S``; at once if no command ever passed (nothing
 was driven). Whatever else stops (the launch system SIGINTs every node at once, and SIGTERMs after its
-``sigterm_timeout``), the robot is not left mid-air or half-way down. With ``status_file`` set (``robostack deploy`` sets it) it writes a JSON line there whenever
-its situation changes, so a supervisor on this machine knows when the fallback is complete.
+``sigterm_timeout``), the robot is not left mid-air or half-way down. With ``status_file`` set (``robostack
+deploy`` sets it) it writes a JSON line there whenever its situation changes, so a supervisor on this machine
+knows when the fallback is complete.
+
+With a ``bundle`` that holds a safety critic (``robostack train TASK --algo safety-critic``), the critic judges
+every command, the human's takeover commands too; an engagement is on ``safety/override`` (``critic: risk ...:
+recovery (...)``) and the risk on ``/diagnostics`` (``critic_risk``). Without one, nothing changes.
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ from std_srvs.srv import Trigger
 from robostack import registry
 from robostack.bundle import read_metadata
 from robostack.real.bundle_fit import check_bundle_fits
+from robostack.real.critic import bundle_critic
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import spin, stop_on_signals
 from robostack.real.messages import message_type, set_field
@@ -97,7 +104,10 @@ class SafetyNode(Node):
         self.deploy = load_deploy_config(robot.name, source, task=task or (metadata["task"] if metadata else None))
         robot_config = (check_bundle_fits(metadata, bundle, robot, self.deploy, source) if metadata
                         else robot.load_config())
-        self.layer = safety_layer(robot, robot_config, safety_config(self.deploy, source))
+        safety = safety_config(self.deploy, source)
+        critic = None if metadata is None else bundle_critic(  # trained for this very policy (the bundle's hash)
+            bundle, metadata, robot, robot_config, safety.arm.tcp_site if safety.arm is not None else None)
+        self.layer = safety_layer(robot, robot_config, safety, critic)
         self.listener = StateListener(self, self.deploy)
         self.status_file = Path(status) if (status := self.declare_parameter("status_file", "").value) else None
         self.status: dict[str, Any] = {}
@@ -216,7 +226,7 @@ class SafetyNode(Node):
                   "commanded": self.layer.commanded, "source": self.source, "stopping": self.stopping_since is not None,
                   "state_fresh": self.layer.state_age(now) <= self.layer.cfg.state_timeout_s,
                   "command_stale": command is not None and now - command.received > self.layer.cfg.command_timeout_s,
-                  "passes": passes}
+                  "passes": passes, "recovering": self.layer.recovering_since is not None}
         if status != self.status or now - self.status_published_at >= STATUS_PERIOD_S:
             self.status_published_at = now
             self.status_publisher.publish(String(data=json.dumps(status)))
@@ -255,7 +265,10 @@ class SafetyNode(Node):
             return
         self.published_override, self.published_override_at = kind, now
         t = self.get_clock().now().nanoseconds * 1e-9
-        self.override_publisher.publish(String(data=json.dumps({"reasons": reasons, "t": t})))
+        report = {"reasons": reasons, "t": t}
+        if self.layer.recovering_since is not None:
+            report["risk"] = self.layer.risk
+        self.override_publisher.publish(String(data=json.dumps(report)))
 
     def _log_fallback(self, phase_before: str, reasons: list[str]) -> None:
         """Fallback changes, at most one a second of each kind: bad commands can toggle it every period
@@ -286,6 +299,9 @@ class SafetyNode(Node):
             status.message = f"fallback ({self.layer.fallback_phase}): {'; '.join(self.listener.problems.values())}"
         elif self.layer.fallback_phase:
             status.level, status.message = DiagnosticStatus.WARN, f"fallback: {self.layer.fallback_phase}"
+        elif self.layer.recovering_since is not None:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"recovering: critic risk {self.layer.risk:.2f} above {self.layer.critic.epsilon:.2f}"
         elif now - self.last_override_at < DIAGNOSTICS_PERIOD_S:
             status.level, status.message = DiagnosticStatus.WARN, "limiting commands"
         else:
@@ -301,6 +317,10 @@ class SafetyNode(Node):
             "state_problems": "; ".join(self.listener.problems.values()),
             "last_override": self.last_override,
         }
+        if self.layer.critic is not None:
+            values.update({"critic_risk": f"{self.layer.risk:.4f}",
+                           "critic_epsilon": f"{self.layer.critic.epsilon:.4f}",
+                           "recovering": str(self.layer.recovering_since is not None).lower()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

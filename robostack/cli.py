@@ -189,6 +189,22 @@ def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_bench_safety(args: argparse.Namespace, out: TextIO) -> int:
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    with _stdout_to_stderr(args.json):
+        from robostack.workflows.safety_critic import bench_safety
+
+        result = bench_safety(args.task, policy=args.policy, episodes=args.episodes, disturbances=args.disturbance,
+                              seed=args.seed, overrides=list(args.overrides), sweep_plot=args.sweep)
+    if args.json:
+        out.write(json.dumps(result, default=str) + "\n")
+    else:
+        _print_table(f"bench safety: {args.task}", result, ("violation_reduction", "violations_hard_only",
+                                                            "violations_with_critic", "false_trigger_rate"), out)
+    return 0
+
+
 def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
     for name, value in (("--rate", args.rate), ("--duration", args.duration)):
         if not value > 0:
@@ -242,8 +258,10 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     bundle = load_bundle(args.policy)
     if bundle.task != args.task:
         raise UsageError(f"policy {args.policy} was trained for task {bundle.task!r}, not {args.task!r}")
+    if args.disturbance and not args.sim:
+        raise UsageError("--disturbance changes the simulated robot: it needs --sim")
     nodes = node_graph(args.policy, sim=args.sim, record=args.record, randomize=not args.play,
-                       episodes=args.episodes, seed=args.seed, teleop=args.teleop)
+                       episodes=args.episodes, seed=args.seed, teleop=args.teleop, disturbances=args.disturbance)
     log_dir = Path("runs") / "deploy" / f"{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     log_dir.mkdir(parents=True)
     # a rehearsal stays on this machine unless the user has said otherwise
@@ -289,6 +307,10 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         from robostack.workflows.runs import algorithm
 
         spec = algorithm(args.algo)
+    if spec is not None and spec.trains_with == "critic":
+        return _train_critic(args, out)
+    if args.policy is not None or args.out is not None or args.disturbance:
+        raise UsageError("--policy, --out and --disturbance train a safety critic: give --algo safety-critic")
     imitation = args.dataset is not None or (spec is not None and spec.trains_with == "imitation")
     if imitation and args.dataset is None:
         raise UsageError(f"--algo {args.algo} learns from demonstrations: give --dataset DATASET")
@@ -314,6 +336,24 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps(summary, default=str) + "\n")
         return 0
     _print_table(f"train: task {args.task}, algorithm {summary.get('algo', args.algo)}", summary, ("success_rate",) + _RUN_DIR_KEYS, out)
+    return 0
+
+
+def _train_critic(args: argparse.Namespace, out: TextIO) -> int:
+    if args.policy is None or args.out is None:
+        raise UsageError(f"--algo {args.algo} trains the safety critic of a policy bundle: give --policy BUNDLE and "
+                         "--out DIR (the bundle with its critic)")
+    if args.dataset is not None or args.base is not None or args.resume is not None:
+        raise UsageError(f"--algo {args.algo} learns from rollouts of --policy: not with --dataset, --base or --resume")
+    with _stdout_to_stderr(args.json):
+        from robostack.workflows.safety_critic import train_safety_critic
+
+        summary = train_safety_critic(args.task, args.policy, args.out, list(args.overrides), args.disturbance,
+                                      seed=args.seed or 0, progress=not args.json)
+    if args.json:
+        out.write(json.dumps(summary, default=str) + "\n")
+    else:
+        _print_table(f"train: safety critic for {args.policy}", summary, ("bundle", "epsilon", "wall_s"), out)
     return 0
 
 
@@ -558,6 +598,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_deploy)
 
     p = bench.add_parser(
+        "safety", help="violations with the hard limits alone and with the bundle's safety critic",
+        description="Run the bundle's policy through the robot's safety layer in simulation on the disturbance "
+        "suite of configs/safety/TASK.yaml and on nominal episodes (play and training randomization), with the "
+        "hard limits alone and with its safety critic; report violations, nominal success, false triggers and "
+        "the critic's cost per tick.",
+        epilog="example: robostack bench safety --task go2-walk --disturbance randomization.push.range=[-2,2] --json")
+    p.add_argument("--task", required=True, help="task name (see: robostack list)")
+    p.add_argument("--policy", metavar="BUNDLE", default=None, help="bundle with a critic (default: bundles/TASK)")
+    p.add_argument("--episodes", type=int, default=None, help="disturbed episodes per arm, and nominal ones per "
+                   "variant (default: configs/safety/TASK.yaml episodes_per_disturbance)")
+    p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
+                   help="a task-config override added to every disturbance of the suite (repeatable)")
+    p.add_argument("--sweep", metavar="PNG", default=None, help="also run the critic at 0.25, 0.5, 2 and 4 times its "
+                   "epsilon and plot the violation-versus-success trade-off to PNG")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configs/safety/TASK.yaml overrides")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_safety)
+
+    p = bench.add_parser(
         "policy", help="inference latency of a policy bundle (one action, or one full chunk of a diffusion policy)",
         description="Time onnxruntime inferences of a bundle for one robot on observations of its shapes: one "
         "action for an actor-critic bundle, one chunk with every denoising step for a chunk (diffusion) bundle.")
@@ -598,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
     p.add_argument("--base", metavar="RUN_OR_BUNDLE", default=None,
                    help="train a residual on this frozen diffusion run or chunk bundle (recipe configs/train/TASK-residual.yaml)")
+    p.add_argument("--policy", metavar="BUNDLE", default=None,
+                   help="--algo safety-critic: the policy bundle whose critic to train (configs/safety/TASK.yaml)")
+    p.add_argument("--out", metavar="DIR", default=None, help="--algo safety-critic: where the bundle with its critic goes")
+    p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
+                   help="--algo safety-critic: a task-config override added to every disturbance of the suite")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")
@@ -635,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a human can take over (teleop_node) with a gamepad (joy driver) or a Twist stream")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated robot (default: 0)")
+    p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
+                   help="with --sim: a task-config override the simulated robot runs under (repeatable), e.g. "
+                   "randomization.push.range=[-1.5,1.5]")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_deploy)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 RobotKind = Literal["arm", "quadruped", "drone"]
 ROBOT_KINDS: tuple[RobotKind, ...] = ("arm", "quadruped", "drone")
-TrainsWith = Literal["reinforcement", "imitation"]
+TrainsWith = Literal["reinforcement", "imitation", "critic"]
 
 
 class RobotConfig(Protocol):
@@ -120,7 +120,10 @@ class AlgorithmSpec:
       policy (a torch module, raw policy observation in, action out) of a checkpoint's algorithm ``state``;
     * imitation: ``trainer(episodes, config, **options)`` returns the trained policy
       (``robostack.workflows.imitation``); ``exporter(state)`` is the module of one action chunk a chunk bundle
-      holds, from a checkpoint's policy ``state``.
+      holds, from a checkpoint's policy ``state``;
+    * critic: ``trainer(transitions, gamma, config, ...)`` fits a safety critic of a deployed policy
+      (``robostack.workflows.safety_critic``); ``exporter(network)`` is the module its bundle's ``critic.onnx``
+      holds (``bundle_kind`` "critic": it goes into the policy's bundle, beside the policy).
     """
 
     name: str

@@ -212,11 +212,17 @@ class TaskEnv(PolicyState, VecEnv):
         self._ctrl_history[0] = ctrl
         return self._ctrl_history[self.latency, torch.arange(self.num_envs, device=self.device)]
 
-    def step(self, action: torch.Tensor):
+    def step(self, action: torch.Tensor, control_filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             before_reset: Callable[[], None] | None = None):
+        """One control step of ``action`` [N, action_dim]; ``control_filter`` (controls -> controls, e.g. a safety
+        layer) changes the controls the action map commands before they reach the physics, as a robot's safety
+        layer sits between its policy and its driver; ``before_reset`` sees every env after the step, before
+        those whose episode ended are reset (e.g. to judge the state a fall ended in)."""
         with _torch_single_thread(self.device):
-            return self._step(action)
+            return self._step(action, control_filter, before_reset)
 
-    def _step(self, action: torch.Tensor):
+    def _step(self, action: torch.Tensor, control_filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              before_reset: Callable[[], None] | None = None):
         action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
         if action.shape != (self.num_envs, self.action_dim):
             raise ValueError(f"task {self.task.name!r}: action must have shape "
@@ -224,7 +230,11 @@ class TaskEnv(PolicyState, VecEnv):
         if not torch.isfinite(action).all():
             bad = torch.nonzero(~torch.isfinite(action).all(dim=1)).flatten().tolist()
             raise ValueError(f"task {self.task.name!r}: non-finite action (NaN or inf) for envs {bad[:10]}")
-        return self._advance(self._controls(action))
+        ctrl = self._controls(action)
+        if control_filter is not None:
+            ctrl = torch.clamp(torch.as_tensor(control_filter(ctrl), dtype=torch.float32, device=self.device),
+                               self._ctrl_lo, self._ctrl_hi)
+        return self._advance(ctrl, before_reset)
 
     def step_controls(self, ctrl: torch.Tensor):
         """Step with actuator controls [N, nu] given directly (clipped to their limits), bypassing the action
@@ -237,7 +247,7 @@ class TaskEnv(PolicyState, VecEnv):
         with _torch_single_thread(self.device):
             return self._advance(torch.clamp(ctrl, self._ctrl_lo, self._ctrl_hi))
 
-    def _advance(self, ctrl: torch.Tensor):
+    def _advance(self, ctrl: torch.Tensor, before_reset: Callable[[], None] | None = None):
         self.ctrl = ctrl
         self._run_interval_events()
         self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)
@@ -268,6 +278,8 @@ class TaskEnv(PolicyState, VecEnv):
 
         obs = self.observe()
         done = terminated | truncated
+        if before_reset is not None:
+            before_reset()
         info: dict[str, Any] = {"done": done, "final_obs": obs}
         done_ids = torch.nonzero(done).flatten()
         if len(done_ids):

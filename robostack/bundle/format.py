@@ -26,6 +26,12 @@ BASE_DIR = "base"  # a residual bundle's base policy: a bundle of its own
 
 HASHED_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
 
+CRITIC_FILE = "critic.onnx"  # optional: the learned safety critic trained for this policy (metadata "critic")
+
+CRITIC_INPUT, CRITIC_OUTPUT = "features", "risk"  # its graph: risk features [B, F] -> risk in [0, 1] [B, 1]
+
+RECOVERIES = {"quadruped": "stand", "drone": "level", "arm": "hold"}  # what the safety layer does on high risk
+
 INPUT_NAME = "obs"
 
 OUTPUT_NAME = "action"
@@ -60,14 +66,20 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def hashed_files(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """The files a bundle's content hash covers: the policy's two, and its critic's where it has one."""
+    return HASHED_FILES + ((CRITIC_FILE,) if "critic" in metadata else ())
+
+
 def content_hash(bundle_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> str:
-    """sha256 over ``policy.onnx``, ``policy.pt`` (name and bytes, in that order) and the canonical JSON of
-    the metadata without its ``content_hash`` field (read from the bundle unless given)."""
+    """sha256 over ``policy.onnx``, ``policy.pt`` (and ``critic.onnx`` when the metadata has a ``critic``; name
+    and bytes, in that order) and the canonical JSON of the metadata without its ``content_hash`` field (read
+    from the bundle unless given)."""
     root = Path(bundle_dir)
     if metadata is None:
         metadata = json.loads((root / METADATA_FILE).read_text())
     h = hashlib.sha256()
-    for name in HASHED_FILES:
+    for name in hashed_files(metadata):
         h.update(name.encode() + b"\0")
         with (root / name).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -112,7 +124,7 @@ def read_metadata(path: str | os.PathLike, robot: str | None = None, verify: boo
         raise BundleError(f"bundle {root}: bundle format {version}, this RoboStack reads {FORMAT_VERSION}")
     if robot is not None and meta.get("robot") != robot:
         raise BundleError(f"bundle {root}: bundle made for {meta.get('robot')}, not {robot}")
-    for name in HASHED_FILES:
+    for name in hashed_files(meta):
         if not (root / name).is_file():
             raise BundleError(f"bundle {root}: missing {name}")
 
@@ -129,6 +141,8 @@ def read_metadata(path: str | os.PathLike, robot: str | None = None, verify: boo
         known = ", ".join(repr(spec.name) for spec in registry.registered(BundleKindSpec))
         raise fail(f"unknown policy kind {kind!r} (this RoboStack runs {known})") from None
     spec.check(meta, fail)
+    if "critic" in meta:
+        check_critic(meta, fail)
     if verify:
         try:
             actual = content_hash(root, meta)
@@ -138,6 +152,30 @@ def read_metadata(path: str | os.PathLike, robot: str | None = None, verify: boo
             raise BundleError(f"bundle {root}: content hash mismatch: files were modified "
                               f"(expected {meta['content_hash'][:12]}..., got {actual[:12]}...)")
     return meta
+
+
+def check_critic(meta: dict[str, Any], fail: Any) -> None:
+    """A critic's metadata: its feature names, a risk threshold in (0, 1), a discount, the recovery of the
+    robot's kind, and the policy it was trained for (the hashes of its files: a critic never judges another
+    policy's commands)."""
+    critic = meta["critic"]
+    try:
+        names, epsilon, gamma = list(critic["features"]), float(critic["epsilon"]), float(critic["gamma"])
+        recovery, trained_for = critic["recovery"], dict(critic["policy_files"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"malformed critic description ({type(exc).__name__}: {exc})") from None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise fail("critic.features must name every input of the critic")
+    if not (0.0 < epsilon < 1.0 and 0.0 < gamma < 1.0):
+        raise fail(f"critic.epsilon and critic.gamma must be in (0, 1), got {epsilon} and {gamma}")
+    if not isinstance(critic.get("judges_recovery", False), bool):
+        raise fail(f"critic.judges_recovery must be true or false, got {critic['judges_recovery']!r}")
+    if recovery not in RECOVERIES.values():
+        raise fail(f"critic.recovery must be one of {sorted(set(RECOVERIES.values()))}, got {recovery!r}")
+    files = meta.get("files") or {}
+    if any(files.get(name) != digest for name, digest in trained_for.items()) or ONNX_FILE not in trained_for:
+        raise fail("its critic was trained for another policy (critic.policy_files differ from files): retrain the "
+                   "critic for this policy")
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

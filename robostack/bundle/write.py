@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from robostack.bundle.format import (BASE_DIR, CONTRACT_KEY, HASHED_FILES, INPUT_NAME, METADATA_FILE, ONNX_FILE,
-                                     ONNX_OPSET, OUTPUT_NAME, TORCHSCRIPT_FILE, BundleError, _jsonable,
-                                     _read_metadata_json, _sha256_file, content_hash, contract, non_finite_paths)
+from robostack.bundle.format import (BASE_DIR, CONTRACT_KEY, CRITIC_FILE, HASHED_FILES, INPUT_NAME, METADATA_FILE,
+                                     ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, TORCHSCRIPT_FILE, BundleError, _jsonable,
+                                     _read_metadata_json, _sha256_file, content_hash, contract, hashed_files,
+                                     non_finite_paths)
 
 
 def embed_contract(onnx_path: Path, metadata: dict[str, Any]) -> None:
@@ -36,7 +37,8 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
     if out.exists():
         if not out.is_dir():
             raise BundleError(f"cannot write a bundle to {out}: it is a file")
-        extra = sorted(p.name for p in out.iterdir() if p.name not in (*HASHED_FILES, METADATA_FILE, BASE_DIR))
+        extra = sorted(p.name for p in out.iterdir()
+                       if p.name not in (*HASHED_FILES, CRITIC_FILE, METADATA_FILE, BASE_DIR))
         if extra:
             raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
                               f"({', '.join(extra[:3])}); choose a new or empty folder")
@@ -56,6 +58,7 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
             write_base(tmp / BASE_DIR)
             metadata["base"] = {"path": BASE_DIR, "content_hash": _read_metadata_json(tmp / BASE_DIR)["content_hash"]}
         metadata["files"] = {name: _sha256_file(tmp / name) for name in HASHED_FILES}
+        metadata.pop("critic", None)  # a new policy: no critic was trained for it
         metadata["content_hash"] = content_hash(tmp, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
         out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,27 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
             os.replace(tmp / BASE_DIR, out / BASE_DIR)
         for name in (*HASHED_FILES, METADATA_FILE):
             os.replace(tmp / name, out / name)
+        (out / CRITIC_FILE).unlink(missing_ok=True)  # an older bundle's critic judged another policy
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def add_critic(bundle_dir: str | os.PathLike, write_critic: Callable[[Path], None], critic: dict[str, Any]) -> None:
+    """Put a safety critic into a bundle: ``write_critic`` writes its graph, ``critic`` is its metadata block
+    (``robostack.bundle.format.check_critic``; ``policy_files`` is filled in here); the bundle is resealed (files
+    and content hash), atomically, so a reader sees it with or without the critic, never half."""
+    root = Path(bundle_dir)
+    metadata = _read_metadata_json(root)
+    metadata["critic"] = {**critic, "policy_files": {name: metadata["files"][name] for name in HASHED_FILES}}
+    tmp_critic = root / f".{CRITIC_FILE}.tmp"
+    write_critic(tmp_critic)
+    os.replace(tmp_critic, root / CRITIC_FILE)
+    metadata["files"] = {name: _sha256_file(root / name) for name in hashed_files(metadata)}
+    metadata["content_hash"] = content_hash(root, metadata)
+    tmp_meta = root / f".{METADATA_FILE}.tmp"
+    tmp_meta.write_text(json.dumps(_jsonable(metadata), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp_meta, root / METADATA_FILE)
 
 
 def write_vector_onnx(module: Any, obs_dim: int, path: Path) -> None:

@@ -194,7 +194,25 @@ def test_bench_train_takes_overrides_after_options():
 def test_train_rejects_unknown_algorithm(fake_train, capsys):
     assert cli.main(["train", "cf2-hover", "--algo", "dqn"]) == 2
     assert capsys.readouterr().err == ("robostack: error: unknown algorithm 'dqn'; known algorithms: diffusion, ppo, "
-                                       "sac\n")
+                                       "sac, safety-critic\n")
+    assert fake_train == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "go2-walk", "--algo", "safety-critic"], "--algo safety-critic trains the safety critic of a policy "
+     "bundle: give --policy BUNDLE and --out DIR (the bundle with its critic)"),
+    (["train", "go2-walk", "--algo", "safety-critic", "--policy", "b", "--out", "o", "--dataset", "d"],
+     "--algo safety-critic learns from rollouts of --policy: not with --dataset, --base or --resume"),
+    (["train", "go2-walk", "--policy", "b"], "--policy, --out and --disturbance train a safety critic: give --algo "
+     "safety-critic"),
+    (["bench", "safety", "--task", "go2-walk", "--episodes", "0"], "--episodes must be at least 1, got 0"),
+    (["deploy", "--task", "cf2-hover", "--policy", "bundles/cf2-hover", "--disturbance", "a=1"],
+     "--disturbance changes the simulated robot: it needs --sim"),
+])
+def test_safety_critic_usage_errors_are_one_line(argv, message, fake_train, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"robostack: error: {message}\n"
     assert fake_train == []
 
 

@@ -31,7 +31,7 @@ def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
     topics = {}
     for entry in recorded_topics("go2"):
         topic, msgtype = entry.rsplit(":", 1)
-        topics[topic] = f"{namespace}/{topic}"
+        topics[topic] = topic if topic.startswith("/") else f"{namespace}/{topic}"
         bag.add_topic(topics[topic], msgtype)
     start = 1_000_000_000
     for k in range(steps):

@@ -29,6 +29,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(200 + os.getpid() % 20))  # Fast DDS 
 from robostack import registry, sim  # noqa: E402, F401  (importing robostack.sim registers the robots)
 from robostack.real.deploy_config import load_deploy_config  # noqa: E402
 from robostack.bundle import HASHED_FILES, METADATA_FILE, ONNX_FILE, content_hash  # noqa: E402
+from robostack.bundle.format import CRITIC_FILE  # noqa: E402
 from robostack.bundle.write import embed_contract  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
@@ -46,6 +47,8 @@ def resealed(tmp_path: Path, source: Path, name: str, edit) -> Path:
     shutil.copytree(source, out)
     meta = json.loads((out / METADATA_FILE).read_text())
     edit(meta)
+    meta.pop("critic", None)  # the policy's graph changes below: a critic trained for the old one is not kept
+    (out / CRITIC_FILE).unlink(missing_ok=True)
     embed_contract(out / ONNX_FILE, meta)
     meta["files"] = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in HASHED_FILES}
     meta["content_hash"] = content_hash(out, meta)

@@ -30,7 +30,7 @@ from robostack import registry  # noqa: E402
 from robostack.config import ConfigError, load_yaml  # noqa: E402
 from robostack.real.deploy_config import load_deploy_config  # noqa: E402
 from robostack.real.robot_state import RobotState  # noqa: E402
-from robostack.real.safety import Command, Measurement, safety_config, safety_layer  # noqa: E402
+from robostack.real.safety import RECOVERY_MIN_S, Command, Measurement, safety_config, safety_layer  # noqa: E402
 from robostack.sim.robots.go2 import model as go2_model  # noqa: E402
 from robostack.sim.robots.panda import model as panda_model  # noqa: E402
 
@@ -311,29 +311,139 @@ def test_estop_latches_until_a_reset_that_needs_a_fresh_state():
     np.testing.assert_array_equal(out, moved)
 
 
-class ThresholdCritic:
-    """Stand-in for a learned critic: joint 1 is safe within about 2.5 mrad of zero; it cannot judge
-    targets below -2.5 mrad (NaN)."""
+class RiskOfJoint1:
+    """Stand-in for a learned critic: the risk grows with joint 1's command (0.9 at 0.009 rad); it cannot judge
+    commands below -2.5 mrad (NaN)."""
 
-    def score(self, state, command):
-        return float("nan") if command[0] < -0.0025 else 0.5 - 200.0 * command[0]
+    epsilon, judges_recovery = 0.5, False
+
+    def risk(self, state, command):
+        return float("nan") if command[0] < -0.0025 else 100.0 * abs(command[0])
 
 
-def test_safety_critic_seam():
+def joint1(value: float) -> np.ndarray:
+    command = PANDA_HOME.copy()
+    command[0] = value
+    return command
+
+
+def test_a_risky_command_runs_the_recovery_for_at_least_its_minimum_then_commands_pass_again():
     assert layer_for("panda").critic is None  # none by default
-    layer = layer_for("panda", critic=ThresholdCritic())
-    assert layer.cfg.critic_threshold == 0.0
+    layer = layer_for("panda", critic=RiskOfJoint1())
+    moved = PANDA_HOME + 0.001  # where the arm is when the critic engages: the arm holds there
+    out, reasons = step(layer, joint1(0.002), panda(), 0.0)
+    assert reasons == [] and layer.risk == pytest.approx(0.2)
+    np.testing.assert_array_equal(out, joint1(0.002))
+    out, reasons = step(layer, joint1(0.009), panda(moved), 0.002)
+    assert reasons == ["critic: risk 0.90 above 0.50: recovery (hold)"]
+    np.testing.assert_array_equal(out, moved)
+    for now in np.arange(0.004, RECOVERY_MIN_S, 0.002):  # safe commands again, but the recovery runs its minimum
+        out, reasons = step(layer, joint1(0.001), panda(PANDA_HOME), now)
+        assert reasons == ["critic: risk 0.10 above 0.50: recovery (hold)"]
+        np.testing.assert_array_equal(out, moved)
+    out, reasons = step(layer, joint1(0.001), panda(moved), 0.002 + RECOVERY_MIN_S)
+    assert reasons == [] and layer.recovering_since is None and not layer.latches  # nothing latches
+    np.testing.assert_array_equal(out, joint1(0.001))
+    out, reasons = step(layer, joint1(-0.003), panda(), 0.3)  # a NaN risk counts as high
+    assert reasons == ["critic: risk nan above 0.50: recovery (hold)"]
 
-    def joint1(value):
-        command = PANDA_HOME.copy()
-        command[0] = value
-        return command
 
-    for now, value, expected in ((0.0, 0.002, []), (0.002, 0.003, ["fallback: hold", "critic score -0.1 below 0.0"]),
-                                 (0.004, -0.003, ["fallback: hold", "critic score nan below 0.0"]), (0.006, 0.002, [])):
-        out, reasons = step(layer, joint1(value), panda(), now)
-        assert reasons == expected
-        np.testing.assert_array_equal(out, joint1(value) if not expected else PANDA_HOME)  # a veto holds
+def test_the_hard_limits_apply_to_the_recovery():
+    layer = layer_for("panda", critic=RiskOfJoint1())
+    beyond = PANDA_HOME.copy()
+    beyond[1] = PANDA_LIMITS.upper[1] + 0.5  # measured past its limit: the hold is clamped back inside
+    out, reasons = step(layer, joint1(0.009), panda(beyond), 0.0)
+    assert reasons[0].startswith("critic: risk 0.90") and len(reasons) > 1
+    assert out[1] < PANDA_LIMITS.upper[1]
+
+
+class ConstantRisk:
+    judges_recovery = False
+
+    def __init__(self, risk: float, epsilon: float = 0.5):
+        self.value, self.epsilon = risk, epsilon
+
+    def risk(self, state, command):
+        return self.value
+
+
+def test_the_quadruped_recovers_by_standing_and_the_drone_by_levelling_where_it_is():
+    layer = layer_for("go2", critic=ConstantRisk(0.9))
+    crouched = GO2_STAND + 0.05
+    out, reasons = step(layer, crouched, go2(crouched), 0.0)
+    assert reasons[0] == "critic: risk 0.90 above 0.50: recovery (stand)"
+    for i in range(1, 200):
+        out, _ = step(layer, crouched, go2(out), i * 0.002)
+    np.testing.assert_allclose(out, GO2_STAND, atol=1e-9)  # all four feet under the body
+    assert not layer.fallback_phase and not layer.latches
+
+    layer = layer_for("cf2", critic=ConstantRisk(0.9))
+    hover = registry.robot("cf2").build_model().actuator_ctrlrange[:, 1] * 0.5
+    position = np.array([0.3, -0.2, 1.0])
+    out, reasons = step(layer, hover, drone(position), 0.0)
+    assert reasons[0] == "critic: risk 0.90 above 0.50: recovery (level and hold)"
+    np.testing.assert_allclose(layer._recovery_position, position)
+    out_low, _ = step(layer, hover, drone(position - [0.0, 0.0, 0.2]), 0.002)  # below where it engaged:
+    out_high, _ = step(layer, hover, drone(position + [0.0, 0.0, 0.2]), 0.004)  # more thrust, and less above
+    assert out_low.sum() > out_high.sum()
+
+
+def test_the_layer_keeps_the_command_it_ran_as_it_was_before_the_clamps():
+    """What a critic is trained on (``executed``) is what it judges on the robot: the command before the clamps,
+    even when the caller writes the clamped output back into its array (the simulated rollouts once did, and
+    trained the arm's critic on clamped targets only)."""
+    layer = layer_for("panda")
+    step(layer, PANDA_HOME, panda(), 0.0)
+    far = PANDA_HOME + 0.5  # beyond the rate limit in one period
+    command = far.copy()
+    out, reasons = step(layer, command, panda(), 0.002)
+    assert reasons and not np.allclose(out, far)
+    command[:] = out
+    np.testing.assert_array_equal(layer.executed, far)
+
+
+class StandingIsRiskier:
+    """A critic that judges the recovery too: any command is risky, the standing pose more than the policy's
+    command until ``calm`` is set."""
+
+    epsilon, judges_recovery = 0.5, True
+
+    def __init__(self):
+        self.calm = False
+
+    def risk(self, state, command):
+        standing = np.array_equal(command, GO2_STAND)
+        return (0.6 if self.calm else 0.95) if standing else 0.8
+
+
+def test_a_critic_that_judges_the_recovery_keeps_the_policy_where_recovering_is_riskier():
+    critic = StandingIsRiskier()
+    layer = layer_for("go2", critic=critic)
+    command = GO2_STAND + 0.05
+    out, reasons = step(layer, command, go2(command), 0.0)
+    assert reasons == [] and layer.recovering_since is None  # risk 0.8 > 0.5, but standing would be 0.95
+    np.testing.assert_array_equal(out, command)
+    critic.calm = True
+    out, reasons = step(layer, command, go2(command), 0.002)
+    assert reasons[0] == "critic: risk 0.80 above 0.50: recovery (stand)"
+
+
+@pytest.mark.parametrize("robot", ["panda", "go2", "cf2"])
+def test_a_critic_that_never_engages_changes_nothing(robot):
+    """The same commands and states through a layer without a critic and one whose critic sees no risk: the
+    same outputs and reasons, bit for bit (random commands, some beyond the limits)."""
+    plain, judged = layer_for(robot), layer_for(robot, critic=ConstantRisk(0.0))
+    rng = np.random.default_rng(3)
+    state = {"panda": panda(), "go2": go2(), "cf2": drone()}[robot]
+    nu = plain.model.nu
+    centre = {"panda": PANDA_HOME, "go2": GO2_STAND, "cf2": np.full(nu, 0.1)}[robot]
+    for i in range(300):
+        command = centre + rng.normal(0.0, 0.3, nu)
+        assert _same(step(plain, command, state, i * 0.002), step(judged, command, state, i * 0.002))
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a[0], b[0]) and a[1] == b[1]
 
 
 def test_quadruped_stands_down_when_tilted_and_stays_down_until_reset():

@@ -1,0 +1,178 @@
+"""The learned safety critic on the robot: what it sees of a measured state and a command, and its risk.
+
+``RiskFeatures`` turns what the robot measures (``RobotState``: joints, the floating base's pose and twist) and
+a command (actuator controls) into the critic's input, for one robot or a batch, in numpy: the same code labels
+the simulator's rollouts when the critic is trained (``robostack.workflows.safety_critic``) and feeds it on the
+robot, so training and deployment cannot see different inputs. Privileged simulator state (contacts, the
+object, the target) is never an input.
+
+* quadruped: gravity in the body frame, body angular and linear velocity, base height, joint positions from
+  the home pose, joint velocities, commanded targets from the home pose;
+* drone: gravity in the body frame, body angular velocity, world linear velocity and position, motor commands
+  as fractions of their maximum thrust;
+* arm: joint positions and velocities, commanded targets from the measured positions, the TCP's position at the
+  measured joints and at the commanded targets (forward kinematics of the robot's model).
+
+``RiskCritic`` runs a bundle's ``critic.onnx`` (onnxruntime, imported when a bundle has a critic) on them:
+Q_risk(s, a) in [0, 1], the discounted probability of a constraint violation ahead under the bundle's policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import mujoco
+import numpy as np
+
+from robostack.bundle import BundleError
+from robostack.bundle.format import CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, RECOVERIES
+from robostack.real.robot_state import RobotState
+from robostack.specs import RobotSpec
+
+VELOCITY_SCALE = 0.1  # joint velocities (rad/s) are an order larger than positions: scaled to a like range
+
+
+@dataclass
+class MeasuredBatch:
+    """Measured states of B robots as arrays (floating-base fields None for a fixed-base robot)."""
+
+    joint_pos: np.ndarray  # [B, n] in joint order
+    joint_vel: np.ndarray
+    base_pos: np.ndarray | None = None  # [B, 3] world
+    base_quat: np.ndarray | None = None  # [B, 4] w, x, y, z
+    base_lin_vel: np.ndarray | None = None  # [B, 3] world
+    base_ang_vel: np.ndarray | None = None  # [B, 3] body
+
+    @classmethod
+    def of(cls, states: Sequence[RobotState], joint_names: Sequence[str]) -> MeasuredBatch:
+        def stack(field: str) -> np.ndarray | None:
+            values = [getattr(s, field) for s in states]
+            return None if any(v is None for v in values) else np.asarray(values, dtype=np.float64)
+
+        return cls(np.array([[s.joint_position[n] for n in joint_names] for s in states], dtype=np.float64),
+                   np.array([[s.joint_velocity.get(n, 0.0) for n in joint_names] for s in states], dtype=np.float64),
+                   stack("base_position"), stack("base_orientation"), stack("base_linear_velocity"),
+                   stack("base_angular_velocity"))
+
+
+def rotations(quat: np.ndarray) -> np.ndarray:
+    """Rotation matrices [B, 3, 3] (body to world) of orientations ``quat`` [B, 4] (w, x, y, z), normalized first
+    (mujoco's C per row: on the robot B is 1, where numpy's per-call overhead would cost more than the math)."""
+    out = np.empty((len(quat), 9))
+    unit = np.empty(4)
+    for i, q in enumerate(quat):
+        unit[:] = q
+        mujoco.mju_normalize4(unit)
+        mujoco.mju_quat2Mat(out[i], unit)
+    return out.reshape(-1, 3, 3)
+
+
+def to_body(rotation: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """World vectors [B, 3] in the body frames of ``rotation`` [B, 3, 3]: R^T v."""
+    return np.matmul(vectors[:, None, :], rotation)[:, 0]
+
+
+class RiskFeatures:
+    """The critic's input for a robot (see the module docstring); ``names`` label its columns."""
+
+    def __init__(self, robot: RobotSpec, robot_config: Any, tcp_site: str | None = None):
+        self.kind, self.joints = robot.kind, list(robot.joint_names)
+        self.home = np.asarray(robot_config.home_joint_pos(), dtype=np.float64)
+        self.model = robot.build_model(robot_config)
+        axes = ("x", "y", "z")
+        if self.kind == "quadruped":
+            self.names = ([f"gravity_{a}" for a in axes] + [f"angular_velocity_{a}" for a in axes]
+                          + [f"linear_velocity_{a}" for a in axes] + ["base_height"]
+                          + [f"{j}.pos" for j in self.joints] + [f"{j}.vel" for j in self.joints]
+                          + [f"{j}.target" for j in self.joints])
+        elif self.kind == "drone":
+            self.max_thrust = self.model.actuator_ctrlrange[:, 1].copy()
+            self.names = ([f"gravity_{a}" for a in axes] + [f"angular_velocity_{a}" for a in axes]
+                          + [f"linear_velocity_{a}" for a in axes] + [f"position_{a}" for a in axes]
+                          + [f"motor_{i}" for i in range(self.model.nu)])
+        else:
+            if tcp_site is None:
+                raise ValueError(f"{robot.name}: an arm's risk features need its TCP site")
+            self.site = self.model.site(tcp_site).id
+            self.qpos_adr = self.model.jnt_qposadr[self.model.actuator_trnid[:, 0]]
+            self._data = mujoco.MjData(self.model)
+            self.names = ([f"{j}.pos" for j in self.joints] + [f"{j}.vel" for j in self.joints]
+                          + [f"{j}.target" for j in self.joints] + [f"tcp_{a}" for a in axes]
+                          + [f"target_tcp_{a}" for a in axes])
+        self.dim = len(self.names)
+
+    def tcp(self, joints: np.ndarray) -> np.ndarray:
+        """TCP positions [B, 3] for joint positions [B, n] (forward kinematics)."""
+        out = np.empty((len(joints), 3))
+        for i, q in enumerate(joints):
+            self._data.qpos[self.qpos_adr] = q
+            mujoco.mj_kinematics(self.model, self._data)
+            out[i] = self._data.site_xpos[self.site]
+        return out
+
+    def __call__(self, batch: MeasuredBatch, commands: np.ndarray) -> np.ndarray:
+        """Features [B, dim] float32 of B measured states and the commands [B, nu] in them."""
+        commands = np.atleast_2d(np.asarray(commands, dtype=np.float64))
+        if self.kind == "arm":
+            parts = [batch.joint_pos, VELOCITY_SCALE * batch.joint_vel, commands - batch.joint_pos,
+                     self.tcp(batch.joint_pos), self.tcp(commands)]
+        else:
+            rotation = rotations(batch.base_quat)
+            gravity = -rotation[:, 2, :]  # R^T (0, 0, -1)
+            if self.kind == "quadruped":
+                parts = [gravity, batch.base_ang_vel, to_body(rotation, batch.base_lin_vel),
+                         batch.base_pos[:, 2:3], batch.joint_pos - self.home, VELOCITY_SCALE * batch.joint_vel,
+                         commands - self.home]
+            else:
+                parts = [gravity, batch.base_ang_vel, batch.base_lin_vel, batch.base_pos, commands / self.max_thrust]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+class RiskCritic:
+    """A bundle's critic for one robot: ``risk(state, command)`` in [0, 1]; above ``epsilon`` the safety layer
+    runs ``recovery`` instead of the command. Refuses (``BundleError``) a critic whose inputs are not this robot's
+    features or whose graph does not take and give what its metadata says."""
+
+    def __init__(self, bundle_path: str | Path, metadata: dict[str, Any], features: RiskFeatures):
+        import onnxruntime as ort
+
+        root, critic = Path(bundle_path), metadata["critic"]
+        if list(critic["features"]) != features.names:
+            raise BundleError(f"bundle {root}: its critic reads {len(critic['features'])} features "
+                              f"({critic['features'][:3]}...), this {metadata['robot']} gives {features.dim} "
+                              f"({features.names[:3]}...): retrain the critic")
+        if critic["recovery"] != RECOVERIES[features.kind]:
+            raise BundleError(f"bundle {root}: its critic recovers by {critic['recovery']!r}; a {features.kind} "
+                              f"recovers by {RECOVERIES[features.kind]!r}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(root / CRITIC_FILE), sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"bundle {root}: corrupt {CRITIC_FILE}: onnxruntime cannot load it ({exc})") from None
+        inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
+        if [i.name for i in inputs] != [CRITIC_INPUT] or inputs[0].shape[-1] != features.dim or \
+                outputs != [CRITIC_OUTPUT]:
+            raise BundleError(f"bundle {root}: {CRITIC_FILE} must map {CRITIC_INPUT!r} [batch, {features.dim}] to "
+                              f"{CRITIC_OUTPUT!r}; it has inputs {[i.name for i in inputs]} and outputs {outputs}")
+        self.features, self.joints = features, features.joints
+        self.epsilon, self.recovery = float(critic["epsilon"]), critic["recovery"]
+        self.judges_recovery = bool(critic.get("judges_recovery", False))
+
+    def risk_of(self, features: np.ndarray) -> np.ndarray:
+        return self.session.run([CRITIC_OUTPUT], {CRITIC_INPUT: features})[0][:, 0]
+
+    def risk(self, state: RobotState, command: np.ndarray) -> float:
+        return float(self.risk_of(self.features(MeasuredBatch.of([state], self.joints), command))[0])
+
+
+def bundle_critic(bundle_path: str | Path, metadata: dict[str, Any], robot: RobotSpec, robot_config: Any,
+                  tcp_site: str | None) -> RiskCritic | None:
+    """The bundle's critic for ``robot`` (None where the bundle has none); ``tcp_site``: an arm's TCP (its
+    safety config's), which its features need."""
+    if "critic" not in metadata:
+        return None
+    return RiskCritic(bundle_path, metadata, RiskFeatures(robot, robot_config, tcp_site))
