@@ -28,7 +28,6 @@ class CriticTrainConfig:
     torch_threads: int = 0  # 0: all cores
 
 
-
 class RiskNetwork(nn.Module):
     """Q_risk: normalized features -> an MLP -> a sigmoid (the risk in [0, 1])."""
 
@@ -95,7 +94,6 @@ def fit_critic(data: dict[str, np.ndarray], gamma: float, cfg: CriticTrainConfig
     if bar is not None:
         bar.close()
     return net.eval()
-
 
 
 def export_module(net: RiskNetwork) -> RiskNetwork:

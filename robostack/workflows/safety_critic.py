@@ -50,7 +50,7 @@ from robostack.real.deploy_config import load_deploy_config
 from robostack.real.robot_state import RobotState
 from robostack.real.safety import RECOVERY_MIN_S, Command, Measurement, safety_config, safety_layer
 from robostack.workflows.acting import load_policy
-from robostack.policies.safety_critic import CriticTrainConfig, RiskNetwork, fit_critic
+from robostack.policies.safety_critic import CriticTrainConfig, RiskNetwork, export_module, fit_critic
 from robostack.workflows.runs import available_cores
 
 # ------------------------------------------------------------------------------------------ config
@@ -309,7 +309,7 @@ def write_critic_onnx(net: RiskNetwork, path: Path) -> None:
     example = torch.zeros(2, net.mean.shape[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy (TorchScript-based) exporter warns it is legacy
-        torch.onnx.export(net, (example,), str(path), dynamo=False, input_names=[CRITIC_INPUT],
+        torch.onnx.export(export_module(net), (example,), str(path), dynamo=False, input_names=[CRITIC_INPUT],
                           output_names=[CRITIC_OUTPUT], opset_version=ONNX_OPSET,
                           dynamic_axes={CRITIC_INPUT: {0: "batch"}, CRITIC_OUTPUT: {0: "batch"}})
 
