@@ -12,8 +12,14 @@ STATS_FRAMES = 100  # frames sampled per episode for image statistics
 STATS_PIXELS = 150 * 150  # about this many pixels per sampled frame (strided)
 
 
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}  # what LeRobot writes by default (its
+# QUANTILES normalization reads them)
+
+
 def stats_of(x: np.ndarray, count: int) -> dict[str, np.ndarray]:
-    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([count])}
+    quantiles = np.quantile(x, list(QUANTILES.values()), axis=0)
+    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([count]),
+            **dict(zip(QUANTILES, quantiles))}
 
 
 def episode_stats(columns: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -30,7 +36,7 @@ def episode_stats(columns: Mapping[str, np.ndarray], videos: Mapping[str, np.nda
 
 
 def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, np.ndarray]]:
-    """Statistics of the union of episodes from theirs (pooled mean and variance)."""
+    """Statistics of the union of episodes from theirs (pooled mean and variance; quantiles approximated)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in (parts[0] if parts else {}):
         items = [{stat: np.asarray(v, dtype=np.float64) for stat, v in p[key].items()} for p in parts if key in p]
@@ -41,6 +47,9 @@ def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[st
         variance = (weights * (np.stack([s["std"] for s in items]) ** 2 + (means - mean) ** 2)).sum(0)
         out[key] = {"min": np.min([s["min"] for s in items], 0), "max": np.max([s["max"] for s in items], 0),
                     "mean": mean, "std": np.sqrt(variance), "count": np.array([int(counts.sum())])}
+        for name in QUANTILES:  # as LeRobot aggregates them: the count-weighted mean of the episodes' quantiles
+            if all(name in s for s in items):  # (episodes recorded before quantiles were kept have none)
+                out[key][name] = (weights * np.stack([s[name] for s in items])).sum(0)
     return out
 
 

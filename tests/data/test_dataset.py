@@ -70,6 +70,13 @@ def test_round_trip_three_episodes_with_video(tmp_path):
     assert data.stats["observation.state"]["count"].tolist() == [37]
     np.testing.assert_allclose(data.stats["observation.state"]["mean"], states.astype(np.float64).mean(0), atol=1e-9)
     np.testing.assert_allclose(data.stats["observation.state"]["std"], states.astype(np.float64).std(0), atol=1e-9)
+    parts = [f["observation.state"].astype(np.float64) for f, _ in written]
+    for name, q in {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}.items():  # LeRobot's defaults,
+        expected = sum(len(p) * np.quantile(p, q, axis=0) for p in parts) / len(states)  # aggregated as LeRobot does
+        np.testing.assert_allclose(data.stats["observation.state"][name], expected, atol=1e-9)
+        np.testing.assert_allclose(data.episodes[0][f"stats/observation.state/{name}"],  # exact per episode
+                                   np.quantile(parts[0], q, axis=0), atol=1e-9)
+    assert data.stats[CAMERA]["q50"].shape == (3, 1, 1)
     assert data.stats[CAMERA]["mean"].shape == (3, 1, 1)
     assert data.summary()["sources"]["teleop"] == {"episodes": 1, "frames": 10, "with_outcome": 1, "successes": 1,
                                                    "success_rate": 1.0}

@@ -189,10 +189,32 @@ def test_gymnasium_adapter_passes_the_env_checker():
         obs, reward, terminated, truncated, info = adapter.step(np.zeros(4, dtype=np.float32))
         done = terminated or truncated
         steps += 1
-    assert "episode" in info and steps <= 500
+    assert "episode" not in info and "success" in info["task_episode"] and steps <= 500
+    assert info["is_success"] == (info["task_episode"]["success"] > 0.5)
     with pytest.raises(RuntimeError, match="reset"):
         adapter.step(np.zeros(4, dtype=np.float32))
     adapter.close()
+
+
+def test_every_task_is_a_gymnasium_id_and_works_under_gymnasiums_own_wrappers():
+    """``gymnasium.make`` by id (the module imported by the id's prefix), and ``RecordEpisodeStatistics`` (which
+    refuses an env that writes ``info["episode"]`` itself) counting the episode."""
+    import gymnasium
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    from robostack import sim
+    from robostack.sim.gym_adapter import register_tasks
+
+    assert register_tasks() == [f"RoboStack/{spec.name}-v0" for spec in sim.tasks()]
+    env = RecordEpisodeStatistics(gymnasium.make("robostack.sim.gym_adapter:RoboStack/cf2-hover-v0", seed=3,
+                                                 overrides=["sim.episode_length_s=0.5"]))
+    env.reset(seed=3)
+    steps, done, info = 0, False, {}
+    while not done:
+        _, _, terminated, truncated, info = env.step(env.action_space.sample() * 0.0)
+        done, steps = terminated or truncated, steps + 1
+    assert info["episode"]["l"] == steps and "task_episode" in info
+    env.close()
 
 
 def test_registry_lists_the_builtin_catalogue():
