@@ -23,7 +23,6 @@ from robostack.real.robot_state import RobotState
 from robostack.workflows.safety_critic import write_critic_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cf2-hover-critic"  # the critic trained for bundles/cf2-hover
 
 
 def drone_state(position=(0.1, -0.2, 1.0), quat=(1.0, 0.0, 0.0, 0.0), velocity=(0.5, 0.0, 0.0)) -> RobotState:
@@ -141,19 +140,19 @@ def _overrides(bag: Path) -> list[dict]:
 
 @pytest.mark.parametrize("with_critic", [True, False])
 def test_a_disturbed_rehearsal_engages_the_critics_recovery_over_ros2(with_critic, tmp_path, capsys, monkeypatch):
-    """The shipped cf2-hover bundle with the critic trained for it (tests/real/fixtures: not shipped in the bundle,
-    see BENCHMARKS.md, safety critic), through the real graph (policy_node, safety_node,
+    """The shipped cf2-hover bundle with its critic, through the real graph (policy_node, safety_node,
     sim_robot_node, recorder as processes over DDS) under gusts far beyond its training range: the safety node
     engages the critic's recovery (on safety/override, with the risk above epsilon, in the bag) and the policy
     gets the drone back afterwards. The same bundle without its critic: no critic anywhere, as before."""
     from robostack.cli import main
 
-    bundle = tmp_path / "cf2-hover"
-    shutil.copytree(ROOT / "bundles" / "cf2-hover", bundle)
-    if with_critic:
-        critic = json.loads((FIXTURE / "critic.json").read_text())
-        add_critic(bundle, lambda path: shutil.copyfile(FIXTURE / CRITIC_FILE, path), critic)
-        epsilon = critic["epsilon"]
+    bundle = ROOT / "bundles" / "cf2-hover"
+    epsilon = read_metadata(bundle)["critic"]["epsilon"]
+    if not with_critic:
+        bundle = tmp_path / "plain"
+        shutil.copytree(ROOT / "bundles" / "cf2-hover", bundle)
+        (bundle / CRITIC_FILE).unlink()
+        _reseal(bundle, lambda m: (m.pop("critic"), m["files"].pop(CRITIC_FILE)))
     monkeypatch.setenv("ROS_DOMAIN_ID", "44" if with_critic else "45")
     monkeypatch.chdir(tmp_path)
     bag = tmp_path / "bag"
