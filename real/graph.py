@@ -98,8 +98,7 @@ def preflight(policy: str | os.PathLike, robot: str | None = None) -> LoadedBund
         from robostack.real.critic import bundle_critic
         from robostack.real.safety import safety_config
 
-        arm = safety_config(deploy, source).arm
-        bundle_critic(policy, bundle.metadata, spec, robot_config, arm.tcp_site if arm is not None else None)
+        bundle_critic(policy, bundle.metadata, spec, robot_config, safety_config(deploy, source).tcp_site)
     try:
         ObservationBuilder(bundle.metadata)
     except ObservationError as exc:

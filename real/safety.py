@@ -96,6 +96,11 @@ class SafetyConfig:
     quadruped: QuadrupedLimits | None = None
     drone: DroneLimits | None = None
 
+    @property
+    def tcp_site(self) -> str | None:
+        """The arm's TCP site (what its workspace box and its critic's features are about); None for others."""
+        return self.arm.tcp_site if self.arm is not None else None
+
 
 POSITIVE_KEYS = ("rate_hz", "command_timeout_s", "state_timeout_s", "joints.velocity_scale", "joints.effort_scale",
                  "joints.prismatic_velocity_scale", "quadruped.stand_down_s", "quadruped.support_s", "drone.descent_speed",

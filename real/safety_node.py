@@ -106,7 +106,7 @@ class SafetyNode(Node):
                         else robot.load_config())
         safety = safety_config(self.deploy, source)
         critic = None if metadata is None else bundle_critic(  # trained for this very policy (the bundle's hash)
-            bundle, metadata, robot, robot_config, safety.arm.tcp_site if safety.arm is not None else None)
+            bundle, metadata, robot, robot_config, safety.tcp_site)
         self.layer = safety_layer(robot, robot_config, safety, critic)
         self.listener = StateListener(self, self.deploy)
         self.status_file = Path(status) if (status := self.declare_parameter("status_file", "").value) else None

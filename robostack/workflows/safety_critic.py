@@ -216,7 +216,7 @@ class SafeLoop:
         deploy = load_deploy_config(robot.name, task=self.loaded.task)
         cfg = safety_config(deploy, str(robot.deploy_config_file))
         cfg = dataclasses.replace(cfg, rate_hz=1.0 / self.env.control_dt)  # one output per control step here
-        self.features = RiskFeatures(robot, robot_config, cfg.arm.tcp_site if cfg.arm is not None else None)
+        self.features = RiskFeatures(robot, robot_config, cfg.tcp_site)
         self.layers = [safety_layer(robot, robot_config, copy.deepcopy(cfg), critic) for _ in range(num_envs)]
         self.critic = critic
         self.anchored = self.env.task.action.relative or self.env.task.action.ik is not None
@@ -481,7 +481,7 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
 def _tcp_site(bundle: Any) -> str | None:
     robot = registry.robot(bundle.robot)
     cfg = safety_config(load_deploy_config(robot.name, task=bundle.task), str(robot.deploy_config_file))
-    return cfg.arm.tcp_site if cfg.arm is not None else None
+    return cfg.tcp_site
 
 
 def plot_critic(net: RiskNetwork, rollouts: Sequence[dict[str, np.ndarray]], epsilon: float, control_dt: float,
