@@ -52,7 +52,7 @@ from robostack import registry
 from robostack.bundle import ACTOR_CRITIC, BundleError, load_bundle
 from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
-from robostack.real.executor import spin, stop_on_signals
+from robostack.real.executor import init_ros, spin, stop_on_signals
 from robostack.real.messages import get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.safety import safety_config
@@ -223,9 +223,8 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
 def main(args: list[str] | None = None) -> int:
     import rclpy
     from rclpy.node import Node
-    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # see robostack.real.executor
+    init_ros(args)
     node = Node("policy_node")
     try:
         with stop_on_signals() as stop:

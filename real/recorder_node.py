@@ -54,10 +54,9 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 
 from robostack.real.bag import BagWriter, MessageTypes, UnknownMessageTypeError, qos_to_dict
-from robostack.real.executor import spin, stop_on_signals
+from robostack.real.executor import init_ros, spin, stop_on_signals
 
 
 class RecorderConfigError(ValueError):
@@ -217,7 +216,7 @@ class RecorderNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    init_ros(args)
     node = None
     try:
         with stop_on_signals() as stop:  # a signal only sets a flag: never interrupts a write half way

@@ -60,7 +60,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
@@ -69,7 +68,7 @@ from robostack.bundle import read_metadata
 from robostack.real.bundle_fit import check_bundle_fits
 from robostack.real.critic import bundle_critic
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
-from robostack.real.executor import spin, stop_on_signals
+from robostack.real.executor import init_ros, spin, stop_on_signals
 from robostack.real.messages import message_type, set_field
 from robostack.real.safety import Command, Measurement, safety_config, safety_layer
 from robostack.real.state import StateListener, status_qos, qos_profile
@@ -328,7 +327,7 @@ class SafetyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # see robostack.real.executor
+    init_ros(args)
     node = None
     try:
         with stop_on_signals() as stop:

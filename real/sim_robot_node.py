@@ -86,14 +86,13 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from robostack import registry, sim
 from robostack.bundle import BundleError, read_metadata
 from robostack.config import ConfigError
-from robostack.real.executor import stop_on_signals
+from robostack.real.executor import init_ros, stop_on_signals
 from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.messages import MessageConfigError, get_field, message_type, set_field
@@ -422,7 +421,7 @@ class SimRobotNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    init_ros(args)
     node = None
     try:
         with stop_on_signals() as stop:  # a flag: the step in progress finishes

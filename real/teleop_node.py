@@ -79,7 +79,6 @@ from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
@@ -87,7 +86,7 @@ from robostack import registry, sim
 from robostack.bundle import read_metadata
 from robostack.real.bundle_fit import check_bundle_fits
 from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
-from robostack.real.executor import spin, stop_on_signals
+from robostack.real.executor import init_ros, spin, stop_on_signals
 from robostack.real.messages import get_field, message_type, set_field
 from robostack.real.observation import build_task
 from robostack.real.robot_state import RobotState
@@ -415,7 +414,7 @@ class TeleopNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     # SIGINT/SIGTERM only set a flag the loop checks, so a takeover's end is still published on the way out.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    init_ros(args)
     node = None
     try:
         with stop_on_signals() as stop:

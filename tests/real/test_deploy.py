@@ -297,7 +297,8 @@ def test_robostack_deploy_runs_the_shipped_chunk_and_residual_policies(task, epi
 
 class GraphMonitor:
     """An independent subscriber on a cf2 deployment's topics, keeping receive stamps (ns): the driver's
-    commands, the policy's commands, the safety layer's overrides and the odometry's height."""
+    commands, the policy's commands, the safety layer's overrides and the odometry's height; and since when
+    (monotonic s) ``safety/status`` says the policy's commands pass to the driver (None: they do not)."""
 
     def __init__(self, namespace: str, domain_id: int):
         import rclpy
@@ -306,6 +307,7 @@ class GraphMonitor:
         from std_msgs.msg import Float64MultiArray, String
 
         from robostack.real.deploy_config import load_deploy_config
+        from robostack.real.state import status_qos
 
         topics = load_deploy_config("cf2").topics
         self.rclpy, self.context = rclpy, rclpy.Context()
@@ -315,6 +317,7 @@ class GraphMonitor:
         self.policy: list[int] = []
         self.overrides: list[tuple[int, list[str]]] = []
         self.height: list[tuple[int, float]] = []
+        self.policy_passing_since: float | None = None
         node.create_subscription(Float64MultiArray, topics.driver_command.topic,
                                  lambda m, i: self.driver.append((i["received_timestamp"], list(m.data))), 5000)
         node.create_subscription(Float64MultiArray, "policy/command",
@@ -323,14 +326,33 @@ class GraphMonitor:
             (i["received_timestamp"], json.loads(m.data)["reasons"])), 5000)
         node.create_subscription(Odometry, topics.odometry.topic, lambda m, i: self.height.append(
             (i["received_timestamp"], m.pose.pose.position.z)), 5000)
+        node.create_subscription(String, "safety/status", self._on_status, status_qos())
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def _on_status(self, msg, _info) -> None:
+        if json.loads(msg.data)["passes"] != "policy":
+            self.policy_passing_since = None
+        elif self.policy_passing_since is None:
+            self.policy_passing_since = time.monotonic()
+
+    def policy_flying_for(self, seconds: float) -> bool:
+        return self.policy_passing_since is not None and time.monotonic() - self.policy_passing_since >= seconds
 
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
+
+
+IN_FLIGHT_NS = 20_000_000  # a message on the loopback arrives well within this
+
+
+def fast_dds_shared_memory(pid: int) -> list[str]:
+    """The Fast DDS shared-memory segments process ``pid`` has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return sorted({line.split()[-1] for line in maps if "/dev/shm/fastrtps" in line})
 
 
 def wait_until(condition, timeout: float, what: str, procs: dict[str, subprocess.Popen]) -> None:
@@ -366,7 +388,10 @@ def test_killing_the_policy_process_hands_the_drone_to_the_safety_fallback(tmp_p
     try:
         nodes = node_graph(ROOT / "bundles" / "cf2-hover", sim=True, randomize=False)
         with started_graph(nodes, env=env, log_dir=tmp_path, namespace=namespace) as procs:
-            wait_until(lambda: len(monitor.policy) >= 150, 60, "1.5 s of the policy flying", procs)
+            # the policy's commands reach the driver (discovery on this host can take seconds: until then the
+            # policy runs but the safety layer has no state or no command of it, and the drone waits on the ground)
+            wait_until(lambda: monitor.policy_flying_for(1.5), 60, "1.5 s of the policy flying", procs)
+            shared_memory = {name: fast_dds_shared_memory(proc.pid) for name, proc in procs.items()}
             procs["policy_node"].send_signal(signal.SIGKILL)
             killed = time.time_ns()
             time.sleep(1.5)
@@ -375,13 +400,15 @@ def test_killing_the_policy_process_hands_the_drone_to_the_safety_fallback(tmp_p
         monitor.close()
     logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
     assert alive == {"safety_node": None, "sim_robot_node": None}, logs
+    # UDP only (robostack.real.executor.init_ros): a writer to a dead process's shared-memory port can block ~1 s
+    assert not any(shared_memory.values()), shared_memory
 
     commands = np.array([values for _, values in monitor.driver])
     assert commands.shape[1] == 4 and np.isfinite(commands).all()
     assert (commands >= 0).all() and (commands <= max_thrust).all()
 
     last_policy = max(monitor.policy)
-    assert last_policy < killed
+    assert last_policy < killed + IN_FLIGHT_NS  # one sent as the signal went out can arrive just after it
     fallback = next((t for t, reasons in monitor.overrides if t > last_policy and "fallback: hover" in reasons
                      and any(r.startswith("command stale") for r in reasons)), None)
     assert fallback is not None, monitor.overrides[-5:]
