@@ -21,7 +21,7 @@ import torch
 from robostack import sim
 from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM
 from robostack.bundle.describe import rebuilt_mismatches
-from robostack.data.features import SimFrameReader, sim_features
+from robostack.data.features import SimFrameReader, same_state_layout, sim_features
 from robostack.real.robot_state import BodyState, Pose, RobotState
 from robostack.sim.joint_limits import TargetBounds
 from robostack.sim.measured_task import MeasuredTask
@@ -101,7 +101,9 @@ class ObservationBuilder(MeasuredTask):
         terms = self.metadata["observation"]["terms"]
         if self.kind == CHUNK:
             features = sim_features(self)
-            wrong = [t["name"] for t in terms if features.get(t["name"], {}).get("names") != t.get("names")]
+            wrong = [t["name"] for t in terms if features.get(t["name"], {}).get("names") != t.get("names") and not (
+                t["name"] == "observation.state"  # older names of the same values (a scene's free body as base_*)
+                and same_state_layout(self.model, t.get("names") or [], features[t["name"]]["names"]))]
             if wrong:
                 recorded = {key: feature["names"] for key, feature in features.items()}
                 raise ObservationError(f"bundle for task {self.task.name!r}: its inputs {wrong} are not what the task "

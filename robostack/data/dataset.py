@@ -30,17 +30,23 @@ What RoboStack does within that layout:
   100 MB; its reader finds episodes through the row's chunk/file indexes and ``dataset_from_index`` either
   way, and ``load_dataset`` here reads LeRobot's multi-episode files too. Appending is only supported to
   datasets with one file per episode.
-* Videos are MPEG-4 Part 2 (OpenCV's ``mp4v`` fourcc) written and read with OpenCV. LeRobot encodes AV1
-  with PyAV; neither PyAV nor AV1 is needed to read these files back with OpenCV (or with LeRobot's
-  decoders, which read any FFmpeg codec). mp4v is lossy: decoded frames are close to, not equal to, the
+* Videos are H.264 written with PyAV (``robostack.data.video``: browsers play it, LeRobot's decoders read it)
+  and read with OpenCV, which also reads the MPEG-4 Part 2 (``mp4v``) videos of datasets RoboStack wrote
+  before. LeRobot encodes AV1 by default; either is lossy: decoded frames are close to, not equal to, the
   written ones. Image statistics are per channel in [0, 1] (shape ``[3, 1, 1]``), from up to 100 frames.
-* ``info.json`` also carries ``robostack.task`` and ``robostack.task_config`` when the data came from (or
-  belongs to) a RoboStack simulated task: ``replay`` re-executes an episode's actions there.
+* What RoboStack adds lives where LeRobot's own tools (``aggregate_datasets``, ``delete_episodes``) keep it,
+  the features and the frame columns: they rebuild info.json and the episode table from their own keys. The
+  ``action`` feature carries ``robostack: {task, task_config}`` when the data came from (or belongs to) a
+  RoboStack simulated task (``replay`` re-executes an episode's actions there; datasets written before keep it
+  in info.json as ``robostack.task``, and are read as they are); every frame carries its episode's outcome
+  (``complementary_info.success``: 1, 0, -1 unknown) and source (``complementary_info.source``: index in
+  ``SOURCES``), so an episode table without RoboStack's ``success`` and ``source`` columns gets them back.
 
 State, action and command (what ``convert_bag`` and ``sim_frame`` record, so bag and simulation data of one
 robot merge): ``observation.state`` is the robot's measured state named ``JOINT.pos``, ``JOINT.vel`` then,
 for a floating base, ``base_position.{x,y,z}`` (world), ``base_orientation.{w,x,y,z}``,
-``base_linear_velocity.{x,y,z}`` (world) and ``base_angular_velocity.{x,y,z}`` (body), the simulator's
+``base_linear_velocity.{x,y,z}`` (world) and ``base_angular_velocity.{x,y,z}`` (body), and the same fields
+of any other free body in a simulated scene by its body's name (a cube: ``object_position.x`` ...), the simulator's
 conventions (``robostack.real.robot_state.RobotState``); the names and their layout are in
 ``robostack.data.features``. ``action`` is the actuator controls the robot was
 sent (the driver command: position targets, thrusts), in actuator order, applied during the frame; replay
@@ -69,6 +75,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from robostack.data.stats import aggregate_stats, episode_stats, jsonable_stats, row_stats
+from robostack.data.video import PIXEL_FORMAT, VIDEO_CODEC, VideoError, encode_video
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk folder (LeRobot's default)
@@ -80,9 +87,10 @@ TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
 EPISODES_PATH = EPISODES_DIR + "/chunk-000/file-000.parquet"
 IMAGE_PREFIX = "observation.images."
-VIDEO_CODEC = "mp4v"
 SOURCES = ("teleop", "intervention", "rollout")
 INTERVENTION = "complementary_info.intervention"
+SUCCESS = "complementary_info.success"  # the frame's episode's outcome: 1 success, 0 failure, -1 unknown
+SOURCE = "complementary_info.source"  # the frame's episode's source: its index in SOURCES
 INFO_KEYS = ("codebase_version", "robot_type", "fps", "features", "total_episodes", "total_frames", "total_tasks",
              "chunks_size", "data_path", "video_path", "splits")
 EPISODE_KEYS = ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
@@ -104,9 +112,10 @@ INDEX_FEATURES = {"timestamp": _scalar("float32"), "frame_index": _scalar("int64
                   "episode_index": _scalar("int64"), "index": _scalar("int64"), "task_index": _scalar("int64")}
 # What happened after the frame's action; given to add_episode or defaulted there.
 OUTCOME_FEATURES = {"next.reward": _scalar("float32"), "next.done": _scalar("bool"), INTERVENTION: _scalar("bool")}
-STANDARD_FEATURES = {**INDEX_FEATURES, **OUTCOME_FEATURES}
-
-# A floating base's state entries: components, the MuJoCo array they live in, offset in the free joint's part.
+# The episode's success and source on each of its frames; the writer computes them from add_episode's arguments.
+EPISODE_FEATURES = {SUCCESS: _scalar("int64"), SOURCE: _scalar("int64")}
+COMPUTED_FEATURES = {**INDEX_FEATURES, **EPISODE_FEATURES}
+STANDARD_FEATURES = {**INDEX_FEATURES, **OUTCOME_FEATURES, **EPISODE_FEATURES}
 
 class DatasetError(ValueError):
     """A dataset is malformed or cannot be written; the message names the file, the episode and the problem."""
@@ -124,9 +133,11 @@ def _normalize_feature(key: str, ft: Any, fps: int) -> dict[str, Any]:
         if not key.startswith(IMAGE_PREFIX) or len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
             raise DatasetError(f"feature {key!r}: a video must be named {IMAGE_PREFIX}CAMERA and have shape "
                                f"[height, width, 3], got shape {shape}")
+        if shape[0] % 2 or shape[1] % 2:
+            raise DatasetError(f"feature {key!r}: H.264 video needs an even height and width, got {shape[:2]}")
         return {"dtype": "video", "shape": shape, "names": ["height", "width", "channels"],
                 "info": {"video.height": shape[0], "video.width": shape[1], "video.codec": VIDEO_CODEC,
-                         "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                         "video.pix_fmt": PIXEL_FORMAT, "video.is_depth_map": False, "video.fps": fps,
                          "video.channels": 3, "has_audio": False}}
     if dtype not in _ARROW_TYPES:
         raise DatasetError(f"feature {key!r}: dtype {dtype!r} is not one of {sorted(_ARROW_TYPES)} or 'video'")
@@ -157,6 +168,11 @@ def _describe(ft: Mapping[str, Any]) -> str:
     return f"{ft.get('dtype')} {list(ft.get('shape', []))} names {ft.get('names')}"
 
 
+def _schema(ft: Mapping[str, Any]) -> dict[str, Any]:
+    """A feature without what RoboStack notes beside it (the action's simulated task)."""
+    return {key: value for key, value in ft.items() if key != "robostack"}
+
+
 def feature_difference(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str, b_name: str) -> str | None:
     """The first feature that differs between two feature sets, in words (None if they are the same)."""
     for key in sorted(set(a) | set(b)):
@@ -164,7 +180,7 @@ def feature_difference(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str, 
             return f"feature {key!r} is in {a_name} but not in {b_name}"
         if key not in a:
             return f"feature {key!r} is in {b_name} but not in {a_name}"
-        if a[key] != b[key]:
+        if _schema(a[key]) != _schema(b[key]):
             return f"feature {key!r} differs: {_describe(a[key])} in {a_name}, {_describe(b[key])} in {b_name}"
     return None
 
@@ -419,15 +435,10 @@ def _discard_uncommitted(root: Path) -> None:
 
 
 def _encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (width, height))
-    if not writer.isOpened():
-        raise DatasetError(f"{path}: OpenCV cannot open an {VIDEO_CODEC} video writer ({width}x{height} at {fps} fps)")
     try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+        encode_video(path, frames, fps)
+    except VideoError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _decode_video(path: Path, start: int, count: int, where: str) -> np.ndarray:
@@ -483,8 +494,30 @@ class Dataset:
         self.tasks = self._committed_tasks()
         self.episodes = self._committed_episodes()
         self._columns = self._read_frames()
+        self._restore_episode_outcomes()
         self._check_videos()
         self.stats = self._current_stats()
+
+    @property
+    def sim_task(self) -> str | None:
+        """The RoboStack task the data was simulated in (or belongs to), for ``replay``; None if none."""
+        return self.features["action"].get("robostack", {}).get("task", self.info.get("robostack.task"))
+
+    @property
+    def sim_task_config(self) -> dict[str, Any] | None:
+        return self.features["action"].get("robostack", {}).get("task_config", self.info.get("robostack.task_config"))
+
+    def _restore_episode_outcomes(self) -> None:
+        """``success`` and ``source`` of episode rows that lack them (a table LeRobot's tools rebuilt), from the
+        episode's frames."""
+        if SUCCESS not in self._columns:
+            return
+        for row in self.episodes:
+            first = row["dataset_from_index"]
+            if "success" not in row:
+                row["success"] = {1: True, 0: False}.get(int(self._columns[SUCCESS][first]))
+            if "source" not in row:
+                row["source"] = SOURCES[int(self._columns[SOURCE][first])]
 
     # ----- metadata
     def _committed_tasks(self) -> list[str]:
@@ -672,7 +705,7 @@ class Dataset:
                 "episodes": self.num_episodes, "frames": self.num_frames, "tasks": list(self.tasks),
                 "features": {key: {"dtype": ft["dtype"], "shape": list(ft["shape"])}
                              for key, ft in self.features.items()},
-                "sources": sources, "sim_task": self.info.get("robostack.task")}
+                "sources": sources, "sim_task": self.sim_task}
 
 
 def load_dataset(root: str | os.PathLike) -> Dataset:
@@ -694,7 +727,7 @@ class DatasetWriter:
     ...                    images={"observation.images.front": frames}, success=True, source="teleop")
 
     ``sim_task`` / ``sim_task_config``: the RoboStack task (and its full config) the data was simulated in;
-    stored in info.json as ``robostack.task`` / ``robostack.task_config`` for ``replay``.
+    stored with the ``action`` feature (``robostack: {task, task_config}``) for ``replay``.
     """
 
     def __init__(self, root: str | os.PathLike, fps: int, features: Mapping[str, Any], robot: str | None, *,
@@ -707,6 +740,9 @@ class DatasetWriter:
         self.features = dataset_features(features, self.fps)
         # the config as JSON gives it back (tuples become lists), so that equal configs compare equal
         config = None if sim_task_config is None else json.loads(json.dumps(sim_task_config))
+        if sim_task is not None:
+            self.features["action"] = {**self.features["action"],
+                                       "robostack": {"task": sim_task, "task_config": config}}
         if (self.root / INFO_PATH).exists():
             self._open(robot, sim_task, config)
             return
@@ -716,8 +752,7 @@ class DatasetWriter:
             "codebase_version": CODEBASE_VERSION, "robot_type": robot, "total_episodes": 0, "total_frames": 0,
             "total_tasks": 0, "chunks_size": int(chunks_size), "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 500, "fps": self.fps, "splits": {}, "data_path": DATA_PATH,
-            "video_path": VIDEO_PATH if _video_keys(self.features) else None, "features": self.features,
-            "robostack.task": sim_task, "robostack.task_config": config}
+            "video_path": VIDEO_PATH if _video_keys(self.features) else None, "features": self.features}
         self.tasks: list[str] = []
         self.rows: list[dict[str, Any]] = []
         _write_json(self.root / INFO_PATH, self.info)
@@ -734,8 +769,13 @@ class DatasetWriter:
         existing = Dataset(self.root)
         differences = [f"{name} {theirs!r} there, {ours!r} here" for name, theirs, ours in (
             ("fps", existing.fps, self.fps), ("robot", existing.info["robot_type"], robot),
-            ("simulated task", existing.info.get("robostack.task"), sim_task),
-            ("simulated task config", existing.info.get("robostack.task_config"), config)) if theirs != ours]
+            ("simulated task", existing.sim_task, sim_task),
+            ("simulated task config", existing.sim_task_config, config)) if theirs != ours]
+        # a dataset written before the per-frame outcomes (or with the task in info.json) keeps its own layout
+        self.features = {key: ft for key, ft in self.features.items()
+                         if key in existing.features or key not in EPISODE_FEATURES}
+        if "robostack" not in existing.features["action"]:
+            self.features["action"] = {k: v for k, v in self.features["action"].items() if k != "robostack"}
         differences.append(feature_difference(existing.features, self.features, "the dataset", "the writer"))
         if differences[0]:  # fps first: it changes the video features too
             raise DatasetError(f"{self.root}: cannot append: {differences[0]}")
@@ -772,6 +812,9 @@ class DatasetWriter:
         columns.update(timestamp=(np.arange(length) / self.fps).astype(np.float32),
                        frame_index=np.arange(length), episode_index=np.full(length, index),
                        index=np.arange(start, start + length), task_index=np.full(length, tasks.index(task)))
+        outcome = {SUCCESS: np.full(length, -1 if success is None else int(bool(success))),
+                   SOURCE: np.full(length, SOURCES.index(source))}
+        columns.update({key: values for key, values in outcome.items() if key in self.features})
         row: dict[str, Any] = {
             "episode_index": index, "tasks": [task], "length": length, "data/chunk_index": chunk,
             "data/file_index": file, "dataset_from_index": start, "dataset_to_index": start + length}
@@ -806,7 +849,7 @@ class DatasetWriter:
         return index
 
     def _frame_columns(self, frames: Mapping[str, Any], source: str) -> dict[str, np.ndarray]:
-        computed = [key for key in frames if key in INDEX_FEATURES]
+        computed = [key for key in frames if key in COMPUTED_FEATURES]
         if computed:
             raise DatasetError(f"frames: {computed} are computed by the writer; leave them out")
         unknown = [key for key in frames if key not in self.features or self.features[key]["dtype"] == "video"]

@@ -1,6 +1,9 @@
 """The feature schema of simulated and recorded robot data: how a robot's state, actions and command are named
-in a dataset (``observation.state`` as ``JOINT.pos``, ``JOINT.vel``, then a floating base's fields), where each
-name lives in a MuJoCo model's state, and what each recorded vector holds (``FEATURE_DEFINITIONS``).
+in a dataset (``observation.state`` as ``JOINT.pos``, ``JOINT.vel``, then the robot's floating base's fields
+``base_position.x`` ..., then those of any other free body in the scene by its body's name, e.g. a cube's
+``object_position.x`` ...), where each name lives in a MuJoCo model's state, and what each recorded vector holds
+(``FEATURE_DEFINITIONS``). Data and bundles written before objects had names of their own call the one free
+body of a fixed-base robot's scene ``base_*``: ``StateMap`` still reads those names (as that body).
 
 ``sim_features`` names a task's features, ``SimFrameReader`` reads them from an env (or from the deploy side's
 view of a measured robot, ``robostack.real.observation.ObservationBuilder``): the recorder of demonstrations, a
@@ -15,18 +18,24 @@ import numpy as np
 
 from robostack.data.dataset import DatasetError
 
-BASE_STATE = {"base_position": ("xyz", "qpos", 0), "base_orientation": ("wxyz", "qpos", 3),
-              "base_linear_velocity": ("xyz", "qvel", 0), "base_angular_velocity": ("xyz", "qvel", 3)}
+# A free joint's state entries: components, the MuJoCo array they live in, offset in the free joint's part.
+FREE_BODY_STATE = {"position": ("xyz", "qpos", 0), "orientation": ("wxyz", "qpos", 3),
+                   "linear_velocity": ("xyz", "qvel", 0), "angular_velocity": ("xyz", "qvel", 3)}
+BASE = "base"  # the robot's floating base; another free body is named by its body
+BASE_STATE = {f"{BASE}_{field}": layout for field, layout in FREE_BODY_STATE.items()}  # RobotState's base fields
 
 
 # ------------------------------------------------------------------------------ robot state layout
 
 
-def state_names(joints: Sequence[str], velocities: bool = True, base: Sequence[str] = ()) -> list[str]:
+def state_names(joints: Sequence[str], velocities: bool = True, base: Sequence[str] = (),
+                objects: Sequence[str] = ()) -> list[str]:
     """``observation.state`` names: ``JOINT.pos`` (then ``JOINT.vel``) per joint, then the floating base
-    fields ``base`` (keys of ``BASE_STATE``) per component."""
+    fields ``base`` (keys of ``BASE_STATE``) per component, then every field of each free body in ``objects``."""
     names = [f"{joint}.pos" for joint in joints] + ([f"{joint}.vel" for joint in joints] if velocities else [])
-    return names + [f"{field}.{axis}" for field in base for axis in BASE_STATE[field][0]]
+    names += [f"{field}.{axis}" for field in base for axis in BASE_STATE[field][0]]
+    return names + [f"{body}_{field}.{axis}" for body in objects for field, (axes, _, _) in FREE_BODY_STATE.items()
+                    for axis in axes]
 
 
 def action_names(joints: Sequence[str], count: int) -> list[str]:
@@ -51,18 +60,18 @@ class StateMap:
     def __init__(self, model: Any, names: Sequence[str], where: str):
         import mujoco
 
-        free = _free_joint(model)
         self.pos_columns: list[int] = []
         self.pos_addresses: list[int] = []
         self.vel_columns: list[int] = []
         self.vel_addresses: list[int] = []
         for column, name in enumerate(names):
             owner, _, part = name.rpartition(".")
-            if owner in BASE_STATE:
-                axes, array, offset = BASE_STATE[owner]
-                if free is None or part not in axes:
-                    raise DatasetError(f"{where}: state entry {name!r}: the model has no floating base" if free is None
-                                       else f"{where}: state entry {name!r}: no component {part!r} (axes {axes})")
+            field = next((f for f in FREE_BODY_STATE if owner.endswith(f"_{f}")), None)
+            if part not in ("pos", "vel") and field is not None:
+                axes, array, offset = FREE_BODY_STATE[field]
+                free = _named_free_joint(model, owner[:-len(field) - 1], name, where)
+                if part not in axes:
+                    raise DatasetError(f"{where}: state entry {name!r}: no component {part!r} (axes {axes})")
                 start = model.jnt_qposadr[free] if array == "qpos" else model.jnt_dofadr[free]
                 in_qpos, address = array == "qpos", int(start + offset + axes.index(part))
             elif part in ("pos", "vel"):
@@ -72,13 +81,17 @@ class StateMap:
                 in_qpos = part == "pos"
                 address = int(model.jnt_qposadr[joint] if in_qpos else model.jnt_dofadr[joint])
             else:
-                raise DatasetError(f"{where}: state entry {name!r} is not JOINT.pos, JOINT.vel or a base field "
-                                   f"({', '.join(BASE_STATE)})")
+                raise DatasetError(f"{where}: state entry {name!r} is not JOINT.pos, JOINT.vel or BODY_FIELD.AXIS "
+                                   f"of a free body (FIELD one of {', '.join(FREE_BODY_STATE)})")
             columns, addresses = ((self.pos_columns, self.pos_addresses) if in_qpos
                                   else (self.vel_columns, self.vel_addresses))
             columns.append(column)
             addresses.append(address)
         self.size = len(names)
+
+    def layout(self) -> tuple[list[int], ...]:
+        """Where each column lives: two state maps with the same layout read the same values."""
+        return self.pos_columns, self.pos_addresses, self.vel_columns, self.vel_addresses
 
     def read(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """States [N, D] of a batch from its qpos [N, nq] and qvel [N, nv]."""
@@ -93,12 +106,47 @@ class StateMap:
         qvel[self.vel_addresses] = state[self.vel_columns]
 
 
-def _free_joint(model: Any) -> int | None:
-    """The floating base's joint (MuJoCo free joint), if the model has one."""
+def same_state_layout(model: Any, names: Sequence[str], other: Sequence[str]) -> bool:
+    """Whether two lists of ``observation.state`` names read the same values of ``model`` (a bundle or dataset
+    written with the older names of a scene's free body against today's)."""
+    try:
+        return StateMap(model, names, "").layout() == StateMap(model, other, "").layout()
+    except DatasetError:
+        return False
+
+
+def free_bodies(model: Any) -> tuple[int | None, list[int]]:
+    """The robot's floating base (the free joint above its actuated joints; None for a fixed-base robot) and
+    the other free joints (objects in the scene), MuJoCo joint ids in model order."""
     import mujoco
 
     free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
-    return free[0] if free else None
+    robot_bodies = set()
+    for i in range(model.nu):
+        if model.actuator_trntype[i] == mujoco.mjtTrn.mjTRN_JOINT:
+            body = int(model.jnt_bodyid[model.actuator_trnid[i, 0]])
+            while body and body not in robot_bodies:
+                robot_bodies.add(body)
+                body = int(model.body_parentid[body])
+    base = next((j for j in free if int(model.jnt_bodyid[j]) in robot_bodies), None)
+    return base, [j for j in free if j != base]
+
+
+def _named_free_joint(model: Any, body: str, name: str, where: str) -> int:
+    """The free joint of ``body`` (``base``: the robot's floating base; for a fixed-base robot whose scene has
+    one free body, that body: the name data written before objects were named gave it)."""
+    base, objects = free_bodies(model)
+    if body == BASE:
+        if base is not None:
+            return base
+        if len(objects) == 1:
+            return objects[0]
+        raise DatasetError(f"{where}: state entry {name!r}: the model has no floating base")
+    found = next((j for j in objects if model.body(int(model.jnt_bodyid[j])).name == body), None)
+    if found is None:
+        raise DatasetError(f"{where}: state entry {name!r}: the model has no free body {body!r} "
+                           f"(free bodies: {[model.body(int(model.jnt_bodyid[j])).name for j in objects]})")
+    return found
 
 
 def _actuated_joints(model: Any) -> list[str]:
@@ -117,7 +165,8 @@ FEATURE_DEFINITIONS = {
         "components": "as 'names' says: <joint>.pos (rad; m for a prismatic joint) for every actuated joint, then "
                       "<joint>.vel (rad/s), then for a floating base base_position.x/y/z (world, m), "
                       "base_orientation.w/x/y/z (quaternion, world), base_linear_velocity.x/y/z (world, m/s), "
-                      "base_angular_velocity.x/y/z (base frame, rad/s)"},
+                      "base_angular_velocity.x/y/z (base frame, rad/s), then the same four for every other free "
+                      "body of the scene, prefixed with its name instead of base (e.g. object_position.x)"},
     "observation.command": {"quantity": "the task command: what the task's command term states (its goal, target or "
                                         "velocity)", "units": "as that term states", "frame": "", "reference": "",
                             "components": "command_0 .. command_(n-1)"},
@@ -136,8 +185,10 @@ def sim_features(env: Any) -> dict[str, dict[str, Any]]:
     ``convert_bag`` names them for the same robot."""
     model = env.default_model
     joints = _actuated_joints(model)
-    base = list(BASE_STATE) if _free_joint(model) is not None else []
-    features = {"observation.state": vector_feature(state_names(joints, True, base)),
+    base, objects = free_bodies(model)
+    features = {"observation.state": vector_feature(state_names(
+                    joints, True, list(BASE_STATE) if base is not None else [],
+                    [model.body(int(model.jnt_bodyid[j])).name for j in objects])),
                 "action": vector_feature(action_names(joints, model.nu))}
     if env.task.command_dim:
         features["observation.command"] = vector_feature(command_names(env.task.command_dim))

@@ -5,7 +5,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from robostack.data.dataset import (INDEX_FEATURES, VIDEO_CODEC, Dataset, DatasetError, DatasetWriter, _probe_video,
+from robostack.data.dataset import (COMPUTED_FEATURES, VIDEO_CODEC, Dataset, DatasetError, DatasetWriter, _probe_video,
                                     _video_file, feature_difference, load_dataset)
 
 
@@ -25,18 +25,17 @@ def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> Datas
         difference = feature_difference(first.features, other.features, str(first.root), str(other.root))
         if difference:
             raise DatasetError(f"merge: {difference}")
-    same_task = all(d.info.get("robostack.task") == first.info.get("robostack.task") and
-                    d.info.get("robostack.task_config") == first.info.get("robostack.task_config") for d in datasets)
+    same_task = all(d.sim_task == first.sim_task and d.sim_task_config == first.sim_task_config for d in datasets)
     writer = DatasetWriter(out, first.fps, first.features, first.info["robot_type"],
-                           sim_task=first.info.get("robostack.task") if same_task else None,
-                           sim_task_config=first.info.get("robostack.task_config") if same_task else None)
+                           sim_task=first.sim_task if same_task else None,
+                           sim_task_config=first.sim_task_config if same_task else None)
     for dataset in datasets:
         for i, row in enumerate(dataset.episodes):
             if len(row["tasks"]) != 1:
                 raise DatasetError(f"merge: {dataset.root} episode {i} has tasks {row['tasks']}; "
                                    "only one task per episode is supported")
             data = dataset.episode(i, images=False)
-            frames = {key: values for key, values in data.items() if key not in INDEX_FEATURES}
+            frames = {key: values for key, values in data.items() if key not in COMPUTED_FEATURES}
             writer.add_episode(frames, row["tasks"][0], images=_episode_videos(dataset, i),
                                success=row.get("success"), source=row.get("source") or "rollout")
     return load_dataset(out)

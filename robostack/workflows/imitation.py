@@ -147,7 +147,7 @@ def train_imitation(task: str, dataset: str | os.PathLike, overrides: Sequence[s
     if seed is not None:
         cfg.diffusion.seed = seed
     data = load_dataset(dataset)
-    recorded_task = data.info.get("robostack.task")
+    recorded_task = data.sim_task
     if recorded_task is not None and recorded_task != task:
         raise DatasetError(f"{data.root}: recorded in task {recorded_task!r}, not {task!r}")
     state_keys = vector_observations(data) if cfg.state_keys is None else list(cfg.state_keys)
@@ -165,7 +165,7 @@ def train_imitation(task: str, dataset: str | os.PathLike, overrides: Sequence[s
     torch.set_num_threads(cfg.torch_threads or available_cores())
 
     run_dir = new_run_dir(run_root, task, ALGO)
-    task_config = data.info.get("robostack.task_config")
+    task_config = data.sim_task_config
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump({"task": task, "algo": ALGO, "dataset": str(Path(dataset).resolve()),
                         "dataset_episodes": len(episodes), "state_keys": state_keys, "task_config": task_config,

@@ -3,8 +3,8 @@ see images, and videos of an evaluation.
 
 Headless machines need an offscreen GL: ``ensure_offscreen_gl`` picks EGL (Mesa's software EGL works without a
 GPU) or OSMesa when ``MUJOCO_GL`` is not set. A video is env 0 drawn by MuJoCo's offscreen renderer every
-``k``-th control step, ``k`` chosen so the frame rate is at most ``MAX_VIDEO_FPS``, written as an MP4 (OpenCV,
-mp4v).
+``k``-th control step, ``k`` chosen so the frame rate is at most ``MAX_VIDEO_FPS``, written as an H.264 MP4
+(``robostack.data.video``: browsers play it).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robostack.data.video import Mp4Writer
 
 MAX_VIDEO_FPS = 50.0
 VIDEO_SIZE = (640, 480)  # width, height (MuJoCo's default offscreen buffer)
@@ -122,25 +124,23 @@ class VideoRecorder:
     def __init__(self, env: Any, path: str | os.PathLike, width: int = VIDEO_SIZE[0], height: int = VIDEO_SIZE[1],
                  max_fps: float = MAX_VIDEO_FPS):
         ensure_offscreen_gl()  # before MuJoCo is imported, if it has not been yet
-        import cv2
-
         self.env = env
         self.path = Path(path)
         control_hz = 1.0 / env.control_dt
         self.every = max(1, math.ceil(control_hz / max_fps - 1e-9))
         self.fps = control_hz / self.every
         model = env.default_model
-        width = min(width, int(model.vis.global_.offwidth))
-        height = min(height, int(model.vis.global_.offheight))
+        width = min(width, int(model.vis.global_.offwidth)) // 2 * 2  # H.264 in yuv420p: even sizes
+        height = min(height, int(model.vis.global_.offheight)) // 2 * 2
         self.width, self.height = width, height
         self.renderer = offscreen_renderer(model, width, height)
         self.camera = self._camera(model)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-        if not self.writer.isOpened():
+        try:
+            self.writer = Mp4Writer(self.path, width, height, self.fps)
+        except Exception as exc:  # PyAV raises its own (OSError subclasses) and VideoError
             self.renderer.close()
-            raise RenderError(f"OpenCV cannot write an MP4 video to {self.path}")
-        self._cv2 = cv2
+            raise RenderError(f"cannot write an MP4 video to {self.path}: {exc}") from None
         self.steps = 0
         self.frames = 0
 
@@ -176,13 +176,13 @@ class VideoRecorder:
                 self.camera.lookat[:] = data.xpos[1:].mean(axis=0)
             self.renderer.update_scene(data, self.camera)
             rgb = self.renderer.render()
-            self.writer.write(self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2BGR))
+            self.writer.write(rgb)
             self.frames += 1
         self.steps += 1
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.release()
+            self.writer.close()
             self.writer = None
         if self.renderer is not None:
             self.renderer.close()

@@ -21,13 +21,13 @@ def replay(dataset: Dataset, episode: int) -> dict[str, Any]:
     step (``TaskEnv.step_controls``); the state after step k is compared with frame k + 1. Errors are
     absolute, per group of state entries (max, mean and at the last replayed frame).
     """
-    task = dataset.info.get("robostack.task")
+    task = dataset.sim_task
     if not task:
-        raise DatasetError(f"{dataset.root}: info.json names no RoboStack task (robostack.task): replay needs the "
-                           "simulated task the data belongs to (datasets written from simulation carry it; "
-                           "give convert_bag sim_task= / robostack data convert --sim-task)")
+        raise DatasetError(f"{dataset.root}: names no RoboStack task (its action feature's robostack.task): replay "
+                           "needs the simulated task the data belongs to (datasets written from simulation carry "
+                           "it; give convert_bag sim_task= / robostack data convert --sim-task)")
     row = dataset._row(episode)
-    env = sim.make_env(task, num_envs=1, play=True, config=dataset.info.get("robostack.task_config"),
+    env = sim.make_env(task, num_envs=1, play=True, config=dataset.sim_task_config,
                        overrides=["sim.num_threads=1"])
     try:
         if abs(env.control_dt * dataset.fps - 1.0) > 1e-6:

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from robostack import cli
-from helpers.datasets import CAMERA, EPISODES, FEATURES, FPS, HEIGHT, WIDTH, episode_data, write_episodes
+from helpers.datasets import (CAMERA, EPISODES, FEATURES, FPS, HEIGHT, WIDTH, as_lerobot_tools_leave_it,
+                              episode_data, write_episodes)
 from robostack.data import dataset as ds
 from robostack.data.dataset import DatasetError, DatasetWriter, load_dataset
 from robostack.data.merge import merge
@@ -36,14 +37,14 @@ def test_round_trip_three_episodes_with_video(tmp_path):
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
     assert info["splits"] == {"train": "0:3"}
-    assert info["features"][CAMERA]["info"]["video.codec"] == "mp4v"
+    assert info["features"][CAMERA]["info"]["video.codec"] == "h264"  # browsers play it
     assert visible_files(root) == {
         "meta/info.json", "meta/stats.json", "meta/tasks.parquet", "meta/episodes/chunk-000/file-000.parquet",
         *(f"data/chunk-000/file-00{i}.parquet" for i in range(3)),
         *(f"videos/{CAMERA}/chunk-000/file-00{i}.mp4" for i in range(3))}
     columns = pq.read_schema(root / "data/chunk-000/file-001.parquet").names
     assert set(columns) == {"observation.state", "action", "next.reward", "next.done", ds.INTERVENTION, "timestamp",
-                            "frame_index", "episode_index", "index", "task_index"}
+                            "frame_index", "episode_index", "index", "task_index", ds.SUCCESS, ds.SOURCE}
 
     assert data.tasks == ["pick the cube", "open the drawer"]
     start = 0
@@ -58,7 +59,7 @@ def test_round_trip_three_episodes_with_video(tmp_path):
         assert episode[ds.INTERVENTION].tolist() == [source == "teleop"] * length
         assert (episode["task_index"] == data.tasks.index(task)).all()
         assert episode[CAMERA].shape == images.shape and episode[CAMERA].dtype == np.uint8
-        assert np.abs(episode[CAMERA].astype(int) - images).mean() < 3.0  # mp4v is lossy, not wrong
+        assert np.abs(episode[CAMERA].astype(int) - images).mean() < 3.0  # H.264 is lossy, not wrong
         row = data.episodes[i]
         assert (row["dataset_from_index"], row["dataset_to_index"], row["length"]) == (start, start + length, length)
         assert (row["tasks"], row["source"], row["success"]) == ([task], source, success)
@@ -259,6 +260,65 @@ def test_validation_names_the_file_the_episode_and_the_problem(tmp_path, corrupt
 # ---------------------------------------------------------------------------------------------- merge
 
 
+def test_videos_are_h264_and_older_mp4v_videos_still_read(tmp_path):
+    """Browsers play H.264 (not MPEG-4 Part 2); a dataset RoboStack wrote before (mp4v) reads as it did; an odd
+    frame size, which H.264 in yuv420p cannot hold, is refused when the feature is declared."""
+    import av
+    import cv2
+
+    written = write_episodes(tmp_path / "d", EPISODES[:1])
+    video = tmp_path / f"d/videos/{CAMERA}/chunk-000/file-000.mp4"
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert stream.frames == len(written[0][1])
+
+    images = written[0][1]
+    old = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    for frame in images:
+        old.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    old.release()
+    assert np.abs(load_dataset(tmp_path / "d").episode(0)[CAMERA].astype(int) - images).mean() < 3.0
+
+    odd = {**FEATURES, CAMERA: {"dtype": "video", "shape": [HEIGHT + 1, WIDTH, 3]}}
+    with pytest.raises(DatasetError, match=r"H.264 video needs an even height and width, got \[49, 64\]"):
+        DatasetWriter(tmp_path / "odd", FPS, odd, "toybot")
+
+
+def test_outcomes_and_sources_survive_lerobots_tools(tmp_path):
+    """LeRobot's aggregate and delete tools rebuild info.json and the episode table from their own keys: each
+    episode's success and source come back from its frames, and the dataset still appends and merges."""
+    write_episodes(tmp_path / "d")
+    as_lerobot_tools_leave_it(tmp_path / "d")
+    assert "success" not in pq.read_schema(tmp_path / "d/meta/episodes/chunk-000/file-000.parquet").names
+    data = load_dataset(tmp_path / "d")
+    assert [(row["source"], row["success"]) for row in data.episodes] == [(e[2], e[3]) for e in EPISODES]
+    assert data.summary()["sources"]["teleop"]["episodes"] == sum(e[2] == "teleop" for e in EPISODES)
+    merged = merge([tmp_path / "d"], tmp_path / "m")
+    assert [(row["source"], row["success"]) for row in merged.episodes] == [(e[2], e[3]) for e in EPISODES]
+
+
+def test_a_dataset_written_before_per_frame_outcomes_reads_and_appends_as_it_did(tmp_path):
+    """The older layout: the simulated task in info.json, no complementary_info.success/source."""
+    write_episodes(tmp_path / "d", EPISODES[:2])
+    info = json.loads((tmp_path / "d/meta/info.json").read_text())
+    for key in (ds.SUCCESS, ds.SOURCE):
+        del info["features"][key]
+    info.update({"robostack.task": "panda-reach", "robostack.task_config": {"x": 1}})
+    (tmp_path / "d/meta/info.json").write_text(json.dumps(info))
+    for path in (tmp_path / "d/data").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns([ds.SUCCESS, ds.SOURCE]), path)
+    data = load_dataset(tmp_path / "d")
+    assert (data.sim_task, data.sim_task_config) == ("panda-reach", {"x": 1})
+    assert [(row["source"], row["success"]) for row in data.episodes] == [(e[2], e[3]) for e in EPISODES[:2]]
+    frames, images = episode_data(7, 6)
+    writer = DatasetWriter(tmp_path / "d", FPS, FEATURES, "toybot", sim_task="panda-reach", sim_task_config={"x": 1})
+    writer.add_episode(frames, "pick the cube", images={CAMERA: images}, success=True)
+    appended = load_dataset(tmp_path / "d")
+    assert appended.num_episodes == 3 and ds.SUCCESS not in appended.features and appended.episodes[2]["success"]
+
+
 def test_merge_reindexes_episodes_tasks_and_frames(tmp_path):
     a = write_episodes(tmp_path / "a", EPISODES[:2])
     b = write_episodes(tmp_path / "b", [EPISODES[2], EPISODES[0]], first_seed=5)
@@ -270,7 +330,7 @@ def test_merge_reindexes_episodes_tasks_and_frames(tmp_path):
         np.testing.assert_array_equal(merged.episode(i, images=False)["observation.state"], frames["observation.state"])
     assert [row["source"] for row in merged.episodes] == ["teleop", "intervention", "rollout", "teleop"]
     assert merged.episode(2)["task_index"][0] == 1 and merged.episode(3)["task_index"][0] == 0
-    # one-episode mp4v files are copied as they are: no second round of lossy encoding
+    # one-episode H.264 files are copied as they are: no second round of lossy encoding
     copied = (tmp_path / f"all/videos/{CAMERA}/chunk-000/file-002.mp4").read_bytes()
     assert copied == (tmp_path / f"b/videos/{CAMERA}/chunk-000/file-000.mp4").read_bytes()
 

@@ -47,3 +47,28 @@ def write_episodes(root: Path, episodes=EPISODES, first_seed: int = 0, features=
         written.append((frames, images))
     return written
 
+
+
+# What LeRobot's aggregate_datasets and delete_episodes keep of a v3.0 dataset's metadata (lerobot
+# src/lerobot/datasets/{aggregate,dataset_tools}.py, read 2026-12: both write info.json anew through
+# LeRobotDatasetMetadata.create with these keys, and delete_episodes rebuilds each episode row from these
+# columns; data parquet files and the features are copied whole).
+LEROBOT_INFO_KEYS = ("codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks", "chunks_size",
+                     "data_files_size_in_mb", "video_files_size_in_mb", "fps", "splits", "data_path", "video_path",
+                     "features")
+LEROBOT_EPISODE_PREFIXES = ("episode_index", "tasks", "length", "data/", "videos/", "dataset_from_index",
+                            "dataset_to_index", "meta/episodes/", "stats/")
+
+
+def as_lerobot_tools_leave_it(root: Path) -> None:
+    """Rewrite a dataset's metadata as LeRobot's tools rebuild it (only their keys and columns)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({key: info[key] for key in LEROBOT_INFO_KEYS if key in info}, indent=4))
+    episodes = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(episodes)
+    pq.write_table(table.select([c for c in table.column_names if c.startswith(LEROBOT_EPISODE_PREFIXES)]), episodes)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers.bags import write_go2_bag
-from helpers.datasets import EPISODES, write_episodes
+from helpers.datasets import EPISODES, as_lerobot_tools_leave_it, write_episodes
 from robostack import cli
 from robostack.data.dataset import INTERVENTION, DatasetError, DatasetWriter, load_dataset
 from robostack.data.features import sim_features, sim_frame
@@ -22,7 +22,7 @@ def test_convert_bag_from_recorder_topics(tmp_path):
     pytest.importorskip("rclpy")  # the deploy config names ROS message types
     truth = write_go2_bag(tmp_path / "bag", "/robot1", steps=30)
     data = convert_bag(tmp_path / "bag", tmp_path / "d", task="walk forward", sim_task="go2-walk")
-    assert (data.info["robot_type"], data.fps, data.info["robostack.task"]) == ("go2", 50, "go2-walk")
+    assert (data.info["robot_type"], data.fps, data.sim_task) == ("go2", 50, "go2-walk")
     assert data.num_episodes == 1 and data.tasks == ["walk forward"]
     episode = data.episode(0)
     # frames from the first command (5 ms after the first state) to the last state: 29
@@ -82,9 +82,13 @@ def record_panda(root: Path, steps: int = 25) -> None:
 
 
 def test_replay_reproduces_a_simulated_episode(tmp_path, capsys):
+    """Also after LeRobot's own tools have rewritten the metadata (the simulated task travels with the action
+    feature, the episodes' outcome and source with their frames)."""
     record_panda(tmp_path / "sim")
+    as_lerobot_tools_leave_it(tmp_path / "sim")
     data = load_dataset(tmp_path / "sim")
-    assert data.info["robostack.task"] == "panda-reach" and data.fps == 50
+    assert [(row["source"], row["success"]) for row in data.episodes] == [("rollout", None)] * 2
+    assert data.sim_task == "panda-reach" and data.fps == 50
     assert data.features["observation.state"]["names"][0].endswith(".pos")
     faithful, wrong = replay(data, 0), replay(data, 1)
     assert faithful["replayed_frames"] == 25 and faithful["ended_early_at"] is None
@@ -99,4 +103,4 @@ def test_replay_reproduces_a_simulated_episode(tmp_path, capsys):
 def test_replay_needs_a_simulated_task(tmp_path, capsys):
     write_episodes(tmp_path / "d", EPISODES[:1])
     assert cli.main(["data", "replay", str(tmp_path / "d"), "--episode", "0"]) == 2
-    assert "info.json names no RoboStack task (robostack.task)" in capsys.readouterr().err
+    assert "names no RoboStack task (its action feature's robostack.task)" in capsys.readouterr().err

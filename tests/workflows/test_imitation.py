@@ -79,7 +79,7 @@ def test_teleop_dataset_trains_a_diffusion_policy_without_conversion(demos, trai
 
     run = trained["run_dir"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["task_config"] == data.info["robostack.task_config"]  # the task as the data was recorded in
+    assert saved["task_config"] == data.sim_task_config  # the task as the data was recorded in
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [25, 30]

@@ -110,7 +110,7 @@ def test_scripted_device_writes_successful_episodes(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["kept"] == summary["successes"] == 3
     data = load_dataset(out)
-    assert data.num_episodes == 3 and data.info["robostack.task"] == "panda-lift"
+    assert data.num_episodes == 3 and data.sim_task == "panda-lift"
     assert all(row["source"] == "teleop" and row["success"] is True for row in data.episodes)
     assert data.num_frames == summary["frames"]
 
