@@ -108,13 +108,19 @@ def preflight(policy: str | os.PathLike, robot: str | None = None) -> LoadedBund
 
 def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.PathLike | None = None,
                randomize: bool = True, episodes: int = 0, seed: int = 0, teleop: str | None = None,
-               robot: str | None = None, disturbances: list[str] | None = None) -> list[NodeSpec]:
+               robot: str | None = None, disturbances: list[str] | None = None,
+               intervener: bool = False) -> list[NodeSpec]:
     """The nodes of one deployment of the bundle at ``policy`` (checked by ``preflight``, on ``robot`` if
     given); ``sim`` adds the simulated robot driver (``disturbances``: task-config overrides it simulates,
-    e.g. stronger pushes), ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the
+    e.g. stronger pushes; ``intervener``: a simulated human takes over when the robot goes wrong, through a
+    joy ``teleop_node``), ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the
     recorder."""
     if teleop is not None and teleop not in TELEOP_INPUTS:
         raise ValueError(f"teleop must be one of {TELEOP_INPUTS} or None, got {teleop!r}")
+    if intervener and (not sim or teleop == "twist"):
+        raise ValueError("the simulated intervener needs the simulated robot (sim) and takes over with a gamepad "
+                         "(teleop joy)")
+    teleop = "joy" if intervener else teleop
     bundle = preflight(policy, robot)
     spec = registry.robot(bundle.robot)
     policy = str(Path(policy).resolve())
@@ -130,7 +136,7 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     if sim:
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
                               {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
-                               "start_paused": True, "reset_safety": True,
+                               "start_paused": True, "reset_safety": True, "intervener": intervener,
                                **({"overrides": list(disturbances)} if disturbances else {})}))
     if teleop:
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": spec.name, "bundle": policy, "input": teleop}))
@@ -144,8 +150,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
 
 def launch_description(kind: str):
     """A ROS 2 ``LaunchDescription`` for a robot kind ("arm", "quadruped", "drone"): arguments ``robot``,
-    ``policy`` (bundle), ``sim``, ``teleop`` (none|joy|twist) and ``record`` (true|false, into ``record_dir``),
-    nodes from ``node_graph``. No node's exit shuts the others down; the safety node is given time to finish its
+    ``policy`` (bundle), ``sim``, ``teleop`` (none|joy|twist), ``intervener`` (true|false, with ``sim``) and
+    ``record`` (true|false, into ``record_dir``), nodes from ``node_graph``. No node's exit shuts the others down; the safety node is given time to finish its
     fallback when the launch is stopped."""
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -158,13 +164,13 @@ def launch_description(kind: str):
 
     def nodes(context: Any) -> list[Any]:
         arg = {name: LaunchConfiguration(name).perform(context)
-               for name in ("robot", "policy", "sim", "teleop", "record", "record_dir")}
+               for name in ("robot", "policy", "sim", "teleop", "intervener", "record", "record_dir")}
         if arg["robot"] not in of_kind:
             raise ValueError(f"robot {arg['robot']!r} is not a {kind} (this launch file starts {', '.join(of_kind)})")
         record = arg["record_dir"] if arg["record"].lower() == "true" else None
         teleop = None if arg["teleop"].lower() == "none" else arg["teleop"].lower()
         graph = node_graph(arg["policy"], sim=arg["sim"].lower() == "true", record=record, teleop=teleop,
-                           robot=arg["robot"])
+                           robot=arg["robot"], intervener=arg["intervener"].lower() == "true")
         # launch SIGINTs every node at once (SIGTERM after sigterm_timeout): the safety node lands / stands
         # down before it exits
         stopping = {SAFETY_NODE: {"sigterm_timeout": str(FALLBACK_WAIT_S)}}
@@ -179,6 +185,8 @@ def launch_description(kind: str):
         DeclareLaunchArgument("sim", default_value="false", description="true: a simulated robot driver"),
         DeclareLaunchArgument("teleop", default_value="none",
                               description="joy|twist: a human can take over (teleop_node); none: no takeover"),
+        DeclareLaunchArgument("intervener", default_value="false",
+                              description="true (with sim): a simulated human takes over when the robot goes wrong"),
         DeclareLaunchArgument("record", default_value="false", description="true: record a bag"),
         DeclareLaunchArgument("record_dir", default_value=f"bags/{kind}-{stamp}", description="the bag"),
         OpaqueFunction(function=nodes),

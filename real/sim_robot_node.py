@@ -30,6 +30,10 @@ Parameters
         layer's fallback) are dropped.
     ``reset_safety`` (false): at every episode start, call the safety layer's ``safety/reset`` service,
         as an operator who puts the robot back clears a tripped envelope; so each episode is its own trial.
+    ``intervener`` (false): a simulated human watches the robot (``robostack.teleop.intervener``: the task's
+        rule on the simulator's privileged state) and, when it goes wrong, takes over on ``joy`` as a gamepad
+        with a deadman would, for ``teleop_node`` (``input:=joy``) beside it; it hands back once the robot is
+        back on track. A task without such a rule exits 2.
 
 Topics (relative: they follow the node's namespace)
     in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order,
@@ -49,7 +53,8 @@ Topics (relative: they follow the node's namespace)
         acts on it sees the whole step.
     out: ``topics.task_command`` at every reset and every 0.1 s of simulated time, except while a human has
         taken over (between ``start`` and ``end`` on ``teleop/intervention``): the human's task command then
-        replaces the simulated operator's (``teleop_node``); ``sim/episode``
+        replaces the simulated operator's (``teleop_node``); ``joy`` (sensor_msgs/Joy) with ``intervener``;
+        ``sim/episode``
         (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, transient-local
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
@@ -100,6 +105,8 @@ from robostack.real.observation import free_joints
 from robostack.real.robot_state import BodyState, Pose, RobotState
 from robostack.real.state import BASE_FRAME, FIXTURE, WORLD_FRAME, status_qos, stamp_header, state_messages
 from robostack.sim.task_env import control_limits
+from robostack.teleop.devices import TeleopError
+from robostack.teleop.intervener import PadState, SimulatedHuman
 
 TASK_COMMAND_PERIOD_S = 0.1
 COMPLAINT_PERIOD_S = 1.0  # throttle of the bad-command error, per kind of problem
@@ -110,9 +117,10 @@ EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
 PARAMETERS = {"bundle": "", "task": "", "overrides": None, "randomize": True, "latency_s": 0.0, "seed": 0,
               "episodes": 0, "real_time_factor": 1.0, "start_paused": False,
-              "reset_safety": False}
+              "reset_safety": False, "intervener": False}
 # One env: mujoco.rollout splits work across envs, so more threads would only sit idle beside the policy node.
 ONE_THREAD = "sim.num_threads=1"
+INTERVENER_TOPIC = "joy"  # teleop_node's default gamepad input
 
 
 class SimRobotError(ValueError):
@@ -201,6 +209,13 @@ class SimRobotNode(Node):
         self._safety_passes: bool | None = None  # None: no safety layer has said (it runs without one)
         self.create_subscription(String, INTERNAL["status"][0], self._on_safety_status, status_qos())
         self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
+        self.human = None
+        if p["intervener"]:
+            try:
+                self.human = SimulatedHuman(self.env, registry.robot(self.env.task.robot).kind)
+            except TeleopError as exc:
+                raise SimRobotError(str(exc)) from None
+            self._joy_publisher = self.create_publisher(message_type("sensor_msgs/msg/Joy"), INTERVENER_TOPIC, 10)
         self._publish_task_command()
         self.get_logger().info(
             f"simulating {task} ({'randomized' if p['randomize'] else 'play'}, seed {seed}) at "
@@ -320,6 +335,8 @@ class SimRobotNode(Node):
         _, _, _, _, info = self.env.step_controls(controls)
         self.steps += 1
         self._publish_state()
+        if self.human is not None:
+            self._publish_pad(self.human.tick(self.env))
         if "episode" in info:
             self._finish_episode(info["episode"])
             self._publish_task_command()
@@ -347,6 +364,13 @@ class SimRobotNode(Node):
             self.wall_s = time.monotonic() - start
 
     # ----- publishing
+    def _publish_pad(self, pad: PadState | None) -> None:
+        if pad is None:
+            return
+        msg = self._joy_publisher.msg_type(axes=pad.axes, buttons=pad.buttons)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._joy_publisher.publish(msg)
+
     def _read_physics(self) -> mujoco.MjData:
         """An MjData at the current state with the applied controls: actuator forces and sensors filled in."""
         batch, data = self.env.sim, self._data

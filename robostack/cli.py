@@ -260,8 +260,16 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"policy {args.policy} was trained for task {bundle.task!r}, not {args.task!r}")
     if args.disturbance and not args.sim:
         raise UsageError("--disturbance changes the simulated robot: it needs --sim")
+    if args.intervener and (not args.sim or args.teleop == "twist"):
+        raise UsageError("--intervener is a simulated human with a gamepad: it needs --sim (and no --teleop twist)")
+    if args.intervener:
+        from robostack import sim
+
+        if sim.task(args.task).intervener is None:
+            raise UsageError(f"task {args.task!r} has no simulated intervener (a rule for when to take over)")
     nodes = node_graph(args.policy, sim=args.sim, record=args.record, randomize=not args.play,
-                       episodes=args.episodes, seed=args.seed, teleop=args.teleop, disturbances=args.disturbance)
+                       episodes=args.episodes, seed=args.seed, teleop=args.teleop, disturbances=args.disturbance,
+                       intervener=args.intervener is not None)
     log_dir = Path("runs") / "deploy" / f"{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     log_dir.mkdir(parents=True)
     # a rehearsal stays on this machine unless the user has said otherwise
@@ -698,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", default=None, help="record a bag (rosbag2 MCAP) into DIR (new)")
     p.add_argument("--teleop", choices=("joy", "twist"), default=None,
                    help="a human can take over (teleop_node) with a gamepad (joy driver) or a Twist stream")
+    p.add_argument("--intervener", choices=("scripted",), default=None,
+                   help="with --sim: a simulated human watches the robot and takes over through teleop_node (a "
+                   "gamepad) when the task's rule says it goes wrong, then hands back")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated robot (default: 0)")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
@@ -770,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_recover)
     p = data.add_parser(
         "replay", help="re-execute an episode's actions in simulation and report the state error",
-        description="Start the dataset's RoboStack task (info.json robostack.task) from the episode's first "
+        description="Start the dataset's RoboStack task (its action feature's robostack.task) from the episode's first "
         "state, apply its recorded actions as actuator controls one control step per frame, and report how far "
         "the simulated states are from the recorded ones.",
         epilog="example: robostack data replay data/panda-rollouts --episode 3 --json")

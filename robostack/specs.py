@@ -100,7 +100,9 @@ class RobotSpec:
 class TaskSpec:
     """A task: ``build(config)`` makes its ``robostack.sim.terms.TaskDefinition`` from a ``config_type``
     (``configs/tasks/<task>.yaml``, its robot's configuration in ``robot``); ``expert(env)``, where the task has
-    one, is a scripted expert acting in a batched env (``robostack teleop --device scripted``)."""
+    one, is a scripted expert acting in a batched env (``robostack teleop --device scripted``); ``intervener(env)``
+    a human watching the simulated robot who takes over when it goes wrong (``robostack.sim.intervention``,
+    ``robostack deploy --sim --intervener``)."""
 
     name: str
     robot: str
@@ -108,6 +110,7 @@ class TaskSpec:
     config_type: type
     build: Callable[[Any], Any]
     expert: Callable[[Any], Any] | None = None
+    intervener: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,8 @@ def test_launch_files_start_the_same_graph_as_robostack_deploy(kind, toy_bundles
     robot = next(spec.name for spec in registry.registered(RobotSpec) if spec.kind == kind)
     task = {"panda": "panda-reach", "go2": "go2-walk", "cf2": "cf2-hover"}[robot]
     bundle = toy_bundles[task]
-    arguments = {"robot": robot, "policy": str(bundle), "sim": "true", "teleop": "joy", "record": "true",
-                 "record_dir": str(tmp_path / "bag")}
+    arguments = {"robot": robot, "policy": str(bundle), "sim": "true", "teleop": "joy", "intervener": "false",
+                 "record": "true", "record_dir": str(tmp_path / "bag")}
     _fake_launch_modules(monkeypatch, arguments)
     spec = importlib.util.spec_from_file_location(f"{kind}_launch", ROOT / "launch" / f"{kind}.launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -91,7 +91,7 @@ def test_launch_files_start_the_same_graph_as_robostack_deploy(kind, toy_bundles
     description = module.generate_launch_description()
     actions = description.args[0]
     declared = {a.args[0] for a in actions if a.kwargs.get("description")}
-    assert declared == {"robot", "policy", "sim", "teleop", "record", "record_dir"}
+    assert declared == {"robot", "policy", "sim", "teleop", "intervener", "record", "record_dir"}
     opaque = next(a for a in actions if "function" in a.kwargs)
     launched = opaque.kwargs["function"](context=None)
 
@@ -117,6 +117,12 @@ def test_launch_files_start_the_same_graph_as_robostack_deploy(kind, toy_bundles
 
     defaults = {a.args[0]: a.kwargs.get("default_value") for a in actions if a.kwargs.get("description")}
     assert defaults["teleop"] == "none" and defaults["sim"] == "false" and defaults["record"] == "false"
+    assert defaults["intervener"] == "false"
+    arguments.update(teleop="none", intervener="true")  # a simulated human: a joy teleop_node beside the sim
+    intervened = opaque.kwargs["function"](context=None)
+    assert intervened[3].kwargs["parameters"][0]["intervener"] is True
+    assert intervened[4].kwargs["parameters"][0]["input"] == "joy"
+    arguments["intervener"] = "false"
     arguments.update(teleop="none", sim="false", record="false")  # the defaults: no takeover, hardware
     assert [n.kwargs["name"] for n in opaque.kwargs["function"](context=None)] == ["policy_node", "safety_node",
                                                                                     "robot_state_publisher"]

@@ -16,6 +16,7 @@ from robostack import registry
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
+from robostack.sim.intervention import TaskIntervener
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
@@ -185,5 +186,31 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
     )
 
 
+class HoverIntervener(TaskIntervener):
+    """Takes over when the drone strays more than ``STRAY_M`` from its target after having reached it (within
+    ``SETTLED_M``), or is still that far ``ARRIVE_S`` into the episode (it starts away from the target, so farther
+    is no sign of trouble before then); moves the setpoint toward the target (``GAIN`` times the error, m/s); hands
+    back once the drone is within ``SETTLED_M`` and slower than ``SETTLED_SPEED``."""
+
+    STRAY_M, SETTLED_M, SETTLED_SPEED, GAIN, ARRIVE_S = 0.3, 0.1, 0.2, 1.0, 3.0
+
+    def __init__(self, env: TaskEnv):
+        self.arrived = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+        self.seen_length = env.episode_length.clone()  # a shorter episode since: a new one (not asked every step)
+
+    def going_wrong(self, env: TaskEnv) -> torch.Tensor:
+        same_episode = env.episode_length >= self.seen_length
+        self.seen_length = env.episode_length.clone()
+        self.arrived = (self.arrived & same_episode) | (distance(env) < self.SETTLED_M)
+        late = env.episode_length * env.control_dt >= self.ARRIVE_S
+        return (distance(env) > self.STRAY_M) & (self.arrived | late)
+
+    def back_on_track(self, env: TaskEnv) -> torch.Tensor:
+        return (distance(env) < self.SETTLED_M) & (torch.norm(mdp.base_lin_vel_world(env), dim=1) < self.SETTLED_SPEED)
+
+    def command(self, env: TaskEnv) -> torch.Tensor:
+        return self.GAIN * position_error(env)
+
+
 SPEC = registry.register(TaskSpec("cf2-hover", "cf2", "Crazyflie 2.x: fly to and hold a target position from random "
-                                  "starts", Cf2HoverConfig, build))
+                                  "starts", Cf2HoverConfig, build, intervener=HoverIntervener))

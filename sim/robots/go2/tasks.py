@@ -15,6 +15,7 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.go2 import model as go2
+from robostack.sim.intervention import TaskIntervener
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, ObsTerm,
@@ -206,5 +207,34 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
     return definition
 
 
+class WalkIntervener(TaskIntervener):
+    """Takes over when the body tilts more than ``TILT_RAD`` or the base's velocity stays more than
+    ``TRACKING_M_S`` off the command for ``TRACKING_S``; commands standing still; hands back once the robot is
+    upright (under ``SETTLED_TILT_RAD``) and slower than ``SETTLED_SPEED``."""
+
+    TILT_RAD, TRACKING_M_S, TRACKING_S, SETTLED_TILT_RAD, SETTLED_SPEED = 0.35, 0.5, 1.0, 0.15, 0.2
+
+    def __init__(self, env: TaskEnv):
+        self.off_track_steps = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
+
+    def _tilt(self, env: TaskEnv) -> torch.Tensor:
+        return torch.arccos(torch.clamp(-mdp.projected_gravity(env)[:, 2], -1.0, 1.0))
+
+    def going_wrong(self, env: TaskEnv) -> torch.Tensor:
+        off = lin_vel_error(env) > self.TRACKING_M_S
+        self.off_track_steps = torch.where(off, self.off_track_steps + 1, torch.zeros_like(self.off_track_steps))
+        return (self._tilt(env) > self.TILT_RAD) | (self.off_track_steps * env.control_dt >= self.TRACKING_S)
+
+    def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
+        self.off_track_steps[env_ids] = 0
+
+    def back_on_track(self, env: TaskEnv) -> torch.Tensor:
+        return (self._tilt(env) < self.SETTLED_TILT_RAD) & (
+            torch.norm(mdp.base_lin_vel(env)[:, :2], dim=1) < self.SETTLED_SPEED)
+
+    def command(self, env: TaskEnv) -> torch.Tensor:
+        return torch.zeros(env.num_envs, 3, device=env.device)
+
+
 SPEC = registry.register(TaskSpec("go2-walk", "go2", "Unitree Go2: track commanded vx, vy, yaw rate on flat ground",
-                                  Go2WalkConfig, build))
+                                  Go2WalkConfig, build, intervener=WalkIntervener))

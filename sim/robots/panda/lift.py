@@ -15,6 +15,7 @@ from robostack import registry
 from robostack.sim import mdp
 from robostack.sim.robots.panda import manipulation as manip
 from robostack.sim.robots.panda import reach
+from robostack.sim.intervention import TaskIntervener
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import TaskSpec
 from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
@@ -123,6 +124,37 @@ class LiftExpert(manip.ScriptedExpert):
         return self.servo(env, target - tcp, turn, max_step, close=self.phase >= self.CLOSE)
 
 
+class LiftIntervener(TaskIntervener):
+    """Takes over when the fingers close with the cube not between them (a missed grasp: the pads closer than half
+    the cube's edge, its centre farther than ``hold_distance`` from the TCP); drives with the scripted expert from
+    its first phase (the gripper opens, above the cube, down, close, lift); hands back once the cube is lifted."""
+
+    def __init__(self, env: TaskEnv):
+        self.expert = LiftExpert(env)
+        self.closing = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+
+    def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
+        self.expert.reset(env_ids)
+
+    def going_wrong(self, env: TaskEnv) -> torch.Tensor:
+        cfg: PandaLiftConfig = env.task_cfg
+        return (manip.gripper_opening(env)[:, 0] < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
+
+    def back_on_track(self, env: TaskEnv) -> torch.Tensor:
+        return lifted(env)
+
+    def command(self, env: TaskEnv) -> torch.Tensor:
+        """The expert's step as the TCP's velocity (x, y, z, m/s) and yaw rate (rad/s)."""
+        action = self.expert.script(env)  # not act(): its phases run from the takeover, not from the episode's start
+        self.expert.phase_steps += 1
+        self.closing = action[:, 6] > 0
+        position_step, rotation_step = env.task_cfg.ee_step
+        return torch.cat([action[:, :3] * position_step, action[:, 5:6] * rotation_step], dim=1) / env.control_dt
+
+    def gripper_closed(self, env: TaskEnv) -> torch.Tensor:
+        return self.closing
+
+
 SPEC = registry.register(TaskSpec("panda-lift", "panda", "Franka Panda: grasp a cube on a table and lift it (scripted "
                                   "expert: above the cube, down, close the gripper, lift)", PandaLiftConfig, build,
-                                  expert=LiftExpert))
+                                  expert=LiftExpert, intervener=LiftIntervener))

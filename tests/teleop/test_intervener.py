@@ -1,0 +1,99 @@
+"""The simulated intervener (robostack.teleop.intervener): it takes over when the task's rule on privileged state
+says the robot goes wrong, holds the deadman while it drives, and hands back once the robot is back on track (or
+the episode ends)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robostack import sim
+from robostack.teleop.devices import TeleopError
+from robostack.teleop.intervener import MIN_TAKEOVER_S, SimulatedHuman
+from robostack.teleop.mapping import TAKEOVER_DEADMAN_BUTTON, TAKEOVER_GRIPPER_BUTTONS, TAKEOVER_MAPPINGS
+
+
+def place(env, qpos: dict[int, float] | None = None, steps: int = 50) -> None:
+    """Write env 0's joint positions (index: value), zero its velocities, and call it ``steps`` into an episode."""
+    for index, value in (qpos or {}).items():
+        env.sim.qpos[0, index] = value
+    env.sim.qvel[0] = 0.0
+    env.sim.forward(np.array([0]))
+    env._refresh()  # what the term functions read, as after a step
+    env.episode_length[0] = steps
+
+
+def hold_until_let_go(human: SimulatedHuman, env) -> tuple[int, object]:
+    """Ticks until the human lets go; (ticks, the last pad) — the state stays as placed."""
+    for tick in range(1, 1000):
+        pad = human.tick(env)
+        if pad is not None and not pad.buttons[TAKEOVER_DEADMAN_BUTTON]:
+            return tick, pad
+    raise AssertionError("never let go")
+
+
+def test_the_drone_is_taken_over_when_it_strays_and_handed_back_at_its_target():
+    env = sim.make_env("cf2-hover", num_envs=1, play=True, overrides=["sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        target = env.command[0].numpy().astype(float)
+        human = SimulatedHuman(env, "drone")
+        place(env, {0: target[0], 1: target[1], 2: target[2]})
+        assert human.tick(env) is None  # at its target: hands off
+        place(env, {0: target[0] + 0.5, 1: target[1], 2: target[2] - 0.2})  # strayed 0.54 m
+        pad = human.tick(env)
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] == 1 and human.takeovers == 1
+        x_axis, _, z_axis = TAKEOVER_MAPPINGS["drone"].axes
+        assert pad.axes[x_axis] < -0.5 and pad.axes[z_axis] > 0.2  # the setpoint goes back toward the target
+        place(env, {0: target[0], 1: target[1], 2: target[2]})
+        ticks, released = hold_until_let_go(human, env)
+        assert ticks == round(MIN_TAKEOVER_S / env.control_dt)  # held at least MIN_TAKEOVER_S, then let go
+        assert not any(released.buttons) and not any(released.axes)
+        assert human.tick(env) is None and human.takeovers == 1
+    finally:
+        env.close()
+
+
+def test_the_arm_is_taken_over_after_a_missed_grasp_with_the_gripper_opened_and_handed_back_once_lifted():
+    env = sim.make_env("panda-lift", num_envs=1, play=True, overrides=["sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        human = SimulatedHuman(env, "arm")
+        assert human.tick(env) is None  # open gripper above the table: nothing wrong
+        fingers = [env.default_model.joint(f"finger_joint{i}").qposadr[0] for i in (1, 2)]
+        place(env, {adr: 0.001 for adr in fingers})  # closed on nothing, far from the cube
+        pad = human.tick(env)
+        open_button, close_button = TAKEOVER_GRIPPER_BUTTONS
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and pad.buttons[open_button] and not pad.buttons[close_button]
+        assert max(abs(a) for a in pad.axes) > 0.0  # moving toward the cube
+        env.episode_length[0] = 0  # the episode ended and the arm was put back: the human lets go
+        assert not any(human.tick(env).buttons)
+    finally:
+        env.close()
+
+
+def test_the_quadruped_is_stood_still_when_it_tilts():
+    env = sim.make_env("go2-walk", num_envs=1, play=True, overrides=["sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        human = SimulatedHuman(env, "quadruped")
+        env.command[0] = 0.0
+        place(env)
+        assert human.tick(env) is None
+        tilted = np.array([np.cos(0.25), np.sin(0.25), 0.0, 0.0])  # 0.5 rad about x
+        place(env, dict(zip(range(3, 7), tilted)))
+        pad = human.tick(env)
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and not any(pad.axes)  # stand still
+        place(env, dict(zip(range(3, 7), [1.0, 0.0, 0.0, 0.0])))
+        hold_until_let_go(human, env)
+    finally:
+        env.close()
+
+
+def test_a_task_without_a_rule_is_refused_by_name():
+    env = sim.make_env("panda-reach", num_envs=1, play=True, overrides=["sim.num_threads=1"])
+    try:
+        with pytest.raises(TeleopError, match=r"task 'panda-reach' has no simulated intervener \(tasks with one: "):
+            SimulatedHuman(env, "arm")
+    finally:
+        env.close()
