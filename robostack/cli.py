@@ -125,11 +125,13 @@ def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
     with _stdout_to_stderr(args.json):
         from robostack.sim.bench import bench_sim
 
-        result = bench_sim(task=args.task, num_envs=args.num_envs, seconds=args.seconds, seed=args.seed)
+        result = bench_sim(task=args.task, num_envs=args.num_envs, seconds=args.seconds, seed=args.seed,
+                           backend=args.backend, device=args.device, overrides=list(args.overrides))
     if args.json:
         out.write(json.dumps(result, default=str) + "\n")
     else:
-        title = f"bench sim: task {args.task}, {args.num_envs} envs, {args.seconds:g} s, seed {args.seed}"
+        title = (f"bench sim: task {args.task} on {args.backend} ({args.device}), {args.num_envs} envs, "
+                 f"{args.seconds:g} s, seed {args.seed}")
         _print_table(title, dict(result), ("env_steps_per_s", "raw_steps_per_s", "ratio"), out)
     return 0
 
@@ -581,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, required=True, help="parallel environments")
     p.add_argument("--seconds", type=float, default=10.0, help="how long to measure (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--backend", default="mujoco", help="simulator backend (see: robostack list; default: mujoco)")
+    p.add_argument("--device", default="cpu", help="device of the backend (default: cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="task-config overrides")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_sim)
     p = bench.add_parser("train", help="train from scratch with the task's recipe, then evaluate it randomized")

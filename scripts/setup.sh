@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the repo's .venv: torch (CPU, pinned) first, then robostack in editable mode with its
-# test and teleop extras (teleop: pygame, hidapi), then the ROS 2 Jazzy Python wheels. Idempotent: a
-# second run that finds nothing changed (same pyproject.toml, setup.py, setup.cfg, this script, repo path)
-# returns at once, printing nothing.
+# test, teleop and warp extras (teleop: pygame, hidapi; warp: mujoco-warp, warp-lang), then the ROS 2 Jazzy
+# Python wheels. Idempotent: a second run that finds nothing changed (same pyproject.toml, setup.py, setup.cfg,
+# this script, repo path) returns at once, printing nothing.
 #
 # Offscreen rendering (robostack eval --video) needs an EGL or OSMesa GL library; when neither is found
 # (ldconfig), the Debian/Ubuntu packages for Mesa's software EGL are installed with apt-get (as root, or
@@ -108,7 +108,7 @@ fi
 VPY="$VENV/bin/python"
 run "upgrading pip" "$VPY" -m pip install -q --upgrade pip
 run "installing $TORCH_PIN (CPU)" "$VPY" -m pip install -q "$TORCH_PIN"
-run "installing robostack (editable, with test and teleop extras)" "$VPY" -m pip install -q -e ".[test,teleop]"
+run "installing robostack (editable, with test, teleop and warp extras)" "$VPY" -m pip install -q -e ".[test,teleop,warp]"
 run "installing the ROS 2 Jazzy wheels (rclpy and messages)" "$VPY" -m pip install -q "${ROS_WHEELS[@]}"
 run "checking the installation" "$VPY" -c "import torch, mujoco, yaml, rclpy, sensor_msgs.msg, onnxruntime, cv2, robostack.cli"
 [ -x "$VENV/bin/robostack" ] || die "the robostack command is missing from .venv/bin after install (see $LOG)"

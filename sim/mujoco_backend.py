@@ -75,6 +75,10 @@ class MujocoBatch:
     def act(self) -> np.ndarray:
         return self.state[:, self.act_slice]
 
+    @property
+    def time(self) -> np.ndarray:
+        return self.state[:, 0]
+
     def per_env_models(self) -> list[mujoco.MjModel]:
         """Give every env its own model copy (once), so randomization can change one env's physics."""
         if not self._own_models:

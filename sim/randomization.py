@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from robostack.sim.task_env import TaskEnv
 
 
+SAME_FRAME_BODY = int(mujoco.mjtSameFrame.mjSAMEFRAME_BODY)  # inertial frame = body frame
+SAME_ROTATION_ONLY = int(mujoco.mjtSameFrame.mjSAMEFRAME_BODYROT)  # same orientation, the centre of mass elsewhere
+
+
 # ----- layer 1: (model, default, rng, range) -> model changed in place -----
 def scale_link_masses(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.random.Generator,
                       scale: tuple[float, float]) -> None:
@@ -34,8 +38,12 @@ def scale_link_masses(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.ra
 
 def offset_coms(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.random.Generator,
                 offset: tuple[float, float]) -> None:
-    """Each body's centre of mass shifted by a uniform offset in metres per axis."""
+    """Each body's centre of mass shifted by a uniform offset in metres per axis. MuJoCo skips the offset of a
+    body compiled with its centre of mass at its origin (``body_sameframe``: xipos = xpos), so those bodies lose
+    that shortcut: otherwise their offsets would silently not apply (MuJoCo Warp applies them regardless)."""
     model.body_ipos[1:] = default.body_ipos[1:] + rng.uniform(*offset, (model.nbody - 1, 3))
+    model.body_sameframe[1:] = np.where(default.body_sameframe[1:] == SAME_FRAME_BODY, SAME_ROTATION_ONLY,
+                                        default.body_sameframe[1:])
 
 
 def scale_friction(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.random.Generator,

@@ -62,7 +62,7 @@ def actuated_joint_addresses(model: mujoco.MjModel, device: torch.device) -> tup
 
 class TaskEnv(PolicyState, VecEnv):
     """``physics(model, num_envs, substeps, threads)`` makes the backend's batch: ``qpos``, ``qvel``,
-    ``sensordata``, ``state``, ``act`` and ``ctrl`` arrays per env, ``models`` (and ``per_env_models`` for
+    ``sensordata``, ``time``, ``act`` and ``ctrl`` arrays per env, ``models`` (and ``per_env_models`` for
     randomization), ``step``, ``forward``, ``data_for`` and ``close`` (``robostack.sim.mujoco_backend``)."""
 
     def __init__(self, task: TaskDefinition, physics: Callable[..., Any], num_envs: int | None = None, seed: int = 0,
@@ -182,7 +182,7 @@ class TaskEnv(PolicyState, VecEnv):
 
     def _reset_envs(self, env_ids: np.ndarray) -> None:
         ids = torch.as_tensor(env_ids, device=self.device)
-        self.sim.state[env_ids, 0] = 0.0
+        self.sim.time[env_ids] = 0.0
         self.sim.act[env_ids] = 0.0
         self.external_force[env_ids] = 0.0
         self.episode_length[ids] = 0

@@ -82,8 +82,8 @@ def test_list_empty_kind(monkeypatch, capsys):
 def test_bench_sim_json(monkeypatch, capsys):
     calls = []
 
-    def bench_sim(task, num_envs, seconds, seed):
-        calls.append((task, num_envs, seconds, seed))
+    def bench_sim(task, num_envs, seconds, seed, backend, device, overrides):
+        calls.append((task, num_envs, seconds, seed, backend, device, overrides))
         print("warming up...")  # chatter must not spoil the JSON on stdout
         return {"env_steps_per_s": 12345.0, "raw_steps_per_s": 23456.0, "ratio": 0.526, "task": task}
 
@@ -97,7 +97,10 @@ def test_bench_sim_json(monkeypatch, capsys):
         "task": "go2-walk",
     }
     assert "warming up" in captured.err
-    assert calls == [("go2-walk", 256, 10.0, 0)]
+    assert calls == [("go2-walk", 256, 10.0, 0, "mujoco", "cpu", [])]
+    assert cli.main(["bench", "sim", "--task", "go2-walk", "--num-envs", "16", "--backend", "warp", "--json",
+                     "randomization.com_offset.range=[0.0,0.0]"]) == 0
+    assert calls[-1] == ("go2-walk", 16, 10.0, 0, "warp", "cpu", ["randomization.com_offset.range=[0.0,0.0]"])
 
 
 def test_bench_sim_table(monkeypatch, capsys):
@@ -109,7 +112,7 @@ def test_bench_sim_table(monkeypatch, capsys):
 
 
 def test_bench_sim_unknown_task_is_one_line_error(fake_registry, monkeypatch, capsys):
-    def bench_sim(task, num_envs, seconds, seed):
+    def bench_sim(task, num_envs, seconds, seed, **backend):
         registry.task(task)  # what the real bench does first
         raise AssertionError("not reached")
 

@@ -97,6 +97,25 @@ def test_randomization_stays_in_range_and_is_reproducible():
         e.close()
 
 
+def test_a_centre_of_mass_offset_moves_every_body_s_centre_of_mass():
+    """MuJoCo skips the inertial offset of bodies compiled with their centre of mass at their origin
+    (body_sameframe): the randomizer takes that shortcut away, so go2's feet and IMU bodies get their offsets too."""
+    import mujoco
+
+    env = make_env("go2-walk", num_envs=1, seed=0, overrides=["randomization.com_offset.range=[0.01,0.01]",
+                                                              "sim.num_threads=1"])
+    env.reset(seed=0)
+    default, randomized = env.default_model, env.sim.models[0]
+    shortcut = np.flatnonzero(default.body_sameframe[1:] == mujoco.mjtSameFrame.mjSAMEFRAME_BODY) + 1
+    assert len(shortcut) > 0
+    data, moved = mujoco.MjData(default), mujoco.MjData(randomized)
+    mujoco.mj_forward(default, data)
+    mujoco.mj_forward(randomized, moved)
+    offset = np.linalg.norm(moved.xipos[shortcut] - data.xipos[shortcut], axis=1)
+    np.testing.assert_allclose(offset, np.sqrt(3) * 0.01, rtol=1e-6)
+    env.close()
+
+
 def test_play_variant_turns_randomization_off():
     env = make_env("go2-walk", num_envs=4, seed=0, play=True)
     obs_a, _ = env.reset(seed=0)
@@ -227,7 +246,7 @@ def test_registry_lists_the_builtin_catalogue():
     policies.load()
     assert [spec.name for spec in registry.registered(AlgorithmSpec)] == ["diffusion", "ppo", "sac", "safety-critic"]
     sim.load_backends()
-    assert [spec.name for spec in registry.registered(BackendSpec)] == ["mujoco"]
+    assert [spec.name for spec in registry.registered(BackendSpec)] == ["mujoco", "warp"]
     assert sim.task("go2-walk").robot == "go2"
 
 
