@@ -328,6 +328,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--dataset: {args.algo} learns by reinforcement, not from demonstrations")
     if imitation and args.resume is not None:
         raise UsageError("--resume continues reinforcement learning runs; an imitation run trains in one go")
+    if args.backend is not None and imitation:
+        raise UsageError("--backend chooses the simulator reinforcement learning trains in: not with --dataset")
     if args.base is not None and (imitation or args.resume is not None):
         raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, an imitation "
                          "algorithm or --resume (a resumed run keeps its base)")
@@ -340,7 +342,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             from robostack.workflows.train import train
 
             summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume,
-                            seed=args.seed, base=args.base)
+                            seed=args.seed, base=args.base, backend=args.backend)
     summary = dict(summary or {})
     if args.json:
         out.write(json.dumps(summary, default=str) + "\n")
@@ -402,7 +404,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         try:
             result = eval_policy(args.source, episodes=args.episodes, randomized=args.randomized,
                                  video=args.video, num_envs=args.num_envs, seed=args.seed,
-                                 checkpoint=args.checkpoint)
+                                 checkpoint=args.checkpoint, backend=args.backend)
         except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
             raise UsageError(f"--video: {exc}") from None
     if args.json:
@@ -667,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="task name (see: robostack list)")
     p.add_argument("--algo", default=None, help="learning algorithm (see: robostack list; default: the recipe's algo key)")
     p.add_argument("--resume", metavar="RUN", default=None, help="run folder (or name) to continue from")
+    p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco, or the "
+                   "resumed run's)")
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
     p.add_argument("--base", metavar="RUN_OR_BUNDLE", default=None,
@@ -737,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs (default: min(episodes, 32))")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--checkpoint", metavar="PATH", default=None, help="for a run: checkpoint instead of last.pt")
+    p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 

@@ -90,7 +90,7 @@ def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
 
 def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = False,
                 video: str | os.PathLike | None = None, num_envs: int | None = None, seed: int = 0,
-                checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
+                checkpoint: str | os.PathLike | None = None, backend: str | None = None) -> dict[str, Any]:
     """Evaluate a run folder / checkpoint or a bundle for ``episodes`` episodes; returns ``evaluate``'s
     result (success_rate, mean_return, ..., ``metric/<name>``) plus what was evaluated."""
     if episodes < 1:
@@ -104,7 +104,8 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
         ensure_offscreen_gl()
 
     n = num_envs or min(episodes, 32)
-    env = sim.make_env(loaded.task, num_envs=n, seed=seed, play=not randomized, config=loaded.task_config)
+    env = sim.make_env(loaded.task, num_envs=n, seed=seed, play=not randomized, config=loaded.task_config,
+                       backend=backend or sim.DEFAULT_BACKEND)
     recorder = policy = None
     try:
         if loaded.wrap_env is not None:

@@ -267,13 +267,15 @@ def train(
     progress: bool = True,
     config: str | os.PathLike | None = None,
     base: str | os.PathLike | None = None,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Train ``algo`` on ``task``; returns a summary (run_dir, env_steps, wall_s, iterations, eval metrics).
 
     ``algo`` (a reinforcement-learning algorithm, ``robostack list``) replaces the recipe's ``algo`` key; None keeps
     it (when resuming it must match the run's). ``config`` replaces the recipe file ``configs/train/<task>.yaml``
     (ignored when resuming). ``base`` (a diffusion run or chunk bundle) trains a residual on it
-    (``robostack.workflows.residual``) with the recipe ``configs/train/<task>-residual.yaml``.
+    (``robostack.workflows.residual``) with the recipe ``configs/train/<task>-residual.yaml``. ``backend``: the
+    simulator backend (``robostack list``; None: the resumed run's, else ``mujoco``), kept in config.yaml.
     """
     task_overrides, train_overrides = split_overrides(list(overrides))
 
@@ -289,6 +291,7 @@ def train(
         cfg = from_dict(train_config_type(), apply_overrides(saved.get("train", {}), train_overrides, source), source)
         saved_task_config, new_task_overrides = saved.get("task_config"), task_overrides
         task_overrides = list(saved.get("task_overrides", [])) + task_overrides
+        backend = backend or saved.get("backend")
     else:
         saved_task_config = None
         if config is not None:
@@ -324,8 +327,10 @@ def train(
         if saved_task_config is None:  # the residual learns in the task its base was trained in
             saved_task_config, new_task_overrides = base_policy.task_config, task_overrides
 
+    backend = backend or sim.DEFAULT_BACKEND
+
     def task_env(num_envs: int, seed: int, play: bool) -> Any:
-        env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config)
+        env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config, backend=backend)
         if base_policy is None:
             return env
         return ResidualEnv(env, base_policy.make_policy(env), cfg.residual.scale)
@@ -345,7 +350,7 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     with (run_dir / "config.yaml").open("w") as f:
-        yaml.safe_dump({"task": task, "algo": cfg.algo, "task_overrides": list(task_overrides),
+        yaml.safe_dump({"task": task, "algo": cfg.algo, "backend": backend, "task_overrides": list(task_overrides),
                         "task_config": task_config, "train": to_dict(cfg)}, f, sort_keys=False)
 
     # -- env and algorithm

@@ -146,9 +146,9 @@ def test_bench_requires_what(capsys):
 def fake_train(monkeypatch):
     calls = []
 
-    def train(task, algo, overrides, resume, seed, base):
+    def train(task, algo, overrides, resume, seed, base, backend):
         calls.append({"task": task, "algo": algo, "overrides": overrides, "resume": resume, "seed": seed,
-                      "base": base})
+                      "base": base, **({"backend": backend} if backend else {})})
         return {"task": task, "success_rate": 0.9, "run_dir": "runs/cf2-hover/2024-01-01_000000"}
 
     fake_module(monkeypatch, "robostack.workflows.train", train=train)
@@ -168,6 +168,8 @@ def test_train_parses_overrides_and_options(fake_train, capsys):
             "base": None,
         }
     ]
+    assert cli.main(["train", "go2-walk", "--backend", "warp"]) == 0
+    assert fake_train[-1]["backend"] == "warp"
     out = capsys.readouterr().out
     assert "success_rate" in out and "runs/cf2-hover/2024-01-01_000000" in out
 
@@ -233,7 +235,7 @@ def test_train_unknown_option(fake_train, capsys):
 
 
 def test_train_config_typo_is_one_line_error(monkeypatch, capsys):
-    def train(task, algo, overrides, resume, seed, base):
+    def train(task, algo, overrides, resume, seed, base, backend):
         raise ConfigError(
             "configs/tasks/go2-walk.yaml + overrides: unknown key 'ppo.lrr'; did you mean 'ppo.lr'?"
             " [from the command-line override 'ppo.lrr=1']"

@@ -75,3 +75,24 @@ def test_what_the_warp_backend_cannot_do_yet_is_refused_by_name():
         sim.make_env("cf2-hover", num_envs=2, backend="warp", device="cuda")
     sim.load_backends()
     assert {spec.name for spec in registry.registered(registry.BackendSpec)} >= {"mujoco", "warp"}
+
+
+def test_train_and_eval_run_on_the_warp_backend(tmp_path, monkeypatch, capsys):
+    """``robostack train --backend warp`` trains in it and keeps it in the run's config; ``robostack eval
+    --backend warp`` flies the shipped cf2-hover bundle there as on the C backend."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from robostack.cli import main
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "cf2-hover"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cf2-hover", "--backend", "warp", "max_iterations=1", "num_envs=4", "eval_episodes=0",
+                 *(f"task.{o}" for o in NO_COM_OFFSET), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["env_steps"] > 0
+    assert yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["backend"] == "warp"
+    assert main(["eval", str(bundle), "--backend", "warp", "--episodes", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["success_rate"] == 1.0
