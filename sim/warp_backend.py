@@ -37,9 +37,9 @@ RANDOMIZED_FIELDS = ("body_mass", "body_inertia", "body_pos", "body_quat", "body
                      "body_invweight0", "dof_invweight0", "dof_damping", "dof_armature", "geom_friction", "actuator_gainprm",
                      "actuator_biasprm")
 # Randomized per env on the C backend, not here yet: what differs and why.
-UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on the warp backend yet: a per-world "
-                                   "body_ipos does not reach MuJoCo Warp 4.0.0's kinematics here (go2-walk: the leg "
-                                   "bodies' inertial frames stay where they were compiled); set its range to [0, 0]"}
+UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on the warp backend yet: with "
+                                   "per-world centres of mass, go2-walk's worlds leave their C-backend twins within "
+                                   "a control step (by up to 0.03 m; cause not found); set its range to [0, 0]"}
 WARP_CACHE = Path(os.environ.get("ROBOSTACK_WARP_CACHE", Path.cwd() / ".cache" / "warp"))
 CONTACTS_PER_WORLD = 64  # contact and constraint buffers, per world (an overflow is an error, see step)
 CONSTRAINTS_PER_WORLD = 256
