@@ -18,7 +18,9 @@ over UDP (``scripts/policy_kill_probe.py``, BENCHMARKS.md): a dead peer must nev
 process that announces UDP locators only is reached over UDP by every other process's writers too (a robot's
 driver), so none of them can block on it either. rmw_fastrtps's LOCALHOST discovery range always adds the
 shared-memory transport, so on that range the node joins with ``configs/dds/loopback_udp.xml`` instead: the same
-loopback-only unicast discovery, over UDP.
+loopback-only unicast discovery, over UDP. The cost: ~0.03 ms more per message at the median on the control path
+(BENCHMARKS.md), and more for large messages (camera images, fragmented over UDP); a recorder of high-rate images
+may be given shared memory back (``FASTDDS_BUILTIN_TRANSPORTS=DEFAULT`` in its environment), never the safety node.
 """
 from __future__ import annotations
 
