@@ -879,6 +879,9 @@ def test_safety_node_over_dds_with_a_fake_go2_driver():
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(driver)
         wait_for(lambda: len(bench.driver) > 100, 30, "driver commands", procs)
+        # the monitor and the fake driver find each other on their own (seconds, in some runs): the state-silence
+        # check below needs the driver's odometry here too
+        wait_for(lambda: bench.odom_arrivals, 30, "the driver's odometry at the monitor", procs)
         bench.wait_output(GO2_STAND, "the policy's pose")
 
         # A NaN, a huge command, then a flood (aimed at 2 kHz, at least 1.5x the safety loop's 500 Hz) of random,
