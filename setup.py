@@ -46,6 +46,8 @@ def _tree(src: str, dest: str) -> list[tuple[str, list[str]]]:
     return entries
 
 
+# robostack/sim, /policies and /real are symlinks to the top-level folders (for tools that walk the package, such
+# as import-linter); _find does not follow them, so the mapping below alone puts those folders in the package.
 # robostack/ itself is found by setuptools' default (package name = folder); it has no package_dir entry
 # because colcon --symlink-install refuses a mapping whose value is also a key ("robostack": "robostack").
 package_dir: dict[str, str] = {}
