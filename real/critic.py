@@ -28,6 +28,7 @@ import numpy as np
 from robostack.bundle import BundleError
 from robostack.bundle.format import CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, RECOVERIES
 from robostack.real.robot_state import RobotState
+from robostack.real.safety import rotation_matrix
 from robostack.specs import RobotSpec
 
 VELOCITY_SCALE = 0.1  # joint velocities (rad/s) are an order larger than positions: scaled to a like range
@@ -57,15 +58,9 @@ class MeasuredBatch:
 
 
 def rotations(quat: np.ndarray) -> np.ndarray:
-    """Rotation matrices [B, 3, 3] (body to world) of orientations ``quat`` [B, 4] (w, x, y, z), normalized first
-    (mujoco's C per row: on the robot B is 1, where numpy's per-call overhead would cost more than the math)."""
-    out = np.empty((len(quat), 9))
-    unit = np.empty(4)
-    for i, q in enumerate(quat):
-        unit[:] = q
-        mujoco.mju_normalize4(unit)
-        mujoco.mju_quat2Mat(out[i], unit)
-    return out.reshape(-1, 3, 3)
+    """Rotation matrices [B, 3, 3] (body to world) of orientations ``quat`` [B, 4] (w, x, y, z), normalized first:
+    the safety layer's ``rotation_matrix`` per row (on the robot B is 1)."""
+    return np.stack([rotation_matrix(q) for q in quat]).reshape(-1, 3, 3)
 
 
 def to_body(rotation: np.ndarray, vectors: np.ndarray) -> np.ndarray:

@@ -176,6 +176,7 @@ def tilt(quat_wxyz: np.ndarray) -> float:
 
 
 def rotation_matrix(quat_wxyz: np.ndarray) -> np.ndarray:
+    """The rotation matrix (body to world) of a w, x, y, z quaternion, normalized first."""
     matrix = np.zeros(9)
     mujoco.mju_quat2Mat(matrix, quat_wxyz / np.linalg.norm(quat_wxyz))
     return matrix.reshape(3, 3)
@@ -312,7 +313,7 @@ class SafetyLayer(ABC):
                 self.executed = values.copy()  # the command as judged: a caller may reuse its array
                 safe, clamps = self._limit_command(values, state)
             else:
-                self.executed, name = self.recovery(state, now)
+                self.executed, name = recovery
                 safe, clamps = self._clamp(self.executed, state)
                 clamps = [f"critic: risk {self.risk:.2f} above {self.critic.epsilon:.2f}: recovery ({name})", *clamps]
             self.last_output, self.last_output_at = safe, now
@@ -339,24 +340,28 @@ class SafetyLayer(ABC):
             return None, f"command not finite at {np.flatnonzero(~np.isfinite(values)).tolist()}"
         return values, None
 
-    def _critic(self, state: RobotState, command: np.ndarray, now: float) -> float | None:
-        """Whether to recover now (its start time, or None). A recovery begins where the command's risk is above
-        epsilon (a NaN risk counts as high) and, with a critic that ``judges_recovery`` (trained on rollouts
-        with recoveries in them), the recovery's own risk is lower: a robot that a recovery would not save (a
+    def _critic(self, state: RobotState, command: np.ndarray, now: float) -> tuple[np.ndarray, str] | None:
+        """The recovery's target and name where the layer recovers now, else None. A recovery begins where the
+        command's risk is above epsilon (a NaN risk counts as high) and, with a critic that ``judges_recovery``
+        (trained on rollouts with recoveries in them), the recovery's own risk is lower: a robot that a recovery would not save (a
         strong push a walking policy steps out of) keeps its policy. It lasts at least ``RECOVERY_MIN_S`` and
         until the command's risk is below epsilon again."""
         if self.critic is None:
             return None
         self.risk = float(self.critic.risk(state, command))
         risky = not self.risk <= self.critic.epsilon
+        judged = None  # the recovery as judged on this tick, computed once
         if risky and self.recovering_since is None:
             self.begin_recovery(state, now)
+            judged = self.recovery(state, now)
             if not (self.critic.judges_recovery and math.isfinite(self.risk)) or \
-                    self.critic.risk(state, self.recovery(state, now)[0]) < self.risk:
+                    self.critic.risk(state, judged[0]) < self.risk:
                 self.recovering_since = now
         elif not risky and self.recovering_since is not None and now - self.recovering_since >= RECOVERY_MIN_S:
             self.recovering_since = None
-        return self.recovering_since
+        if self.recovering_since is None:
+            return None
+        return judged or self.recovery(state, now)
 
     @abstractmethod
     def begin_recovery(self, state: RobotState, now: float) -> None:

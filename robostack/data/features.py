@@ -60,6 +60,7 @@ class StateMap:
     def __init__(self, model: Any, names: Sequence[str], where: str):
         import mujoco
 
+        free = free_bodies(model)
         self.pos_columns: list[int] = []
         self.pos_addresses: list[int] = []
         self.vel_columns: list[int] = []
@@ -69,10 +70,10 @@ class StateMap:
             field = next((f for f in FREE_BODY_STATE if owner.endswith(f"_{f}")), None)
             if part not in ("pos", "vel") and field is not None:
                 axes, array, offset = FREE_BODY_STATE[field]
-                free = _named_free_joint(model, owner[:-len(field) - 1], name, where)
+                joint = _named_free_joint(model, free, owner[:-len(field) - 1], name, where)
                 if part not in axes:
                     raise DatasetError(f"{where}: state entry {name!r}: no component {part!r} (axes {axes})")
-                start = model.jnt_qposadr[free] if array == "qpos" else model.jnt_dofadr[free]
+                start = model.jnt_qposadr[joint] if array == "qpos" else model.jnt_dofadr[joint]
                 in_qpos, address = array == "qpos", int(start + offset + axes.index(part))
             elif part in ("pos", "vel"):
                 joint = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, owner)
@@ -132,10 +133,11 @@ def free_bodies(model: Any) -> tuple[int | None, list[int]]:
     return base, [j for j in free if j != base]
 
 
-def _named_free_joint(model: Any, body: str, name: str, where: str) -> int:
+def _named_free_joint(model: Any, free: tuple[int | None, list[int]], body: str, name: str, where: str) -> int:
     """The free joint of ``body`` (``base``: the robot's floating base; for a fixed-base robot whose scene has
-    one free body, that body: the name data written before objects were named gave it)."""
-    base, objects = free_bodies(model)
+    one free body, that body: the name data written before objects were named gave it); ``free``: the model's
+    ``free_bodies``."""
+    base, objects = free
     if body == BASE:
         if base is not None:
             return base
