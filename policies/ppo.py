@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from robostack import registry
+from robostack.policies import distributed
 from robostack.policies.learner import Learner
 from robostack.specs import AlgorithmSpec
 
@@ -100,12 +101,20 @@ class EmpiricalNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        if not self.training or x.shape[0] == 0:
+        """Merge a batch in; under ``torch.distributed`` the batch is every rank's rows together, so the ranks'
+        statistics stay identical (each rank calls it, even with no rows)."""
+        if not self.training or (x.shape[0] == 0 and not distributed.active()):
             return
         x = x.reshape(-1, self.mean.shape[0]).to(torch.float64)
-        n = float(x.shape[0])
-        batch_mean = x.mean(0)
-        batch_var = x.var(0, unbiased=False)
+        d = x - self.mean  # sums of deviations from the shared running mean: one exchange, no cancellation
+        sums = distributed.sum_across_ranks(torch.cat([d.new_tensor([x.shape[0]]), d.sum(0), d.square().sum(0)]))
+        n = float(sums[0])
+        if n == 0:
+            return
+        dim = self.mean.shape[0]
+        shift = sums[1:1 + dim] / n
+        batch_mean = self.mean + shift
+        batch_var = (sums[1 + dim:] / n - shift.square()).clamp_min(0.0)
         total = self.count + n
         delta = batch_mean - self.mean
         # M2 (sum of squared deviations) of both parts, plus the between-means term
@@ -427,9 +436,10 @@ class PPO:
                 values = ac.value(mb["critic_obs"])
 
                 with torch.no_grad():  # KL(old || new) between diagonal Gaussians, averaged over the batch
-                    kl = (torch.log(std / mb["std"])
-                          + (mb["std"].square() + (mb["mean"] - mean).square()) / (2.0 * std.square())
-                          - 0.5).sum(-1).mean()
+                    kl = distributed.mean_across_ranks(  # and the ranks: they adapt the learning rate as one
+                        (torch.log(std / mb["std"])
+                         + (mb["std"].square() + (mb["mean"] - mean).square()) / (2.0 * std.square())
+                         - 0.5).sum(-1).mean())
                 if cfg.desired_kl is not None:
                     if kl > 2.0 * cfg.desired_kl:
                         self.learning_rate = max(LR_MIN, self.learning_rate / 2.0)
@@ -452,6 +462,7 @@ class PPO:
                 loss = surrogate + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(ac.parameters())
                 nn.utils.clip_grad_norm_(ac.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
 

@@ -60,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robostack import registry
+from robostack.policies import distributed
 from robostack.policies.learner import Learner
 from robostack.policies.ppo import EmpiricalNormalizer, _activation, gaussian_log_prob
 from robostack.specs import AlgorithmSpec
@@ -478,9 +479,11 @@ class SAC:
             parts.append(self.buffer.sample(n - n_prior, generator))
         return {k: torch.cat([p[k] for p in parts]) for k in BUFFER_KEYS}
 
-    def _clip(self, params: Any) -> None:
+    def _reduce_and_clip(self, module: nn.Module) -> None:
+        """The gradients averaged over the ranks (data-parallel training), then clipped."""
+        distributed.average_gradients(module.parameters())
         if self.cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(module.parameters(), self.cfg.max_grad_norm)
 
     def update(self, num_updates: int | None = None) -> dict[str, float]:
         """``num_updates`` critic updates (default: ``utd_ratio`` per env step recorded since the last call),
@@ -508,7 +511,7 @@ class SAC:
             critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
-            self._clip(self.critic.parameters())
+            self._reduce_and_clip(self.critic)
             self.critic_optimizer.step()
             polyak_update(self.critic_target, self.critic, cfg.tau)
             sums["critic_loss"] += critic_loss.item()
@@ -524,13 +527,14 @@ class SAC:
                 actor_loss = (alpha * log_prob - torch.minimum(q1_pi, q2_pi)).mean()
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 actor_loss.backward()
-                self._clip(self.actor.parameters())
+                self._reduce_and_clip(self.actor)
                 self.actor_optimizer.step()
 
                 # d(loss)/d(log_alpha) = -(log_prob + target_entropy): alpha rises when entropy < target
                 alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
                 self.alpha_optimizer.zero_grad(set_to_none=True)
                 alpha_loss.backward()
+                distributed.average_gradients([self.log_alpha])
                 self.alpha_optimizer.step()
                 sums["actor_loss"] += actor_loss.item()
                 sums["entropy"] += -log_prob.mean().item()

@@ -117,11 +117,18 @@ def _stdout_to_stderr(enabled: bool):
         yield
 
 
+def _require_positive(args: argparse.Namespace, *options: str, count: bool = True) -> None:
+    """Refuse a count option (``--num-envs``...) below 1, or with ``count=False`` a quantity (``--seconds``...)
+    not above 0 (NaN too); an option left unset (None) passes."""
+    for option in options:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None and not (value >= 1 if count else value > 0):
+            raise UsageError(f"{option} must be {'at least 1' if count else 'positive'}, got {value}")
+
+
 def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
-    if args.num_envs < 1:
-        raise UsageError(f"--num-envs must be at least 1, got {args.num_envs}")
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    _require_positive(args, "--num-envs")
+    _require_positive(args, "--seconds", count=False)
     with _stdout_to_stderr(args.json):
         from robostack.sim.bench import bench_sim
 
@@ -137,12 +144,12 @@ def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    _require_positive(args, "--episodes", "--nproc")
     with _stdout_to_stderr(args.json):
         from robostack.workflows.bench import bench_train
 
-        result = bench_train(args.task, seed=args.seed, episodes=args.episodes, overrides=list(args.overrides))
+        result = bench_train(args.task, seed=args.seed, episodes=args.episodes, overrides=list(args.overrides),
+                             nproc=args.nproc, backend=args.backend, device=args.device)
     if args.json:
         out.write(json.dumps(result, default=str) + "\n")
     else:
@@ -151,14 +158,15 @@ def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+DEVICE_HELP = "cpu or cuda (cuda:N): where learning, the envs' tensors and the warp backend's physics run"
+NPROC_HELP = ("data-parallel ranks on this machine, started by torchrun's engine (gloo on CPUs, NCCL on GPUs; "
+              "num_envs is per rank; several machines: torchrun ... -m robostack.cli train, see README) (default: 1)")
 EXPERT_NOISE_HELP = ("scripted: noise (standard deviation, in normalized actions) on the expert's executed motion, "
                      "not on the recorded actions: demonstrations of recovering (default: 0)")
 
 
 def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
-    for name, value in (("--demos", args.demos), ("--episodes", args.episodes)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
+    _require_positive(args, "--demos", "--episodes")
     with _stdout_to_stderr(args.json):
         from robostack.workflows.bench import bench_imitation
 
@@ -175,9 +183,7 @@ def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
-    for name, value in (("--iterations", args.iterations), ("--threads", args.threads)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
+    _require_positive(args, "--iterations", "--threads")
     from robostack.workflows.bench import bench_policy
 
     result = bench_policy(args.bundle, iterations=args.iterations, threads=args.threads)
@@ -192,8 +198,7 @@ def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_bench_safety(args: argparse.Namespace, out: TextIO) -> int:
-    if args.episodes is not None and args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    _require_positive(args, "--episodes")
     with _stdout_to_stderr(args.json):
         from robostack.workflows.safety_critic import bench_safety
 
@@ -208,9 +213,7 @@ def cmd_bench_safety(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
-    for name, value in (("--rate", args.rate), ("--duration", args.duration)):
-        if not value > 0:
-            raise UsageError(f"{name} must be positive, got {value}")
+    _require_positive(args, "--rate", "--duration", count=False)
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     from datetime import datetime
@@ -248,8 +251,7 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     """Start the deployment node graph (the one the launch files start) and wait for it."""
     if args.episodes and not args.sim:
         raise UsageError("--episodes counts simulated episodes: it needs --sim")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration must be positive, got {args.duration}")
+    _require_positive(args, "--duration", count=False)
     if not args.episodes and args.duration is None and args.json:
         raise UsageError("--json needs an end: --duration S or --sim --episodes N")
     from datetime import datetime
@@ -312,11 +314,15 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     for item in args.overrides:
         if "=" not in item or item.startswith("="):
             raise UsageError(f"override {item!r} is not of the form key=value (for example ppo.lr=3e-4)")
+    _require_positive(args, "--nproc")
     spec = None
     if args.algo is not None:
         from robostack.workflows.runs import algorithm
 
         spec = algorithm(args.algo)
+    if args.nproc > 1 and (args.dataset is not None or (spec is not None and spec.trains_with != "reinforcement")):
+        raise UsageError("--nproc runs reinforcement learning on several ranks: not with --dataset or --algo "
+                         f"{args.algo}")
     if spec is not None and spec.trains_with == "critic":
         return _train_critic(args, out)
     if args.policy is not None or args.out is not None or args.disturbance:
@@ -333,17 +339,28 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     if args.base is not None and (imitation or args.resume is not None):
         raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, an imitation "
                          "algorithm or --resume (a resumed run keeps its base)")
+    learning = dict(task=args.task, algo=args.algo, resume=args.resume, seed=args.seed, base=args.base,
+                    backend=args.backend, run_root=args.run_root,  # --device: the recipe's device key
+                    overrides=list(args.overrides) + ([f"device={args.device}"] if args.device is not None else []))
     with _stdout_to_stderr(args.json):
         if imitation:
             from robostack.workflows.imitation import train_imitation
 
             summary = train_imitation(args.task, args.dataset, list(args.overrides), seed=args.seed)
+        elif args.nproc > 1:
+            from robostack.workflows.data_parallel import launch
+
+            try:
+                summary = launch(args.nproc, **learning)
+            except RuntimeError as exc:
+                raise Failure(str(exc)) from None
         else:
             from robostack.workflows.train import train
 
-            summary = train(task=args.task, algo=args.algo, overrides=list(args.overrides), resume=args.resume,
-                            seed=args.seed, base=args.base, backend=args.backend)
+            summary = train(**learning)
     summary = dict(summary or {})
+    if summary.get("rank", 0) != 0:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     if args.json:
         out.write(json.dumps(summary, default=str) + "\n")
         return 0
@@ -393,10 +410,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
-    if args.num_envs is not None and args.num_envs < 1:
-        raise UsageError(f"--num-envs must be at least 1, got {args.num_envs}")
+    _require_positive(args, "--episodes", "--num-envs")
     with _stdout_to_stderr(args.json):
         from robostack.workflows.evaluate import eval_policy
         from robostack.workflows.render import RenderError
@@ -404,7 +418,7 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         try:
             result = eval_policy(args.source, episodes=args.episodes, randomized=args.randomized,
                                  video=args.video, num_envs=args.num_envs, seed=args.seed,
-                                 checkpoint=args.checkpoint, backend=args.backend)
+                                 checkpoint=args.checkpoint, backend=args.backend, device=args.device)
         except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
             raise UsageError(f"--video: {exc}") from None
     if args.json:
@@ -456,8 +470,7 @@ def cmd_data_merge(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_data_convert(args: argparse.Namespace, out: TextIO) -> int:
-    if args.fps is not None and args.fps < 1:
-        raise UsageError(f"--fps must be at least 1, got {args.fps}")
+    _require_positive(args, "--fps")
     from robostack.real.bag import BagError
     from robostack.real.bag_recovery import inspect_bag
     from robostack.workflows.convert import convert_bag
@@ -531,10 +544,8 @@ def cmd_data_replay(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_teleop(args: argparse.Namespace, out: TextIO) -> int:
-    if args.episodes is not None and args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        raise UsageError(f"--max-seconds must be positive, got {args.max_seconds}")
+    _require_positive(args, "--episodes")
+    _require_positive(args, "--max-seconds", count=False)
     with _stdout_to_stderr(args.json):
         from robostack.workflows.record import choose_view, record
         from robostack.workflows.render import RenderError
@@ -594,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="task name (see: robostack list)")
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides; task.key=value for the task config")
     p.add_argument("--episodes", type=int, default=1000, help="randomized evaluation episodes (default: 1000)")
+    p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP + " (default: the recipe's device key, cpu)")
+    p.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_bench_train)
@@ -680,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None, help="--algo safety-critic: where the bundle with its critic goes")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
                    help="--algo safety-critic: a task-config override added to every disturbance of the suite")
+    p.add_argument("--run-root", default="runs", metavar="DIR", help="where run folders go (default: runs)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP + " (default: the recipe's device key, cpu)")
+    p.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the summary as exactly one JSON object on stdout")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_iterations=50 or task.rewards.upright=-0.5")
@@ -742,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--checkpoint", metavar="PATH", default=None, help="for a run: checkpoint instead of last.pt")
     p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default: cpu)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 

@@ -34,6 +34,8 @@ def bench_sim(task: str, num_envs: int, seconds: float = 5.0, seed: int = 0, bac
             states.append(env.sim.state.copy())
         start = time.perf_counter()
         env.step(action)
+        if env.device.type == "cuda":  # the step's GPU work done, not only launched
+            torch.cuda.synchronize(env.device)
         task_time += time.perf_counter() - start
         if bare:
             controls.append(env.sim.control.copy())

@@ -16,6 +16,7 @@ import mujoco
 import numpy as np
 import torch
 
+from robostack.sim.task_env import write
 from robostack.sim.terms import EventConfig
 
 if TYPE_CHECKING:
@@ -113,15 +114,16 @@ def action_latency(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     """Delay actions by 0..N whole control steps per env (``range`` = (min_steps, max_steps))."""
     lo, hi = int(cfg.range[0]), int(cfg.range[1])
     env.set_max_latency(hi)
-    env.latency[torch.as_tensor(env_ids)] = torch.as_tensor(env.rng.integers(lo, hi + 1, len(env_ids)))
+    env.latency[torch.as_tensor(env_ids)] = torch.as_tensor(env.rng.integers(lo, hi + 1, len(env_ids)),
+                                                            device=env.device)
 
 
 def push_base(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     """Kick the floating base: add a horizontal velocity uniform in ``range`` m/s per axis."""
-    env.sim.qvel[env_ids, 0:2] += env.rng.uniform(*cfg.range, (len(env_ids), 2))
+    env.write_sim("qvel", (env_ids, slice(0, 2)), env.rng.uniform(*cfg.range, (len(env_ids), 2)), add=True)
 
 
 def wind_gust(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     """Hold a new constant wind force (newtons, uniform per axis in ``range``) on the floating base."""
-    env.external_force[env_ids, 0:3] = env.rng.uniform(*cfg.range, (len(env_ids), 3))
+    write(env.external_force, (env_ids, slice(0, 3)), env.rng.uniform(*cfg.range, (len(env_ids), 3)))
 

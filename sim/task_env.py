@@ -60,6 +60,25 @@ def actuated_joint_addresses(model: mujoco.MjModel, device: torch.device) -> tup
             torch.as_tensor([model.jnt_dofadr[j] for j in jnt], dtype=torch.long, device=device))
 
 
+def as_tensor(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A physics array as a float32 tensor on ``device``: no copy when it is one already."""
+    tensor = array if torch.is_tensor(array) else torch.from_numpy(array)
+    return tensor.to(device, torch.float32)
+
+
+def write(array: np.ndarray | torch.Tensor, index: Any, value: Any, add: bool = False) -> None:
+    """``array[index] = value`` (or ``+=``) for a numpy array or a torch tensor alike; a tensor's numpy index
+    arrays and values move to its device."""
+    if torch.is_tensor(array):
+        parts = index if isinstance(index, tuple) else (index,)
+        index = tuple(torch.as_tensor(p, device=array.device) if isinstance(p, np.ndarray) else p for p in parts)
+        value = torch.as_tensor(value, dtype=array.dtype, device=array.device)
+    if add:
+        array[index] += value
+    else:
+        array[index] = value
+
+
 class TaskEnv(PolicyState, VecEnv):
     """``physics(model, num_envs, substeps, threads)`` makes the backend's batch: ``qpos``, ``qvel``,
     ``sensordata``, ``time``, ``act`` and ``ctrl`` arrays per env, ``models`` (and ``per_env_models`` for
@@ -85,7 +104,9 @@ class TaskEnv(PolicyState, VecEnv):
         self.episode_length = torch.zeros(n, dtype=torch.long, device=dev)
         self.terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self.latency = torch.zeros(n, dtype=torch.long, device=dev)  # action delay, control steps
-        self.external_force = np.zeros((n, model.nv))  # qfrc_applied held over the control step
+        # qfrc_applied held over the control step, an array of the physics' kind (numpy, or torch on its device)
+        self.external_force = (torch.zeros((n, model.nv), device=self.sim.qpos.device)
+                               if torch.is_tensor(self.sim.qpos) else np.zeros((n, model.nv)))
         self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
         self.ctrl = self._ctrl_offset.repeat(n, 1)  # controls applied this step (after any latency)
         self._ctrl_history: torch.Tensor | None = None  # [max_latency+1, N, nu], newest first
@@ -139,12 +160,24 @@ class TaskEnv(PolicyState, VecEnv):
                 ev.func(self, due, ev.cfg)
                 self._schedule(name, due, steps[due])
 
-    # ----- reading the physics -----
+    # ----- reading and writing the physics -----
     def _refresh(self) -> None:
-        """Convert the batch state and sensors to torch once; term functions read these tensors."""
-        self.qpos = torch.from_numpy(self.sim.qpos).to(self.device, torch.float32)
-        self.qvel = torch.from_numpy(self.sim.qvel).to(self.device, torch.float32)
-        self._sensors = torch.from_numpy(self.sim.sensordata).to(self.device, torch.float32)
+        """The batch state and sensors as float32 torch tensors on the env's device, once per step; term functions
+        read these. A backend whose state is such a tensor already (warp) is read without a copy."""
+        self.qpos = as_tensor(self.sim.qpos, self.device)
+        self.qvel = as_tensor(self.sim.qvel, self.device)
+        self._sensors = as_tensor(self.sim.sensordata, self.device)
+
+    def write_sim(self, name: str, index: Any, value: Any, add: bool = False) -> None:
+        """``sim.<name>[index] = value`` (``+=`` with ``add``) whatever the physics keeps its state in: numpy
+        arrays (the C backend) or torch tensors on a device (warp); ``index`` and ``value`` as numpy takes them.
+        Resets and events write the state through this."""
+        write(getattr(self.sim, name), index, value, add)
+
+    def sim_array(self, name: str) -> np.ndarray:
+        """``sim.<name>`` as a numpy array (a host copy for state kept on a GPU)."""
+        array = getattr(self.sim, name)
+        return array.cpu().numpy() if torch.is_tensor(array) else array
 
     def sensor(self, name: str) -> torch.Tensor:
         try:
@@ -182,9 +215,9 @@ class TaskEnv(PolicyState, VecEnv):
 
     def _reset_envs(self, env_ids: np.ndarray) -> None:
         ids = torch.as_tensor(env_ids, device=self.device)
-        self.sim.time[env_ids] = 0.0
-        self.sim.act[env_ids] = 0.0
-        self.external_force[env_ids] = 0.0
+        self.write_sim("time", env_ids, 0.0)
+        self.write_sim("act", env_ids, 0.0)
+        write(self.external_force, env_ids, 0.0)
         self.episode_length[ids] = 0
         self.clear_policy_state(ids)
         self.ctrl[ids] = self._ctrl_offset
@@ -250,7 +283,10 @@ class TaskEnv(PolicyState, VecEnv):
     def _advance(self, ctrl: torch.Tensor, before_reset: Callable[[], None] | None = None):
         self.ctrl = ctrl
         self._run_interval_events()
-        self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)
+        if torch.is_tensor(self.sim.qpos):
+            self.sim.step(self.ctrl, self.external_force)
+        else:
+            self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)
         self.episode_length += 1
         self._refresh()
         self.integrate()

@@ -1,33 +1,37 @@
 """MuJoCo Warp (``mujoco-warp`` on ``warp-lang``): the same tasks, term functions and randomization on Warp's
-batched physics, one world per env. ``robostack.sim.make_env(..., backend="warp")``; ``robostack bench sim
---backend warp``.
+batched physics, one world per env, on a GPU (``device="cuda"``) or on Warp's CPU device (for correctness: slow,
+a go2 world steps a few thousand times a second). ``robostack.sim.make_env(..., backend="warp", device=...)``;
+``--backend warp --device cuda`` on ``robostack train``, ``eval``, ``bench sim`` and ``bench train``.
 
-What runs here today is Warp's CPU device, for correctness (it is slow: a go2 world steps a few thousand times a
-second). The batch's state lives in Warp arrays; ``qpos``, ``qvel``, ``act``, ``time`` and ``sensordata`` are
-numpy views of them (a CPU Warp array shares its memory), so a task's resets and pushes write straight into the
-next step and ``TaskEnv`` reads them as torch tensors without a copy (float32, as Warp computes). A CUDA device
-needs ``TaskEnv`` to hold torch tensors on that device instead of numpy views; until it does, asking for one is a
-clear error.
+The batch's state lives in Warp arrays on the device; ``qpos``, ``qvel``, ``act``, ``time``, ``sensordata`` and
+``ctrl`` are torch tensors sharing their memory (``wp.to_torch``), so ``TaskEnv`` and the term functions read the
+state without a copy, and resets and pushes write straight into the next step (``TaskEnv.write_sim``). Warp runs on
+torch's current CUDA stream, so the two order their work without host syncs. On a GPU a control step's
+``substeps`` physics steps are one captured CUDA graph (``wp.ScopedCapture``), launched once per step; the
+contact and constraint counts are watched on the device and checked on the host every ``OVERFLOW_CHECK_STEPS``
+steps and at every reset (an overflow is an error, never a silently dropped contact).
 
 Randomization writes per-env ``MjModel`` copies, as on the C backend (``per_env_models``); the fields it may
 change (``RANDOMIZED_FIELDS``: masses, inertias, friction, damping, armature, gains, body poses, and the constants
 ``mj_setConst`` derives from masses) are batched per world in the Warp model and copied from the copies before the
-next step. A randomized field that does not reach MuJoCo Warp yet (``UNSUPPORTED_FIELDS``: the centre of mass) is
-an error naming it, never a silent difference.
+next step (in place: a captured graph stays valid). A randomized field that does not reach MuJoCo Warp yet
+(``UNSUPPORTED_FIELDS``: the centre of mass) is an error naming it, never a silent difference.
 A model MuJoCo Warp cannot simulate (a geom pair, a sensor, an integrator it lacks) is refused when the env is
-made, with MuJoCo Warp's own words for what is missing; a contact or constraint buffer that overflows is an
-error, never a silently dropped contact. Compiled kernels are cached in ``WARP_CACHE`` (``.cache/warp`` in the
-working directory unless ``ROBOSTACK_WARP_CACHE`` says otherwise), not in ``$HOME``.
+made, with MuJoCo Warp's own words for what is missing. Compiled kernels are cached in ``WARP_CACHE``
+(``.cache/warp`` in the working directory unless ``ROBOSTACK_WARP_CACHE`` says otherwise), not in ``$HOME``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 import mujoco
 import numpy as np
+import torch
 
 from robostack import registry
 from robostack.sim.task_env import TaskEnv
@@ -43,6 +47,7 @@ UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on
 WARP_CACHE = Path(os.environ.get("ROBOSTACK_WARP_CACHE", Path.cwd() / ".cache" / "warp"))
 CONTACTS_PER_WORLD = 64  # contact and constraint buffers, per world (an overflow is an error, see step)
 CONSTRAINTS_PER_WORLD = 256
+OVERFLOW_CHECK_STEPS = 50  # control steps between host checks of the buffers' high-water marks (and every reset)
 
 
 class WarpBackendError(ValueError):
@@ -64,36 +69,63 @@ def _warp():
     return warp, mujoco_warp
 
 
+def warp_device(device: str | torch.device) -> str:
+    """The Warp device for a torch device name: ``cpu``, or ``cuda:N`` (a GPU this machine has)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise WarpBackendError(f"the warp backend runs on a CUDA GPU or Warp's CPU device, not {str(device)!r}")
+    if not torch.cuda.is_available():
+        raise WarpBackendError(f"device {str(device)!r}: this machine has no CUDA GPU that torch can use "
+                               "(run the warp backend on --device cpu, slowly, or on the default mujoco backend)")
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
 class WarpBatch:
-    """``num_envs`` MuJoCo Warp worlds of one model on Warp's CPU device; each env may get its own randomized
+    """``num_envs`` MuJoCo Warp worlds of one model on ``device``; each env may get its own randomized
     ``MjModel`` copy (``per_env_models``), whose randomized fields reach its world before the next step."""
 
-    device = "cpu"
-
-    def __init__(self, model: mujoco.MjModel, num_envs: int, substeps: int, nthread: int = 0):
+    def __init__(self, model: mujoco.MjModel, num_envs: int, substeps: int, nthread: int = 0,
+                 device: str = "cpu"):
         if num_envs < 1 or substeps < 1:
             raise ValueError(f"num_envs and substeps must be >= 1, got {num_envs} and {substeps}")
         wp, self._mjw = _warp()
+        self._wp = wp
+        self.device = warp_device(device)
         self.model, self.num_envs, self.substeps = model, num_envs, substeps
         self.nthread = 1  # Warp's CPU device runs kernels on one thread
         self.models: list[mujoco.MjModel] = [model] * num_envs
         self._own_models = self._models_changed = False
         data = mujoco.MjData(model)
         mujoco.mj_forward(model, data)
-        with wp.ScopedDevice(self.device):
+        with self._on_device():
             try:
                 self._model = self._mjw.put_model(model, batch_sizes={f: num_envs for f in RANDOMIZED_FIELDS})
             except NotImplementedError as exc:
                 raise WarpBackendError(f"MuJoCo Warp cannot simulate this model: {exc}") from None
             self._data = self._mjw.put_data(model, data, nworld=num_envs, nconmax=CONTACTS_PER_WORLD * num_envs,
                                             njmax=CONSTRAINTS_PER_WORLD)
-        self._wp = wp
         d = self._data
-        self.qpos, self.qvel, self.act = d.qpos.numpy(), d.qvel.numpy(), d.act.numpy()
-        self.time, self.sensordata = d.time.numpy(), d.sensordata.numpy()
-        self.ctrl, self._qfrc_applied = d.ctrl.numpy(), d.qfrc_applied.numpy()
-        self._limits = {"contacts": (d.nacon, CONTACTS_PER_WORLD * num_envs),
-                        "constraints": (d.nefc, CONSTRAINTS_PER_WORLD)}
+        self.qpos, self.qvel, self.act = wp.to_torch(d.qpos), wp.to_torch(d.qvel), wp.to_torch(d.act)
+        self.time, self.sensordata, self.ctrl = wp.to_torch(d.time), wp.to_torch(d.sensordata), wp.to_torch(d.ctrl)
+        self._qfrc_applied = wp.to_torch(d.qfrc_applied)
+        self._counts = [wp.to_torch(d.nacon), wp.to_torch(d.nefc)]
+        self._limits = torch.tensor([CONTACTS_PER_WORLD * num_envs, CONSTRAINTS_PER_WORLD])
+        self._high_water = torch.zeros(2, dtype=torch.int64, device=self.qpos.device)
+        self._steps_unchecked = 0
+        self._graph = None
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """Warp work on this batch's device, on torch's current stream there (so torch and Warp stay ordered)."""
+        wp = self._wp
+        with wp.ScopedDevice(self.device):
+            if self.device == "cpu":
+                yield
+                return
+            with wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream(self.device))):
+                yield
 
     def per_env_models(self) -> list[mujoco.MjModel]:
         """Every env's own model copy (made once); what randomization writes there reaches the worlds before
@@ -108,57 +140,84 @@ class WarpBatch:
         for field in UNSUPPORTED_FIELDS:
             if any(not np.array_equal(getattr(m, field), getattr(self.model, field)) for m in self.models):
                 raise WarpBackendError(UNSUPPORTED_FIELDS[field])
-        for field in RANDOMIZED_FIELDS:
-            values = np.stack([getattr(m, field) for m in self.models])
-            getattr(self._model, field).assign(values.reshape(getattr(self._model, field).numpy().shape))
+        with self._on_device():
+            for field in RANDOMIZED_FIELDS:
+                target = getattr(self._model, field)
+                shape = tuple(target.shape) + tuple(getattr(target.dtype, "_shape_", ()))  # worlds x items x vector
+                target.assign(np.stack([getattr(m, field) for m in self.models]).reshape(shape))
         self._models_changed = False
 
-    def step(self, ctrl: np.ndarray, qfrc_applied: np.ndarray | None = None) -> None:
+    def _substeps(self) -> None:
+        for _ in range(self.substeps):
+            self._mjw.step(self._model, self._data)
+
+    def step(self, ctrl: torch.Tensor, qfrc_applied: torch.Tensor | None = None) -> None:
         """Advance every env by ``substeps`` physics steps holding ``ctrl`` [N, nu] (zero-order hold)."""
         if self._models_changed:
             self._sync_models()
-        self.ctrl[:] = ctrl
-        self._qfrc_applied[:] = 0.0 if qfrc_applied is None else qfrc_applied
-        with self._wp.ScopedDevice(self.device):
-            for _ in range(self.substeps):
-                self._mjw.step(self._model, self._data)
-        self._check_buffers()
+        self.ctrl.copy_(ctrl)
+        if qfrc_applied is None:
+            self._qfrc_applied.zero_()
+        else:
+            self._qfrc_applied.copy_(qfrc_applied)
+        with self._on_device():
+            if self.device == "cpu":
+                self._substeps()
+            else:
+                if self._graph is None:  # kernels load on a first plain step; then the step is captured once
+                    self._substeps()
+                    with self._wp.ScopedCapture() as capture:
+                        self._substeps()
+                    self._graph = capture.graph
+                else:
+                    self._wp.capture_launch(self._graph)
+        self._watch_buffers()
+        self._steps_unchecked += 1
+        if self._steps_unchecked >= OVERFLOW_CHECK_STEPS:
+            self.check_buffers()
 
-    def _check_buffers(self) -> None:
-        """Contacts or constraints past their buffers are dropped by MuJoCo Warp: refuse to go on."""
-        for name, (count, limit) in self._limits.items():
-            used = int(count.numpy().max())
-            if used > limit:
-                raise WarpBackendError(f"the warp backend's {name} buffer overflowed ({used} > {limit} in a world): "
+    def _watch_buffers(self) -> None:
+        """Keep the contact and constraint counts' high-water marks on the device (no host sync)."""
+        for i, count in enumerate(self._counts):
+            self._high_water[i] = torch.maximum(self._high_water[i], count.max())
+
+    def check_buffers(self) -> None:
+        """Contacts or constraints past their buffers are dropped by MuJoCo Warp: refuse to go on (a host sync)."""
+        self._steps_unchecked = 0
+        used = self._high_water.cpu()
+        for name, count, limit in zip(("contacts", "constraints"), used.tolist(), self._limits.tolist()):
+            if count > limit:
+                raise WarpBackendError(f"the warp backend's {name} buffer overflowed ({count} > {limit} in a world): "
                                        f"raise CONTACTS_PER_WORLD / CONSTRAINTS_PER_WORLD in {__name__}")
 
     def forward(self, env_ids: np.ndarray) -> None:
         """Recompute sensors (and everything derived) after states were written directly (resets, pushes)."""
         if self._models_changed:
             self._sync_models()
-        with self._wp.ScopedDevice(self.device):
+        with self._on_device():
             self._mjw.forward(self._model, self._data)
+        self._watch_buffers()
+        self.check_buffers()
 
     def data_for(self, env_id: int) -> mujoco.MjData:
         """An MjData holding one env's current state (for rendering, IK, debugging)."""
         model = self.models[env_id]
         data = mujoco.MjData(model)
         data.time = float(self.time[env_id])
-        data.qpos[:], data.qvel[:] = self.qpos[env_id], self.qvel[env_id]
-        data.act[:], data.ctrl[:] = self.act[env_id], self.ctrl[env_id]
+        for name in ("qpos", "qvel", "act", "ctrl"):
+            getattr(data, name)[:] = getattr(self, name)[env_id].cpu().numpy()
         mujoco.mj_forward(model, data)
         return data
 
     def close(self) -> None:
-        self._model = self._data = None
+        self._model = self._data = self._graph = None
 
 
 def make_env(definition: Any, num_envs: int | None = None, seed: int = 0, device: str = "cpu") -> TaskEnv:
-    if str(device) != "cpu":
-        raise WarpBackendError(f"the warp backend runs on Warp's CPU device for now, not {device!r}: a GPU needs "
-                               "TaskEnv to hold torch tensors on it instead of numpy views of the physics")
-    return TaskEnv(definition, WarpBatch, num_envs=num_envs, seed=seed, device=device)
+    device = str(torch.device(warp_device(device)))  # refused here, in one line, where no GPU is
+    return TaskEnv(definition, functools.partial(WarpBatch, device=device), num_envs=num_envs, seed=seed,
+                   device=device)
 
 
-SPEC = registry.register(BackendSpec("warp", "MuJoCo Warp (mujoco-warp on warp-lang), one world per env; Warp's "
-                                             "CPU device for now", make_env))
+SPEC = registry.register(BackendSpec("warp", "MuJoCo Warp (mujoco-warp on warp-lang), one world per env, on a "
+                                             "CUDA GPU or Warp's CPU device", make_env))

@@ -16,26 +16,39 @@ from robostack.bundle import ACTOR_CRITIC, ChunkPolicyBundle, load_bundle
 from robostack.workflows.evaluate import eval_policy
 from robostack.workflows.imitation import ALGO, train_imitation
 from robostack.workflows.record import record
+from robostack.workflows.data_parallel import launch
 from robostack.workflows.train import train
 
 
 def bench_train(task: str, seed: int = 0, episodes: int = 1000, overrides: Sequence[str] = (),
-                run_root: str = "runs") -> dict[str, Any]:
+                run_root: str = "runs", nproc: int = 1, backend: str | None = None, device: str | None = None
+                ) -> dict[str, Any]:
     """``robostack bench train``: train from scratch with the task's recipe, then evaluate the deterministic
     policy on ``episodes`` episodes of the *randomized* (training) variant, one episode per env.
 
     ``wall_s`` is the training time alone (what the recipe's targets are about); the evaluation's own time
-    is reported as ``eval_wall_s``.
+    is reported as ``eval_wall_s``. ``nproc`` > 1 trains on that many data-parallel ranks (torchrun, each with
+    the recipe's ``num_envs``). ``backend`` and ``device`` (the recipe's ``device`` key) are the training's and
+    the evaluation's.
     """
-    summary = train(task, overrides=[*overrides, "eval_episodes=0"], seed=seed, run_root=run_root, progress=False)
+    overrides = [*overrides, "eval_episodes=0", *([f"device={device}"] if device is not None else [])]
+    if nproc > 1:
+        summary = launch(nproc, task=task, overrides=overrides, seed=seed, run_root=run_root, progress=False,
+                         backend=backend)
+    else:
+        summary = train(task, overrides=overrides, seed=seed, run_root=run_root, progress=False, backend=backend)
     start = time.perf_counter()
-    result = eval_policy(summary["run_dir"], episodes=episodes, randomized=True, num_envs=episodes, seed=seed + 1)
+    result = eval_policy(summary["run_dir"], episodes=episodes, randomized=True, num_envs=episodes, seed=seed + 1,
+                         backend=backend, device=device or "cpu")
     return {
         "task": task,
         "algo": summary["algo"],
+        "backend": backend or "mujoco",
+        "device": device or "cpu",
         "wall_s": summary["wall_s"],
         "env_steps": summary["env_steps"],
         "iterations": summary["iterations"],
+        "ranks": summary.get("ranks", 1),
         "steps_per_s": round(summary["env_steps"] / summary["wall_s"], 1),
         "success_rate": result["success_rate"],
         "eval_episodes": result["episodes"],

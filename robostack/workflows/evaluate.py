@@ -90,7 +90,8 @@ def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
 
 def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = False,
                 video: str | os.PathLike | None = None, num_envs: int | None = None, seed: int = 0,
-                checkpoint: str | os.PathLike | None = None, backend: str | None = None) -> dict[str, Any]:
+                checkpoint: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu"
+                ) -> dict[str, Any]:
     """Evaluate a run folder / checkpoint or a bundle for ``episodes`` episodes; returns ``evaluate``'s
     result (success_rate, mean_return, ..., ``metric/<name>``) plus what was evaluated."""
     if episodes < 1:
@@ -105,7 +106,7 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
 
     n = num_envs or min(episodes, 32)
     env = sim.make_env(loaded.task, num_envs=n, seed=seed, play=not randomized, config=loaded.task_config,
-                       backend=backend or sim.DEFAULT_BACKEND)
+                       backend=backend or sim.DEFAULT_BACKEND, device=device)
     recorder = policy = None
     try:
         if loaded.wrap_env is not None:

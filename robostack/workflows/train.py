@@ -37,6 +37,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,13 +48,17 @@ import yaml
 
 from robostack import policies, registry, sim
 from robostack.config import ConfigError, apply_overrides, build_config, config_path, from_dict, load_yaml, to_dict
+from robostack.policies import distributed
 from robostack.specs import AlgorithmSpec
+from robostack.workflows import data_parallel
 from robostack.workflows.acting import load_base
 from robostack.workflows.evaluate import evaluate
 from robostack.workflows.residual import ResidualConfig, ResidualEnv, residual_recipe
 from robostack.workflows.runs import algorithm, available_cores, new_run_dir
 
 __all__ = ["TrainSettings", "train_config_type", "train"]
+
+RANK_SEED_STRIDE = 104_729  # rank r trains with seed + r * stride: seeds of neighbouring runs stay apart
 
 
 @dataclass
@@ -330,31 +335,37 @@ def train(
     backend = backend or sim.DEFAULT_BACKEND
 
     def task_env(num_envs: int, seed: int, play: bool) -> Any:
-        env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config, backend=backend)
+        env = sim.make_env(task, num_envs=num_envs, seed=seed, play=play, config=task_config, backend=backend,
+                           device=device_name)  # the envs' tensors (warp: its physics too) where the learning runs
         if base_policy is None:
             return env
         return ResidualEnv(env, base_policy.make_policy(env), cfg.residual.scale)
 
-    threads = cfg.torch_threads or available_cores()
+    rank, world, device_name = data_parallel.join(cfg.device)  # one rank unless torchrun started this process
+    threads = cfg.torch_threads or available_cores()  # this rank's share of the cores
     torch.set_num_threads(threads)
-    device = torch.device(cfg.device)
-    _seed_everything(cfg.seed)
+    device = torch.device(device_name)
+    rank_seed = cfg.seed + RANK_SEED_STRIDE * rank  # each rank its own envs and noise
+    _seed_everything(rank_seed)
 
     # the task config is resolved once and saved whole, so the run stays evaluable after the YAML changes
     if saved_task_config is not None:
         task_config = to_dict(sim.load_task_config(task, new_task_overrides, config=saved_task_config))
     else:
         task_config = to_dict(sim.load_task_config(task, task_overrides))
-    if run_dir is None:
+    writes = rank == 0  # the other ranks train and leave no files
+    if run_dir is None and writes:
         run_dir = new_run_dir(run_root, task, cfg.algo)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    with (run_dir / "config.yaml").open("w") as f:
-        yaml.safe_dump({"task": task, "algo": cfg.algo, "backend": backend, "task_overrides": list(task_overrides),
-                        "task_config": task_config, "train": to_dict(cfg)}, f, sort_keys=False)
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    if writes:
+        ckpt_dir.mkdir(exist_ok=True)
+        with (run_dir / "config.yaml").open("w") as f:
+            yaml.safe_dump({"task": task, "algo": cfg.algo, "backend": backend, "ranks": world,
+                            "task_overrides": list(task_overrides), "task_config": task_config,
+                            "train": to_dict(cfg)}, f, sort_keys=False)
 
     # -- env and algorithm
-    env = task_env(cfg.num_envs, cfg.seed, play=False)
+    env = task_env(cfg.num_envs, rank_seed, play=False)
     learner = learners[cfg.algo].trainer(env, getattr(cfg, cfg.algo), device)
     alg = learner.alg
 
@@ -365,13 +376,20 @@ def train(
             raise ConfigError(f"checkpoint of {ckpt.get('algo')!r}, run configured for {cfg.algo!r}")
         alg.load_state_dict(ckpt["algorithm"])
         start_iter, env_steps, wall_before = ckpt["iteration"], ckpt["env_steps"], ckpt["wall_s"]
-        _set_rng_state(ckpt["rng"])
+        if rank == 0:
+            _set_rng_state(ckpt["rng"])
+        else:  # the checkpoint holds rank 0's generators
+            _seed_everything(rank_seed + start_iter)
+    distributed.broadcast_state(alg)  # every rank starts from rank 0's weights
 
-    from torch.utils.tensorboard import SummaryWriter
+    metrics_path = run_dir / "metrics.csv" if writes else None
+    writer = metrics = None
+    if writes:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_iter + 1 if resume is not None else None)
-    metrics_path = run_dir / "metrics.csv"
-    metrics = MetricsCSV(metrics_path, keep_until=start_iter if resume is not None else None, tail=learner.columns)
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_iter + 1 if resume is not None else None)
+        metrics = MetricsCSV(metrics_path, keep_until=start_iter if resume is not None else None,
+                             tail=learner.columns)
 
     def save(iteration: int, wall_s: float) -> None:
         state = {"iteration": iteration, "env_steps": env_steps, "wall_s": wall_s, "task": task, "algo": cfg.algo,
@@ -383,18 +401,18 @@ def train(
             torch.save(state, ckpt_dir / f"model_{iteration}.pt")
 
     bar = None
-    if progress:
+    if progress and writes:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_iterations, initial=start_iter, desc=f"{task}/{cfg.algo}", unit="it",
                    dynamic_ncols=True)
 
     stats = EpisodeStats()
-    steps_per_iter = cfg.num_envs * learner.num_steps_per_env
+    steps_per_iter = world * cfg.num_envs * learner.num_steps_per_env  # every rank's
     t_start = time.perf_counter()
     last_shown: dict[str, float] = {}
     iteration = start_iter
-    obs, _ = env.reset(seed=cfg.seed + start_iter)
+    obs, _ = env.reset(seed=rank_seed + start_iter)
     alg.train_mode()
     try:
         for iteration in range(start_iter + 1, cfg.max_iterations + 1):
@@ -420,6 +438,8 @@ def train(
                 **ep,
                 **losses,
             }
+            if not writes:
+                continue
             metrics.append(row)
 
             for key, value in row.items():
@@ -440,13 +460,21 @@ def train(
                                  "return": f"{last_shown.get('mean_return', float('nan')):.2f}",
                                  "success": f"{last_shown.get('success_rate', float('nan')):.2f}"}, refresh=False)
                 bar.update(1)
+        in_sync = distributed.parameters_in_sync(
+            [module for module in vars(alg).values() if isinstance(module, torch.nn.Module)])
     finally:
         if bar is not None:
             bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         env.close()
+        data_parallel.leave()
 
     wall_total = wall_before + time.perf_counter() - t_start
+    if not writes:
+        return {"rank": rank, "ranks": world, "ranks_in_sync": in_sync}
+    if not in_sync:
+        warnings.warn(f"the {world} training ranks ended with different parameters: their updates diverged")
     plot_training_curves(metrics_path, run_dir / "training_curves.png")
 
     rows = _read_metrics(metrics_path)
@@ -458,6 +486,8 @@ def train(
         "iterations": iteration,
         "env_steps": env_steps,
         "wall_s": round(wall_total, 2),
+        "ranks": world,
+        "ranks_in_sync": in_sync,
         "train_mean_return": float(np.mean([float(r["mean_return"]) for r in recent])) if recent else float("nan"),
     }
 

@@ -146,9 +146,10 @@ def test_bench_requires_what(capsys):
 def fake_train(monkeypatch):
     calls = []
 
-    def train(task, algo, overrides, resume, seed, base, backend):
+    def train(task, algo, overrides, resume, seed, base, backend, run_root):
         calls.append({"task": task, "algo": algo, "overrides": overrides, "resume": resume, "seed": seed,
-                      "base": base, **({"backend": backend} if backend else {})})
+                      "base": base, **({"backend": backend} if backend else {}),
+                      **({"run_root": run_root} if run_root != "runs" else {})})
         return {"task": task, "success_rate": 0.9, "run_dir": "runs/cf2-hover/2024-01-01_000000"}
 
     fake_module(monkeypatch, "robostack.workflows.train", train=train)
@@ -235,7 +236,7 @@ def test_train_unknown_option(fake_train, capsys):
 
 
 def test_train_config_typo_is_one_line_error(monkeypatch, capsys):
-    def train(task, algo, overrides, resume, seed, base, backend):
+    def train(task, algo, overrides, resume, seed, base, backend, run_root):
         raise ConfigError(
             "configs/tasks/go2-walk.yaml + overrides: unknown key 'ppo.lrr'; did you mean 'ppo.lr'?"
             " [from the command-line override 'ppo.lrr=1']"

@@ -110,7 +110,7 @@ def toy_task_config(task: str, overrides: Sequence[str] = (), play: bool = False
 
 
 def make_toy_env(task: str, num_envs: int, seed: int, overrides: Sequence[str] = (), play: bool = False,
-                 config: dict[str, Any] | None = None, backend: str = "mujoco"):
-    """Same signature as ``robostack.sim.make_env`` (the toy env stands in for the default backend)."""
-    assert backend == "mujoco", backend
+                 config: dict[str, Any] | None = None, backend: str = "mujoco", device: str = "cpu"):
+    """Same signature as ``robostack.sim.make_env`` (the toy env stands in for the default backend, on the CPU)."""
+    assert backend == "mujoco" and str(device) == "cpu", (backend, device)
     return PointMassEnv(num_envs=num_envs, seed=seed, **toy_task_config(task, overrides, play, config))

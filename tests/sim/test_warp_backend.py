@@ -31,7 +31,7 @@ def worst_differences(envs: dict, steps: int, seed: int) -> tuple[float, float, 
     for _ in range(steps):
         action = (torch.randn(c.num_envs, c.action_dim, generator=generator) * 0.3).clamp(-1.0, 1.0)
         (obs_c, rew_c, *_), (obs_w, rew_w, *_) = c.step(action), w.step(action)
-        state = max(state, float(np.abs(c.sim.qpos - w.sim.qpos).max()))
+        state = max(state, float(np.abs(c.sim_array("qpos") - w.sim_array("qpos")).max()))
         observation = max(observation, max(float((obs_c[g] - obs_w[g]).abs().max()) for g in obs_c))
         reward = max(reward, float((rew_c - rew_w).abs().max()))
     return state, observation, reward
@@ -71,8 +71,11 @@ def test_what_the_warp_backend_cannot_do_yet_is_refused_by_name():
             env.reset(seed=0)
     finally:
         env.close()
-    with pytest.raises(WarpBackendError, match=r"runs on Warp's CPU device for now, not 'cuda'"):
-        sim.make_env("cf2-hover", num_envs=2, backend="warp", device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(WarpBackendError, match=r"device 'cuda': this machine has no CUDA GPU"):
+            sim.make_env("cf2-hover", num_envs=2, backend="warp", device="cuda")
+    with pytest.raises(WarpBackendError, match=r"runs on a CUDA GPU or Warp's CPU device, not 'meta'"):
+        sim.make_env("cf2-hover", num_envs=2, backend="warp", device="meta")
     sim.load_backends()
     assert {spec.name for spec in registry.registered(registry.BackendSpec)} >= {"mujoco", "warp"}
 
@@ -96,3 +99,35 @@ def test_train_and_eval_run_on_the_warp_backend(tmp_path, monkeypatch, capsys):
     assert yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["backend"] == "warp"
     assert main(["eval", str(bundle), "--backend", "warp", "--episodes", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["success_rate"] == 1.0
+
+
+def test_tasks_read_the_warp_state_without_a_copy_and_write_it_in_place():
+    """The term functions' ``env.qpos`` is the Warp array's memory (``wp.to_torch``); resets and pushes write into
+    it through ``TaskEnv.write_sim``, with numpy indexes and values as on the C backend."""
+    env = sim.make_env("go2-walk", num_envs=3, backend="warp", overrides=[*NO_COM_OFFSET, "sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        assert env.qpos.data_ptr() == env.sim.qpos.data_ptr() and env.qpos.dtype == torch.float32
+        env.write_sim("qvel", (np.array([0, 2]), slice(0, 2)), np.array([[1.0, 2.0], [3.0, 4.0]]), add=True)
+        env.write_sim("qpos", np.array([1]), np.asarray(env.default_model.qpos0))
+        qvel, qpos = env.sim_array("qvel"), env.sim_array("qpos")
+        assert isinstance(qvel, np.ndarray) and qpos[1, 2] == np.float32(env.default_model.qpos0[2])
+        obs, *_ = env.step(torch.zeros(3, env.action_dim))
+        assert torch.equal(env.qpos, env.sim.qpos)  # still the same memory after a step
+    finally:
+        env.close()
+
+
+def test_an_overflowing_contact_buffer_is_an_error(monkeypatch):
+    from robostack.sim import warp_backend
+
+    monkeypatch.setattr(warp_backend, "CONTACTS_PER_WORLD", 24)
+    env = sim.make_env("go2-walk", num_envs=2, backend="warp", overrides=[*NO_COM_OFFSET, "sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        # both robots sunk into the floor (the model's qpos0): 48 contacts each, 96 for a buffer of 48
+        env.write_sim("qpos", np.arange(2), np.tile(env.default_model.qpos0, (2, 1)))
+        with pytest.raises(WarpBackendError, match=r"contacts buffer overflowed \(\d+ > 48"):
+            env.sim.forward(np.arange(2))
+    finally:
+        env.close()

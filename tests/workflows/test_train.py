@@ -34,8 +34,8 @@ ppo:
 def toy(monkeypatch, tmp_path):
     calls = []
 
-    def make_env(task, num_envs, seed, overrides=(), play=False, config=None, backend="mujoco"):
-        assert backend == "mujoco"  # the toy env stands in for the default backend
+    def make_env(task, num_envs, seed, overrides=(), play=False, config=None, backend="mujoco", device="cpu"):
+        assert backend == "mujoco" and device == "cpu"  # the toy env stands in for the default backend
         calls.append({"task": task, "num_envs": num_envs, "seed": seed, "play": play,
                       "config": toy_task_config(task, overrides, play, config)})
         return make_toy_env(task, num_envs, seed, overrides, play, config)

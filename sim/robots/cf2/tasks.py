@@ -17,7 +17,7 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
 from robostack.sim.intervention import TaskIntervener
-from robostack.sim.task_env import TaskEnv
+from robostack.sim.task_env import TaskEnv, as_tensor
 from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
                                  RandomizationConfig, RewardTerm, SimConfig, TaskDefinition, defined, noiseless)
@@ -88,11 +88,11 @@ def rotation_matrix(env: TaskEnv) -> torch.Tensor:
 
 def rotor_thrust(env: TaskEnv) -> torch.Tensor:
     """Actual (lagged) rotor thrusts, normalized by hover thrust: the motors' filter state."""
-    return torch.from_numpy(env.sim.act).to(env.device, torch.float32) / cf2.HOVER_THRUST
+    return as_tensor(env.sim.act, env.device) / cf2.HOVER_THRUST
 
 
 def wind_force(env: TaskEnv) -> torch.Tensor:
-    return torch.from_numpy(env.external_force[:, 0:3]).to(env.device, torch.float32) * 10.0
+    return as_tensor(env.external_force, env.device)[:, 0:3] * 10.0
 
 
 def position_kernel(env: TaskEnv) -> torch.Tensor:
@@ -121,12 +121,12 @@ def reset_drone(env: TaskEnv, env_ids: np.ndarray) -> None:
     qpos = np.tile(env.default_model.qpos0, (n, 1))
     qpos[:, 0:3] = np.asarray(cfg.target) + rng.uniform(-s.position_offset, s.position_offset, (n, 3))
     qpos[:, 3:7] = mdp.random_quat_within(rng, n, s.max_tilt)
-    env.sim.qpos[env_ids] = qpos
+    env.write_sim("qpos", env_ids, qpos)
     qvel = np.zeros((n, env.default_model.nv))
     qvel[:, 0:3] = rng.uniform(-s.velocity, s.velocity, (n, 3))
     qvel[:, 3:6] = rng.uniform(-s.angular_velocity, s.angular_velocity, (n, 3))
-    env.sim.qvel[env_ids] = qvel
-    env.sim.act[env_ids] = cf2.HOVER_THRUST  # rotors spinning at hover speed
+    env.write_sim("qvel", env_ids, qvel)
+    env.write_sim("act", env_ids, cf2.HOVER_THRUST)  # rotors spinning at hover speed
     env.command[torch.as_tensor(env_ids)] = torch.as_tensor(cfg.target, dtype=torch.float32, device=env.device)
 
 

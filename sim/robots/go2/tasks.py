@@ -137,10 +137,10 @@ def reset_robot(env: TaskEnv, env_ids: np.ndarray) -> None:
     qpos[:, 3:7] = mdp.yaw_quat(env.rng.uniform(-np.pi, np.pi, n))
     joints = env.actuator_qpos_adr.cpu().numpy()
     qpos[:, joints] = robot.home_joint_pos() + env.rng.uniform(-0.1, 0.1, (n, len(joints)))
-    env.sim.qpos[env_ids] = qpos
+    env.write_sim("qpos", env_ids, qpos)
     qvel = np.zeros((n, model.nv))
     qvel[:, 0:6] = env.rng.uniform(-0.2, 0.2, (n, 6))
-    env.sim.qvel[env_ids] = qvel
+    env.write_sim("qvel", env_ids, qvel)
     if "air_time" in env.buffers:
         env.buffers["air_time"][torch.as_tensor(env_ids)] = 0.0
 

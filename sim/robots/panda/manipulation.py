@@ -181,17 +181,17 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     noise = env.task_cfg.arm_joint_noise
     qpos[:, joints[:reach.ARM_JOINTS]] += env.rng.uniform(-noise, noise, (n, reach.ARM_JOINTS))
     qpos[:, joints[FINGERS]] = GRIPPER.open
-    env.sim.qpos[env_ids] = qpos
-    env.sim.qvel[env_ids] = 0.0
+    env.write_sim("qpos", env_ids, qpos)
+    env.write_sim("qvel", env_ids, 0.0)
 
 
 def place_object(env: TaskEnv, env_ids: np.ndarray, pos: np.ndarray, quat: np.ndarray) -> None:
     """Write the object's pose ([n, 3], [n, 4]) into those envs' state, at rest."""
     joint = env.default_model.joint(OBJECT)
     qpos, dof = joint.qposadr[0], joint.dofadr[0]
-    env.sim.qpos[env_ids, qpos:qpos + 3] = pos
-    env.sim.qpos[env_ids, qpos + 3:qpos + 7] = quat
-    env.sim.qvel[env_ids, dof:dof + 6] = 0.0
+    env.write_sim("qpos", (env_ids, slice(qpos, qpos + 3)), pos)
+    env.write_sim("qpos", (env_ids, slice(qpos + 3, qpos + 7)), quat)
+    env.write_sim("qvel", (env_ids, slice(dof, dof + 6)), 0.0)
 
 
 def tcp_poses(env: TaskEnv, env_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,8 +200,9 @@ def tcp_poses(env: TaskEnv, env_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     model = env.default_model
     data, site = mujoco.MjData(model), model.site(panda.EE_SITE).id
     pos, mat = np.empty((len(env_ids), 3)), np.empty((len(env_ids), 3, 3))
+    written = env.sim_array("qpos")
     for k, i in enumerate(env_ids):
-        data.qpos[:] = env.sim.qpos[i]
+        data.qpos[:] = written[i]
         mujoco.mj_kinematics(model, data)
         pos[k], mat[k] = data.site_xpos[site], data.site_xmat[site].reshape(3, 3)
     return pos, mat
@@ -215,7 +216,7 @@ def place_in_gripper(env: TaskEnv, env_ids: np.ndarray, depth: np.ndarray, half_
     for k in range(len(env_ids)):
         mujoco.mju_mat2Quat(quat[k], mat[k].flatten())
     place_object(env, env_ids, pos + mat[:, :, 2] * depth[:, None], quat)
-    env.sim.qpos[np.ix_(env_ids, env.actuator_qpos_adr.cpu().numpy()[FINGERS])] = half_width
+    env.write_sim("qpos", np.ix_(env_ids, env.actuator_qpos_adr.cpu().numpy()[FINGERS]), half_width)
 
 
 # ------------------------------------------------------------------------------------------- observations

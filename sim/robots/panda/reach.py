@@ -168,8 +168,8 @@ def reset_arm(env: TaskEnv, env_ids: np.ndarray) -> None:
     joints = env.actuator_qpos_adr.cpu().numpy()
     qpos[:, joints] = env.task_cfg.robot.home_joint_pos()
     qpos[:, joints[:ARM_JOINTS]] += env.rng.uniform(-0.2, 0.2, (n, ARM_JOINTS))
-    env.sim.qpos[env_ids] = qpos
-    env.sim.qvel[env_ids] = 0.0
+    env.write_sim("qpos", env_ids, qpos)
+    env.write_sim("qvel", env_ids, 0.0)
 
 
 def action_map(cfg: PandaReachConfig, model: mujoco.MjModel) -> ActionMap:
