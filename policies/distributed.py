@@ -69,7 +69,7 @@ def parameters_in_sync(modules: Iterable[torch.nn.Module]) -> bool:
     """Whether every rank holds bit-identical parameters and buffers (all ranks must call it)."""
     if not active():
         return True
-    flat = torch.cat([t.detach().reshape(-1).to("cpu", torch.float64)
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64)  # on their device: NCCL reduces GPU tensors only
                       for m in modules for t in [*m.parameters(), *m.buffers()]])
     low, high = flat.clone(), flat.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

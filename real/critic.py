@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import mujoco
 import numpy as np
@@ -106,22 +106,33 @@ class RiskFeatures:
             out[i] = self._data.site_xpos[self.site]
         return out
 
-    def __call__(self, batch: MeasuredBatch, commands: np.ndarray) -> np.ndarray:
-        """Features [B, dim] float32 of B measured states and the commands [B, nu] in them."""
-        commands = np.atleast_2d(np.asarray(commands, dtype=np.float64))
+    def state_parts(self, batch: MeasuredBatch) -> dict[str, np.ndarray]:
+        """The features that depend on the measured states alone (computed once where several commands are judged
+        in one state)."""
         if self.kind == "arm":
-            parts = [batch.joint_pos, VELOCITY_SCALE * batch.joint_vel, commands - batch.joint_pos,
-                     self.tcp(batch.joint_pos), self.tcp(commands)]
+            return {"joints": np.concatenate([batch.joint_pos, VELOCITY_SCALE * batch.joint_vel], axis=1),
+                    "tcp": self.tcp(batch.joint_pos)}
+        rotation = rotations(batch.base_quat)
+        gravity = -rotation[:, 2, :]  # R^T (0, 0, -1)
+        if self.kind == "quadruped":
+            return {"base": np.concatenate([gravity, batch.base_ang_vel, to_body(rotation, batch.base_lin_vel),
+                                            batch.base_pos[:, 2:3], batch.joint_pos - self.home,
+                                            VELOCITY_SCALE * batch.joint_vel], axis=1)}
+        return {"base": np.concatenate([gravity, batch.base_ang_vel, batch.base_lin_vel, batch.base_pos], axis=1)}
+
+    def __call__(self, batch: MeasuredBatch, commands: np.ndarray, parts: dict[str, np.ndarray] | None = None
+                 ) -> np.ndarray:
+        """Features [B, dim] float32 of B measured states and the commands [B, nu] in them (``parts``: the batch's
+        ``state_parts``, when already computed)."""
+        commands = np.atleast_2d(np.asarray(commands, dtype=np.float64))
+        parts = parts if parts is not None else self.state_parts(batch)
+        if self.kind == "arm":
+            columns = [parts["joints"], commands - batch.joint_pos, parts["tcp"], self.tcp(commands)]
+        elif self.kind == "quadruped":
+            columns = [parts["base"], commands - self.home]
         else:
-            rotation = rotations(batch.base_quat)
-            gravity = -rotation[:, 2, :]  # R^T (0, 0, -1)
-            if self.kind == "quadruped":
-                parts = [gravity, batch.base_ang_vel, to_body(rotation, batch.base_lin_vel),
-                         batch.base_pos[:, 2:3], batch.joint_pos - self.home, VELOCITY_SCALE * batch.joint_vel,
-                         commands - self.home]
-            else:
-                parts = [gravity, batch.base_ang_vel, batch.base_lin_vel, batch.base_pos, commands / self.max_thrust]
-        return np.concatenate(parts, axis=1).astype(np.float32)
+            columns = [parts["base"], commands / self.max_thrust]
+        return np.concatenate(columns, axis=1).astype(np.float32)
 
 
 class RiskCritic:
@@ -161,7 +172,14 @@ class RiskCritic:
         return self.session.run([CRITIC_OUTPUT], {CRITIC_INPUT: features})[0][:, 0]
 
     def risk(self, state: RobotState, command: np.ndarray) -> float:
-        return float(self.risk_of(self.features(MeasuredBatch.of([state], self.joints), command))[0])
+        return self.judge(state)(command)
+
+    def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
+        """The risk of commands in one measured ``state``, its own features computed once: a tick judges the
+        policy's command and, when it engages, the recovery's."""
+        batch = MeasuredBatch.of([state], self.joints)
+        parts = self.features.state_parts(batch)
+        return lambda command: float(self.risk_of(self.features(batch, command, parts))[0])
 
 
 def bundle_critic(bundle_path: str | Path, metadata: dict[str, Any], robot: RobotSpec, robot_config: Any,

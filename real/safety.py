@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import mujoco
 import numpy as np
@@ -167,6 +167,9 @@ class SafetyCritic(Protocol):
     judges_recovery: bool  # its risk of the recovery's commands is learned too: recover only where it is lower
 
     def risk(self, state: RobotState, command: np.ndarray) -> float: ...
+
+    def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
+        """``risk`` of commands in ``state``, what depends on the state alone computed once."""
 
 
 def tilt(quat_wxyz: np.ndarray) -> float:
@@ -348,14 +351,15 @@ class SafetyLayer(ABC):
         until the command's risk is below epsilon again."""
         if self.critic is None:
             return None
-        self.risk = float(self.critic.risk(state, command))
+        judge = self.critic.judge(state)
+        self.risk = judge(command)
         risky = not self.risk <= self.critic.epsilon
         judged = None  # the recovery as judged on this tick, computed once
         if risky and self.recovering_since is None:
             self.begin_recovery(state, now)
             judged = self.recovery(state, now)
             if not (self.critic.judges_recovery and math.isfinite(self.risk)) or \
-                    self.critic.risk(state, judged[0]) < self.risk:
+                    judge(judged[0]) < self.risk:
                 self.recovering_since = now
         elif not risky and self.recovering_since is not None and now - self.recovering_since >= RECOVERY_MIN_S:
             self.recovering_since = None

@@ -636,9 +636,10 @@ def critic_tick_ms(path: Path, critic: RiskCritic, seed: int, ticks: int = 2000)
         times = []
         for k in range(ticks):
             start = time.perf_counter_ns()
-            critic.risk(state, command)
+            judge = critic.judge(state)
+            judge(command)
             layer.begin_recovery(state, 0.0)
-            critic.risk(state, layer.recovery(state, 0.0)[0])
+            judge(layer.recovery(state, 0.0)[0])
             times.append(time.perf_counter_ns() - start)
     finally:
         loop.close()

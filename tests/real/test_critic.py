@@ -49,6 +49,34 @@ def test_drone_features_are_what_it_measures_and_its_motor_fractions():
     assert [named[f"motor_{i}"] for i in range(4)] == [0.5] * 4
 
 
+@pytest.mark.parametrize("name", ["go2", "panda"])
+def test_a_states_features_computed_once_serve_every_command_judged_in_it(name):
+    """A tick judges the policy's command and the recovery's in one state (``RiskCritic.judge``): the state's
+    part is computed once, and each command's features are what they would be alone, where the names say."""
+    robot = registry.robot(name)
+    features = RiskFeatures(robot, robot.load_config(), "ee" if name == "panda" else None)
+    rng = np.random.default_rng(0)
+    joints = features.home + rng.uniform(-0.1, 0.1, len(features.home))
+    base = {} if name == "panda" else dict(base_position=np.array([0.0, 0.0, 0.3]),
+                                           base_orientation=np.array([1.0, 0.0, 0.0, 0.0]),
+                                           base_linear_velocity=np.zeros(3), base_angular_velocity=np.zeros(3))
+    state = RobotState(joint_position=dict(zip(features.joints, joints)),
+                       joint_velocity=dict.fromkeys(features.joints, 0.5), **base)
+    batch = MeasuredBatch.of([state], features.joints)
+    parts = features.state_parts(batch)
+    for command in (features.home, joints + 0.05):
+        x = features(batch, command, parts)
+        np.testing.assert_array_equal(x, features(batch, command))
+        named = dict(zip(features.names, x[0]))
+        reference = joints if name == "panda" else features.home
+        np.testing.assert_allclose([named[f"{j}.target"] for j in features.joints], command - reference, atol=1e-6)
+        assert named[f"{features.joints[0]}.pos"] == pytest.approx(joints[0] - (0.0 if name == "panda" else
+                                                                                 features.home[0]), abs=1e-6)
+        if name == "panda":
+            np.testing.assert_allclose([named[f"target_tcp_{a}"] for a in "xyz"], features.tcp(command[None])[0],
+                                       atol=1e-6)
+
+
 def _critic_bundle(tmp_path: Path, task: str = "cf2-hover") -> tuple[Path, RiskNetwork, RiskFeatures]:
     bundle = tmp_path / task
     shutil.copytree(ROOT / "bundles" / task, bundle)

@@ -311,7 +311,14 @@ def test_estop_latches_until_a_reset_that_needs_a_fresh_state():
     np.testing.assert_array_equal(out, moved)
 
 
-class RiskOfJoint1:
+class StandInCritic:
+    """A learned critic's interface (``robostack.real.safety.SafetyCritic``) around a ``risk`` function."""
+
+    def judge(self, state):
+        return lambda command: self.risk(state, command)
+
+
+class RiskOfJoint1(StandInCritic):
     """Stand-in for a learned critic: the risk grows with joint 1's command (0.9 at 0.009 rad); it cannot judge
     commands below -2.5 mrad (NaN)."""
 
@@ -357,7 +364,7 @@ def test_the_hard_limits_apply_to_the_recovery():
     assert out[1] < PANDA_LIMITS.upper[1]
 
 
-class ConstantRisk:
+class ConstantRisk(StandInCritic):
     judges_recovery = False
 
     def __init__(self, risk: float, epsilon: float = 0.5):
@@ -402,7 +409,7 @@ def test_the_layer_keeps_the_command_it_ran_as_it_was_before_the_clamps():
     np.testing.assert_array_equal(layer.executed, far)
 
 
-class StandingIsRiskier:
+class StandingIsRiskier(StandInCritic):
     """A critic that judges the recovery too: any command is risky, the standing pose more than the policy's
     command until ``calm`` is set."""
 
