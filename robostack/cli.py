@@ -334,8 +334,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(f"--dataset: {args.algo} learns by reinforcement, not from demonstrations")
     if imitation and args.resume is not None:
         raise UsageError("--resume continues reinforcement learning runs; an imitation run trains in one go")
-    if args.backend is not None and imitation:
-        raise UsageError("--backend chooses the simulator reinforcement learning trains in: not with --dataset")
+    if (args.backend is not None or args.device is not None) and imitation:
+        raise UsageError("--backend and --device choose where reinforcement learning runs: not with --dataset")
     if args.base is not None and (imitation or args.resume is not None):
         raise UsageError("--base trains a residual with reinforcement learning: not with --dataset, an imitation "
                          "algorithm or --resume (a resumed run keeps its base)")

@@ -19,6 +19,10 @@ trains on up to ``max_iterations`` iterations *in total* (pass ``max_iterations=
 appending to the same metrics.csv. The env is not checkpointed: it restarts from a fresh reset (nor is
 SAC's replay buffer: a resumed SAC run refills it with its current policy before updating again).
 
+Under torchrun (``robostack train --nproc N``, ``robostack.workflows.data_parallel``) every rank runs this
+function on its own envs (seed + ``RANK_SEED_STRIDE`` x rank); the algorithms keep the ranks' weights equal, and
+rank 0 alone writes the run folder, evaluates and returns the full summary (the others: their rank).
+
 Algorithms (``algo``: the recipe's key, replaced by the ``algo`` argument): every reinforcement-learning
 algorithm registered by ``robostack.policies`` (``robostack list``), each with its own recipe section under its
 name (``ppo:``, ``sac:``; the section's type is its ``AlgorithmSpec.config_type``). A recipe may hold several
