@@ -5,8 +5,8 @@ a go2 world steps a few thousand times a second). ``robostack.sim.make_env(..., 
 
 The batch's state lives in Warp arrays on the device; ``qpos``, ``qvel``, ``act``, ``time``, ``sensordata`` and
 ``ctrl`` are torch tensors sharing their memory (``wp.to_torch``), so ``TaskEnv`` and the term functions read the
-state without a copy, and resets and pushes write straight into the next step (``TaskEnv.write_sim``). Warp runs on
-torch's current CUDA stream, so the two order their work without host syncs. On a GPU a control step's
+state without a copy, and resets and pushes write straight into the next step (``TaskEnv.write_sim``). On a GPU,
+Warp's stream and torch's wait on each other on the device (no host sync), and a control step's
 ``substeps`` physics steps are one captured CUDA graph (``wp.ScopedCapture``), launched once per step; the
 contact and constraint counts are watched on the device and checked on the host every ``OVERFLOW_CHECK_STEPS``
 steps and at every reset (an overflow is an error, never a silently dropped contact).
@@ -118,14 +118,19 @@ class WarpBatch:
 
     @contextlib.contextmanager
     def _on_device(self):
-        """Warp work on this batch's device, on torch's current stream there (so torch and Warp stay ordered)."""
+        """Warp work on this batch's device. On a GPU it runs on Warp's own stream (a graph cannot be captured on
+        torch's default, legacy stream), after the torch work queued so far and before torch's next: stream waits
+        on the device, no host sync."""
         wp = self._wp
         with wp.ScopedDevice(self.device):
             if self.device == "cpu":
                 yield
                 return
-            with wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream(self.device))):
-                yield
+            torch_stream = wp.stream_from_torch(torch.cuda.current_stream(self.device))
+            warp_stream = wp.get_stream(self.device)
+            warp_stream.wait_stream(torch_stream)  # resets and controls written by torch land first
+            yield
+            torch_stream.wait_stream(warp_stream)  # and torch reads the state after the physics
 
     def per_env_models(self) -> list[mujoco.MjModel]:
         """Every env's own model copy (made once); what randomization writes there reaches the worlds before

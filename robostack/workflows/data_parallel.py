@@ -41,13 +41,19 @@ def pin_local_cores(local_rank: int, local_world: int) -> list[int]:
 def join(device: str) -> tuple[int, int, str]:
     """Inside torchrun: pin this rank's cores, join the process group and return ``(rank, world_size, device)``
     (a CUDA device becomes this rank's GPU). Outside: ``(0, 1, device)``."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: this machine has no CUDA GPU that torch can use")
     if not launched_by_torchrun():
         return 0, 1, device
-    import torch
     import torch.distributed as dist
 
     local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} has no GPU of its own: this machine has "
+                             f"{torch.cuda.device_count()}; start at most that many ranks per machine on cuda")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -94,14 +100,17 @@ def launch(nproc: int, **train_kwargs: Any) -> dict[str, Any]:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
-    agent_log = logging.getLogger("torch.distributed.elastic")
-    level = agent_log.level
-    agent_log.setLevel(logging.CRITICAL)  # the ranks report their own errors; the agent's account repeats them
+    # the ranks report their own errors; the agent's account of stopping the others repeats them
+    quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
     try:
         results = elastic_launch(config, _train_rank)(train_kwargs)
     except ChildFailedError as exc:
         rank, _ = exc.get_first_failure()
         raise RuntimeError(f"distributed training stopped: rank {rank} of {nproc} failed (its error is above)") from None
     finally:
-        agent_log.setLevel(level)
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
     return results[0]

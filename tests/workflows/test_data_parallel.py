@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 ROBOSTACK = [sys.executable, "-m", "robostack.cli"]
@@ -40,6 +41,19 @@ def test_a_config_error_on_the_ranks_is_one_line_per_rank_and_no_traceback(tmp_p
     errors = [line for line in proc.stderr.splitlines() if "unknown key 'bogus'" in line]
     assert errors and all(line.startswith("robostack: rank ") for line in errors)  # the first to fail stops the rest
     assert proc.stderr.strip().splitlines()[-1].startswith("robostack: distributed training stopped: rank")
+    assert not (tmp_path / "cf2-hover").exists()
+
+
+def test_a_cuda_device_where_torch_has_none_is_one_line_before_any_run_folder(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch has a CUDA GPU here: this refusal is for machines without one")
+    for nproc in ("1", "2"):
+        proc = robostack("train", "cf2-hover", "--nproc", nproc, "--device", "cuda", "--run-root", str(tmp_path),
+                         timeout=120)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "device cuda: this machine has no CUDA GPU that torch can use" in proc.stderr
     assert not (tmp_path / "cf2-hover").exists()
 
 
