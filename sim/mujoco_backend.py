@@ -79,8 +79,9 @@ class MujocoBatch:
     def time(self) -> np.ndarray:
         return self.state[:, 0]
 
-    def per_env_models(self) -> list[mujoco.MjModel]:
-        """Give every env its own model copy (once), so randomization can change one env's physics."""
+    def per_env_models(self, env_ids: np.ndarray) -> list[mujoco.MjModel]:
+        """Give every env its own model copy (once), so randomization can change one env's physics; ``env_ids``:
+        the envs whose copies the caller changes (every env steps with its own copy here)."""
         if not self._own_models:
             self.models = [copy.copy(self.model) for _ in range(self.num_envs)]
             self._own_models = True

@@ -80,7 +80,7 @@ def model_event(randomizer):
     """Turn a layer-1 function into an event that rewrites the given envs' own model copies."""
 
     def event(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
-        models = env.sim.per_env_models()
+        models = env.sim.per_env_models(env_ids)
         for i in env_ids:
             randomizer(models[i], env.default_model, env.rng, cfg.range)
 
@@ -90,7 +90,7 @@ def model_event(randomizer):
 
 
 def _apply_actuator_factors(env: TaskEnv, env_ids: np.ndarray) -> None:
-    models = env.sim.per_env_models()
+    models = env.sim.per_env_models(env_ids)
     kp, kd, strength = env.actuator_factors[:, 0], env.actuator_factors[:, 1], env.actuator_factors[:, 2]
     for i in env_ids:
         set_actuator_gains(models[i], env.default_model, kp[i] * strength[i], kd[i] * strength[i])

@@ -96,7 +96,8 @@ class WarpBatch:
         self.model, self.num_envs, self.substeps = model, num_envs, substeps
         self.nthread = 1  # Warp's CPU device runs kernels on one thread
         self.models: list[mujoco.MjModel] = [model] * num_envs
-        self._own_models = self._models_changed = False
+        self._own_models = False
+        self._changed: set[int] = set()  # envs whose model copies changed since the worlds last had them
         data = mujoco.MjData(model)
         mujoco.mj_forward(model, data)
         with self._on_device():
@@ -110,6 +111,7 @@ class WarpBatch:
         self.qpos, self.qvel, self.act = wp.to_torch(d.qpos), wp.to_torch(d.qvel), wp.to_torch(d.act)
         self.time, self.sensordata, self.ctrl = wp.to_torch(d.time), wp.to_torch(d.sensordata), wp.to_torch(d.ctrl)
         self._qfrc_applied = wp.to_torch(d.qfrc_applied)
+        self._model_fields = {field: wp.to_torch(getattr(self._model, field)) for field in RANDOMIZED_FIELDS}
         self._counts = [wp.to_torch(d.nacon), wp.to_torch(d.nefc)]
         self._limits = torch.tensor([CONTACTS_PER_WORLD * num_envs, CONSTRAINTS_PER_WORLD])
         self._high_water = torch.zeros(2, dtype=torch.int64, device=self.qpos.device)
@@ -132,25 +134,25 @@ class WarpBatch:
             yield
             torch_stream.wait_stream(warp_stream)  # and torch reads the state after the physics
 
-    def per_env_models(self) -> list[mujoco.MjModel]:
-        """Every env's own model copy (made once); what randomization writes there reaches the worlds before
-        the next step."""
+    def per_env_models(self, env_ids: np.ndarray) -> list[mujoco.MjModel]:
+        """Every env's own model copy (made once), for changes to those of ``env_ids``: their randomized fields
+        reach their worlds before the next step (only theirs: on a GPU, envs reset every step)."""
         if not self._own_models:
             self.models = [copy.copy(self.model) for _ in range(self.num_envs)]
             self._own_models = True
-        self._models_changed = True
+        self._changed.update(int(i) for i in env_ids)
         return self.models
 
     def _sync_models(self) -> None:
+        ids = sorted(self._changed)
+        self._changed.clear()
         for field in UNSUPPORTED_FIELDS:
-            if any(not np.array_equal(getattr(m, field), getattr(self.model, field)) for m in self.models):
+            if any(not np.array_equal(getattr(self.models[i], field), getattr(self.model, field)) for i in ids):
                 raise WarpBackendError(UNSUPPORTED_FIELDS[field])
-        with self._on_device():
-            for field in RANDOMIZED_FIELDS:
-                target = getattr(self._model, field)
-                shape = tuple(target.shape) + tuple(getattr(target.dtype, "_shape_", ()))  # worlds x items x vector
-                target.assign(np.stack([getattr(m, field) for m in self.models]).reshape(shape))
-        self._models_changed = False
+        index = torch.as_tensor(ids, device=self.qpos.device)
+        for field, worlds in self._model_fields.items():  # [worlds, items(, vector)], torch views of Warp's
+            values = np.stack([getattr(self.models[i], field) for i in ids]).reshape(len(ids), *worlds.shape[1:])
+            worlds[index] = torch.as_tensor(values, dtype=worlds.dtype, device=worlds.device)
 
     def _substeps(self) -> None:
         for _ in range(self.substeps):
@@ -158,7 +160,7 @@ class WarpBatch:
 
     def step(self, ctrl: torch.Tensor, qfrc_applied: torch.Tensor | None = None) -> None:
         """Advance every env by ``substeps`` physics steps holding ``ctrl`` [N, nu] (zero-order hold)."""
-        if self._models_changed:
+        if self._changed:
             self._sync_models()
         self.ctrl.copy_(ctrl)
         if qfrc_applied is None:
@@ -197,7 +199,7 @@ class WarpBatch:
 
     def forward(self, env_ids: np.ndarray) -> None:
         """Recompute sensors (and everything derived) after states were written directly (resets, pushes)."""
-        if self._models_changed:
+        if self._changed:
             self._sync_models()
         with self._on_device():
             self._mjw.forward(self._model, self._data)

@@ -48,6 +48,22 @@ def test_the_same_task_steps_alike_on_both_backends(task):
             env.close()
 
 
+def test_a_model_copy_changed_for_one_env_reaches_its_world_alone():
+    """Only the worlds whose copies changed are copied to the device (on a GPU envs reset every step): a drone
+    made 1.5 times heavier in env 1 alone steps as its C-backend twin does, and so do the others."""
+    envs = both("cf2-hover", play=True, overrides=[])
+    try:
+        for env in envs.values():
+            env.sim.per_env_models(np.array([1]))[1].body_mass[1] *= 1.5
+        state, observation, reward = worst_differences(envs, steps=20, seed=1)
+        assert state < STATE_TOLERANCE and max(observation, reward) < OBSERVATION_TOLERANCE
+        climb = envs["warp"].sim_array("qvel")[:, 2]
+        assert climb[1] < min(climb[0], climb[2]) - 0.5  # the heavy one sinks: its world did get the mass
+    finally:
+        for env in envs.values():
+            env.close()
+
+
 @pytest.mark.parametrize("task", ["go2-walk", "panda-lift"])
 def test_randomized_parameters_land_in_the_right_worlds(task):
     """Masses, friction, damping, armature, gains (go2-walk) and the cube's mass and friction (panda-lift) differ

@@ -141,7 +141,7 @@ def place_hole(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     h, n, rng = task.hole, len(env_ids), env.rng
     pos = np.stack([rng.uniform(*h.x, n), rng.uniform(*h.y, n), np.full(n, task.table.height)], axis=1)
     quat = mdp.yaw_quat(rng.uniform(*h.yaw, n))
-    models, body = env.sim.per_env_models(), env.default_model.body(HOLE).id
+    models, body = env.sim.per_env_models(env_ids), env.default_model.body(HOLE).id
     for k, i in enumerate(env_ids):
         models[i].body_pos[body] = pos[k]
         models[i].body_quat[body] = quat[k]

@@ -273,7 +273,7 @@ def object_mass(env: TaskEnv, env_ids: np.ndarray, cfg: EventConfig) -> None:
     """The object's mass and inertia scaled by one factor per env (lighter or denser objects). MuJoCo derives
     constants from the masses when it compiles (subtree masses, the inverse weights that size constraint
     softness); ``mj_setConst`` recomputes them, without which a heavier object's grasp turns soft and slips."""
-    models, default = env.sim.per_env_models(), env.default_model
+    models, default = env.sim.per_env_models(env_ids), env.default_model
     body, data = default.body(OBJECT).id, mujoco.MjData(default)
     for i in env_ids:
         factor = env.rng.uniform(*cfg.range)
