@@ -44,10 +44,11 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
 
 
 def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` summed over the ranks (a new tensor; the input is untouched)."""
+    """``value`` summed over the ranks (the input is not modified; in a single process it is returned as it is)."""
+    if not active():
+        return value
     out = value.detach().clone()
-    if active():
-        dist.all_reduce(out)
+    dist.all_reduce(out)
     return out
 
 
@@ -65,12 +66,17 @@ def broadcast_state(alg: Any) -> None:
         alg.load_state_dict(box[0])
 
 
-def parameters_in_sync(modules: Iterable[torch.nn.Module]) -> bool:
-    """Whether every rank holds bit-identical parameters and buffers (all ranks must call it)."""
+def algorithm_modules(alg: Any) -> list[torch.nn.Module]:
+    """The networks (and normalizers) an algorithm object holds as attributes."""
+    return [module for module in vars(alg).values() if isinstance(module, torch.nn.Module)]
+
+
+def parameters_in_sync(alg: Any) -> bool:
+    """Whether every rank holds bit-identical parameters and buffers of ``alg`` (all ranks must call it)."""
     if not active():
         return True
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64)  # on their device: NCCL reduces GPU tensors only
-                      for m in modules for t in [*m.parameters(), *m.buffers()]])
+                      for m in algorithm_modules(alg) for t in [*m.parameters(), *m.buffers()]])
     low, high = flat.clone(), flat.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)

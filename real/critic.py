@@ -136,8 +136,8 @@ class RiskFeatures:
 
 
 class RiskCritic:
-    """A bundle's critic for one robot: ``risk(state, command)`` in [0, 1]; above ``epsilon`` the safety layer
-    runs ``recovery`` instead of the command. Refuses (``BundleError``) a critic whose inputs are not this robot's
+    """A bundle's critic for one robot: ``judge(state)(command)``, the risk in [0, 1]; above ``epsilon`` the safety
+    layer runs ``recovery`` instead of the command. Refuses (``BundleError``) a critic whose inputs are not this robot's
     features or whose graph does not take and give what its metadata says."""
 
     def __init__(self, bundle_path: str | Path, metadata: dict[str, Any], features: RiskFeatures):
@@ -170,9 +170,6 @@ class RiskCritic:
 
     def risk_of(self, features: np.ndarray) -> np.ndarray:
         return self.session.run([CRITIC_OUTPUT], {CRITIC_INPUT: features})[0][:, 0]
-
-    def risk(self, state: RobotState, command: np.ndarray) -> float:
-        return self.judge(state)(command)
 
     def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
         """The risk of commands in one measured ``state``, its own features computed once: a tick judges the

@@ -166,10 +166,8 @@ class SafetyCritic(Protocol):
     epsilon: float
     judges_recovery: bool  # its risk of the recovery's commands is learned too: recover only where it is lower
 
-    def risk(self, state: RobotState, command: np.ndarray) -> float: ...
-
     def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
-        """``risk`` of commands in ``state``, what depends on the state alone computed once."""
+        """The risk of commands in ``state`` (what depends on the state alone computed once)."""
 
 
 def tilt(quat_wxyz: np.ndarray) -> float:

@@ -104,9 +104,10 @@ class TaskEnv(PolicyState, VecEnv):
         self.episode_length = torch.zeros(n, dtype=torch.long, device=dev)
         self.terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self.latency = torch.zeros(n, dtype=torch.long, device=dev)  # action delay, control steps
+        self._torch_physics = torch.is_tensor(self.sim.qpos)  # the backend keeps its state in torch tensors (warp)
         # qfrc_applied held over the control step, an array of the physics' kind (numpy, or torch on its device)
-        self.external_force = (torch.zeros((n, model.nv), device=self.sim.qpos.device)
-                               if torch.is_tensor(self.sim.qpos) else np.zeros((n, model.nv)))
+        self.external_force = (torch.zeros((n, model.nv), device=self.sim.qpos.device) if self._torch_physics
+                               else np.zeros((n, model.nv)))
         self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
         self.ctrl = self._ctrl_offset.repeat(n, 1)  # controls applied this step (after any latency)
         self._ctrl_history: torch.Tensor | None = None  # [max_latency+1, N, nu], newest first
@@ -283,7 +284,7 @@ class TaskEnv(PolicyState, VecEnv):
     def _advance(self, ctrl: torch.Tensor, before_reset: Callable[[], None] | None = None):
         self.ctrl = ctrl
         self._run_interval_events()
-        if torch.is_tensor(self.sim.qpos):
+        if self._torch_physics:
             self.sim.step(self.ctrl, self.external_force)
         else:
             self.sim.step(self.ctrl.cpu().numpy().astype(np.float64), self.external_force)

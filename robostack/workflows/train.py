@@ -464,8 +464,7 @@ def train(
                                  "return": f"{last_shown.get('mean_return', float('nan')):.2f}",
                                  "success": f"{last_shown.get('success_rate', float('nan')):.2f}"}, refresh=False)
                 bar.update(1)
-        in_sync = distributed.parameters_in_sync(
-            [module for module in vars(alg).values() if isinstance(module, torch.nn.Module)])
+        in_sync = distributed.parameters_in_sync(alg)
     finally:
         if bar is not None:
             bar.close()

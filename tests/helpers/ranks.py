@@ -9,8 +9,10 @@ import torch.distributed as dist
 
 
 def flat_state(alg) -> torch.Tensor:
-    modules = [m for m in vars(alg).values() if isinstance(m, torch.nn.Module)]
-    return torch.cat([t.detach().reshape(-1).double() for m in modules for t in [*m.parameters(), *m.buffers()]])
+    from robostack.policies.distributed import algorithm_modules
+
+    return torch.cat([t.detach().reshape(-1).double() for m in algorithm_modules(alg)
+                      for t in [*m.parameters(), *m.buffers()]])
 
 
 def train_rank(rank: int, world: int, port: int, algo: str, out_dir: str, average: bool) -> None:
@@ -43,8 +45,7 @@ def train_rank(rank: int, world: int, port: int, algo: str, out_dir: str, averag
                 reward_sum += float(reward.sum())
             learner.end_rollout(obs)
         learner.update()
-    in_sync = distributed.parameters_in_sync(
-        [m for m in vars(learner.alg).values() if isinstance(m, torch.nn.Module)])
+    in_sync = distributed.parameters_in_sync(learner.alg)
     normalizer = learner.alg.actor_critic.policy_normalizer if algo == "ppo" else learner.alg.critic_normalizer
     torch.save({"state": flat_state(learner.alg), "initial": initial, "reward_sum": reward_sum, "in_sync": in_sync,
                 "normalizer_count": float(normalizer.count), "rows": 2 * 16 * learner.num_steps_per_env},

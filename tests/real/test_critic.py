@@ -111,7 +111,7 @@ def test_export_and_load_round_trip_gives_the_networks_risk(tmp_path):
         x = features(MeasuredBatch.of([state], []), command)
         with torch.no_grad():
             expected = float(net(torch.as_tensor(x))[0, 0])
-        assert critic.risk(state, command) == pytest.approx(expected, abs=1e-6)
+        assert critic.judge(state)(command) == pytest.approx(expected, abs=1e-6)
     # the policy's own files and actions are untouched
     assert (bundle / "policy.onnx").read_bytes() == (ROOT / "bundles" / "cf2-hover" / "policy.onnx").read_bytes()
     without = {k: v for k, v in before.items() if k != "critic"}
