@@ -38,7 +38,9 @@ Design choices:
 * **Critics with LayerNorm** (RLPD) keep Q from blowing up at high update-to-data ratios.
 * **Prior data** (demonstrations, interventions): a second buffer of the same layout; each minibatch draws
   ``round(prior_ratio * batch_size)`` samples from it and the rest from the online buffer (RLPD's
-  symmetric sampling).
+  symmetric sampling). ``prior_bc_weight`` adds a behaviour-cloning term on the prior rows to the actor's loss
+  (the actor's mean action towards their actions): with a human's few takeovers as the prior data, the critic
+  alone learns slowly which of their actions matter (``robostack.policies.rlif``).
 * **Checkpoints** hold the networks, optimizers, temperature and transition counter, not the replay
   buffer (up to millions of rows). A resumed run refills the buffer with its *current* policy (no more
   random actions) and updates again once it holds ``learning_starts`` transitions.
@@ -66,7 +68,7 @@ from robostack.policies.ppo import EmpiricalNormalizer, _activation, gaussian_lo
 from robostack.specs import AlgorithmSpec
 
 __all__ = ["SACConfig", "ReplayBuffer", "SquashedGaussianActor", "TwinQ", "SAC", "compute_targets",
-           "squashed_log_prob", "polyak_update", "BUFFER_KEYS", "SACLearner", "export_policy"]
+           "squashed_log_prob", "polyak_update", "BUFFER_KEYS", "SACLearner", "export_policy", "sample_mixed"]
 
 # the layout of a transition, shared by the online and the prior-data buffers
 BUFFER_KEYS = ("policy_obs", "critic_obs", "actions", "rewards", "next_policy_obs", "next_critic_obs", "dones")
@@ -96,6 +98,7 @@ class SACConfig:
     max_grad_norm: float | None = None  # None = no clipping
     prior_ratio: float = 0.5  # share of each minibatch drawn from the prior-data buffer, when one is loaded
     prior_data: str | None = None  # trainer: torch file with a dict of BUFFER_KEYS tensors
+    prior_bc_weight: float = 0.0  # weight of a behaviour-cloning term pulling the actor to the prior rows' actions
     num_envs: int | None = None  # trainer: replaces TrainConfig.num_envs when this algorithm runs
     max_iterations: int | None = None  # trainer: replaces TrainConfig.max_iterations when this algorithm runs
 
@@ -206,6 +209,20 @@ class ReplayBuffer:
         for key, value in state["data"].items():
             self.data[key][:size] = value.to(self.device)
         self.size, self.ptr = size, int(state["ptr"]) % self.capacity
+
+
+def sample_mixed(buffer: ReplayBuffer, prior_buffer: ReplayBuffer | None, prior_ratio: float, n: int,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """``n`` transitions: ``round(prior_ratio * n)`` from ``prior_buffer`` (all of them while ``buffer`` is empty),
+    the rest from ``buffer``, prior rows first (``num_prior`` of them); just ``buffer`` when there is no prior data
+    (RLPD's symmetric sampling)."""
+    if prior_buffer is None or len(prior_buffer) == 0:
+        return buffer.sample(n, generator)
+    n_prior = n if len(buffer) == 0 else round(prior_ratio * n)
+    parts = [prior_buffer.sample(n_prior, generator)] if n_prior else []
+    if n - n_prior:
+        parts.append(buffer.sample(n - n_prior, generator))
+    return {k: torch.cat([p[k] for p in parts]) for k in BUFFER_KEYS} | {"num_prior": n_prior}
 
 
 # ----------------------------------------------------------------------------------------- networks
@@ -469,15 +486,7 @@ class SAC:
                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """A minibatch: ``round(prior_ratio * n)`` rows from the prior-data buffer (if any), the rest online."""
         n = self.cfg.batch_size if batch_size is None else batch_size
-        if self.prior_buffer is None or len(self.prior_buffer) == 0:
-            return self.buffer.sample(n, generator)
-        n_prior = int(round(self.cfg.prior_ratio * n))
-        if len(self.buffer) == 0:
-            n_prior = n
-        parts = [self.prior_buffer.sample(n_prior, generator)] if n_prior else []
-        if n - n_prior:
-            parts.append(self.buffer.sample(n - n_prior, generator))
-        return {k: torch.cat([p[k] for p in parts]) for k in BUFFER_KEYS}
+        return sample_mixed(self.buffer, self.prior_buffer, self.cfg.prior_ratio, n, generator)
 
     def _reduce_and_clip(self, module: nn.Module) -> None:
         """The gradients averaged over the ranks (data-parallel training), then clipped."""
@@ -525,6 +534,11 @@ class SAC:
                 q1_pi, q2_pi = self.critic(critic_obs, a)
                 self.critic.requires_grad_(True)
                 actor_loss = (alpha * log_prob - torch.minimum(q1_pi, q2_pi)).mean()
+                n_prior = b.get("num_prior", 0)
+                if cfg.prior_bc_weight and n_prior:  # the actor's mean action towards the prior rows' actions
+                    mean, _ = self.actor(b["policy_obs"][:n_prior])
+                    target = self.actor.from_env_action(b["actions"][:n_prior])
+                    actor_loss = actor_loss + cfg.prior_bc_weight * F.mse_loss(torch.tanh(mean), target)
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 actor_loss.backward()
                 self._reduce_and_clip(self.actor)

@@ -46,6 +46,8 @@ HANG_S = 2.0  # a running commander whose commands have been stale this long han
 STOP_WAIT_S = 5.0  # SIGINT, then SIGKILL after this long
 FALLBACK_WAIT_S = 30.0  # the longest a wind-down waits for the safety node's fallback to complete
 POLL_S = 0.05
+# sim_robot_node's report at every episode end (its EPISODE_TOPIC; JSON: episode, success, return, length, metrics)
+SIM_EPISODE = ("sim/episode", "std_msgs/msg/String")
 
 
 @dataclass
@@ -64,12 +66,14 @@ def _driver_topics(robot: str, task: str | None) -> list[Any]:
                         topics.object, *topics.fixtures.values()) if t is not None]
 
 
-def recorded_topics(robot: str, task: str | None = None) -> list[str]:
+def recorded_topics(robot: str, task: str | None = None, sim: bool = False) -> list[str]:
     """``/topic:type`` entries the recorder takes: the robot's topics (``_driver_topics``) and everything the
-    RoboStack nodes say to each other (policy and human commands, takeovers, overrides, diagnostics)."""
+    RoboStack nodes say to each other (policy and human commands, takeovers, overrides, diagnostics); ``sim``: also
+    the simulated robot's episode reports, where ``convert_bag`` cuts the bag into episodes."""
     entries = [(t.topic, t.type) for t in _driver_topics(robot, task)]
     entries += [INTERNAL[k] for k in ("policy_command", "teleop_command", "teleop_active", "intervention", "override",
                                       "diagnostics")]
+    entries += [SIM_EPISODE] if sim else []
     return [f"{topic}:{type_}" for topic, type_ in entries]
 
 
@@ -142,7 +146,7 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": spec.name, "bundle": policy, "input": teleop}))
     if record:
         nodes.append(NodeSpec("recorder_node", "recorder_node",
-                              {"topics": recorded_topics(spec.name, bundle.task),
+                              {"topics": recorded_topics(spec.name, bundle.task, sim),
                                "best_effort_topics": best_effort_topics(spec.name, bundle.task),
                                "output": str(Path(record).resolve())}))
     return nodes
@@ -293,6 +297,13 @@ class GraphResult:
     failure: str | None  # what ended the deployment early, in one line (None: it ended as asked)
     interrupted: bool  # by SIGINT or SIGTERM
     rest: str  # how the robot was left: the safety node's last fallback phase, and whether it completed
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary ``wait_for`` printed last (the simulated robot's episodes), or {} if none."""
+        for line in reversed(self.output.splitlines()):
+            if line.strip().startswith("{"):
+                return json.loads(line)
+        return {}
 
 
 def _read_status(path: Path) -> dict[str, Any]:

@@ -9,8 +9,9 @@ comes from the bundle: its task (whose own observation terms build the observati
 ``robostack.real.observation``), joint order, action mapping and control rate. An actor-critic bundle maps
 the observation vector to an action; a chunk (diffusion) bundle reads the measured state as its dataset
 recorded it and executes action chunks (history, query period and temporal ensembling from its metadata,
-``robostack.bundle.chunks.ChunkExecutor``); a residual bundle corrects its base chunk bundle's action. Each kind
-acts through its own actor (``robostack.bundle.kinds``), the one evaluation in simulation runs too.
+``robostack.bundle.chunks.ChunkExecutor``); a residual bundle corrects the action of the bundle in its
+``base/``. Each kind acts through its own actor (``robostack.bundle.kinds``), the one evaluation in simulation
+runs too.
 Tasks with an object (panda-lift) also need its pose on ``topics.object``, tasks that place fixed bodies
 per episode (panda-insert's hole) their poses on ``topics.fixtures``. The robot's topics come
 from ``configs/deploy/<robot>.yaml`` (parameter ``config`` to use another file).
@@ -86,11 +87,11 @@ class PolicyRunner:
             raise ValueError(f"task {self.bundle.task!r} places {unmeasured} per episode, but the deploy config of "
                              f"robot {self.bundle.robot!r} has no topics.fixtures for them (their poses)")
         kind = registry.bundle_kind(self.bundle.metadata.get("kind", ACTOR_CRITIC))
-        # every view of the measured state the actor reads (a residual's base reads the state as its dataset
-        # recorded it): each gets every update
+        # every view of the measured state the actor reads (a residual's chunk base reads the state as its dataset
+        # recorded it; an actor-critic base reads the residual's own observation): each gets every update
         self.builders = [self.builder]
         base_source = None
-        if kind.has_base:
+        if kind.has_base and self.bundle.base.metadata.get("kind", ACTOR_CRITIC) != ACTOR_CRITIC:
             base_source = ObservationBuilder(self.bundle.base.metadata)
             self.builders.append(base_source)
         self.actor = kind.actor(self.bundle, self.builder, num_envs=1, seed=0, base_source=base_source)

@@ -108,7 +108,7 @@ class TaskEnv(PolicyState, VecEnv):
         # qfrc_applied held over the control step, an array of the physics' kind (numpy, or torch on its device)
         self.external_force = (torch.zeros((n, model.nv), device=self.sim.qpos.device) if self._torch_physics
                                else np.zeros((n, model.nv)))
-        self.actuator_factors = np.ones((n, 3, model.nu))  # kp, kd, strength multipliers (randomization)
+        self.actuator_factors = np.ones((n, 4, model.nu))  # kp, kd, strength, weak-motor multipliers (randomization)
         self.ctrl = self._ctrl_offset.repeat(n, 1)  # controls applied this step (after any latency)
         self._ctrl_history: torch.Tensor | None = None  # [max_latency+1, N, nu], newest first
         self._sensor_slices = sensor_slices(model)

@@ -43,13 +43,40 @@ class EventConfig:
 
 
 @dataclass
+class WeakMotorConfig(EventConfig):
+    """``count`` actuators per env, picked at random (or the fixed ``actuators``), lose strength: their output
+    scaled within ``range`` on top of ``motor_strength`` (a worn motor, a chipped propeller). A task shift for
+    evaluation, off unless enabled."""
+
+    mode: Literal["startup", "reset"] = "startup"
+    enabled: bool = False
+    count: int = 1
+    actuators: tuple[int, ...] = ()  # fixed actuator indices instead of ``count`` random ones
+
+
+@dataclass
+class PayloadConfig:
+    """A point mass of ``mass`` kg fixed to ``body`` (the floating base where "") at ``offset`` from its centre of
+    mass (m per axis of the body frame), both uniform per env. A task shift for evaluation, off unless enabled."""
+
+    mode: Literal["startup", "reset"] = "startup"
+    enabled: bool = False
+    mass: tuple[float, float] = (0.0, 0.0)
+    offset: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = ((0.0, 0.0),) * 3
+    body: str = ""
+
+
+@dataclass
 class RandomizationConfig:
-    """What every task randomizes; a task's own config class adds its further events as fields."""
+    """What every task randomizes; a task's own config class adds its further events as fields. The task shifts
+    (``weak_motor``, ``payload``) default to off, so configs written before them still load."""
 
     enabled: bool  # False in the play variant
     observation_noise: float  # multiplier on every observation term's noise
     link_mass: EventConfig
     com_offset: EventConfig
+    weak_motor: WeakMotorConfig = field(default_factory=WeakMotorConfig, kw_only=True)
+    payload: PayloadConfig = field(default_factory=PayloadConfig, kw_only=True)
 
 
 # ----- term specs the task assembles -----
@@ -119,7 +146,7 @@ class DoneTerm:
 @dataclass
 class EventTerm:
     func: EventFn
-    cfg: EventConfig
+    cfg: EventConfig | PayloadConfig
     randomization: bool = True  # the play variant turns randomization events off, keeps the rest
 
 

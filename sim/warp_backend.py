@@ -15,7 +15,8 @@ Randomization writes per-env ``MjModel`` copies, as on the C backend (``per_env_
 change (``RANDOMIZED_FIELDS``: masses, inertias, friction, damping, armature, gains, body poses, and the constants
 ``mj_setConst`` derives from masses) are batched per world in the Warp model and copied from the copies before the
 next step (in place: a captured graph stays valid). A randomized field that does not reach MuJoCo Warp yet
-(``UNSUPPORTED_FIELDS``: the centre of mass) is an error naming it, never a silent difference.
+(``UNSUPPORTED_FIELDS``: the centre of mass, which ``com_offset`` and an off-centre ``payload`` move) is an error
+naming them, never a silent difference.
 A model MuJoCo Warp cannot simulate (a geom pair, a sensor, an integrator it lacks) is refused when the env is
 made, with MuJoCo Warp's own words for what is missing. Compiled kernels are cached in ``WARP_CACHE``
 (``.cache/warp`` in the working directory unless ``ROBOSTACK_WARP_CACHE`` says otherwise), not in ``$HOME``.
@@ -41,9 +42,11 @@ RANDOMIZED_FIELDS = ("body_mass", "body_inertia", "body_pos", "body_quat", "body
                      "body_invweight0", "dof_invweight0", "dof_damping", "dof_armature", "geom_friction", "actuator_gainprm",
                      "actuator_biasprm")
 # Randomized per env on the C backend, not here yet: what differs and why.
-UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on the warp backend yet: with "
-                                   "per-world centres of mass, go2-walk's worlds leave their C-backend twins within "
-                                   "a control step (by up to 0.03 m; cause not found); set its range to [0, 0]"}
+UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on the warp backend yet, nor a "
+                                   "randomization.payload off its body's centre of mass: with per-world centres of "
+                                   "mass, go2-walk's worlds leave their C-backend twins within a control step (by up "
+                                   "to 0.03 m; cause not found); set com_offset's range to [0, 0] and the payload's "
+                                   "offset to [[0, 0], [0, 0], [0, 0]]"}
 WARP_CACHE = Path(os.environ.get("ROBOSTACK_WARP_CACHE", Path.cwd() / ".cache" / "warp"))
 CONTACTS_PER_WORLD = 64  # contact and constraint buffers, per world (an overflow is an error, see step)
 CONSTRAINTS_PER_WORLD = 256

@@ -53,14 +53,17 @@ same three files; its graph runs every denoising step of one action chunk::
                     n_action_steps, num_inference_steps, query_every, ensemble_coef, inputs}, and robot, task,
                     joint_names, control rate, task_config, training, files and content_hash as above
 
-A residual bundle (``"kind": "residual"``: ``robostack.workflows.export.export_residual``) is a vector policy
-that corrects a chunk bundle kept in ``base/``::
+A residual bundle (``"kind": "residual"``: ``robostack.workflows.export.write_residual_bundle``) is a vector
+policy that corrects the bundle kept in ``base/``: an actor-critic, or a chunk bundle acting in the task's actions,
+of the same task, robot, joint order, control rate and actions; the base acts through its own kind's actor::
 
-    policy.onnx     input "obs" [batch, obs_dim]: the task's policy observation, then the base's action;
-                    output "action" [batch, action_dim]: the correction in [-1, 1]
+    policy.onnx     input "obs" [batch, obs_dim]: the task's policy observation (an actor-critic base's own
+                    observation), then the base's action; output "action" [batch, action_dim]: the correction
+                    in [-1, 1]
     metadata        observation {dim, terms: [..., {name: "base_action", dim: action_dim}]}, action (the
                     base's), residual {scale, executed}: the executed action is clip(base action + scale *
-                    correction, -1, 1); base {path: "base", content_hash: the base bundle's}
+                    half_range * clip(correction, -1, 1), low, high) with [low, high] = action.range
+                    (``format.residual_executed``); base {path: "base", content_hash: the base bundle's}
 
 Modules: ``format`` (names, hashing, reading and checking the metadata, the contract), ``load`` (the loaded
 bundles and ``load_bundle``), ``kinds`` (each kind's checks, loader and actor, registered), ``chunks`` (running a

@@ -40,6 +40,8 @@ ACTOR_CRITIC, CHUNK, RESIDUAL = "actor_critic", "chunk", "residual"  # metadata 
 
 RESIDUAL_BASE_TERM = "base_action"  # a residual's last observation term: the action of the base it corrects
 
+RESIDUAL_EXECUTED = "clip(base action + scale * half_range * clip(residual, -1, 1), low, high)"  # action.range
+
 CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 
 ONNX_OPSET = 17
@@ -49,6 +51,13 @@ REQUIRED = ("robot", "task", "observation", "action", "task_config", "content_ha
 
 class BundleError(ValueError):
     """A policy bundle that cannot be used: the message names the bundle and the problem."""
+
+
+def residual_executed(base_action: Any, residual: Any, scale: float, low: Any, high: Any) -> Any:
+    """The action a residual executes (``RESIDUAL_EXECUTED``): its base's, corrected by up to ``scale`` of the
+    half-range of the actions, which span [``low``, ``high``]. One rule for training (torch tensors,
+    ``robostack.workflows.residual.ResidualEnv``) and deployment (numpy arrays, ``ResidualPolicyBundle``)."""
+    return (base_action + scale * (high - low) / 2 * residual.clip(-1.0, 1.0)).clip(low, high)
 
 
 # ------------------------------------------------------------------------------------------ hashing

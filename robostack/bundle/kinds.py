@@ -5,7 +5,8 @@ bundle's kind here from its metadata's ``kind``, and ``policy_node`` runs whiche
 * ``actor_critic``: a vector policy, observation vector in, action out (PPO, SAC);
 * ``chunk``: a diffusion policy whose graph runs every denoising step of an action chunk; executed step by step
   with its history, query period and temporal ensembling (``robostack.bundle.chunks``);
-* ``residual``: a vector policy correcting the action of the chunk bundle in ``base/``.
+* ``residual``: a vector policy correcting the action of the bundle in ``base/`` (an actor-critic, or a chunk
+  bundle acting in the task's actions), which acts through its own kind's actor.
 
 An actor runs a bundle for a batch of robots whose observations an ``ObservationSource`` gives: the vector
 observation or the measured state as datasets record it. Numpy and onnxruntime only.
@@ -94,10 +95,12 @@ def check_chunk(meta: dict[str, Any], fail: Fail) -> None:
 
 
 def check_residual(meta: dict[str, Any], fail: Fail) -> None:
-    """A residual bundle: its observation ends with the base's action, its scale is sane, its base is named."""
+    """A residual bundle: its observation ends with the base's action, its scale is sane, its actions have a
+    range (the executed action is clipped to it), its base is named."""
     try:
         terms, obs_dim = meta["observation"]["terms"], int(meta["observation"]["dim"])
         act_dim = int(meta["action"]["dim"])
+        low, high = (float(v) for v in meta["action"]["range"])
         total = sum(int(t["dim"]) for t in terms)
         scale, base = float(meta["residual"]["scale"]), meta["base"]
         base_ok = base["path"] == BASE_DIR and isinstance(base["content_hash"], str)
@@ -108,6 +111,35 @@ def check_residual(meta: dict[str, Any], fail: Fail) -> None:
                    f"the base's action ({RESIDUAL_BASE_TERM}, {act_dim} values)")
     if not 0.0 < scale <= 2.0 or not base_ok:
         raise fail(f"residual.scale must be in (0, 2] (got {scale}) and base must name {BASE_DIR!r} and its hash")
+    if not low < high:
+        raise fail(f"action.range must be [low, high] with low < high, got {meta['action']['range']}")
+
+
+RESIDUAL_SHARES = ("task", "robot", "joint_names", "control_rate_hz", "action")  # what a residual and its base agree on
+
+
+def check_residual_base(where: str, meta: dict[str, Any], base: Any) -> None:
+    """``base`` fits the residual whose metadata is ``meta``: it is the bundle the residual was written with (content
+    hash), an actor-critic (whose observation is the residual's before the base's action) or a chunk bundle acting
+    in the task's actions, for the same task, robot, joint order, control rate and actions. ``where`` names the
+    residual in the error."""
+    if not isinstance(base, PolicyBundle) and not (isinstance(base, ChunkPolicyBundle)
+                                                   and base.metadata["action"].get("kind") == "task"):
+        raise BundleError(f"{where}: its base is neither an actor-critic bundle nor a chunk bundle acting in the "
+                          "task's actions")
+    if base.metadata["content_hash"] != meta["base"]["content_hash"]:
+        raise BundleError(f"{where}: {BASE_DIR}/ is not the base this residual was exported with "
+                          f"(content hash {base.metadata['content_hash'][:12]}..., expected "
+                          f"{meta['base']['content_hash'][:12]}...)")
+    differing = [key for key in RESIDUAL_SHARES if base.metadata.get(key) != meta.get(key)]
+    if differing:
+        first = differing[0]
+        raise BundleError(f"{where}: its base ({BASE_DIR}/) differs in {', '.join(differing)} ({first} "
+                          f"{base.metadata.get(first)!r}, the residual's {meta.get(first)!r})")
+    if isinstance(base, PolicyBundle) and base.metadata["observation"]["terms"] != meta["observation"]["terms"][:-1]:
+        raise BundleError(f"{where}: its observation before {RESIDUAL_BASE_TERM} is not its base's "
+                          f"({[t['name'] for t in meta['observation']['terms'][:-1]]}, the base's "
+                          f"{[t['name'] for t in base.metadata['observation']['terms']]})")
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -151,14 +183,8 @@ def load_chunk(root: Path, meta: dict[str, Any], session: Any, base: Any = None)
 
 
 def load_residual(root: Path, meta: dict[str, Any], session: Any, base: Any) -> ResidualPolicyBundle:
-    """Its graph as a vector policy's, and ``base`` must be the chunk bundle acting in the task's actions that
-    the residual was exported with."""
-    if not isinstance(base, ChunkPolicyBundle) or base.metadata["action"].get("kind") != "task":
-        raise BundleError(f"bundle {root}: its base is not a chunk bundle acting in the task's actions")
-    if base.metadata["content_hash"] != meta["base"]["content_hash"]:
-        raise BundleError(f"bundle {root}: {BASE_DIR}/ is not the base this residual was exported with "
-                          f"(content hash {base.metadata['content_hash'][:12]}..., expected "
-                          f"{meta['base']['content_hash'][:12]}...)")
+    """Its graph as a vector policy's, and ``base`` the bundle it was written with (``check_residual_base``)."""
+    check_residual_base(f"bundle {root}", meta, base)
     _check_vector_graph(root, meta, session)
     return ResidualPolicyBundle(root, meta, session, base)
 
@@ -220,15 +246,19 @@ def chunk_actor(bundle: ChunkPolicyBundle, source: ObservationSource, num_envs: 
 
 
 class ResidualActor:
-    """A residual bundle: its base chunk bundle's action, corrected from the policy observation and that action.
-    ``source`` gives the residual's observation, ``base_source`` (default: ``source``) the base's features."""
+    """A residual bundle: its base's action, from the base kind's own actor, corrected from the policy observation
+    and that action. ``source`` gives the residual's observation, which an actor-critic base reads too (the task's
+    policy observation, with the policy's state: past actions, integrals); a chunk base reads the measured state
+    from ``base_source`` (default: ``source``)."""
 
     writes_controls = False  # load_residual checked that the base acts in the task's actions
 
     def __init__(self, bundle: ResidualPolicyBundle, source: ObservationSource, num_envs: int = 1, seed: int = 0,
                  base_source: ObservationSource | None = None):
         self.bundle, self.source = bundle, source
-        self.base = chunk_actor(bundle.base, base_source or source, num_envs, seed)
+        base = registry.bundle_kind(bundle.base.metadata.get("kind", ACTOR_CRITIC))
+        reads = source if isinstance(bundle.base, PolicyBundle) else base_source or source
+        self.base = base.actor(bundle.base, reads, num_envs, seed)
 
     def act(self) -> np.ndarray:
         base = self.base.act()
@@ -243,5 +273,5 @@ registry.register(BundleKindSpec(ACTOR_CRITIC, "a vector policy: observation vec
                                  check_vector, load_vector, VectorActor))
 registry.register(BundleKindSpec(CHUNK, "a diffusion policy: every denoising step of an action chunk in one graph",
                                  check_chunk, load_chunk, chunk_actor))
-registry.register(BundleKindSpec(RESIDUAL, "a vector policy correcting the action of the chunk bundle in base/",
+registry.register(BundleKindSpec(RESIDUAL, "a vector policy correcting the action of the bundle in base/",
                                  check_residual, load_residual, ResidualActor, has_base=True))

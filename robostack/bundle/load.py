@@ -14,7 +14,7 @@ import numpy as np
 from robostack import registry
 from robostack.bundle.format import (ACTOR_CRITIC, BASE_DIR, CHUNK_NOISE, CHUNK_OUTPUT, CONTRACT_KEY, INPUT_NAME,
                                      METADATA_FILE, ONNX_FILE, OUTPUT_NAME, BundleError, _jsonable, contract,
-                                     read_metadata)
+                                     read_metadata, residual_executed)
 
 
 class LoadedBundle:
@@ -134,18 +134,20 @@ class PolicyBundle(VectorPolicyBundle):
 
 
 class ResidualPolicyBundle(VectorPolicyBundle):
-    """A residual bundle (``robostack.workflows.residual``): ``act(obs)`` is the correction in [-1, 1] from the task's
-    policy observation with the base's action appended; ``base`` is the chunk bundle it corrects, and the
-    executed action is ``clip(base action + scale * correction, -1, 1)``."""
+    """A residual bundle (``robostack.workflows.residual``, ``robostack.workflows.export.write_residual_bundle``):
+    ``act(obs)`` is the correction in [-1, 1] from the task's policy observation with the base's action appended;
+    ``base`` is the bundle it corrects (an actor-critic, or a chunk bundle acting in the task's actions), and the
+    executed action is ``residual_executed`` over the actions' range."""
 
-    def __init__(self, path: Path, metadata: dict[str, Any], session: Any, base: ChunkPolicyBundle):
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any, base: LoadedBundle):
         super().__init__(path, metadata, session)
         self.base = base
         self.scale = float(metadata["residual"]["scale"])
+        self.low, self.high = (float(v) for v in metadata["action"]["range"])
 
     def executed(self, base_action: np.ndarray, correction: np.ndarray) -> np.ndarray:
-        """The action the robot executes: the base's, corrected (actions span [-1, 1])."""
-        return np.clip(np.asarray(base_action) + self.scale * np.clip(correction, -1.0, 1.0), -1.0, 1.0)
+        """The action the robot executes: the base's, corrected."""
+        return residual_executed(np.asarray(base_action), np.asarray(correction), self.scale, self.low, self.high)
 
     def __repr__(self) -> str:
         return (f"ResidualPolicyBundle({str(self.path)!r}, task={self.task!r}, obs_dim={self.obs_dim}, "

@@ -13,9 +13,11 @@ The layout is LeRobot's ``LeRobotDataset`` v3.0, so data moves between RoboStack
 
 Frames: ``index`` (over the dataset), ``episode_index``, ``frame_index``, ``timestamp`` (s from the episode
 start), ``task_index``, ``observation.state``, ``action``, ``next.reward``, ``next.done``,
-``complementary_info.intervention`` (the human was in control during the frame) and any other feature the
-writer was given (``observation.command``, ``observation.environment_state``...). Numeric features are
-scalars (shape ``[1]``: a plain column) or vectors (shape ``[n]``: a fixed-size list column).
+``complementary_info.intervention`` (the human was in control during the frame),
+``complementary_info.takeover_start`` (a takeover's first frame: where the intervention flags turn true, or an
+episode's first frame that is one; datasets written before it lack the column: their flags give it the same
+way) and any other feature the writer was given (``observation.command``, ``observation.environment_state``...).
+Numeric features are scalars (shape ``[1]``: a plain column) or vectors (shape ``[n]``: a fixed-size list column).
 
 Episode rows: LeRobot's ``episode_index``, ``tasks``, ``length``, ``data/chunk_index``, ``data/file_index``,
 ``dataset_from_index``, ``dataset_to_index``, ``videos/KEY/{chunk_index,file_index,from_timestamp,to_timestamp}``,
@@ -89,6 +91,7 @@ EPISODES_PATH = EPISODES_DIR + "/chunk-000/file-000.parquet"
 IMAGE_PREFIX = "observation.images."
 SOURCES = ("teleop", "intervention", "rollout")
 INTERVENTION = "complementary_info.intervention"
+TAKEOVER_START = "complementary_info.takeover_start"
 SUCCESS = "complementary_info.success"  # the frame's episode's outcome: 1 success, 0 failure, -1 unknown
 SOURCE = "complementary_info.source"  # the frame's episode's source: its index in SOURCES
 INFO_KEYS = ("codebase_version", "robot_type", "fps", "features", "total_episodes", "total_frames", "total_tasks",
@@ -110,8 +113,9 @@ def _scalar(dtype: str) -> dict[str, Any]:
 # Bookkeeping every frame has; the writer computes them.
 INDEX_FEATURES = {"timestamp": _scalar("float32"), "frame_index": _scalar("int64"),
                   "episode_index": _scalar("int64"), "index": _scalar("int64"), "task_index": _scalar("int64")}
-# What happened after the frame's action; given to add_episode or defaulted there.
-OUTCOME_FEATURES = {"next.reward": _scalar("float32"), "next.done": _scalar("bool"), INTERVENTION: _scalar("bool")}
+# What happened during and after the frame's action; given to add_episode or defaulted there.
+OUTCOME_FEATURES = {"next.reward": _scalar("float32"), "next.done": _scalar("bool"), INTERVENTION: _scalar("bool"),
+                    TAKEOVER_START: _scalar("bool")}
 # The episode's success and source on each of its frames; the writer computes them from add_episode's arguments.
 EPISODE_FEATURES = {SUCCESS: _scalar("int64"), SOURCE: _scalar("int64")}
 COMPUTED_FEATURES = {**INDEX_FEATURES, **EPISODE_FEATURES}
@@ -773,7 +777,7 @@ class DatasetWriter:
             ("simulated task config", existing.sim_task_config, config)) if theirs != ours]
         # a dataset written before the per-frame outcomes (or with the task in info.json) keeps its own layout
         self.features = {key: ft for key, ft in self.features.items()
-                         if key in existing.features or key not in EPISODE_FEATURES}
+                         if key in existing.features or key not in (*EPISODE_FEATURES, TAKEOVER_START)}
         if "robostack" not in existing.features["action"]:
             self.features["action"] = {k: v for k, v in self.features["action"].items() if k != "robostack"}
         differences.append(feature_difference(existing.features, self.features, "the dataset", "the writer"))
@@ -791,8 +795,9 @@ class DatasetWriter:
 
         ``frames``: per-frame arrays of every declared numeric feature (``[T]`` or ``[T, 1]`` for scalars,
         ``[T, n]`` for vectors); of the standard ones only ``next.reward`` (default 0), ``next.done``
-        (default: true on the last frame) and ``complementary_info.intervention`` (default: true for
-        ``source="teleop"``, else false) may be given: the bookkeeping (index, timestamp...) is computed.
+        (default: true on the last frame), ``complementary_info.intervention`` (default: true for
+        ``source="teleop"``, else false) and ``complementary_info.takeover_start`` (default: where the intervention
+        flags turn true, frame 0 if they start true) may be given: the bookkeeping (index, timestamp...) is computed.
         ``images``: for every camera feature, ``[T, H, W, 3]`` uint8 RGB frames, or the path of a video file
         holding exactly the episode's frames (copied as is, no re-encoding). ``success``: the outcome, None
         when unknown. ``source``: ``teleop``, ``intervention`` or ``rollout``.
@@ -863,10 +868,12 @@ class DatasetWriter:
         length = len(np.asarray(frames["action"]))
         if length < 1:
             raise DatasetError("frames: an episode needs at least one frame")
-        defaults = {"next.reward": np.zeros(length), "next.done": np.arange(length) == length - 1,
-                    INTERVENTION: np.full(length, source == "teleop")}
+        flags = _as_feature_array(INTERVENTION, frames.get(INTERVENTION, np.full(length, source == "teleop")),
+                                  self.features[INTERVENTION], length)
+        defaults = {"next.reward": np.zeros(length), "next.done": np.arange(length) == length - 1, INTERVENTION: flags,
+                    TAKEOVER_START: np.diff(flags.astype(int), prepend=0) == 1}  # the flags turn true (or start so)
         return {key: _as_feature_array(key, frames.get(key, defaults.get(key)), self.features[key], length)
-                for key in [*wanted, *OUTCOME_FEATURES]}
+                for key in [*wanted, *OUTCOME_FEATURES] if key in self.features}  # older datasets: no takeover_start
 
     def _videos(self, images: Mapping[str, Any], length: int) -> dict[str, tuple[np.ndarray, Path | None]]:
         """Camera frames of the episode (decoded from a given video file), checked: key -> (frames, file)."""

@@ -5,14 +5,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from robostack.data.dataset import (COMPUTED_FEATURES, VIDEO_CODEC, Dataset, DatasetError, DatasetWriter, _probe_video,
-                                    _video_file, feature_difference, load_dataset)
+from robostack.data.dataset import (COMPUTED_FEATURES, TAKEOVER_START, VIDEO_CODEC, Dataset, DatasetError,
+                                    DatasetWriter, _probe_video, _video_file, feature_difference, load_dataset)
 
 
 def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> Dataset:
     """Concatenate datasets with identical fps, robot and features into ``out`` (new, or a dataset with the
     same features), reindexing episodes, tasks and frames. Videos that hold exactly one episode in this
-    writer's codec are copied; others are decoded and re-encoded. The simulated task is kept if all agree."""
+    writer's codec are copied; others are decoded and re-encoded. The simulated task is kept if all agree.
+    Datasets written before ``complementary_info.takeover_start`` merge with newer ones: the writer derives it from
+    their intervention flags (and leaves it out when ``out`` is such a dataset)."""
     if not sources:
         raise DatasetError("merge: give at least one source dataset")
     datasets = [load_dataset(source) for source in sources]
@@ -22,7 +24,7 @@ def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> Datas
                            ("robot_type", first.info["robot_type"], other.info["robot_type"])):
             if a != b:
                 raise DatasetError(f"merge: {name} differs: {a!r} in {first.root}, {b!r} in {other.root}")
-        difference = feature_difference(first.features, other.features, str(first.root), str(other.root))
+        difference = feature_difference(_compared(first), _compared(other), str(first.root), str(other.root))
         if difference:
             raise DatasetError(f"merge: {difference}")
     same_task = all(d.sim_task == first.sim_task and d.sim_task_config == first.sim_task_config for d in datasets)
@@ -35,10 +37,16 @@ def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> Datas
                 raise DatasetError(f"merge: {dataset.root} episode {i} has tasks {row['tasks']}; "
                                    "only one task per episode is supported")
             data = dataset.episode(i, images=False)
-            frames = {key: values for key, values in data.items() if key not in COMPUTED_FEATURES}
+            frames = {key: values for key, values in data.items()
+                      if key in writer.features and key not in COMPUTED_FEATURES}
             writer.add_episode(frames, row["tasks"][0], images=_episode_videos(dataset, i),
                                success=row.get("success"), source=row.get("source") or "rollout")
     return load_dataset(out)
+
+
+def _compared(dataset: Dataset) -> dict[str, Any]:
+    """Its features but ``complementary_info.takeover_start``, which the writer derives where a dataset lacks it."""
+    return {key: ft for key, ft in dataset.features.items() if key != TAKEOVER_START}
 
 
 def _episode_videos(dataset: Dataset, episode: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@ feature schema simulated data uses (``robostack.data.features``), so both merge 
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,6 +17,7 @@ from robostack.data.features import BASE_STATE, action_names, command_names, sta
 from robostack.real.bag import BagError, read_messages, read_metadata
 from robostack.real.bag_recovery import inspect_bag
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
+from robostack.real.graph import SIM_EPISODE
 from robostack.real.messages import get_field
 from robostack.real.state import StateListener, primary_source
 from robostack.specs import RobotSpec
@@ -90,21 +92,27 @@ def _state_vector(state: Any) -> tuple[list[str], np.ndarray]:
 def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: str | None = None,
                 fps: int | None = None, task: str | None = None, sim_task: str | None = None,
                 namespace: str | None = None, success: bool | None = None) -> Dataset:
-    """Turn a bag recorded by ``recorder_node`` (``robostack deploy --record``) into one episode of the
-    dataset at ``out`` (created, or appended to when it has the same features).
+    """Turn a bag recorded by ``recorder_node`` (``robostack deploy --record``) into episodes of the dataset at
+    ``out`` (created, or appended to when it has the same features).
 
-    The whole bag is one episode: a takeover is kept in context (what the policy did before the human
-    stepped in and after), and ``complementary_info.intervention`` marks the frames between
-    ``teleop/intervention`` "start" and "end". ``source`` is ``teleop`` if the human was in control on every
-    frame, ``intervention`` if on some, else ``rollout``.
+    A robot's bag is one episode: a takeover is kept in context (what the policy did before the human stepped
+    in and after). A simulated robot's bag (``--sim``) has sim_robot_node's report at every episode end
+    (``sim/episode``, published just after the state the reset left): each report ends an episode, its
+    ``success`` the report's, which runs from the previous report's reset state (or the first frame) to the
+    frame before its own; the frames from the last reset state on (an episode that the deployment's end cut
+    short) are one more, its outcome unknown, unless fewer than 2. ``success``, if given, is every episode's.
+    ``complementary_info.intervention`` marks the frames between ``teleop/intervention`` "start" and "end"
+    (``complementary_info.takeover_start`` the first of each takeover, or an episode's first frame when a
+    takeover goes on into it). ``source`` is ``teleop`` if the human was in control on every frame of the
+    episode, ``intervention`` if on some, else ``rollout``.
 
     Frames are on a clock of ``fps`` (default: the rate of the robot's primary state topic) from the first
     moment both a state and a driver command exist to the last state: each frame holds the latest state
     (joint states, IMU, odometry as the deploy config of ``robot`` reads them, through the same
     ``StateListener`` the nodes use), the latest task command, and as action the last driver command sent
     before the next frame (the one in effect when the next state was measured). Rewards are 0 and
-    ``next.done`` marks the last frame. ``robot`` and ``namespace`` are found from the bag's topics unless
-    given; ``sim_task`` (a RoboStack task of that robot) is stored for ``replay``.
+    ``next.done`` marks each episode's last frame. ``robot`` and ``namespace`` are found from the bag's topics
+    unless given; ``sim_task`` (a RoboStack task of that robot) is stored for ``replay``.
 
     A bag that a recorder is still writing, or one with a file cut short (a recorder killed in the middle of
     a flush), is refused (``DatasetError``; the latter names ``robostack data recover``, which rewrites files
@@ -135,13 +143,15 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     command_cfg = cfg.topics.task_command
     command_topic = _resolve(command_cfg.topic, namespace) if command_cfg else None
     intervention = _resolve(INTERNAL["intervention"][0], namespace)
-    wanted = [t for t in (*state_topics, driver, command_topic, intervention) if t in topics]
+    episode_ends = _resolve(SIM_EPISODE[0], namespace)
+    wanted = [t for t in (*state_topics, driver, command_topic, intervention, episode_ends) if t in topics]
 
     names: list[str] | None = None
     states: list[tuple[int, np.ndarray]] = []
     commands: list[tuple[int, np.ndarray]] = []
     task_commands: list[tuple[int, np.ndarray]] = []
     events: list[tuple[int, bool]] = []
+    reports: list[tuple[int, bool]] = []  # log time and success of each simulated episode
     for message in sorted(read_messages(bag, topics=wanted), key=lambda m: m.log_time):
         if message.topic in state_topics:
             subscriptions.nanoseconds = message.log_time
@@ -159,6 +169,8 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
         elif message.topic == command_topic:
             task_commands.append((message.log_time, np.array([float(get_field(message.msg, f))
                                                               for f in command_cfg.fields])))
+        elif message.topic == episode_ends:
+            reports.append((message.log_time, _reported_success(message.msg.data, f"{bag}: {episode_ends}")))
         else:
             events.append((message.log_time, message.msg.data == "start"))
     if len(states) < 2 or not commands:
@@ -194,8 +206,28 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
         frames["observation.command"] = np.stack([task_commands[i][1] if i >= 0 else default
                                                   for i in latest(task_commands, times)])
         features["observation.command"] = vector_feature(command_names(len(command_cfg.fields)))
-    flags = frames[INTERVENTION]
-    source = "teleop" if flags.all() else "intervention" if flags.any() else "rollout"
+    # sim_robot_node publishes the reset state, then the report: an episode's frames end before the last state
+    # received before its report (under load the report comes milliseconds later: a frame between the two holds
+    # the next episode's state)
+    resets = state_times[np.maximum(np.searchsorted(state_times, [t for t, _ in reports], side="right") - 1, 0)]
+    ends = np.searchsorted(times, resets)
+    pieces = [(first, end, outcome) for first, end, (_, outcome) in zip([0, *ends], ends, reports) if end > first]
+    rest = ends[-1] if reports else 0
+    if len(times) - rest >= 2 or not pieces:  # after the last report: an episode cut short, its outcome unknown
+        pieces.append((rest, len(times), None))
     writer = DatasetWriter(out, fps, features, cfg.robot, sim_task=sim_task)
-    writer.add_episode(frames, task or f"{cfg.robot}: recorded deployment", success=success, source=source)
+    for first, end, outcome in pieces:
+        flags = frames[INTERVENTION][first:end]
+        source = "teleop" if flags.all() else "intervention" if flags.any() else "rollout"
+        writer.add_episode({key: values[first:end] for key, values in frames.items()},
+                           task or f"{cfg.robot}: recorded deployment", source=source,
+                           success=outcome if success is None else success)
     return load_dataset(out)
+
+
+def _reported_success(report: str, where: str) -> bool:
+    """``success`` of a ``sim_robot_node`` episode report (JSON)."""
+    try:
+        return bool(json.loads(report)["success"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{where}: an episode report without a success ({exc}): {report[:200]!r}") from None

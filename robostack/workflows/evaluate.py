@@ -13,12 +13,17 @@ keep stepping (the batch moves together) but are ignored. For speed, give the en
 (ideally a divisor) so no env steps for nothing.
 
 The env is the task's ``play`` variant (randomization off) unless ``randomized``; its task config is the one the
-run or bundle trained with.
+run or bundle trained with, shifted by ``overrides`` (``key=value``, as ``--disturbance`` takes them):
+
+    eval_policy("bundles/cf2-hover", 64, randomized=True, overrides=[
+        "randomization.link_mass.range=[1.4,1.4]",  # 40% heavier
+        "randomization.weak_motor.enabled=true", "randomization.weak_motor.range=[0.8,0.8]"])  # one motor at 80%
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -90,14 +95,21 @@ def evaluate(env: Any, policy: Policy, episodes: int, seed: int | None = None,
 
 def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = False,
                 video: str | os.PathLike | None = None, num_envs: int | None = None, seed: int = 0,
-                checkpoint: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu"
-                ) -> dict[str, Any]:
-    """Evaluate a run folder / checkpoint or a bundle for ``episodes`` episodes; returns ``evaluate``'s
-    result (success_rate, mean_return, ..., ``metric/<name>``) plus what was evaluated."""
+                checkpoint: str | os.PathLike | None = None, backend: str | None = None, device: str = "cpu",
+                overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate a run folder / checkpoint or a bundle for ``episodes`` episodes in its task shifted by
+    ``overrides``; returns ``evaluate``'s result (success_rate, mean_return, ..., ``metric/<name>``) plus what
+    was evaluated. The play variant turns randomization off, so a ``randomization.`` override there would change
+    nothing: it is refused (shift the randomized variant)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if num_envs is not None and num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    inert = [o for o in overrides if not randomized and o.partition("=")[0].strip().split(".")[0] == "randomization"]
+    if inert:
+        raise ValueError(f"override {inert[0]!r} changes nothing in the play variant (randomization off): "
+                         "evaluate randomized (--randomized)")
     if video is not None:
         ensure_offscreen_gl()  # before MuJoCo is imported, if it has not been yet
     loaded = load_policy(source, checkpoint)
@@ -106,7 +118,7 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
 
     n = num_envs or min(episodes, 32)
     env = sim.make_env(loaded.task, num_envs=n, seed=seed, play=not randomized, config=loaded.task_config,
-                       backend=backend or sim.DEFAULT_BACKEND, device=device)
+                       overrides=overrides, backend=backend or sim.DEFAULT_BACKEND, device=device)
     recorder = policy = None
     try:
         if loaded.wrap_env is not None:
@@ -129,7 +141,8 @@ def eval_policy(source: str | os.PathLike, episodes: int, randomized: bool = Fal
         env.close()
 
     out: dict[str, Any] = {"source": str(source), "kind": loaded.kind, "task": loaded.task,
-                           "algo": loaded.algo, "randomized": bool(randomized), "num_envs": n, "seed": seed}
+                           "algo": loaded.algo, "randomized": bool(randomized), "overrides": overrides,
+                           "num_envs": n, "seed": seed}
     out.update(result)
     if recorder is not None:
         out.update({"video": str(video), "video_frames": recorder.frames, "video_fps": recorder.fps})

@@ -20,10 +20,11 @@ import yaml
 
 import robostack
 from robostack import sim
-from robostack.bundle import (ACTOR_CRITIC, BASE_DIR, FORMAT_VERSION, RESIDUAL, RESIDUAL_BASE_TERM, is_bundle,
-                              load_bundle)
+from robostack.bundle import (ACTOR_CRITIC, BASE_DIR, FORMAT_VERSION, RESIDUAL, RESIDUAL_BASE_TERM, BundleError,
+                              is_bundle, load_bundle)
 from robostack.bundle.describe import describe_env, describe_observation, describe_robot
-from robostack.bundle.format import CHUNK_OUTPUT, ONNX_OPSET
+from robostack.bundle.format import CHUNK_OUTPUT, ONNX_OPSET, RESIDUAL_EXECUTED
+from robostack.bundle.kinds import check_residual, check_residual_base
 from robostack.bundle.write import write_bundle, write_vector_onnx, write_vector_torchscript
 from robostack.conventions import ACTION_KEY, IMAGE_PREFIX
 from robostack.data.features import FEATURE_DEFINITIONS, sim_features
@@ -147,43 +148,70 @@ def export_chunk(run_dir: Path, out_dir: str | os.PathLike) -> Path:
     return write_bundle(out_dir, metadata, write_onnx, write_torchscript)
 
 
+def write_residual_bundle(out_dir: str | os.PathLike, base: str | os.PathLike, module: torch.nn.Module, scale: float,
+                          algo: str, training: dict[str, Any], task_config: dict[str, Any] | None = None) -> Path:
+    """A residual bundle over the bundle at ``base`` (an actor-critic, or a chunk bundle acting in the task's
+    actions), copied into ``base/`` and sealed by the residual's hash. ``module`` maps the task's policy
+    observation then the base's action, ``[B, obs_dim + act_dim]``, to the correction ``[B, act_dim]``, clipped
+    to [-1, 1] here; the executed action is ``residual_executed`` with ``scale``. ``task_config`` (default: the
+    base's) is the task's config as the residual trained with it; ``algo`` and ``training`` say how it was
+    learned. Any residual learner (residual RL, corrections learned from interventions) writes through here."""
+    base_dir = Path(base)
+    base_bundle = load_bundle(base_dir)
+    base_meta = base_bundle.metadata
+    task_config = base_meta["task_config"] if task_config is None else task_config
+    env = sim.make_env(base_meta["task"], num_envs=1, play=True, config=task_config, overrides=["sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        observation = describe_observation(env)
+        robot = describe_robot(env.task, env.default_model)
+    finally:
+        env.close()
+    n = int(base_meta["action"]["dim"])
+    observation["terms"].append({"name": RESIDUAL_BASE_TERM, "dim": n, "scale": 1.0,
+                                 "offset_in_vector": observation["dim"], "definition": BASE_ACTION_DEFINITION})
+    observation["dim"] += n
+    metadata = {
+        **_stamp(RESIDUAL, algo), **robot,
+        **{key: base_meta[key] for key in BASE_FACTS},
+        "observation": observation,
+        "residual": {"scale": float(scale), "executed": RESIDUAL_EXECUTED},
+        "task_config": task_config,
+        "training": training,
+        "base": {"path": BASE_DIR, "content_hash": base_meta["content_hash"]},
+    }
+    where = f"cannot write a residual bundle to {out_dir}"
+    check_residual(metadata, lambda what: BundleError(f"{where}: {what}"))
+    check_residual_base(where, metadata, base_bundle)
+    bounded = torch.nn.Sequential(module, torch.nn.Hardtanh(-1.0, 1.0))
+    try:
+        with torch.no_grad():
+            shape = list(bounded(torch.zeros(1, observation["dim"])).shape)
+    except RuntimeError as exc:
+        shape = f"an error ({str(exc).splitlines()[0]})"
+    if shape != [1, n]:
+        raise ValueError(f"{where}: the module maps [1, {observation['dim']}] (the policy observation, then the base's "
+                         f"action) to {shape}, expected [1, {n}]")
+    return write_bundle(out_dir, metadata, *_vector_writers(bounded, observation["dim"]),
+                        lambda path: shutil.copytree(base_dir, path))
+
+
 def export_residual(run: LoadedRun, out_dir: str | os.PathLike) -> Path:
-    """A residual bundle: the residual's graph (input: the task's policy observation, then the base's action) and
-    its base as a chunk bundle in ``base/``, whose hash the residual's metadata records."""
+    """A residual run's bundle (``write_residual_bundle``): its policy over its base, a chunk bundle or the chunk
+    bundle of its diffusion run."""
     residual = run.train_config["residual"]
     base_source = Path(residual["base"])
     base = load_base(base_source, run.task)
     task_env = run.make_env(num_envs=1, seed=0, play=True)
     env = ResidualEnv(task_env, base.make_policy(task_env), residual["scale"])
     try:
-        env.reset(seed=0)
-        observation = describe_observation(task_env)
-        robot = describe_robot(task_env.task, task_env.default_model)
-        module = run.policy_module(env)
-        n = env.action_space.shape[0]
+        module = run.policy_module(env)  # sized from the residual env's observation (with the base's action)
     finally:
         env.close()
-    observation["terms"].append({"name": RESIDUAL_BASE_TERM, "dim": n, "scale": 1.0,
-                                 "offset_in_vector": observation["dim"], "definition": BASE_ACTION_DEFINITION})
-    observation["dim"] += n
     with tempfile.TemporaryDirectory() as tmp:
-        base_dir = Path(tmp) / BASE_DIR
-        if is_bundle(base_source):
-            shutil.copytree(base_source, base_dir)
-        else:
-            export_chunk(base_source, base_dir)
-        base_meta = load_bundle(base_dir).metadata
-        metadata = {
-            **_stamp(RESIDUAL, run.algo), **robot,
-            **{key: base_meta[key] for key in BASE_FACTS},
-            "observation": observation,
-            "residual": {"scale": float(residual["scale"]),
-                         "executed": "clip(base action + scale * clip(residual, -1, 1), -1, 1)"},
-            "task_config": run.task_config,
-            "training": _rl_training(run),
-        }
-        return write_bundle(out_dir, metadata, *_vector_writers(module, observation["dim"]),
-                            lambda path: shutil.copytree(base_dir, path))
+        base_dir = base_source if is_bundle(base_source) else export_chunk(base_source, Path(tmp) / BASE_DIR)
+        return write_residual_bundle(out_dir, base_dir, module, residual["scale"], run.algo, _rl_training(run),
+                                     run.task_config)
 
 
 def export_bundle(source: str | os.PathLike, out_dir: str | os.PathLike,

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from robostack.bundle.format import residual_executed
 from robostack.config import config_path
 from robostack.sim.env import Obs, VecEnv
 
@@ -43,8 +44,9 @@ def residual_recipe(task: str) -> Path:
 
 class ResidualEnv(VecEnv):
     """The task with a frozen base policy (``base``: obs -> the task's actions) in it. ``step(residual)`` executes
-    ``clip(base + scale * residual)``; every observation group gets the base's next action appended, so the
-    residual sees what it corrects. Everything else (``task``, ``sim``, ...) is the task env's."""
+    what the residual's bundle executes (``robostack.bundle.format.residual_executed``); every observation group
+    gets the base's next action appended, so the residual sees what it corrects. Everything else (``task``,
+    ``sim``, ...) is the task env's."""
 
     def __init__(self, env: Any, base: Callable[[Obs], torch.Tensor], scale: float):
         if not 0.0 < scale <= 2.0:
@@ -54,7 +56,6 @@ class ResidualEnv(VecEnv):
         space = env.action_space
         self.low = torch.as_tensor(space.low, dtype=torch.float32, device=env.device)
         self.high = torch.as_tensor(space.high, dtype=torch.float32, device=env.device)
-        self.half_range = (self.high - self.low) / 2
         self.num_envs, self.device = env.num_envs, env.device
         self.control_dt, self.max_episode_length = env.control_dt, env.max_episode_length
         n = space.shape[-1]
@@ -79,7 +80,7 @@ class ResidualEnv(VecEnv):
 
     def step(self, residual: torch.Tensor):
         executed = self.base_action
-        action = torch.clamp(executed + self.scale * self.half_range * residual, self.low, self.high)
+        action = residual_executed(executed, residual, self.scale, self.low, self.high)
         obs, reward, terminated, truncated, info = self.env.step(action)
         if "final_obs" in info:  # the base action a finished env would have corrected next: the last one
             info["final_obs"] = {group: torch.cat([value, executed.to(value.dtype)], dim=-1)

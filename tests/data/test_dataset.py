@@ -44,7 +44,8 @@ def test_round_trip_three_episodes_with_video(tmp_path):
         *(f"videos/{CAMERA}/chunk-000/file-00{i}.mp4" for i in range(3))}
     columns = pq.read_schema(root / "data/chunk-000/file-001.parquet").names
     assert set(columns) == {"observation.state", "action", "next.reward", "next.done", ds.INTERVENTION, "timestamp",
-                            "frame_index", "episode_index", "index", "task_index", ds.SUCCESS, ds.SOURCE}
+                            "frame_index", "episode_index", "index", "task_index", ds.SUCCESS, ds.SOURCE,
+                            ds.TAKEOVER_START}
 
     assert data.tasks == ["pick the cube", "open the drawer"]
     start = 0

@@ -2,15 +2,19 @@
 publishes, serialized as rclpy does)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 
-def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
+def write_go2_bag(path: Path, namespace: str, steps: int, takeovers: tuple = ((10, 20),),
+                  reports: dict[int, bool | str] | None = None) -> dict:
     """A bag as recorder_node writes one for go2 (the topics of ``recorded_topics``), from the messages the
     simulated driver publishes: state at 50 Hz, each answered 5 ms later by a driver command, a task command
-    at step 5 and a takeover from step 10 to step 20."""
+    at step 5 and takeovers from step to step (``takeovers``); ``reports``: step -> success of the simulated
+    episodes that end there (sim_robot_node's ``sim/episode`` report, just after that step's state: the reset
+    state), or a report's text as it is."""
     from builtin_interfaces.msg import Time
     from geometry_msgs.msg import Twist
     from rclpy.serialization import serialize_message
@@ -29,7 +33,7 @@ def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
     velocity = np.array([0.5, 0.1, 0.0])  # world frame; odometry carries it in the body frame
     bag = BagWriter(path, split_period_s=0)
     topics = {}
-    for entry in recorded_topics("go2"):
+    for entry in recorded_topics("go2", sim=reports is not None):
         topic, msgtype = entry.rsplit(":", 1)
         topics[topic] = topic if topic.startswith("/") else f"{namespace}/{topic}"
         bag.add_topic(topics[topic], msgtype)
@@ -49,8 +53,13 @@ def write_go2_bag(path: Path, namespace: str, steps: int) -> dict:
             command = Twist()
             command.linear.x, command.angular.z = 0.4, 0.2
             bag.write(topics["cmd_vel"], serialize_message(command), t + 1_000_000)
-        if k in (10, 20):
-            bag.write(topics["teleop/intervention"], serialize_message(String(data="start" if k == 10 else "end")),
-                      t + 1_000_000)
+        for first, end in takeovers:
+            if k in (first, end):
+                bag.write(topics["teleop/intervention"],
+                          serialize_message(String(data="start" if k == first else "end")), t + 1_000_000)
+        if k in (reports or {}):
+            report = reports[k] if isinstance(reports[k], str) else \
+                json.dumps({"episode": sorted(reports).index(k), "success": reports[k]})
+            bag.write(topics["sim/episode"], serialize_message(String(data=report)), t + 100_000)
     bag.close()
     return {"joints": joints, "orientation": orientation, "velocity": velocity}

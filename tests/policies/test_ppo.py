@@ -13,14 +13,6 @@ from robostack.policies.ppo import PPO, EmpiricalNormalizer, PPOConfig, gaussian
 from helpers.toy_env import PointMassEnv  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def small_cfg(**kw) -> PPOConfig:
     base = dict(num_steps_per_env=16, actor_hidden=(32, 32), critic_hidden=(32, 32), learning_rate=3e-3)
     base.update(kw)

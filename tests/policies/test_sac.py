@@ -23,15 +23,6 @@ from helpers.toy_env import PointMassEnv, make_toy_env, toy_task_config  # noqa:
 P, C, A = 4, 5, 2  # toy env: policy obs, critic obs, action sizes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two fighting over a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def small_cfg(**kw) -> SACConfig:
     base = dict(actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32, buffer_size=1000, learning_starts=0)
     base.update(kw)

@@ -1,9 +1,11 @@
 """The simulated intervener through ROS 2: ``robostack deploy --sim --intervener scripted`` starts a simulated
 human (in sim_robot_node, from privileged state) who takes over with a gamepad through teleop_node and the safety
-layer, and hands back; the recorded takeovers become the dataset's intervention frames."""
+layer, and hands back; the bag becomes a dataset episode per simulated episode, the takeovers its intervention
+frames."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_simulated_intervener_takes_over_through_teleop_node_and_hands_back(tmp_path, capsys, monkeypatch):
     """The shipped cf2-hover bundle in wind it cannot hold (0.15 N gusts; it trained with 0.01 N): the human takes
     over once the drone strays 0.3 m (teleop/intervention start), steers the setpoint back (the task command,
-    which the simulated operator stops sending meanwhile), and lets go (end) at the latest when the episode ends."""
+    which the simulated operator stops sending meanwhile), and lets go (end) at the latest when the episode ends.
+    The bag converts into one dataset episode per simulated episode (sim_robot_node's ``sim/episode`` reports)."""
     from robostack.cli import main
-    from robostack.data.dataset import INTERVENTION
+    from robostack.data.dataset import INTERVENTION, TAKEOVER_START
     from robostack.real.bag import read_messages
     from robostack.workflows.convert import convert_bag
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", "46")
+    monkeypatch.setenv("ROS_DOMAIN_ID", os.environ.get("ROS_DOMAIN_ID", "46"))
     monkeypatch.chdir(tmp_path)
     bag = tmp_path / "bag"
     assert main(["deploy", "--task", "cf2-hover", "--policy", str(ROOT / "bundles" / "cf2-hover"), "--sim",
-                 "--episodes", "2", "--intervener", "scripted", "--disturbance",
+                 "--episodes", "3", "--intervener", "scripted", "--disturbance",
                  "randomization.wind.range=[-0.15,0.15]", "--disturbance", "randomization.wind.interval_s=[0.3,0.6]",
                  "--record", str(bag), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -37,6 +40,23 @@ def test_the_simulated_intervener_takes_over_through_teleop_node_and_hands_back(
     data = convert_bag(bag, tmp_path / "dataset", task="hover in wind")
     flags = data.frames([INTERVENTION])[INTERVENTION]
     assert 0 < flags.sum() < len(flags) and data.episodes[0]["source"] == "intervention"
+    reports = [(m.log_time, json.loads(m.msg.data)) for m in read_messages(bag, "mcap", topics=["/sim/episode"])]
+    assert [r["episode"] for _, r in reports] == [0, 1, 2]  # the recorder hears the transient-local reports
+    assert [row["success"] for row in data.episodes] == [r["success"] for _, r in reports]
+    assert np.mean([row["success"] for row in data.episodes]) == report["success_rate"]
+    # An episode spans the wall-clock time between its report and the one before on the frame clock: at least
+    # its simulated steps (the simulated robot never outpaces its control rate; on a loaded host it falls
+    # behind, and 5 s of flight, 500 steps, take more than 500 frames).
+    spans = np.diff([t for t, _ in reports]) * data.fps / 1e9
+    lengths = [row["length"] for row in data.episodes]
+    assert np.all(np.abs(np.array(lengths[1:]) - spans) <= 2), (lengths, spans)
+    assert all(n >= r["length"] * data.fps / 100 - 2 for n, (_, r) in zip(lengths[1:], reports[1:])), lengths
+    for i in range(data.num_episodes):  # takeover starts: the rising edges of each episode's flags
+        episode = data.episode(i, images=False)
+        rising = episode[INTERVENTION] & ~np.concatenate([[False], episode[INTERVENTION][:-1]])
+        np.testing.assert_array_equal(episode[TAKEOVER_START], rising)
+        assert episode["next.done"].tolist() == [False] * (len(rising) - 1) + [True]
+    assert data.frames([TAKEOVER_START])[TAKEOVER_START].any()
     commands = data.frames(["observation.command"])["observation.command"]
     target = np.array([0.0, 0.0, 1.0])
     at_target = np.all(np.abs(commands - target) < 1e-6, axis=1)

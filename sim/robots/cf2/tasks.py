@@ -172,6 +172,7 @@ def build(cfg: Cf2HoverConfig) -> TaskDefinition:
             "motor_strength": EventTerm(dr.motor_strength, dr_cfg.motor_strength),
             "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
             "wind": EventTerm(dr.wind_gust, dr_cfg.wind),
+            **dr.shift_events(dr_cfg, model),
         },
         reset=reset_drone,
         success=at_target,

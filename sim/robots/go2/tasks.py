@@ -195,6 +195,7 @@ def build(cfg: Go2WalkConfig) -> TaskDefinition:
             "motor_strength": EventTerm(dr.motor_strength, dr_cfg.motor_strength),
             "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
             "push": EventTerm(dr.push_base, dr_cfg.push),
+            **dr.shift_events(dr_cfg, model),
         },
         reset=reset_robot,
         success=mdp.survived_episode,

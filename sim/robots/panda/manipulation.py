@@ -362,6 +362,7 @@ def task_definition(name: str, cfg: ManipulationConfig, model: mujoco.MjModel, *
         events={
             place.__name__: EventTerm(place, EventConfig("reset"), randomization=False),
             **randomization_events(cfg.randomization, cfg.table),
+            **dr.shift_events(cfg.randomization, model),
         },
         reset=reset,
         success=success,

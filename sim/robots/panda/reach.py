@@ -224,6 +224,7 @@ def build(cfg: PandaReachConfig) -> TaskDefinition:
             "joint_armature": EventTerm(dr.model_event(dr.scale_joint_armature), dr_cfg.joint_armature),
             "actuator_gains": EventTerm(dr.actuator_gains, dr_cfg.actuator_gains),
             "action_latency": EventTerm(dr.action_latency, dr_cfg.action_latency),
+            **dr.shift_events(dr_cfg, model),
         },
         reset=reset_arm,
         success=reached,

@@ -8,7 +8,6 @@ Importing this module is cheap (argparse and json only): each subcommand imports
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -16,15 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from robostack.cli.bench import add_bench_parser
+from robostack.cli.common import (DEVICE_HELP, EXPERT_NOISE_HELP, NPROC_HELP, Failure, UsageError, _print_table, _report,
+                                  _require_positive, _stdout_to_stderr)
+from robostack.cli.improve import add_improve_parser
+
 PROG = "robostack"
-
-
-class UsageError(ValueError):
-    """A command line that parses but makes no sense (reported like any other error, exit code 2)."""
-
-
-class Failure(RuntimeError):
-    """A command that ran but could not finish (a deployment whose node died): one line, exit code 1."""
 
 
 # ---------------------------------------------------------------------------------------------- list
@@ -81,172 +77,6 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 # --------------------------------------------------------------------------------------------- bench
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")) or value == 0:
-            return str(value)
-        if abs(value) >= 100:
-            return f"{value:,.0f}"
-        if abs(value) < 1e-3:
-            return f"{value:.3g}"
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _print_table(title: str, result: dict[str, Any], first: Sequence[str], out: TextIO) -> None:
-    keys = [k for k in first if k in result] + [k for k in result if k not in first]
-    width = max([len(k) for k in keys] + [1])
-    out.write(title + "\n")
-    for key in keys:
-        out.write(f"  {key:<{width}}  {_fmt(result[key])}\n")
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr(enabled: bool):
-    """With --json, stdout carries exactly one JSON object: anything the callee prints goes to stderr."""
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def _require_positive(args: argparse.Namespace, *options: str, count: bool = True) -> None:
-    """Refuse a count option (``--num-envs``...) below 1, or with ``count=False`` a quantity (``--seconds``...)
-    not above 0 (NaN too); an option left unset (None) passes."""
-    for option in options:
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None and not (value >= 1 if count else value > 0):
-            raise UsageError(f"{option} must be {'at least 1' if count else 'positive'}, got {value}")
-
-
-def cmd_bench_sim(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--num-envs")
-    _require_positive(args, "--seconds", count=False)
-    with _stdout_to_stderr(args.json):
-        from robostack.sim.bench import bench_sim
-
-        result = bench_sim(task=args.task, num_envs=args.num_envs, seconds=args.seconds, seed=args.seed,
-                           backend=args.backend, device=args.device, overrides=list(args.overrides))
-    if args.json:
-        out.write(json.dumps(result, default=str) + "\n")
-    else:
-        title = (f"bench sim: task {args.task} on {args.backend} ({args.device}), {args.num_envs} envs, "
-                 f"{args.seconds:g} s, seed {args.seed}")
-        _print_table(title, dict(result), ("env_steps_per_s", "raw_steps_per_s", "ratio"), out)
-    return 0
-
-
-def cmd_bench_train(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--episodes", "--nproc")
-    with _stdout_to_stderr(args.json):
-        from robostack.workflows.bench import bench_train
-
-        result = bench_train(args.task, seed=args.seed, episodes=args.episodes, overrides=list(args.overrides),
-                             nproc=args.nproc, backend=args.backend, device=args.device)
-    if args.json:
-        out.write(json.dumps(result, default=str) + "\n")
-    else:
-        title = f"bench train: task {args.task}, {args.episodes} randomized evaluation episodes"
-        _print_table(title, result, ("wall_s", "env_steps", "success_rate"), out)
-    return 0
-
-
-DEVICE_HELP = "cpu or cuda (cuda:N): where learning, the envs' tensors and the warp backend's physics run"
-NPROC_HELP = ("data-parallel ranks on this machine, started by torchrun's engine (gloo on CPUs, NCCL on GPUs; "
-              "num_envs is per rank; several machines: torchrun ... -m robostack.cli train, see README) (default: 1)")
-EXPERT_NOISE_HELP = ("scripted: noise (standard deviation, in normalized actions) on the expert's executed motion, "
-                     "not on the recorded actions: demonstrations of recovering (default: 0)")
-
-
-def cmd_bench_imitation(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--demos", "--episodes")
-    with _stdout_to_stderr(args.json):
-        from robostack.workflows.bench import bench_imitation
-
-        result = bench_imitation(args.task, demos=args.demos, episodes=args.episodes, seed=args.seed,
-                                 overrides=list(args.overrides), cameras=[args.camera] if args.camera else [],
-                                 workdir=args.workdir, expert_noise=args.expert_noise)
-    if args.json:
-        out.write(json.dumps(result, default=str) + "\n")
-    else:
-        title = (f"bench imitation: task {args.task}, {args.demos} scripted demonstrations, "
-                 f"{args.episodes} randomized evaluation episodes")
-        _print_table(title, result, ("success_rate", "demonstrations", "wall_s"), out)
-    return 0
-
-
-def cmd_bench_policy(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--iterations", "--threads")
-    from robostack.workflows.bench import bench_policy
-
-    result = bench_policy(args.bundle, iterations=args.iterations, threads=args.threads)
-    if args.json:
-        out.write(json.dumps(result) + "\n")
-    else:
-        title = (f"bench policy: {args.bundle} ({result['kind']}), {args.iterations} inferences, "
-                 f"{args.threads} thread(s)")
-        latency = {f"latency_{k}_ms": v for k, v in result.pop("latency_ms").items()}
-        _print_table(title, {**latency, **result}, ("latency_p50_ms", "latency_p99_ms"), out)
-    return 0
-
-
-def cmd_bench_safety(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--episodes")
-    with _stdout_to_stderr(args.json):
-        from robostack.workflows.safety_critic import bench_safety
-
-        result = bench_safety(args.task, policy=args.policy, episodes=args.episodes, disturbances=args.disturbance,
-                              seed=args.seed, overrides=list(args.overrides), sweep_plot=args.sweep)
-    if args.json:
-        out.write(json.dumps(result, default=str) + "\n")
-    else:
-        _print_table(f"bench safety: {args.task}", result, ("violation_reduction", "violations_hard_only",
-                                                            "violations_with_critic", "false_trigger_rate"), out)
-    return 0
-
-
-def cmd_bench_deploy(args: argparse.Namespace, out: TextIO) -> int:
-    _require_positive(args, "--rate", "--duration", count=False)
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    from datetime import datetime
-
-    with _stdout_to_stderr(args.json):
-        from robostack.bundle import load_bundle
-        from robostack.real.bench import bench_deploy, resolve_bundle
-
-        bundle = resolve_bundle(args.task, args.policy)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        log_dir = Path("runs") / "bench-deploy" / f"{load_bundle(bundle).task}-{stamp}"
-        log_dir.mkdir(parents=True)
-        result = bench_deploy(policy=bundle, rate_hz=args.rate, duration_s=args.duration, warmup_s=args.warmup,
-                              log_dir=log_dir)
-    if args.json:
-        out.write(json.dumps(result) + "\n")
-        return 0
-    latency = result["latency_ms"] or {}
-    out.write(f"bench deploy: {result['task']} at {result['rate_hz']:g} Hz for {result['duration_s']:g} s: "
-              f"state-to-command latency p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms "
-              f"(max {latency.get('max')}), achieved {result['achieved_rate_hz']} Hz, "
-              f"{result['lost']} of {result['cycles']} cycles lost\n")
-    stages = result["stages_ms"]
-    if stages["policy"] is not None:
-        out.write(f"  state to policy command p50 {stages['policy']['p50']} ms, p99 {stages['policy']['p99']} ms; "
-                  f"policy command to driver command p50 {stages['safety']['p50']} ms, "
-                  f"p99 {stages['safety']['p99']} ms\n")
-    return 0
-
-
-# -------------------------------------------------------------------------------------------- deploy
-
-
 def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
     """Start the deployment node graph (the one the launch files start) and wait for it."""
     if args.episodes and not args.sim:
@@ -281,11 +111,7 @@ def cmd_deploy(args: argparse.Namespace, out: TextIO) -> int:
         if args.sim else None
     result = run_graph(nodes, duration=args.duration, wait_for="sim_robot_node" if args.episodes else None,
                        env=env, log_dir=log_dir)
-    summary: dict = {}
-    for line in reversed(result.output.splitlines()):
-        if line.strip().startswith("{"):
-            summary = json.loads(line)
-            break
+    summary = result.summary()
     report = {"task": args.task, "policy": str(args.policy), "sim": args.sim, "randomized": args.sim and not args.play,
               "nodes": [n.name for n in nodes], "exit_codes": result.exit_codes, "logs": str(log_dir),
               **({"record": str(args.record)} if args.record else {}), **summary}
@@ -325,6 +151,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
                          f"{args.algo}")
     if spec is not None and spec.trains_with == "critic":
         return _train_critic(args, out)
+    if args.interventions or args.offline:
+        return _train_on_interventions(args, out)
     if args.policy is not None or args.out is not None or args.disturbance:
         raise UsageError("--policy, --out and --disturbance train a safety critic: give --algo safety-critic")
     imitation = args.dataset is not None or (spec is not None and spec.trains_with == "imitation")
@@ -361,11 +189,26 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     summary = dict(summary or {})
     if summary.get("rank", 0) != 0:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
-    if args.json:
-        out.write(json.dumps(summary, default=str) + "\n")
-        return 0
-    _print_table(f"train: task {args.task}, algorithm {summary.get('algo', args.algo)}", summary, ("success_rate",) + _RUN_DIR_KEYS, out)
-    return 0
+    return _report(args, out, f"train: task {args.task}, algorithm {summary.get('algo', args.algo)}", summary, ("success_rate",) + _RUN_DIR_KEYS)
+
+
+def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.interventions or args.policy is None or args.out is None:
+        raise UsageError("learning from interventions corrects a deployed bundle: give --interventions DATASET, "
+                         "--policy BUNDLE and --out DIR (the corrected bundle)")
+    if args.algo is not None or args.dataset is not None or args.base is not None or args.resume is not None:
+        raise UsageError("--interventions: not with --algo, --dataset, --base or --resume (--offline: IQL)")
+    from robostack.config import build_config
+    from robostack.policies.rlif import RLIFConfig
+
+    cfg = build_config(RLIFConfig, {}, "--interventions settings", list(args.overrides))
+    if args.seed is not None:
+        cfg.seed = args.seed
+    with _stdout_to_stderr(args.json):
+        from robostack.workflows.interventions import learn_from_interventions
+
+        summary = learn_from_interventions(args.interventions, args.policy, args.out, offline=args.offline, cfg=cfg)
+    return _report(args, out, f"train: {args.task} from interventions on {args.policy}", summary, ("bundle", "takeovers"))
 
 
 def _train_critic(args: argparse.Namespace, out: TextIO) -> int:
@@ -379,11 +222,7 @@ def _train_critic(args: argparse.Namespace, out: TextIO) -> int:
 
         summary = train_safety_critic(args.task, args.policy, args.out, list(args.overrides), args.disturbance,
                                       seed=args.seed or 0, progress=not args.json)
-    if args.json:
-        out.write(json.dumps(summary, default=str) + "\n")
-    else:
-        _print_table(f"train: safety critic for {args.policy}", summary, ("bundle", "epsilon", "wall_s"), out)
-    return 0
+    return _report(args, out, f"train: safety critic for {args.policy}", summary, ("bundle", "epsilon", "wall_s"))
 
 
 # -------------------------------------------------------------------------------------- export, eval
@@ -402,11 +241,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
               "obs_dim": meta["observation"]["dim"], "action_dim": meta["action"]["dim"],
               "control_rate_hz": meta["control_rate_hz"], "iteration": training.get("iteration"),
               "checkpoint": training.get("checkpoint"), "content_hash": meta["content_hash"]}
-    if args.json:
-        out.write(json.dumps(result, default=str) + "\n")
-    else:
-        _print_table(f"export: {args.run} -> {path}", result, ("bundle", "robot", "task"), out)
-    return 0
+    return _report(args, out, f"export: {args.run} -> {path}", result, ("bundle", "robot", "task"))
 
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
@@ -418,7 +253,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         try:
             result = eval_policy(args.source, episodes=args.episodes, randomized=args.randomized,
                                  video=args.video, num_envs=args.num_envs, seed=args.seed,
-                                 checkpoint=args.checkpoint, backend=args.backend, device=args.device)
+                                 checkpoint=args.checkpoint, backend=args.backend, device=args.device,
+                                 overrides=args.shift)
         except RenderError as exc:  # no offscreen GL here: a user-fixable setup problem, one line
             raise UsageError(f"--video: {exc}") from None
     if args.json:
@@ -588,89 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print one JSON object {"robots": [...], "tasks": [...], ...}')
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("bench", help="measure throughput")
-    bench = p.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
-    bench.required = True
-    p = bench.add_parser("sim", help="simulator steps per second for a task, policy-free")
-    p.add_argument("--task", required=True, help="task name (see: robostack list)")
-    p.add_argument("--num-envs", type=int, required=True, help="parallel environments")
-    p.add_argument("--seconds", type=float, default=10.0, help="how long to measure (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--backend", default="mujoco", help="simulator backend (see: robostack list; default: mujoco)")
-    p.add_argument("--device", default="cpu", help="device of the backend (default: cpu)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="task-config overrides")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_sim)
-    p = bench.add_parser("train", help="train from scratch with the task's recipe, then evaluate it randomized")
-    p.add_argument("task", help="task name (see: robostack list)")
-    p.add_argument("overrides", nargs="*", help="key=value recipe overrides; task.key=value for the task config")
-    p.add_argument("--episodes", type=int, default=1000, help="randomized evaluation episodes (default: 1000)")
-    p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco)")
-    p.add_argument("--device", default=None, help=DEVICE_HELP + " (default: the recipe's device key, cpu)")
-    p.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_train)
-    p = bench.add_parser(
-        "deploy", help="state-to-command latency through policy_node and safety_node, and the rate they sustain",
-        description="Start policy_node (acting on every state) and safety_node as processes and drive them "
-        "from this process as the robot's driver, in a closed loop at --rate: report the latency from a state "
-        "to the driver command that answers it (p50, p90, p99, max), the achieved rate, lost cycles and CPU.",
-        epilog="example: robostack bench deploy --task cf2-hover --rate 500 --duration 10 --json")
-    p.add_argument("--task", default=None, help="task whose shipped bundle (bundles/TASK) to bench (default: "
-                   "the first of go2-walk, panda-reach, cf2-hover shipped); with --policy: checked against it")
-    p.add_argument("--policy", metavar="BUNDLE", default=None, help="policy bundle folder instead")
-    p.add_argument("--rate", type=float, default=500.0, help="driver state rate in Hz (default: 500)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds measured (default: 10)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds run before measuring (default: 1)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_deploy)
-
-    p = bench.add_parser(
-        "safety", help="violations with the hard limits alone and with the bundle's safety critic",
-        description="Run the bundle's policy through the robot's safety layer in simulation on the disturbance "
-        "suite of configs/safety/TASK.yaml and on nominal episodes (play and training randomization), with the "
-        "hard limits alone and with its safety critic; report violations, nominal success, false triggers and "
-        "the critic's cost per tick.",
-        epilog="example: robostack bench safety --task go2-walk --disturbance randomization.push.range=[-2,2] --json")
-    p.add_argument("--task", required=True, help="task name (see: robostack list)")
-    p.add_argument("--policy", metavar="BUNDLE", default=None, help="bundle with a critic (default: bundles/TASK)")
-    p.add_argument("--episodes", type=int, default=None, help="disturbed episodes per arm, and nominal ones per "
-                   "variant (default: configs/safety/TASK.yaml episodes_per_disturbance)")
-    p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
-                   help="a task-config override added to every disturbance of the suite (repeatable)")
-    p.add_argument("--sweep", metavar="PNG", default=None, help="also run the critic at 0.25, 0.5, 2 and 4 times its "
-                   "epsilon and plot the violation-versus-success trade-off to PNG")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="configs/safety/TASK.yaml overrides")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_safety)
-
-    p = bench.add_parser(
-        "policy", help="inference latency of a policy bundle (one action, or one full chunk of a diffusion policy)",
-        description="Time onnxruntime inferences of a bundle for one robot on observations of its shapes: one "
-        "action for an actor-critic bundle, one chunk with every denoising step for a chunk (diffusion) bundle.")
-    p.add_argument("bundle", metavar="BUNDLE", help="policy bundle folder")
-    p.add_argument("--iterations", type=int, default=200, help="timed inferences (default: 200)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_policy)
-
-    p = bench.add_parser(
-        "imitation", help="scripted demonstrations, a diffusion policy trained on them, its randomized success",
-        description="Record DEMOS demonstrations of the task's scripted expert under randomization (as robostack "
-        "teleop --device scripted --randomized does), train the task's diffusion recipe on them (robostack train "
-        "TASK --dataset), then evaluate it on randomized episodes. Prints each stage's wall time.")
-    p.add_argument("--task", required=True, help="task with a scripted expert and a diffusion recipe")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. diffusion.num_steps=2000")
-    p.add_argument("--demos", type=int, default=200, help="demonstrations to record (default: 200)")
-    p.add_argument("--episodes", type=int, default=200, help="randomized evaluation episodes (default: 200)")
-    p.add_argument("--camera", default=None, metavar="NAME", help="record this camera and let the policy see it")
-    p.add_argument("--workdir", default=None, metavar="DIR", help="where the dataset goes (default: a new temp dir)")
-    p.add_argument("--expert-noise", type=float, default=0.0, metavar="STD", help=EXPERT_NOISE_HELP)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_imitation)
+    add_bench_parser(sub, _Parser)
+    add_improve_parser(sub)
 
     p = sub.add_parser(
         "train",
@@ -691,7 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a residual on this frozen diffusion run or chunk bundle (recipe configs/train/TASK-residual.yaml)")
     p.add_argument("--policy", metavar="BUNDLE", default=None,
                    help="--algo safety-critic: the policy bundle whose critic to train (configs/safety/TASK.yaml)")
-    p.add_argument("--out", metavar="DIR", default=None, help="--algo safety-critic: where the bundle with its critic goes")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="--algo safety-critic, --interventions: where the new bundle goes")
+    p.add_argument("--interventions", action="append", default=[], metavar="DATASET",
+                   help="learn a correction of --policy from datasets of its deployments with a human's takeovers "
+                        "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys)")
+    p.add_argument("--offline", action="store_true", help="--interventions: learn offline with IQL instead")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
                    help="--algo safety-critic: a task-config override added to every disturbance of the suite")
     p.add_argument("--run-root", default="runs", metavar="DIR", help="where run folders go (default: runs)")
@@ -760,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", default=None, help="for a run: checkpoint instead of last.pt")
     p.add_argument("--backend", default=None, help="simulator backend (see: robostack list; default: mujoco)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default: cpu)")
+    p.add_argument("--shift", action="append", default=[], metavar="key=value",
+                   help="a task-config override to evaluate under (repeatable; randomization.* keys need --randomized)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 
@@ -782,10 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=cmd_data_merge)
     p = data.add_parser(
-        "convert", help="turn a bag recorded by recorder_node into a dataset episode",
+        "convert", help="turn a bag recorded by recorder_node into dataset episodes",
         description="Convert a rosbag2/MCAP bag recorded by recorder_node (robostack deploy --record) into one "
-        "episode of OUT (created, or appended to): state from the joint state / IMU / odometry topics, action "
-        "from the driver command topic, intervention flags from teleop/intervention.",
+        "episode of OUT (created, or appended to), or one per simulated episode (--sim: sim/episode reports): state "
+        "from the joint state / IMU / odometry topics, action from the driver command topic, intervention flags "
+        "and takeover starts from teleop/intervention.",
         epilog="example: robostack data convert bags/go2-20250101-120000 data/go2 --sim-task go2-walk")
     p.add_argument("bag", metavar="BAG", help="bag folder (with metadata.yaml)")
     p.add_argument("out", metavar="OUT", help="dataset folder")

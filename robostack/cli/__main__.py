@@ -1,0 +1,6 @@
+"""``python -m robostack.cli``."""
+import sys
+
+from robostack.cli import main
+
+sys.exit(main())

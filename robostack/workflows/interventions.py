@@ -1,0 +1,177 @@
+"""``robostack train TASK --interventions DATASET --policy BUNDLE``: a correction of a deployed bundle learned from
+logs of it with a human's takeovers (``robostack.policies.rlif``; ``--offline``: IQL), exported as a residual
+bundle over it.
+
+The logs are datasets (``robostack data convert`` of deployment bags, or ``robostack improve``'s rounds): the
+measured state, the task command, the executed actuator controls and the intervention flags per frame. The
+policy's observations are rebuilt from them by the deploy side's own ``ObservationBuilder``, step by step as
+``policy_node`` builds them (integrals, past actions), so the learner sees what the deployed policy saw. Where a
+human took over by changing the task command (a quadruped's velocity, a drone's setpoint), the observation
+keeps the command the task gave (the one before the takeover, until the task's next command after it): the
+executed actions then answer the task's command, which is what the correction must learn.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from robostack.bundle import BundleError, load_bundle
+from robostack.bundle.format import ACTOR_CRITIC
+from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
+from robostack.data.features import BASE_STATE
+from robostack.policies.rlif import (RLIFConfig, fit_residual, intervention_buffers, residual_targets,
+                                     rlif_rewards, takeover_starts)
+from robostack.real.observation import ObservationBuilder, ObservationError
+from robostack.real.robot_state import RobotState
+
+
+def robot_state(names: Sequence[str], values: np.ndarray) -> RobotState:
+    """The ``RobotState`` an ``observation.state`` row holds (``JOINT.pos``, ``JOINT.vel``, ``base_*.<axis>``)."""
+    joints: dict[str, dict[str, float]] = {"pos": {}, "vel": {}}
+    base: dict[str, list[float]] = {}
+    for name, value in zip(names, values):
+        stem, _, part = name.rpartition(".")
+        if stem in BASE_STATE:
+            base.setdefault(stem, []).append(float(value))
+        elif part in joints:
+            joints[part][stem] = float(value)
+    return RobotState(joints["pos"], joints["vel"], **{field: np.array(v) for field, v in base.items()})
+
+
+def task_commands(commands: np.ndarray, intervention: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
+    """The task's command per frame: during a takeover, and after it until the command next changes (the human's
+    last one holds until the task's next), the command in effect just before the takeover."""
+    out = np.array(commands, copy=True)
+    flags = np.asarray(intervention, dtype=bool)
+    for start in np.flatnonzero(takeover_starts(flags, episode_index)):
+        if start == 0 or episode_index[start - 1] != episode_index[start]:
+            continue  # taken over from the episode's first frame: no task command seen before it
+        before, t = out[start - 1].copy(), start
+        while t < len(out) and episode_index[t] == episode_index[start] and flags[t]:
+            t += 1
+        human_last = commands[t - 1]
+        out[start:t] = before
+        while t < len(out) and episode_index[t] == episode_index[start] and not flags[t] and \
+                np.array_equal(commands[t], human_last):
+            out[t] = before
+            t += 1
+    return out
+
+
+class LoggedSteps:
+    """Every frame of some datasets as the deployed policy saw it: rebuilt observations, the executed actions in the
+    policy's action space, intervention flags, episode indices and each frame's successor row (-1: none)."""
+
+    def __init__(self, builder: ObservationBuilder, datasets: Sequence[Dataset]):
+        self.builder = builder
+        action_map = builder.task.action
+        if action_map.relative or action_map.ik is not None or action_map.gripper is not None:
+            raise DatasetError(f"task {builder.task.name!r}: its actions are relative, end-effector or gripper "
+                               "commands, which executed controls do not determine; learning from interventions "
+                               "takes tasks whose actions map to controls one to one")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "human", "episode", "next")}
+        offset = 0
+        for data in datasets:
+            self._check(data)
+            names = data.features["observation.state"]["names"]
+            for e in range(data.num_episodes):
+                frames = data.episode(e, images=False)
+                length = len(frames["action"])
+                flags = frames[INTERVENTION].astype(bool) | (data.episodes[e].get("source") == "teleop")
+                episode = np.full(length, len(parts["episode"]))
+                commands = frames.get("observation.command")
+                if commands is not None:
+                    commands = task_commands(commands, flags, episode)
+                parts["obs"].append(self._observations(names, frames["observation.state"], commands,
+                                                       self.policy_actions(frames["action"]), where=f"{data.root} "
+                                                       f"episode {e}"))
+                parts["action"].append(self.policy_actions(frames["action"]))
+                parts["human"].append(flags)
+                parts["episode"].append(episode)
+                parts["next"].append(np.append(np.arange(offset + 1, offset + length), -1))
+                offset += length
+        if offset == 0:
+            raise DatasetError("the datasets hold no frames")
+        self.obs, self.actions = np.concatenate(parts["obs"]), np.concatenate(parts["action"])
+        self.human, self.episode = np.concatenate(parts["human"]), np.concatenate(parts["episode"])
+        self.next_index = np.concatenate(parts["next"])
+
+    def _check(self, data: Dataset) -> None:
+        task = self.builder.task
+        missing = [k for k in ("observation.state", "action", INTERVENTION) +
+                   (("observation.command",) if task.command_dim else ()) if k not in data.features]
+        if missing:
+            raise DatasetError(f"{data.root}: lacks {missing}, which learning from interventions reads")
+        if data.info.get("robot_type") not in (None, task.robot):
+            raise DatasetError(f"{data.root}: recorded on robot {data.info['robot_type']!r}, the bundle drives "
+                               f"{task.robot!r}")
+        nu = self.builder.model.nu
+        if data.features["action"]["shape"] != [nu]:
+            raise DatasetError(f"{data.root}: actions have shape {data.features['action']['shape']}, the "
+                               f"{task.robot}'s controls are [{nu}]")
+
+    def policy_actions(self, controls: np.ndarray) -> np.ndarray:
+        """Executed controls as the policy's actions in [-1, 1] (the inverse of the task's action map)."""
+        action_map = self.builder.task.action
+        ids = np.asarray(action_map.actuator_ids)
+        offset = np.asarray(action_map.offset, dtype=np.float64)[ids]
+        return np.clip((np.asarray(controls)[:, ids] - offset) / np.asarray(action_map.scale), -1.0, 1.0)
+
+    def _observations(self, names: Sequence[str], states: np.ndarray, commands: np.ndarray | None,
+                      actions: np.ndarray, where: str) -> np.ndarray:
+        """An episode's policy observations, as ``policy_node`` builds them on each measured state."""
+        builder = self.builder
+        builder.reset()
+        out = []
+        try:
+            for t, (state, action) in enumerate(zip(states, actions)):
+                if commands is not None:
+                    builder.set_command(commands[t])
+                builder.update(robot_state(names, state))
+                if t:  # integrals advance after each step, not before the first
+                    builder.integrate()
+                out.append(builder.observation())
+                builder.controls(action)
+        except ObservationError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        return np.stack(out)
+
+
+def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str | os.PathLike,
+                             out: str | os.PathLike, *, offline: bool = False, cfg: RLIFConfig | None = None,
+                             on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Fit a residual over the bundle at ``policy`` from the logged ``datasets`` and write it as a residual bundle
+    at ``out``; returns a summary (frames, takeovers, human steps, the fit's last losses, the bundle)."""
+    from robostack.workflows.export import write_residual_bundle
+
+    start = time.perf_counter()
+    cfg = cfg or RLIFConfig()
+    base = load_bundle(policy)
+    if base.metadata.get("kind", ACTOR_CRITIC) != ACTOR_CRITIC:
+        raise BundleError(f"bundle {policy}: a {base.metadata['kind']!r} bundle; learning from interventions "
+                          "corrects actor_critic bundles (PPO, SAC) for now")
+    steps = LoggedSteps(ObservationBuilder(base.metadata), [load_dataset(d) for d in datasets])
+    base_actions = base.act(steps.obs)
+    residual = residual_targets(steps.actions, base_actions, cfg.scale)
+    rewards = rlif_rewards(steps.human, steps.episode)
+    online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)
+    if offline:
+        from robostack.policies.iql import IQL, IQLConfig
+
+        learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
+                      IQLConfig(gamma=cfg.gamma))
+        learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
+        losses = learner.update(cfg.updates)
+        module, algo = learner.export_policy(), "iql"
+    else:
+        learner, losses = fit_residual(online, prior, cfg, on_update)
+        module, algo = learner.export_policy(), "rlif"
+    training = {"algo": algo, "datasets": [str(Path(d).resolve()) for d in datasets], "frames": int(len(steps.obs)),
+                "takeovers": int((rewards < 0).sum()), "human_steps": int(steps.human.sum()),
+                "updates": cfg.updates, "losses": {k: float(v) for k, v in losses.items()}}
+    bundle = write_residual_bundle(out, policy, module, cfg.scale, algo, training)
+    return {**training, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}

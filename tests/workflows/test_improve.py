@@ -1,0 +1,95 @@
+"""The intervention loop: a round through the real ROS 2 graph (simulated human, recorder, bag, dataset), the
+residual it learns, resuming, and learning from a dataset with ``train --interventions`` (RLIF and IQL)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_takeovers_command_is_replaced_by_the_tasks_until_the_task_commands_again():
+    from robostack.workflows.interventions import task_commands
+
+    target, human = [0.0, 0.0, 1.0], [0.0, 0.0, 1.3]
+    commands = np.array([target, target, human, human, human, human, target, target, human])
+    flags = np.array([0, 0, 1, 1, 0, 0, 0, 0, 1], dtype=bool)  # handed back at 4; the task commands again at 6
+    episode = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1])  # episode 1 starts taken over: no task command seen
+    out = task_commands(commands, flags, episode)
+    assert np.allclose(out[:8], target)
+    assert np.allclose(out[8], human)
+
+
+def test_a_recorded_state_row_is_the_robot_state_it_came_from():
+    from robostack.real.robot_state import RobotState
+    from robostack.workflows.convert import _state_vector
+    from robostack.workflows.interventions import robot_state
+
+    state = RobotState({"a": 0.1, "b": -0.2}, {"a": 1.0, "b": 2.0}, np.array([1.0, 2.0, 3.0]),
+                       np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.3]), np.array([-0.1, -0.2, -0.3]))
+    names, values = _state_vector(state)
+    back = robot_state(names, values)
+    assert back.joint_position == state.joint_position and back.joint_velocity == state.joint_velocity
+    for field in ("base_position", "base_orientation", "base_linear_velocity", "base_angular_velocity"):
+        assert np.allclose(getattr(back, field), getattr(state, field))
+
+
+def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(tmp_path, capsys, monkeypatch):
+    """cf2-hover 40 % heavier with one weak motor (configs/improve/cf2-hover.yaml): 2 episodes deployed through the
+    ROS 2 graph with the simulated human, the bag converted, a residual learned and evaluated; a rerun resumes."""
+    from robostack.bundle import load_bundle
+    from robostack.cli import main
+    from robostack.data.dataset import INTERVENTION, load_dataset
+    from robostack.workflows.interventions import LoggedSteps
+    from robostack.real.observation import ObservationBuilder
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "81")
+    out = tmp_path / "loop"
+    argv = ["improve", "--task", "cf2-hover", "--rounds", "1", "--episodes-per-round", "2", "--eval-episodes", "8",
+            "--out", str(out), "--json", "updates=40", "hidden=[32,32]", "batch_size=64"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rounds"] == 1 and len(report["interventions_per_episode"]) == 1
+    assert 0.0 <= report["success_before"] <= 0.5  # the shipped bundle sags under the shift
+    round_dir = out / "round-0"
+    data = load_dataset(round_dir / "dataset")
+    assert data.num_episodes >= 2 and data.sim_task == "cf2-hover"
+    flags = data.frames([INTERVENTION])[INTERVENTION]
+    assert report["intervened_steps"] == int(flags.sum()) > 0  # the human took over (it sags 0.37 m)
+    residual = load_bundle(report["bundle"])
+    assert residual.metadata["kind"] == "residual" and residual.metadata["training"]["algo"] == "rlif"
+    assert (out / "rounds.png").stat().st_size > 1000
+
+    # the rebuilt observations are the policy's: where it flew, the base acts as the commands executed
+    base = load_bundle(ROOT / "bundles" / "cf2-hover")
+    steps = LoggedSteps(ObservationBuilder(base.metadata), [data])
+    gap = np.abs(base.act(steps.obs) - steps.actions).max(axis=1)[~steps.human]
+    assert np.median(gap) < 0.02, np.median(gap)
+
+    deployed_at = (round_dir / "deploy.json").stat().st_mtime
+    assert main(argv) == 0  # finished steps are not redone
+    assert json.loads(capsys.readouterr().out)["per_round"] == report["per_round"]
+    assert (round_dir / "deploy.json").stat().st_mtime == deployed_at
+
+    # the same data through train --interventions, offline (IQL)
+    assert main(["train", "cf2-hover", "--interventions", str(round_dir / "dataset"), "--offline", "--policy",
+                 str(ROOT / "bundles" / "cf2-hover"), "--out", str(tmp_path / "iql"), "--json", "updates=30"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert load_bundle(summary["bundle"]).metadata["training"]["algo"] == "iql"
+    assert summary["human_steps"] == report["intervened_steps"]
+    # another loop's settings in the same folder are refused
+    assert main(argv[:-3] + ["updates=41"]) == 2
+    assert "holds a loop with other settings (rlif)" in capsys.readouterr().err
+
+
+def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
+    from robostack.cli import main
+
+    assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    assert "give --interventions DATASET, --policy BUNDLE and --out DIR" in capsys.readouterr().err
+    assert main(["train", "panda-reach", "--interventions", str(tmp_path / "none"), "--policy",
+                 str(ROOT / "bundles" / "panda-reach"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err
