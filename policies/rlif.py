@@ -15,11 +15,12 @@ two buffers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from robostack.policies.iql import IQLConfig
 from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig
 
 __all__ = ["RLIFConfig", "takeover_starts", "rlif_rewards", "residual_targets", "intervention_buffers",
@@ -41,6 +42,7 @@ class RLIFConfig:
     hidden: tuple[int, ...] = (256, 256)
     bc_weight: float = 0.0  # behaviour cloning of the human's steps in the actor's loss (SAC's prior_bc_weight)
     seed: int = 0
+    iql: IQLConfig = field(default_factory=IQLConfig)  # offline: IQL instead of SAC (its own gamma, batch, ...)
 
 
 def takeover_starts(intervention: np.ndarray, episode_index: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from robostack.bundle import BundleError, load_bundle
 from robostack.bundle.format import ACTOR_CRITIC
@@ -160,10 +161,11 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
     rewards = rlif_rewards(steps.human, steps.episode)
     online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)
     if offline:
-        from robostack.policies.iql import IQL, IQLConfig
+        from robostack.policies.iql import IQL
 
+        torch.manual_seed(cfg.seed)
         learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
-                      IQLConfig(gamma=cfg.gamma))
+                      cfg.iql)
         learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
         losses = learner.update(cfg.updates)
         module, algo = learner.export_policy(), "iql"
