@@ -113,12 +113,12 @@ def preflight(policy: str | os.PathLike, robot: str | None = None) -> LoadedBund
 def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.PathLike | None = None,
                randomize: bool = True, episodes: int = 0, seed: int = 0, teleop: str | None = None,
                robot: str | None = None, disturbances: list[str] | None = None,
-               intervener: bool = False) -> list[NodeSpec]:
+               intervener: bool = False, exploration_std: float = 0.0) -> list[NodeSpec]:
     """The nodes of one deployment of the bundle at ``policy`` (checked by ``preflight``, on ``robot`` if
     given); ``sim`` adds the simulated robot driver (``disturbances``: task-config overrides it simulates,
     e.g. stronger pushes; ``intervener``: a simulated human takes over when the robot goes wrong, through a
     joy ``teleop_node``), ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the
-    recorder."""
+    recorder; ``exploration_std`` the policy's action noise (``policy_node``)."""
     if teleop is not None and teleop not in TELEOP_INPUTS:
         raise ValueError(f"teleop must be one of {TELEOP_INPUTS} or None, got {teleop!r}")
     if intervener and (not sim or teleop == "twist"):
@@ -132,7 +132,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         # The simulated robot publishes its state at the control rate, so the policy acts on each one, as on a
         # driver that does; on a timer (a real driver's own rate) the safety layer's rate limit had only part of
         # a period to move the targets before the simulator's step took them (panda-lift: 0.4 vs 0.9, 10 episodes).
-        NodeSpec("policy_node", "policy_node", {"bundle": policy, "trigger": "state" if sim else "timer"}),
+        NodeSpec("policy_node", "policy_node", {"bundle": policy, "trigger": "state" if sim else "timer",
+                                                **({"exploration_std": exploration_std} if exploration_std else {})}),
         NodeSpec(SAFETY_NODE, SAFETY_NODE, {"robot": spec.name, "task": bundle.task, "bundle": policy}),
         NodeSpec("robot_state_publisher", "robot_state_publisher",
                  {"robot_description": spec.urdf.read_text(encoding="utf-8")}, package="robot_state_publisher"),

@@ -37,7 +37,11 @@ targets of a relative or end-effector action map follow the measured joints. So 
 the robot did not get, and is not pushed off course when the safety layer passes it again.
 
 Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/deploy/<robot>.yaml``),
-``trigger`` (``timer``, the default, or ``state``), ``rate_hz`` (the timer's; 0 = the bundle's control rate).
+``trigger`` (``timer``, the default, or ``state``), ``rate_hz`` (the timer's; 0 = the bundle's control rate),
+``exploration_std`` (0: none): Gaussian noise of that standard deviation on every action the bundle chooses (in
+its [-1, 1] action space, then clipped; the safety layer filters the result as any command), so that logs of the
+deployment hold actions to compare for learning from them, as HIL-SERL's actor samples on the robot
+(``robostack improve``); refused for a bundle that writes actuator controls itself.
 """
 from __future__ import annotations
 
@@ -67,7 +71,12 @@ WATCHDOG_PERIOD_S = 0.5  # acting per state: how often it checks that states sti
 class PolicyRunner:
     """The node's logic without ROS: state in, controls out (or None and the reason it will not act)."""
 
-    def __init__(self, bundle_path: str, config_path: str | None = None):
+    def __init__(self, bundle_path: str, config_path: str | None = None, exploration_std: float = 0.0):
+        if not 0.0 <= exploration_std < 1.0:
+            raise ValueError(f"parameter 'exploration_std' must be in [0, 1) (of the action range), got "
+                             f"{exploration_std}")
+        self.exploration_std = exploration_std
+        self.exploration = np.random.default_rng()
         self.bundle = load_bundle(bundle_path)
         robot = registry.robot(check_bundle_task(self.bundle.metadata, bundle_path))
         source = str(config_path or robot.deploy_config_file)
@@ -95,6 +104,9 @@ class PolicyRunner:
             base_source = ObservationBuilder(self.bundle.base.metadata)
             self.builders.append(base_source)
         self.actor = kind.actor(self.bundle, self.builder, num_envs=1, seed=0, base_source=base_source)
+        if exploration_std and self.actor.writes_controls:
+            raise ValueError("parameter 'exploration_std': this bundle writes actuator controls, not actions in "
+                             "[-1, 1]")
         self.fresh_episode = True
         # Whether the safety layer passes this node's commands (``safety/status``), the only way they reach a
         # driver. While it does not (it has not found this node yet, it runs a fallback, a human is in control),
@@ -151,6 +163,8 @@ class PolicyRunner:
             if not self.fresh_episode:  # as in training: integrals advance after each step, not before the first
                 self.builder.integrate()
             action = self.actor.act()[0]
+            if self.exploration_std:
+                action = np.clip(action + self.exploration.normal(0.0, self.exploration_std, action.shape), -1.0, 1.0)
             controls = self.controls_for(action)
         except (ObservationError, BundleError) as exc:
             return None, f"cannot act: {exc}"
@@ -234,11 +248,12 @@ def main(args: list[str] | None = None) -> int:
                 config_path = node.declare_parameter("config", "").value
                 rate_hz = float(node.declare_parameter("rate_hz", 0.0).value)
                 trigger = node.declare_parameter("trigger", "timer").value
+                exploration_std = float(node.declare_parameter("exploration_std", 0.0).value)
                 if not bundle_path:
                     raise BundleError("parameter 'bundle' is required (a policy bundle directory)")
                 if trigger not in TRIGGERS:
                     raise ValueError(f"parameter 'trigger' must be one of {list(TRIGGERS)}, got {trigger!r}")
-                runner = PolicyRunner(bundle_path, config_path)
+                runner = PolicyRunner(bundle_path, config_path, exploration_std)
             except (BundleError, ValueError, KeyError, FileNotFoundError) as exc:
                 print(f"policy_node: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
                 return 2

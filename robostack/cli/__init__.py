@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from robostack.cli.bench import add_bench_parser
-from robostack.cli.common import (DEVICE_HELP, EXPERT_NOISE_HELP, NPROC_HELP, Failure, UsageError, _print_table, _report,
-                                  _require_positive, _stdout_to_stderr)
+from robostack.cli.common import (DEVICE_HELP, EXPERT_NOISE_HELP, NPROC_HELP, Failure, UsageError, _print_table,
+                                  _report, _require_positive, _stdout_to_stderr)
 from robostack.cli.improve import add_improve_parser
 
 PROG = "robostack"
@@ -208,7 +208,8 @@ def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
         from robostack.workflows.interventions import learn_from_interventions
 
         summary = learn_from_interventions(args.interventions, args.policy, args.out, offline=args.offline, cfg=cfg)
-    return _report(args, out, f"train: {args.task} from interventions on {args.policy}", summary, ("bundle", "takeovers"))
+    title = f"train: {args.task} from interventions on {args.policy}"
+    return _report(args, out, title, summary, ("bundle", "takeovers"))
 
 
 def _train_critic(args: argparse.Namespace, out: TextIO) -> int:

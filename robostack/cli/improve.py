@@ -17,7 +17,7 @@ def cmd_improve(args: argparse.Namespace, out: TextIO) -> int:
     if args.intervener != "scripted":
         raise UsageError(f"--intervener {args.intervener!r}: the loop's intervener is the task's scripted human "
                          "(scripted); a person's takeovers are learned with robostack train --interventions")
-    overrides = [f"rlif.{o}" for o in args.overrides]
+    overrides = list(args.overrides)
     overrides += [f"{key}={value}" for key, value in (("rounds", args.rounds),
                                                        ("episodes_per_round", args.episodes_per_round),
                                                        ("eval_episodes", args.eval_episodes)) if value is not None]
@@ -61,6 +61,6 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
     p.add_argument("--out", metavar="DIR", default=None, help="the loop's folder (default: runs/improve/TASK-STAMP)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="learner settings (robostack.policies.rlif."
-                   "RLIFConfig), e.g. updates=3000 scale=0.3")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the loop (robostack.workflows."
+                   "improve.ImproveConfig), e.g. exploration_std=0.1 rlif.updates=3000 rlif.scale=0.3")
     p.set_defaults(func=cmd_improve)

@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robostack.bundle import load_bundle
-from robostack.config import ConfigError, build_config, config_path, load_yaml, to_dict
+from robostack.config import ConfigError, config_path, load_config, to_dict
 from robostack.data.dataset import load_dataset
 from robostack.policies.rlif import RLIFConfig, rlif_rewards
 from robostack.workflows.convert import convert_bag
 from robostack.workflows.evaluate import eval_policy
-from robostack.workflows.interventions import learn_from_interventions
+from robostack.workflows.interventions import correctable, learn_from_interventions
 
 SETTINGS_FILE = "improve.json"
 
@@ -48,14 +47,13 @@ class ImproveConfig:
     rounds: int = 3
     episodes_per_round: int = 20
     eval_episodes: int = 1000
+    exploration_std: float = 0.0  # the deployed policy's action noise (policy_node): logs with actions to compare
     rlif: RLIFConfig = field(default_factory=RLIFConfig)
 
 
 def improve_config(task: str, overrides: Sequence[str] = ()) -> ImproveConfig:
-    """``configs/improve/<task>.yaml`` (defaults where the task has none) with ``key=value`` overrides."""
-    path = config_path("improve", f"{task}.yaml")
-    data = load_yaml(path) if path.is_file() else {}
-    return build_config(ImproveConfig, data, str(path), overrides)
+    """``configs/improve/<task>.yaml`` with ``key=value`` overrides."""
+    return load_config(ImproveConfig, config_path("improve", f"{task}.yaml"), overrides)
 
 
 def _done(path: Path) -> dict[str, Any] | None:
@@ -72,15 +70,15 @@ def _write(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def deploy_round(policy: str | os.PathLike, folder: Path, episodes: int, shift: Sequence[str], seed: int
-                 ) -> dict[str, Any]:
+def deploy_round(policy: str | os.PathLike, folder: Path, episodes: int, shift: Sequence[str], seed: int,
+                 exploration_std: float = 0.0) -> dict[str, Any]:
     """The bundle on the simulated robot through the ROS 2 graph with the simulated intervener, recorded."""
     from robostack.real.graph import node_graph, run_graph
 
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished deployment starts over: its bag would be cut short
     folder.mkdir(parents=True)
     nodes = node_graph(policy, sim=True, record=folder / "bag", episodes=episodes, seed=seed,
-                       disturbances=list(shift), intervener=True)
+                       disturbances=list(shift), intervener=True, exploration_std=exploration_std)
     env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")}
     result = run_graph(nodes, wait_for="sim_robot_node", env=env, log_dir=folder)
     if result.failure or result.interrupted:
@@ -110,20 +108,18 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     cfg = cfg or improve_config(task)
     rounds, episodes_per_round, eval_episodes, shift = cfg.rounds, cfg.episodes_per_round, cfg.eval_episodes, cfg.shift
     start = time.perf_counter()
-    base = load_bundle(policy)
-    if base.task != task:
-        raise ConfigError(f"policy {policy} was trained for task {base.task!r}, not {task!r}")
     if rounds < 1 or episodes_per_round < 1 or eval_episodes < 1:
         raise ConfigError("rounds, episodes per round and evaluation episodes must be at least 1")
     from robostack import sim
 
     if sim.task(task).intervener is None:
         raise ConfigError(f"task {task!r} has no simulated intervener (a rule for when to take over)")
+    correctable(policy)  # before anything is deployed
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"task": task, "policy": str(Path(policy).resolve()), "episodes_per_round": episodes_per_round,
                 "shift": list(shift), "offline": offline, "eval_episodes": eval_episodes, "seed": seed,
-                "rlif": to_dict(cfg.rlif)}
+                "exploration_std": cfg.exploration_std, "rlif": to_dict(cfg.rlif)}
     previous = _done(root / SETTINGS_FILE)
     if previous is not None and previous != settings:
         differing = sorted(k for k in settings if previous.get(k) != settings[k])
@@ -148,7 +144,7 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
         if deployed is None:
             note(f"round {r}: deploying {current} for {episodes_per_round} episodes through ROS 2")
             deployed = _write(folder / "deploy.json", deploy_round(current, folder / "deploy", episodes_per_round,
-                                                                   shift, seed + 1000 * r))
+                                                                   shift, seed + 1000 * r, cfg.exploration_std))
         figures = _done(folder / "dataset.json")
         if figures is None:
             shutil.rmtree(folder / "dataset", ignore_errors=True)

@@ -63,17 +63,30 @@ def task_commands(commands: np.ndarray, intervention: np.ndarray, episode_index:
     return out
 
 
+def correctable(policy: str | os.PathLike) -> tuple[Any, ObservationBuilder]:
+    """The bundle at ``policy`` and its observation builder, if a correction can be learned for it from logs: an
+    actor-critic bundle whose task maps actions to controls one to one (so executed controls give its actions).
+    Refuses (``BundleError``, one line) otherwise: before a loop deploys anything."""
+    base = load_bundle(policy)
+    if base.metadata.get("kind", ACTOR_CRITIC) != ACTOR_CRITIC:
+        raise BundleError(f"bundle {policy}: a {base.metadata['kind']!r} bundle; learning from interventions "
+                          "corrects actor_critic bundles (PPO, SAC) for now")
+    builder = ObservationBuilder(base.metadata)
+    action_map = builder.task.action
+    if action_map.relative or action_map.ik is not None or action_map.gripper is not None:
+        raise BundleError(f"bundle {policy}: task {builder.task.name!r} acts by relative, end-effector or gripper "
+                          "commands, which executed controls do not determine; learning from interventions takes "
+                          "tasks whose actions map to controls one to one for now")
+    return base, builder
+
+
 class LoggedSteps:
     """Every frame of some datasets as the deployed policy saw it: rebuilt observations, the executed actions in the
-    policy's action space, intervention flags, episode indices and each frame's successor row (-1: none)."""
+    policy's action space, intervention flags, episode indices and each frame's successor row (-1: none). The
+    builder's task must map actions to controls one to one (``correctable``)."""
 
     def __init__(self, builder: ObservationBuilder, datasets: Sequence[Dataset]):
         self.builder = builder
-        action_map = builder.task.action
-        if action_map.relative or action_map.ik is not None or action_map.gripper is not None:
-            raise DatasetError(f"task {builder.task.name!r}: its actions are relative, end-effector or gripper "
-                               "commands, which executed controls do not determine; learning from interventions "
-                               "takes tasks whose actions map to controls one to one")
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "human", "episode", "next")}
         offset = 0
         for data in datasets:
@@ -151,11 +164,8 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
 
     start = time.perf_counter()
     cfg = cfg or RLIFConfig()
-    base = load_bundle(policy)
-    if base.metadata.get("kind", ACTOR_CRITIC) != ACTOR_CRITIC:
-        raise BundleError(f"bundle {policy}: a {base.metadata['kind']!r} bundle; learning from interventions "
-                          "corrects actor_critic bundles (PPO, SAC) for now")
-    steps = LoggedSteps(ObservationBuilder(base.metadata), [load_dataset(d) for d in datasets])
+    base, builder = correctable(policy)
+    steps = LoggedSteps(builder, [load_dataset(d) for d in datasets])
     base_actions = base.act(steps.obs)
     residual = residual_targets(steps.actions, base_actions, cfg.scale)
     rewards = rlif_rewards(steps.human, steps.episode)

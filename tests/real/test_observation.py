@@ -151,3 +151,27 @@ def test_a_policy_whose_commands_are_not_executed_does_not_wind_up():
     runner.executed = False
     held = [runner.tick(listener)[0] for _ in range(3)]
     assert max(np.abs(h - measured).max() for h in held) < 1.5 * step  # one step from where the joints are
+
+
+def test_exploration_noise_perturbs_the_policys_actions_within_their_range():
+    """``exploration_std`` (what ``robostack improve`` deploys with, so its logs hold actions to compare): the same
+    state gives other controls each tick, around the noiseless ones and within the action range; 0 changes
+    nothing; a value outside [0, 1) is refused."""
+    from robostack.real.bench import SHIPPED_BUNDLES, home_state
+    from robostack.real.policy_node import PolicyRunner
+
+    def controls(std: float) -> np.ndarray:
+        runner = PolicyRunner(str(SHIPPED_BUNDLES / "cf2-hover"), exploration_std=std)
+        runner.executed = True
+        listener = _FixedState(home_state(runner.builder.model, runner.builder.joint_names))
+        return np.array([runner.tick(listener)[0] for _ in range(40)])
+
+    plain, again, noisy = controls(0.0), controls(0.0), controls(0.2)
+    np.testing.assert_allclose(plain, again)
+    differences = noisy - plain
+    assert np.abs(differences).max() > 0.01 and np.abs(differences.mean(axis=0)).max() < np.abs(differences).max()
+    builder = PolicyRunner(str(SHIPPED_BUNDLES / "cf2-hover")).builder
+    low, high = builder.model.actuator_ctrlrange[:, 0], builder.model.actuator_ctrlrange[:, 1]
+    assert ((noisy >= low - 1e-9) & (noisy <= high + 1e-9)).all()
+    with pytest.raises(ValueError, match="exploration_std"):
+        PolicyRunner(str(SHIPPED_BUNDLES / "cf2-hover"), exploration_std=1.5)

@@ -49,7 +49,7 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     out = tmp_path / "loop"
     argv = ["improve", "--task", "cf2-hover", "--rounds", "1", "--episodes-per-round", "2", "--eval-episodes", "8",
             "--shift", "randomization.link_mass.range=[1.6,1.6]",  # sags farther than the human's 0.3 m: takeovers
-            "--out", str(out), "--json", "updates=40", "hidden=[32,32]", "batch_size=64"]
+            "--out", str(out), "--json", "rlif.updates=40", "rlif.hidden=[32,32]", "rlif.batch_size=64"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rounds"] == 1 and len(report["interventions_per_episode"]) == 1
@@ -83,7 +83,7 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     assert load_bundle(summary["bundle"]).metadata["training"]["algo"] == "iql"
     assert summary["human_steps"] == report["intervened_steps"]
     # another loop's settings in the same folder are refused
-    assert main(argv[:-3] + ["updates=41"]) == 2
+    assert main(argv[:-3] + ["rlif.updates=41"]) == 2
     assert "holds a loop with other settings (rlif)" in capsys.readouterr().err
 
 
@@ -96,3 +96,18 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
                  str(ROOT / "bundles" / "panda-reach"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+    assert main(["bench", "improve", "--task", "panda-lift", "--out", str(tmp_path / "lift")]) == 2
+    err = capsys.readouterr().err
+    assert "a 'chunk' bundle; learning from interventions corrects actor_critic bundles" in err, err
+    assert not (tmp_path / "lift").exists()  # refused before anything was deployed
+
+
+def test_the_loop_deploys_with_its_exploration_noise():
+    from robostack.real.graph import node_graph
+
+    def policy_parameters(std: float) -> dict:
+        nodes = node_graph(ROOT / "bundles" / "cf2-hover", sim=True, episodes=1, intervener=True, exploration_std=std)
+        return next(n for n in nodes if n.name == "policy_node").parameters
+
+    assert policy_parameters(0.1)["exploration_std"] == 0.1
+    assert "exploration_std" not in policy_parameters(0.0)  # as before: a plain deployment
