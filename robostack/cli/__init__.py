@@ -193,22 +193,24 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.interventions or args.policy is None or args.out is None:
-        raise UsageError("learning from interventions corrects a deployed bundle: give --interventions DATASET, "
-                         "--policy BUNDLE and --out DIR (the corrected bundle)")
+    if not args.interventions or args.out is None:
+        raise UsageError("learning from interventions corrects a deployed bundle: give --interventions DATASET and "
+                         "--out DIR (the corrected bundle; --policy BUNDLE, default: the task's shipped bundle)")
     if args.algo is not None or args.dataset is not None or args.base is not None or args.resume is not None:
         raise UsageError("--interventions: not with --algo, --dataset, --base or --resume (--offline: IQL)")
     from robostack.config import build_config
     from robostack.policies.rlif import RLIFConfig
+    from robostack.real.bench import resolve_bundle
 
+    policy = resolve_bundle(args.task, args.policy)
     cfg = build_config(RLIFConfig, {}, "--interventions settings", list(args.overrides))
     if args.seed is not None:
         cfg.seed = args.seed
     with _stdout_to_stderr(args.json):
         from robostack.workflows.interventions import learn_from_interventions
 
-        summary = learn_from_interventions(args.interventions, args.policy, args.out, offline=args.offline, cfg=cfg)
-    title = f"train: {args.task} from interventions on {args.policy}"
+        summary = learn_from_interventions(args.interventions, policy, args.out, offline=args.offline, cfg=cfg)
+    title = f"train: {args.task} from interventions on {policy}"
     return _report(args, out, title, summary, ("bundle", "takeovers"))
 
 
@@ -450,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="--algo safety-critic, --interventions: where the new bundle goes")
     p.add_argument("--interventions", action="append", default=[], metavar="DATASET",
-                   help="learn a correction of --policy from datasets of its deployments with a human's takeovers "
+                   help="learn a correction of --policy (default: the shipped bundles/TASK) from datasets of its "
+                        "deployments with a human's takeovers "
                         "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys)")
     p.add_argument("--offline", action="store_true", help="--interventions: learn offline with IQL instead")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",

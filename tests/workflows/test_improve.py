@@ -90,8 +90,11 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
 def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
     from robostack.cli import main
 
-    assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
-    assert "give --interventions DATASET, --policy BUNDLE and --out DIR" in capsys.readouterr().err
+    assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none")]) == 2
+    assert "give --interventions DATASET and --out DIR" in capsys.readouterr().err
+    assert main(["train", "go2-walk", "--interventions", str(tmp_path / "none"), "--policy",
+                 str(ROOT / "bundles" / "cf2-hover"), "--out", str(tmp_path / "b")]) == 2
+    assert "cf2-hover" in capsys.readouterr().err  # the bundle is another task's
     assert main(["train", "panda-reach", "--interventions", str(tmp_path / "none"), "--policy",
                  str(ROOT / "bundles" / "panda-reach"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
