@@ -16,7 +16,9 @@ Each round (a folder ``round-<r>/`` of ``--out``):
 4. ``eval.json``: the new bundle in the vectorized simulator under the shift.
 
 The next round deploys that bundle. Every step leaves its output and a ``.json`` that says it finished; a rerun
-with the same ``--out`` skips what finished (a round is resumable), and nothing of a round is deleted.
+with the same ``--out`` skips what finished (a round is resumable); a step redone makes its round's later steps run
+again (not later rounds'). Recorded data is never deleted: a deployment that did not finish is kept as
+``deploy-unfinished-<n>/`` and the round deploys again.
 ``report.json`` and ``rounds.png`` sum the rounds up: takeovers per episode, success deployed and evaluated.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from robostack.workflows.evaluate import eval_policy
 from robostack.workflows.interventions import correctable, learn_from_interventions
 
 SETTINGS_FILE = "improve.json"
+ROUND_STEPS = ("deploy", "dataset", "train", "eval")  # each writes <step>.json in its round's folder when done
 
 
 @dataclass
@@ -75,7 +78,10 @@ def deploy_round(policy: str | os.PathLike, folder: Path, episodes: int, shift: 
     """The bundle on the simulated robot through the ROS 2 graph with the simulated intervener, recorded."""
     from robostack.real.graph import node_graph, run_graph
 
-    shutil.rmtree(folder, ignore_errors=True)  # an unfinished deployment starts over: its bag would be cut short
+    if folder.exists():  # an unfinished deployment starts over; its bag, cut short, is kept beside
+        kept = next(folder.with_name(f"{folder.name}-unfinished-{i}") for i in range(1000)
+                    if not folder.with_name(f"{folder.name}-unfinished-{i}").exists())
+        folder.rename(kept)
     folder.mkdir(parents=True)
     nodes = node_graph(policy, sim=True, record=folder / "bag", episodes=episodes, seed=seed,
                        disturbances=list(shift), intervener=True, exploration_std=exploration_std)
@@ -140,6 +146,10 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     for r in range(rounds):
         folder = root / f"round-{r}"
         folder.mkdir(exist_ok=True)
+        steps = [folder / f"{step}.json" for step in ROUND_STEPS]
+        missing = [i for i, path in enumerate(steps) if _done(path) is None]
+        for path in steps[missing[0] + 1:] if missing else []:  # a step redone: the ones after it are redone too
+            path.unlink(missing_ok=True)
         deployed = _done(folder / "deploy.json")
         if deployed is None:
             note(f"round {r}: deploying {current} for {episodes_per_round} episodes through ROS 2")

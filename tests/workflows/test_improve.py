@@ -86,6 +86,14 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     assert main(argv[:-3] + ["rlif.updates=41"]) == 2
     assert "holds a loop with other settings (rlif)" in capsys.readouterr().err
 
+    # a deployment that did not finish (no deploy.json): its bag is kept aside, the round deploys and learns again
+    (round_dir / "deploy.json").unlink()
+    trained_at = (round_dir / "train.json").stat().st_mtime
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (round_dir / "deploy-unfinished-0" / "bag" / "metadata.yaml").is_file()
+    assert (round_dir / "deploy.json").is_file() and (round_dir / "train.json").stat().st_mtime > trained_at
+
 
 def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
     from robostack.cli import main
