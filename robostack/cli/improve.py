@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from robostack.cli.common import UsageError, _print_table, _require_positive, _stdout_to_stderr
+from robostack.cli.common import Failure, UsageError, _print_table, _require_positive, _stdout_to_stderr
 
 REPORT_KEYS = ("success_before", "success_after", "rounds", "interventions_per_episode", "intervened_steps", "wall_s")
 
@@ -28,7 +28,10 @@ def cmd_improve(args: argparse.Namespace, out: TextIO) -> int:
         from robostack.workflows.improve import improve, improve_config
 
         cfg = improve_config(args.task, overrides)
-        report = improve(args.task, args.policy, out_dir, cfg, offline=args.offline, seed=args.seed)
+        try:
+            report = improve(args.task, args.policy, out_dir, cfg, offline=args.offline, seed=args.seed)
+        except RuntimeError as exc:  # a round's deployment stopped: what finished is kept, a rerun resumes
+            raise Failure(f"{exc}; rerun with --out {out_dir} to resume") from None
     if args.json:
         out.write(json.dumps(report, default=str) + "\n")
     else:
@@ -50,7 +53,8 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
         epilog="example: robostack improve --task cf2-hover --rounds 3 --episodes-per-round 20 "
                "--shift randomization.link_mass.range=[1.4,1.4]")
     p.add_argument("--task", required=True, help="task name (see: robostack list)")
-    p.add_argument("--policy", metavar="BUNDLE", default=None, help="the bundle to start from (default: the shipped bundles/TASK)")
+    p.add_argument("--policy", metavar="BUNDLE", default=None,
+                   help="the bundle to start from (default: the shipped bundles/TASK)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: the task's improve config, 3)")
     p.add_argument("--episodes-per-round", type=int, default=None, help="deployed episodes per round")
     p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes before and after each round")
