@@ -55,7 +55,11 @@ class ImproveConfig:
 
 
 def improve_config(task: str, overrides: Sequence[str] = ()) -> ImproveConfig:
-    """``configs/improve/<task>.yaml`` with ``key=value`` overrides."""
+    """``configs/improve/<task>.yaml`` with ``key=value`` overrides, for a task with a simulated intervener."""
+    from robostack import sim
+
+    if sim.task(task).intervener is None:
+        raise ConfigError(f"task {task!r} has no simulated intervener (a rule for when to take over)")
     return load_config(ImproveConfig, config_path("improve", f"{task}.yaml"), overrides)
 
 
@@ -110,16 +114,12 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     the task's ``improve_config``); returns the report (also ``out/report.json``)."""
     from robostack.real.bench import resolve_bundle
 
-    policy = resolve_bundle(task, policy)
     cfg = cfg or improve_config(task)
+    policy = resolve_bundle(task, policy)
     rounds, episodes_per_round, eval_episodes, shift = cfg.rounds, cfg.episodes_per_round, cfg.eval_episodes, cfg.shift
     start = time.perf_counter()
     if rounds < 1 or episodes_per_round < 1 or eval_episodes < 1:
         raise ConfigError("rounds, episodes per round and evaluation episodes must be at least 1")
-    from robostack import sim
-
-    if sim.task(task).intervener is None:
-        raise ConfigError(f"task {task!r} has no simulated intervener (a rule for when to take over)")
     correctable(policy)  # before anything is deployed
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,8 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
     err = capsys.readouterr().err
     assert "a 'chunk' bundle; learning from interventions corrects actor_critic bundles" in err, err
     assert not (tmp_path / "lift").exists()  # refused before anything was deployed
+    assert main(["improve", "--task", "panda-reach", "--out", str(tmp_path / "reach")]) == 2
+    assert "task 'panda-reach' has no simulated intervener" in capsys.readouterr().err
 
 
 def test_the_loop_deploys_with_its_exploration_noise():
