@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from robostack.config import ConfigError, config_path, load_config, to_dict
-from robostack.data.dataset import load_dataset
+from robostack.data.dataset import Dataset
 from robostack.policies.rlif import RLIFConfig, rlif_rewards
 from robostack.workflows.convert import convert_bag
 from robostack.workflows.evaluate import eval_policy
@@ -99,8 +99,7 @@ def deploy_round(policy: str | os.PathLike, folder: Path, episodes: int, shift: 
     return summary
 
 
-def _round_figures(dataset_path: Path) -> dict[str, Any]:
-    data = load_dataset(dataset_path)
+def _round_figures(data: Dataset) -> dict[str, Any]:
     frames = data.frames(["complementary_info.intervention", "episode_index"])
     flags, episodes = frames["complementary_info.intervention"], frames["episode_index"]
     takeovers = int((rlif_rewards(flags, episodes) < 0).sum())  # not one held over an episode's reset twice
@@ -158,9 +157,9 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
         figures = _done(folder / "dataset.json")
         if figures is None:
             shutil.rmtree(folder / "dataset", ignore_errors=True)
-            convert_bag(folder / "deploy" / "bag", folder / "dataset", task=f"{task}: improve round {r}",
-                        sim_task=task)
-            figures = _write(folder / "dataset.json", _round_figures(folder / "dataset"))
+            data = convert_bag(folder / "deploy" / "bag", folder / "dataset", task=f"{task}: improve round {r}",
+                               sim_task=task)
+            figures = _write(folder / "dataset.json", _round_figures(data))
         datasets.append(folder / "dataset")
         trained = _done(folder / "train.json")
         if trained is None:

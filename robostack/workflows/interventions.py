@@ -100,10 +100,10 @@ class LoggedSteps:
                 commands = frames.get("observation.command")
                 if commands is not None:
                     commands = task_commands(commands, flags, episode)
-                parts["obs"].append(self._observations(names, frames["observation.state"], commands,
-                                                       self.policy_actions(frames["action"]), where=f"{data.root} "
-                                                       f"episode {e}"))
-                parts["action"].append(self.policy_actions(frames["action"]))
+                actions = self.policy_actions(frames["action"])
+                parts["obs"].append(self._observations(names, frames["observation.state"], commands, actions,
+                                                       where=f"{data.root} episode {e}"))
+                parts["action"].append(actions)
                 parts["human"].append(flags)
                 parts["episode"].append(episode)
                 parts["next"].append(np.append(np.arange(offset + 1, offset + length), -1))
