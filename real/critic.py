@@ -26,7 +26,8 @@ import mujoco
 import numpy as np
 
 from robostack.bundle import BundleError
-from robostack.bundle.format import CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, RECOVERIES
+from robostack.bundle.format import (CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, INPUT_NAME, OUTPUT_NAME, RECOVERIES,
+                                     RECOVERY_FILE)
 from robostack.real.robot_state import RobotState
 from robostack.real.safety import rotation_matrix
 from robostack.specs import RobotSpec
@@ -151,14 +152,7 @@ class RiskCritic:
         if critic["recovery"] != RECOVERIES[features.kind]:
             raise BundleError(f"bundle {root}: its critic recovers by {critic['recovery']!r}; a {features.kind} "
                               f"recovers by {RECOVERIES[features.kind]!r}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(root / CRITIC_FILE), sess_options=options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError(f"bundle {root}: corrupt {CRITIC_FILE}: onnxruntime cannot load it ({exc})") from None
+        self.session = _session(root / CRITIC_FILE, f"bundle {root}: corrupt {CRITIC_FILE}")
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
         if [i.name for i in inputs] != [CRITIC_INPUT] or inputs[0].shape[-1] != features.dim or \
                 outputs != [CRITIC_OUTPUT]:
@@ -167,6 +161,34 @@ class RiskCritic:
         self.features, self.joints = features, features.joints
         self.epsilon, self.recovery = float(critic["epsilon"]), critic["recovery"]
         self.judges_recovery = bool(critic.get("judges_recovery", False))
+        self.metadata, self.recovery_session, self.recovery_command = metadata, None, None
+        if "recovery_policy" in critic:
+            self.recovery_session = _session(root / RECOVERY_FILE, f"bundle {root}: corrupt {RECOVERY_FILE}")
+            inputs = self.recovery_session.get_inputs()
+            outputs = self.recovery_session.get_outputs()
+            obs_dim, act_dim = int(metadata["observation"]["dim"]), int(metadata["action"]["dim"])
+            if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].shape[-1] != obs_dim or \
+                    [o.name for o in outputs] != [OUTPUT_NAME] or outputs[0].shape[-1] != act_dim:
+                raise BundleError(f"bundle {root}: {RECOVERY_FILE} must map {INPUT_NAME!r} [batch, {obs_dim}] to "
+                                  f"{OUTPUT_NAME!r} [batch, {act_dim}] as its policy does")
+            self.recovery_command = np.asarray(critic["recovery_policy"]["command"], dtype=np.float64)
+            if self.recovery_command.size != int(metadata.get("command_dim", 0)):
+                raise BundleError(f"bundle {root}: critic.recovery_policy.command has {self.recovery_command.size} "
+                                  f"values, the task's command {metadata.get('command_dim', 0)}")
+            try:  # checked here, before any node starts: the recovery rebuilds the policy's observation
+                self.new_recovery()
+            except Exception as exc:  # the task's own errors (ObservationError, ConfigError, ...)
+                raise BundleError(f"bundle {root}: its critic's recovery policy cannot run: {exc}") from None
+
+    def new_recovery(self) -> Any:
+        """The learned recovery for one robot (``robostack.real.recovery_policy.PolicyRecovery``: it keeps that
+        robot's past actions); None where the bundle has none. Imported here alone: it needs torch and the task's
+        observation terms, which a safety node loads only for a bundle that has one."""
+        if self.recovery_session is None:
+            return None
+        from robostack.real.recovery_policy import PolicyRecovery
+
+        return PolicyRecovery(self.recovery_session, self.metadata, self.recovery_command)
 
     def risk_of(self, features: np.ndarray) -> np.ndarray:
         return self.session.run([CRITIC_OUTPUT], {CRITIC_INPUT: features})[0][:, 0]
@@ -177,6 +199,19 @@ class RiskCritic:
         batch = MeasuredBatch.of([state], self.joints)
         parts = self.features.state_parts(batch)
         return lambda command: float(self.risk_of(self.features(batch, command, parts))[0])
+
+
+def _session(path: Path, what: str) -> Any:
+    """One onnxruntime session of a small graph, on one thread (the safety node's loop is single-threaded)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise BundleError(f"{what}: onnxruntime cannot load it ({exc})") from None
 
 
 def bundle_critic(bundle_path: str | Path, metadata: dict[str, Any], robot: RobotSpec, robot_config: Any,

@@ -25,11 +25,12 @@ command there is no control to lose: a quadruped holds the pose it was found in 
 
 A learned safety critic (``robostack.real.critic.RiskCritic``, from the policy's bundle; none by default) judges
 every command in the measured state before the clamps: where its risk (the discounted probability of a
-violation ahead) is above its ``epsilon`` and the recovery's own risk is lower, the layer runs the kind's
-recovery instead (arm: hold where it was; quadruped: stand on the home pose; drone: level and hold its
-position) for at least ``RECOVERY_MIN_S`` and until the command's risk is below ``epsilon`` again, then passes
-commands again. A recovery is not a
-fallback: nothing latches, and the clamps apply to it as to any command.
+violation ahead) is above its ``epsilon`` and the recovery's own risk is lower, the layer runs the recovery
+instead for at least ``RECOVERY_MIN_S`` and until the command's risk is below ``epsilon`` again, then passes
+commands again: the recovery policy trained with the critic where the bundle has one (``critic.recovery_policy``),
+else the kind's scripted recovery (arm: hold where it was; quadruped: stand on the home pose; drone: level and
+hold its position), which also takes over where the learned one cannot act. A recovery is not a fallback:
+nothing latches, and the clamps apply to it as to any command.
 """
 from __future__ import annotations
 
@@ -169,6 +170,20 @@ class SafetyCritic(Protocol):
     def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
         """The risk of commands in ``state`` (what depends on the state alone computed once)."""
 
+    def new_recovery(self) -> LearnedRecovery | None:
+        """A recovery policy trained with the critic, for one robot (None: the kind's scripted recovery)."""
+
+
+class LearnedRecovery(Protocol):
+    """A trained recovery (``robostack.real.recovery_policy.PolicyRecovery``): ``begin`` where a recovery starts (from the
+    command it takes over), then ``target`` on every tick of it."""
+
+    name: str
+
+    def begin(self, state: RobotState, now: float, command: np.ndarray) -> None: ...
+
+    def target(self, state: RobotState, now: float) -> np.ndarray: ...
+
 
 def tilt(quat_wxyz: np.ndarray) -> float:
     """Angle (rad) between the body's up axis and the world's."""
@@ -218,6 +233,8 @@ class SafetyLayer(ABC):
         self.risk = 0.0  # the critic's latest risk of the command (0 without a critic)
         self.recovering_since: float | None = None  # when the current recovery began
         self.executed: np.ndarray | None = None  # the command the layer ran last: the policy's, or the recovery's
+        self.learned_recovery = critic.new_recovery() if critic is not None else None
+        self.recovery_problem = ""  # why the learned recovery could not act (the scripted one ran instead)
         # The robot's model as configured (actuators in driver order): its limits, masses and geometry
         self.robot_config = robot_config
         self.model = robot.build_model(robot_config)
@@ -354,8 +371,8 @@ class SafetyLayer(ABC):
         risky = not self.risk <= self.critic.epsilon
         judged = None  # the recovery as judged on this tick, computed once
         if risky and self.recovering_since is None:
-            self.begin_recovery(state, now)
-            judged = self.recovery(state, now)
+            self.start_recovery(state, now, command)
+            judged = self.recovery_target(state, now)
             if not (self.critic.judges_recovery and math.isfinite(self.risk)) or \
                     judge(judged[0]) < self.risk:
                 self.recovering_since = now
@@ -363,7 +380,33 @@ class SafetyLayer(ABC):
             self.recovering_since = None
         if self.recovering_since is None:
             return None
-        return judged or self.recovery(state, now)
+        return judged or self.recovery_target(state, now)
+
+    def start_recovery(self, state: RobotState, now: float, command: np.ndarray) -> None:
+        """A recovery starts from ``state``, taking over ``command``: the critic's learned one where it has one."""
+        self.begin_recovery(state, now)  # the scripted one stands by: it runs if the learned one cannot act
+        if self.learned_recovery is not None:
+            try:
+                self.learned_recovery.begin(state, now, command)
+                self.recovery_problem = ""
+            except Exception as exc:  # never let the recovery stop the layer: the scripted one runs instead
+                self.recovery_problem = f"{type(exc).__name__}: {exc}"
+
+    def recovery_target(self, state: RobotState, now: float) -> tuple[np.ndarray, str]:
+        """The recovery's target now and its name: the learned recovery's, or the scripted one where there is none
+        or it failed (a non-finite target, an exception: ``recovery_problem`` says which)."""
+        if self.learned_recovery is not None and not self.recovery_problem:
+            try:
+                target = np.asarray(self.learned_recovery.target(state, now), dtype=np.float64)
+                if target.shape == (self.num_actuators,) and np.isfinite(target).all():
+                    return target, self.learned_recovery.name
+                self.recovery_problem = f"its target {target.tolist()} is not {self.num_actuators} finite values"
+            except Exception as exc:  # never let the recovery stop the layer: the scripted one runs instead
+                self.recovery_problem = f"{type(exc).__name__}: {exc}"
+        target, name = self.recovery(state, now)
+        if self.recovery_problem:
+            return target, f"{name}; the learned recovery failed: {self.recovery_problem}"
+        return target, name
 
     @abstractmethod
     def begin_recovery(self, state: RobotState, now: float) -> None:

@@ -30,6 +30,11 @@ A bundle is a directory::
     files           {"policy.onnx": sha256, "policy.pt": sha256}
     content_hash    sha256 over the two files' bytes and the canonical JSON of the metadata without this field
 
+Any kind may also carry a safety critic trained for its policy: ``critic.onnx`` (metadata ``critic``: features,
+epsilon, the policy's file hashes) and, where one was trained, its recovery policy ``recovery.onnx``
+(``critic.recovery_policy``: the policy's own "obs" -> "action" contract, run with its task command); ``files`` and
+``content_hash`` then cover them too (``robostack.bundle.write.add_critic``).
+
 Applying an action ``a`` (deploy side, see ``PolicyBundle.controls``)::
 
     ctrl = base; ctrl[terms[i].actuator_index] += terms[i].scale * clip(a[i], -1, 1); clip to ctrl limits

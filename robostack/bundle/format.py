@@ -32,6 +32,10 @@ CRITIC_INPUT, CRITIC_OUTPUT = "features", "risk"  # its graph: risk features [B,
 
 RECOVERIES = {"quadruped": "stand", "drone": "level", "arm": "hold"}  # what the safety layer does on high risk
 
+RECOVERY_FILE = "recovery.onnx"  # optional: a recovery policy trained with the critic (metadata critic.recovery_policy);
+# it reads the policy's observation and writes its action (the same contract, INPUT_NAME -> OUTPUT_NAME), with the
+# task command critic.recovery_policy.command, and replaces the scripted recovery of RECOVERIES
+
 INPUT_NAME = "obs"
 
 OUTPUT_NAME = "action"
@@ -76,8 +80,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def hashed_files(metadata: dict[str, Any]) -> tuple[str, ...]:
-    """The files a bundle's content hash covers: the policy's two, and its critic's where it has one."""
-    return HASHED_FILES + ((CRITIC_FILE,) if "critic" in metadata else ())
+    """The files a bundle's content hash covers: the policy's two, and its critic's (and the critic's recovery
+    policy's) where it has one."""
+    critic = metadata.get("critic")
+    if critic is None:
+        return HASHED_FILES
+    return HASHED_FILES + (CRITIC_FILE,) + ((RECOVERY_FILE,) if isinstance(critic, dict) and
+                                            "recovery_policy" in critic else ())
 
 
 def content_hash(bundle_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> str:
@@ -181,6 +190,13 @@ def check_critic(meta: dict[str, Any], fail: Any) -> None:
         raise fail(f"critic.judges_recovery must be true or false, got {critic['judges_recovery']!r}")
     if recovery not in RECOVERIES.values():
         raise fail(f"critic.recovery must be one of {sorted(set(RECOVERIES.values()))}, got {recovery!r}")
+    learned = critic.get("recovery_policy")
+    if learned is not None:
+        command = learned.get("command") if isinstance(learned, dict) else None
+        if not isinstance(learned, dict) or learned.get("file") != RECOVERY_FILE or not isinstance(command, list) \
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in command):
+            raise fail(f"critic.recovery_policy must be {{'file': {RECOVERY_FILE!r}, 'command': [finite numbers]}}, "
+                       f"got {learned!r}")
     files = meta.get("files") or {}
     if any(files.get(name) != digest for name, digest in trained_for.items()) or ONNX_FILE not in trained_for:
         raise fail("its critic was trained for another policy (critic.policy_files differ from files): retrain the "

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robostack.bundle.format import (BASE_DIR, CONTRACT_KEY, CRITIC_FILE, HASHED_FILES, INPUT_NAME, METADATA_FILE,
-                                     ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, TORCHSCRIPT_FILE, BundleError, _jsonable,
-                                     _read_metadata_json, _sha256_file, content_hash, contract, hashed_files,
-                                     non_finite_paths)
+                                     ONNX_FILE, ONNX_OPSET, OUTPUT_NAME, RECOVERY_FILE, TORCHSCRIPT_FILE, BundleError,
+                                     _jsonable, _read_metadata_json, _sha256_file, content_hash, contract,
+                                     hashed_files, non_finite_paths)
 
 
 def embed_contract(onnx_path: Path, metadata: dict[str, Any]) -> None:
@@ -38,7 +38,7 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
         if not out.is_dir():
             raise BundleError(f"cannot write a bundle to {out}: it is a file")
         extra = sorted(p.name for p in out.iterdir()
-                       if p.name not in (*HASHED_FILES, CRITIC_FILE, METADATA_FILE, BASE_DIR))
+                       if p.name not in (*HASHED_FILES, CRITIC_FILE, RECOVERY_FILE, METADATA_FILE, BASE_DIR))
         if extra:
             raise BundleError(f"cannot write a bundle to {out}: the folder holds other files "
                               f"({', '.join(extra[:3])}); choose a new or empty folder")
@@ -68,22 +68,32 @@ def write_bundle(out_dir: str | os.PathLike, metadata: dict[str, Any], write_onn
             os.replace(tmp / BASE_DIR, out / BASE_DIR)
         for name in (*HASHED_FILES, METADATA_FILE):
             os.replace(tmp / name, out / name)
-        (out / CRITIC_FILE).unlink(missing_ok=True)  # an older bundle's critic judged another policy
+        for name in (CRITIC_FILE, RECOVERY_FILE):  # an older bundle's critic judged another policy
+            (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def add_critic(bundle_dir: str | os.PathLike, write_critic: Callable[[Path], None], critic: dict[str, Any]) -> None:
+def add_critic(bundle_dir: str | os.PathLike, write_critic: Callable[[Path], None], critic: dict[str, Any],
+               recovery: Path | None = None) -> None:
     """Put a safety critic into a bundle: ``write_critic`` writes its graph, ``critic`` is its metadata block
-    (``robostack.bundle.format.check_critic``; ``policy_files`` is filled in here); the bundle is resealed (files
-    and content hash), atomically, so a reader sees it with or without the critic, never half."""
+    (``robostack.bundle.format.check_critic``; ``policy_files`` is filled in here), ``recovery`` the graph of its
+    recovery policy where one was trained (``critic.recovery_policy``); the bundle is resealed (files and content
+    hash), atomically, so a reader sees it with or without the critic, never half."""
     root = Path(bundle_dir)
     metadata = _read_metadata_json(root)
     metadata["critic"] = {**critic, "policy_files": {name: metadata["files"][name] for name in HASHED_FILES}}
+    if (recovery is None) != ("recovery_policy" not in critic):
+        raise ValueError("a critic's recovery_policy and its recovery graph go together")
     tmp_critic = root / f".{CRITIC_FILE}.tmp"
     write_critic(tmp_critic)
     os.replace(tmp_critic, root / CRITIC_FILE)
+    if recovery is not None and recovery.resolve() != (root / RECOVERY_FILE).resolve():
+        shutil.copyfile(recovery, root / f".{RECOVERY_FILE}.tmp")
+        os.replace(root / f".{RECOVERY_FILE}.tmp", root / RECOVERY_FILE)
+    elif recovery is None:
+        (root / RECOVERY_FILE).unlink(missing_ok=True)
     metadata["files"] = {name: _sha256_file(root / name) for name in hashed_files(metadata)}
     metadata["content_hash"] = content_hash(root, metadata)
     tmp_meta = root / f".{METADATA_FILE}.tmp"

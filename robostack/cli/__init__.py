@@ -169,7 +169,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
                          "algorithm or --resume (a resumed run keeps its base)")
     learning = dict(task=args.task, algo=args.algo, resume=args.resume, seed=args.seed, base=args.base,
                     backend=args.backend, run_root=args.run_root,  # --device: the recipe's device key
-                    overrides=list(args.overrides) + ([f"device={args.device}"] if args.device is not None else []))
+                    overrides=list(args.overrides) + ([f"device={args.device}"] if args.device is not None else [])
+                    + ([f"init={Path(args.init).resolve()}"] if args.init is not None else []))
     with _stdout_to_stderr(args.json):
         if imitation:
             from robostack.workflows.imitation import train_imitation
@@ -447,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demonstrations to learn from (algo diffusion; a dataset as robostack teleop writes it)")
     p.add_argument("--base", metavar="RUN_OR_BUNDLE", default=None,
                    help="train a residual on this frozen diffusion run or chunk bundle (recipe configs/train/TASK-residual.yaml)")
+    p.add_argument("--init", metavar="BUNDLE", default=None,
+                   help="start the policy from this ppo bundle of the task (its actor and normalizer; a fine-tune)")
     p.add_argument("--policy", metavar="BUNDLE", default=None,
                    help="--algo safety-critic: the policy bundle whose critic to train (configs/safety/TASK.yaml)")
     p.add_argument("--out", metavar="DIR", default=None,

@@ -20,8 +20,11 @@ is the lowest risk threshold whose engagements stay within ``false_trigger_budge
 checked in the closed loop. The critic's graph goes into the bundle (``critic.onnx``), hashed with the policy
 it was trained for (``robostack.bundle.write.add_critic``).
 
-The recoveries are each robot kind's scripted ones (``robostack.real.safety``: the arm holds, the quadruped
-stands, the drone levels and holds its position): no recovery policy is trained.
+The recovery is the robot kind's scripted one (``robostack.real.safety``: the arm holds, the quadruped stands, the
+drone levels and holds its position) unless ``recovery_policy.train`` is set: then a recovery policy is trained
+first (Recovery RL's; ``train_recovery``: the bundle's PPO policy fine-tuned under the disturbances with a raised
+fall penalty, at the recovery's task command), goes into the bundle beside the critic (``recovery.onnx``), and runs
+in the second round's rollouts, so the critic judges it too.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch
 
 from robostack import registry, sim
 from robostack.bundle import load_bundle
-from robostack.bundle.format import CRITIC_INPUT, CRITIC_OUTPUT, ONNX_OPSET, RECOVERIES
+from robostack.bundle.format import CRITIC_INPUT, CRITIC_OUTPUT, ONNX_FILE, ONNX_OPSET, RECOVERIES, RECOVERY_FILE
 from robostack.bundle.write import add_critic
 from robostack.config import config_path, load_config, to_dict
 from robostack.real.bench import SHIPPED_BUNDLES
@@ -74,6 +77,18 @@ class ViolationConfig:
 
 
 @dataclass
+class RecoveryPolicyConfig:
+    """A recovery policy trained with the critic (Recovery RL's, in place of the kind's scripted recovery): the
+    bundle's PPO policy fine-tuned (``robostack.workflows.train`` with ``init``) under ``overrides`` (the recipe's
+    keys and ``task.*`` keys, as ``robostack train`` takes them: the disturbances, a larger fall penalty, the
+    commands), deployed with the task command ``command``. Where ``train`` is false the scripted one recovers."""
+
+    train: bool = False
+    command: list[float] = field(default_factory=list)  # the task command it recovers with (go2: stand still)
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SafetyCriticConfig:
     gamma: float = 0.95  # per control step: at 50 Hz the risk looks about 0.4 s ahead
     false_trigger_budget: float = 0.005  # share of nominal control steps on which the critic may engage
@@ -86,6 +101,7 @@ class SafetyCriticConfig:
     violation: ViolationConfig = field(default_factory=ViolationConfig)
     disturbances: dict[str, list[str]] = field(default_factory=dict)  # name -> task-config overrides
     train: CriticTrainConfig = field(default_factory=CriticTrainConfig)
+    recovery_policy: RecoveryPolicyConfig = field(default_factory=RecoveryPolicyConfig)
 
 
 def load_safety_config(task: str, overrides: Sequence[str] = ()) -> SafetyCriticConfig:
@@ -409,11 +425,14 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
     record: dict[str, Any] = {}
 
     def seal(net: RiskNetwork, epsilon: float, judges_recovery: bool) -> None:
+        learned = {} if recovery is None else {"recovery_policy": {
+            "file": RECOVERY_FILE, "command": [float(v) for v in cfg.recovery_policy.command], "training": recovery[1]}}
         add_critic(out, lambda path: write_critic_onnx(net, path), {
             "features": features.names, "epsilon": epsilon, "gamma": cfg.gamma, "recovery": RECOVERIES[robot.kind],
-            "judges_recovery": judges_recovery, "violation": to_dict(cfg.violation), "training": {
+            **learned, "judges_recovery": judges_recovery, "violation": to_dict(cfg.violation), "training": {
                 "disturbances": suite, "false_trigger_budget": cfg.false_trigger_budget, "steps": cfg.train.steps,
-                "seed": seed, **record, "calibration": checks, "wall_s": round(time.perf_counter() - start, 1)}})
+                "seed": seed, **record, "calibration": checks, "wall_s": round(time.perf_counter() - start, 1)}},
+            recovery=None if recovery is None else recovery[0])
 
     def rollouts(round_: int, critic: RiskCritic | None) -> tuple[list[dict[str, np.ndarray]], list[dict]]:
         """The suite's rollouts and the nominal ones (last) of one round, and the disturbed episodes."""
@@ -431,6 +450,8 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
         steps.append(collect(policy, cfg, [], seed + 99_991 + 500_000 * round_, cfg.nominal_episodes, critic)["steps"])
         return steps, episodes
 
+    recovery = train_recovery(task, policy, cfg.recovery_policy, report_dir, seed, progress) \
+        if cfg.recovery_policy.train else None
     first, disturbed = rollouts(0, None)
     net = fit_critic(transitions(first), cfg.gamma, cfg.train, seed, writer, progress)
     if out.resolve() != Path(policy).resolve():
@@ -476,6 +497,33 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
     return {"task": task, "bundle": str(out), "epsilon": epsilon, **record,
             "violation_rate_disturbed": float(np.mean([e["violated"] for e in disturbed])),
             "wall_s": round(time.perf_counter() - start, 1), "plots": plots}
+
+
+def train_recovery(task: str, policy: str | os.PathLike, cfg: RecoveryPolicyConfig, report_dir: Path, seed: int,
+                   progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Fine-tune ``policy`` into its recovery policy (a PPO run under ``report_dir/recovery``, exported beside it);
+    its graph, which must read and write what the policy does, and a record of its training."""
+    from robostack.workflows.export import export_bundle
+    from robostack.workflows.train import train
+
+    source = load_bundle(policy)
+    if source.metadata.get("algo") != "ppo":
+        raise ValueError(f"recovery_policy.train: the recovery is fine-tuned from a ppo policy; {policy} is "
+                         f"{source.metadata.get('algo')!r} (set recovery_policy.train: false)")
+    if len(cfg.command) != int(source.metadata.get("command_dim", 0)):
+        raise ValueError(f"recovery_policy.command has {len(cfg.command)} values; task {task}'s command "
+                         f"{source.metadata.get('command_dim', 0)}")
+    overrides = [*cfg.overrides, f"init={Path(policy).resolve()}", "eval_episodes=0"]
+    summary = train(task, overrides=overrides, seed=seed, run_root=str(report_dir / "recovery"), progress=progress)
+    bundle_dir = export_bundle(summary["run_dir"], report_dir / "recovery-bundle")
+    exported = load_bundle(bundle_dir).metadata
+    for key in ("observation", "action", "joint_names", "control_rate_hz"):
+        if exported[key] != source.metadata[key]:
+            raise ValueError(f"the recovery policy's {key} differs from {policy}'s: its overrides may change the "
+                             "task's observations or actions, not only its conditions")
+    return Path(bundle_dir) / ONNX_FILE, {"run_dir": summary["run_dir"], "overrides": overrides,
+                                              "iterations": summary["iterations"], "env_steps": summary["env_steps"],
+                                              "wall_s": summary["wall_s"]}
 
 
 def _tcp_site(bundle: Any) -> str | None:
@@ -638,8 +686,8 @@ def critic_tick_ms(path: Path, critic: RiskCritic, seed: int, ticks: int = 2000)
             start = time.perf_counter_ns()
             judge = critic.judge(state)
             judge(command)
-            layer.begin_recovery(state, 0.0)
-            judge(layer.recovery(state, 0.0)[0])
+            layer.start_recovery(state, 0.0, command)
+            judge(layer.recovery_target(state, 0.0)[0])
             times.append(time.perf_counter_ns() - start)
     finally:
         loop.close()

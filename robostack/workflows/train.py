@@ -78,6 +78,7 @@ class TrainSettings:
     save_interval: int = 50  # iterations between checkpoints/model_<iter>.pt (last.pt is written every one)
     eval_episodes: int = 200  # at the end, on the play variant of the task; 0 skips the evaluation
     residual: ResidualConfig = field(default_factory=ResidualConfig)  # residual.base: RL on a frozen base
+    init: str | None = None  # an actor-critic bundle of the task whose policy starts this run (ppo; --init)
 
 
 def reinforcement_algorithms() -> list[AlgorithmSpec]:
@@ -263,6 +264,36 @@ def _resolve_algo_sizes(cfg: TrainSettings, explicit: set[str]) -> None:
 
 
 
+def warm_start(alg: Any, source: str | os.PathLike, task: str) -> None:
+    """Start a PPO run's actor and observation normalizers from an actor-critic bundle of ``task`` (its
+    ``policy.pt``: the deterministic actor with its normalizer); the value function starts afresh. How a policy is
+    fine-tuned for other conditions (the safety critic's recovery: ``robostack.workflows.safety_critic``)."""
+    from robostack.bundle import ACTOR_CRITIC, load_bundle
+    from robostack.bundle.format import TORCHSCRIPT_FILE
+
+    bundle = load_bundle(source)
+    kind = bundle.metadata.get("kind", ACTOR_CRITIC)
+    if bundle.task != task or kind != ACTOR_CRITIC or bundle.metadata.get("algo") != "ppo":
+        raise ConfigError(f"init {source}: a ppo bundle of {task} is needed, it is a {kind} "
+                          f"{bundle.metadata.get('algo')} bundle of {bundle.task}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: the bundle's format holds TorchScript
+        state = torch.jit.load(str(Path(source) / TORCHSCRIPT_FILE), map_location="cpu").state_dict()
+    ac = alg.actor_critic
+    parts = {"actor": ac.actor, "normalizer": ac.policy_normalizer}
+    for prefix, module in parts.items():
+        own = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        mine = module.state_dict()
+        if set(own) != set(mine) or any(own[k].shape != mine[k].shape for k in own):
+            raise ConfigError(f"init {source}: its {prefix} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in own.items())}) "
+                              f"is not this recipe's ({', '.join(f'{k} {tuple(v.shape)}' for k, v in mine.items())})")
+        module.load_state_dict(own)
+    if ac.critic_normalizer.state_dict().keys() == ac.policy_normalizer.state_dict().keys() and \
+            all(a.shape == b.shape for a, b in zip(ac.critic_normalizer.state_dict().values(),
+                                                   ac.policy_normalizer.state_dict().values())):
+        ac.critic_normalizer.load_state_dict(ac.policy_normalizer.state_dict())
+
+
 # --------------------------------------------------------------------------------------------- train
 
 
@@ -336,6 +367,9 @@ def train(
         if saved_task_config is None:  # the residual learns in the task its base was trained in
             saved_task_config, new_task_overrides = base_policy.task_config, task_overrides
 
+    if cfg.init and (cfg.algo != "ppo" or cfg.residual.base):
+        raise ConfigError(f"init starts a ppo run from a bundle's policy, not a {cfg.algo!r} run"
+                          + (" on a residual base" if cfg.residual.base else ""))
     backend = backend or sim.DEFAULT_BACKEND
 
     def task_env(num_envs: int, seed: int, play: bool) -> Any:
@@ -374,6 +408,8 @@ def train(
     alg = learner.alg
 
     start_iter, env_steps, wall_before = 0, 0, 0.0
+    if cfg.init and resume is None:
+        warm_start(alg, cfg.init, task)
     if resume is not None:
         ckpt = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
         if ckpt.get("algo", "ppo") != cfg.algo:

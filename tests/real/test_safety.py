@@ -317,6 +317,9 @@ class StandInCritic:
     def judge(self, state):
         return lambda command: self.risk(state, command)
 
+    def new_recovery(self):
+        return None  # the kind's scripted recovery
+
 
 class RiskOfJoint1(StandInCritic):
     """Stand-in for a learned critic: the risk grows with joint 1's command (0.9 at 0.009 rad); it cannot judge

@@ -79,3 +79,27 @@ def test_engaged_share_counts_the_minimum_hold_and_episode_ends():
     # engaged at step 1 for 3 steps (1, 2, 3), then at step 5 where the episode ends: 4 of 7
     assert engaged_share(risk, steps, 0.5, hold_steps=3) == 4 / 7
     assert engaged_share(risk, steps, 0.95, hold_steps=3) == 0.0
+
+
+def test_a_recovery_policy_is_trained_with_the_critic_and_sealed_into_the_bundle(tmp_path, capsys):
+    """``recovery_policy.train``: the go2's walking policy fine-tuned (a PPO run started from the bundle) into its
+    recovery, exported with the critic; the second round's rollouts and the safety layer run it."""
+    from robostack.bundle.format import RECOVERY_FILE
+    from robostack.cli import main
+
+    out = tmp_path / "go2-critic"
+    recovery = ["recovery_policy.train=true", "recovery_policy.command=[0.0,0.0,0.0]",
+                "recovery_policy.overrides=[num_envs=8,max_iterations=2,ppo.num_steps_per_env=8,save_interval=0]"]
+    assert main(["train", "go2-walk", "--algo", "safety-critic", "--policy", str(ROOT / "bundles" / "go2-walk"),
+                 "--out", str(out), "--json", *SMALL, *recovery]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    bundle = load_bundle(out)
+    learned = bundle.metadata["critic"]["recovery_policy"]
+    assert learned["command"] == [0.0, 0.0, 0.0] and learned["training"]["iterations"] == 2
+    assert RECOVERY_FILE in bundle.metadata["files"]
+    run = Path(learned["training"]["run_dir"])
+    config = (run / "config.yaml").read_text()
+    assert f"init: {(ROOT / 'bundles' / 'go2-walk').resolve()}" in config
+    robot = registry.robot("go2")
+    critic = bundle_critic(out, bundle.metadata, robot, robot.load_config(), None)
+    assert critic.epsilon == summary["epsilon"] and critic.new_recovery() is not None
