@@ -92,9 +92,6 @@ class RecoveryPolicyConfig:
 class SafetyCriticConfig:
     gamma: float = 0.95  # per control step: at 50 Hz the risk looks about 0.4 s ahead
     false_trigger_budget: float = 0.005  # share of nominal control steps on which the critic may engage
-    # multiples of the calibrated epsilon tried in the closed loop on new disturbed rollouts (the calibrated one is the
-    # lowest within the budget; a higher one engages less): the one with the fewest violations is kept
-    epsilon_search: list[float] = field(default_factory=lambda: [1.0])
     recovery_round: bool = True  # a second round of rollouts with recoveries, so the critic judges them too
     num_envs: int = 64
     episodes_per_disturbance: int = 64
@@ -494,41 +491,12 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
         if engaged <= cfg.false_trigger_budget:
             break
         budget *= cfg.false_trigger_budget / engaged
-    if len(cfg.epsilon_search) > 1:
-        epsilon = search_epsilon(out, cfg, features, suite, epsilon, seed, record, progress)
     seal(net, epsilon, judges_recovery=cfg.recovery_round)  # with the last check in its record
     plots = plot_critic(net, first, epsilon, 1.0 / source.metadata["control_rate_hz"], report_dir)
     writer.close()
     return {"task": task, "bundle": str(out), "epsilon": epsilon, **record,
             "violation_rate_disturbed": float(np.mean([e["violated"] for e in disturbed])),
             "wall_s": round(time.perf_counter() - start, 1), "plots": plots}
-
-
-def search_epsilon(out: Path, cfg: SafetyCriticConfig, features: RiskFeatures, suite: dict[str, list[str]],
-                   calibrated: float, seed: int, record: dict[str, Any], progress: bool) -> float:
-    """The epsilon among ``epsilon_search`` x the calibrated one (sealed in ``out`` now) with the fewest violations
-    in the closed loop, on disturbed rollouts of the suite's sets with seeds of their own (not the training
-    rollouts', not the benchmark's); a tie keeps the lower. Below the calibrated epsilon the budget is broken, so
-    only multiples of at least 1 are tried."""
-    critic = RiskCritic(out, load_bundle(out).metadata, features)
-    tried = []
-    for factor in sorted({max(1.0, float(f)) for f in cfg.epsilon_search}):
-        critic.epsilon = min(MAX_EPSILON, calibrated * factor)
-        violations = 0
-        for k, shifts in enumerate(suite.values()):
-            loop = SafeLoop(out, min(cfg.num_envs, cfg.episodes_per_disturbance), seed + 300_000 + 1000 * k,
-                            [*shifts, *rollout_overrides(cfg)], critic=critic, violation=cfg.violation)
-            try:
-                episodes = loop.run(cfg.episodes_per_disturbance, seed=seed + 300_000 + 1000 * k)["episodes"]
-            finally:
-                loop.close()
-            violations += sum(e["violated"] for e in episodes)
-        tried.append({"epsilon": critic.epsilon, "violations": violations})
-        if progress:
-            print(f"safety critic: epsilon {critic.epsilon:.3f}: {violations} violations in "
-                  f"{len(suite) * cfg.episodes_per_disturbance} disturbed episodes")
-    record["epsilon_search"] = tried
-    return min(tried, key=lambda t: (t["violations"], t["epsilon"]))["epsilon"]
 
 
 def train_recovery(task: str, policy: str | os.PathLike, cfg: RecoveryPolicyConfig, report_dir: Path, seed: int,
