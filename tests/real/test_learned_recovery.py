@@ -156,3 +156,29 @@ def test_the_schema_describes_a_bundle_with_a_recovery_policy(bundle):
 
     jsonschema.validate(read_metadata(bundle), json.loads((ROOT / "robostack" / "bundle" / "metadata.schema.json")
                                                           .read_text()))
+
+
+def _overrides(bag: Path) -> list[dict]:
+    from robostack.real.bag import read_messages
+
+    return [json.loads(m.msg.data) for m in read_messages(bag, "mcap", topics=["/safety/override"])]
+
+
+def test_the_safety_node_runs_the_learned_recovery_over_ros2(bundle, tmp_path, capsys, monkeypatch):
+    """The real graph (policy_node, safety_node, sim_robot_node, recorder as processes over DDS) with a critic that
+    engages everywhere: the safety node runs the bundle's recovery policy (here the walking policy itself at a zero
+    command), says so on safety/override, and the go2 stays up."""
+    from robostack.cli import main
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "47")
+    monkeypatch.chdir(tmp_path)
+    bag = tmp_path / "bag"
+    assert main(["deploy", "--task", "go2-walk", "--policy", str(bundle), "--sim", "--episodes", "1", "--seed", "3",
+                 "--disturbance", "sim.episode_length_s=3.0", "--record", str(bag), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] == 1 and set(report["exit_codes"].values()) == {0}, report
+    critic = [o for o in _overrides(bag) if any(r.startswith("critic: risk") for r in o["reasons"])]
+    assert critic and all("recovery (learned recovery)" in o["reasons"][0] for o in critic), critic[:3]
+    assert not any("failed" in r for o in critic for r in o["reasons"])
+    log = (next((tmp_path / "runs" / "deploy").iterdir()) / "safety_node.log").read_text()
+    assert "rad above" not in log and "base height" not in log  # no fall: the envelope never tripped
