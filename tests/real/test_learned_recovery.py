@@ -72,6 +72,9 @@ def test_the_recovery_is_sealed_with_its_critic_and_a_tampered_or_mismatched_one
     (bundle / RECOVERY_FILE).write_bytes((bundle / RECOVERY_FILE).read_bytes() + b"\0")
     with pytest.raises(BundleError, match="content hash mismatch"):
         read_metadata(bundle)
+    (bundle / RECOVERY_FILE).unlink()
+    with pytest.raises(BundleError, match="missing recovery.onnx"):
+        read_metadata(bundle)
 
     bundle = _go2_with_recovery(tmp_path / "drone", recovery=ROOT / "bundles" / "cf2-hover" / ONNX_FILE)
     with pytest.raises(BundleError, match=r"recovery.onnx must map 'obs' \[batch, 48\] to 'action' \[batch, 12\]"):
