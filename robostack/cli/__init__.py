@@ -149,6 +149,13 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     if args.nproc > 1 and (args.dataset is not None or (spec is not None and spec.trains_with != "reinforcement")):
         raise UsageError("--nproc runs reinforcement learning on several ranks: not with --dataset or --algo "
                          f"{args.algo}")
+    if args.init is not None:
+        clash = [flag for flag, given in (("--dataset", args.dataset is not None), ("--interventions", args.interventions),
+                                          ("--offline", args.offline), ("--resume", args.resume is not None),
+                                          (f"--algo {args.algo}", spec is not None and spec.trains_with != "reinforcement"))
+                 if given]
+        if clash:
+            raise UsageError(f"--init starts a reinforcement learning run from a bundle's policy: not with {clash[0]}")
     if spec is not None and spec.trains_with == "critic":
         return _train_critic(args, out)
     if args.interventions or args.offline:

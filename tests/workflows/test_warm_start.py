@@ -52,3 +52,16 @@ def test_init_is_refused_for_another_algorithm_before_anything_is_written(tmp_pa
     with pytest.raises(ConfigError, match="init starts a ppo run from a bundle's policy, not a 'sac' run"):
         train("cf2-hover", algo="sac", overrides=[f"init={BUNDLE}"], run_root=str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, clash", [(["--resume", "runs/x"], "--resume"),
+                                          (["--algo", "safety-critic"], "--algo safety-critic"),
+                                          (["--dataset", "data/x"], "--dataset")])
+def test_init_is_a_usage_error_beside_what_does_not_start_a_run_from_it(flags, clash, capsys, tmp_path):
+    from robostack.cli import main
+
+    assert main(["train", "cf2-hover", "--init", str(BUNDLE), "--run-root", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == ("robostack: error: --init starts a reinforcement learning run from a bundle's policy: not with "
+                   f"{clash}\n"), err
+    assert not any(tmp_path.iterdir())
