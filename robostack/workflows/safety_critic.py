@@ -556,7 +556,9 @@ def plot_critic(net: RiskNetwork, rollouts: Sequence[dict[str, np.ndarray]], eps
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 2, 1)
     if before:
-        ax.plot(np.arange(horizon + 1) * control_dt, np.nanmean(np.array(before), axis=0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column no violation reached back to: NaN, as it is
+            ax.plot(np.arange(horizon + 1) * control_dt, np.nanmean(np.array(before), axis=0))
     ax.axhline(epsilon, color="r", ls="--", label=f"epsilon {epsilon:.2f}")
     ax.set_xlabel("s before the violation")
     ax.set_ylabel("mean Q_risk of the policy's command")
