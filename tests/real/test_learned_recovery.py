@@ -3,6 +3,7 @@ refused when tampered with or when it does not read and write what its policy do
 control rate in place of the scripted recovery, and replaced by the scripted one when it cannot act."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -75,6 +76,10 @@ def test_the_recovery_is_sealed_with_its_critic_and_a_tampered_or_mismatched_one
     (bundle / RECOVERY_FILE).unlink()
     with pytest.raises(BundleError, match="missing recovery.onnx"):
         read_metadata(bundle)
+    (bundle / RECOVERY_FILE).write_bytes(b"not an onnx graph")  # resealed garbage: onnxruntime refuses it
+    _reseal(bundle, lambda m: m["files"].update({RECOVERY_FILE: hashlib.sha256(b"not an onnx graph").hexdigest()}))
+    with pytest.raises(BundleError, match="corrupt recovery.onnx: onnxruntime cannot load it"):
+        _critic(bundle)
 
     bundle = _go2_with_recovery(tmp_path / "drone", recovery=ROOT / "bundles" / "cf2-hover" / ONNX_FILE)
     with pytest.raises(BundleError, match=r"recovery.onnx must map 'obs' \[batch, 48\] to 'action' \[batch, 12\]"):
