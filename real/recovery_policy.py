@@ -28,30 +28,24 @@ class PolicyRecovery:
         self.session, self.command = session, command
         self.builder = ObservationBuilder(metadata)
         self.period = float(metadata["control_dt"])
-        action = metadata["action"]
-        self.absolute = not (action.get("relative") or action.get("ik"))
-        terms = action["terms"]
-        self.actuators = np.array([t["actuator_index"] for t in terms]) if self.absolute else None
-        self.scale = np.array([t["scale"] for t in terms], dtype=np.float64)
-        self.offset = np.asarray(action["offset"], dtype=np.float64)
         self._next, self._target, self._first = math.inf, None, True
 
     def begin(self, state: RobotState, now: float, command: np.ndarray) -> None:
+        """A recovery from ``state`` (this tick's: the first ``target`` comes in the same tick and acts on it)."""
         with torch.inference_mode():  # as the policy node's tick: the builder's tensors are inference tensors
             self.builder.reset(self.command if self.command.size else None)
             self.builder.update(state)  # the command's targets are limited at this state, as the policy's were
-            if self.absolute and command is not None:
-                taken_over = (np.asarray(command, dtype=np.float64)[self.actuators] - self.offset[self.actuators]) \
-                    / self.scale
-                self.builder.controls(np.clip(taken_over, -1.0, 1.0))  # its last action: the one it takes over
+            if self.builder.one_to_one and command is not None:
+                taken_over = self.builder.actions_of(np.asarray(command, dtype=np.float64)[None])[0]
+                self.builder.controls(taken_over)  # its last action: the one it takes over
                 self.builder.episode_length.zero_()
         self._next, self._target, self._first = now, None, True
 
     def target(self, state: RobotState, now: float) -> np.ndarray:
         if self._target is None or now >= self._next - 1e-9:
             with torch.inference_mode():
-                self.builder.update(state)
-                if not self._first:
+                if not self._first:  # the first step acts on the state begin took
+                    self.builder.update(state)
                     self.builder.integrate()
                 obs = self.builder.observation()[None]
                 action = self.session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0][0]

@@ -65,6 +65,21 @@ class MeasuredTask(PolicyState):
         if action_map.relative or action_map.ik is not None:
             self.ctrl_target = self.joint_pos.clone()
 
+    @property
+    def one_to_one(self) -> bool:
+        """Whether the action map gives each action dimension one actuator's absolute target (no relative,
+        end-effector or gripper commands): then controls determine the actions (``actions_of``)."""
+        am = self.task.action
+        return not (am.relative or am.ik is not None or am.gripper is not None)
+
+    def actions_of(self, controls: np.ndarray) -> np.ndarray:
+        """The actions in [-1, 1] whose controls ``controls`` [B, nu] are: the inverse of a ``one_to_one`` map
+        (controls a clamp moved come back clipped)."""
+        am = self.task.action
+        ids = np.asarray(am.actuator_ids)
+        offset = np.asarray(am.offset, dtype=np.float64)[ids]
+        return np.clip((np.asarray(controls, dtype=np.float64)[:, ids] - offset) / np.asarray(am.scale), -1.0, 1.0)
+
     def controls(self, action: np.ndarray) -> np.ndarray:
         """Record the action and return the actuator controls the task's action map commands, float64 [nu]."""
         a = np.asarray(action, dtype=np.float32).reshape(1, -1)

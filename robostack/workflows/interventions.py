@@ -72,8 +72,7 @@ def correctable(policy: str | os.PathLike) -> tuple[Any, ObservationBuilder]:
         raise BundleError(f"bundle {policy}: a {base.metadata['kind']!r} bundle; learning from interventions "
                           "corrects actor_critic bundles (PPO, SAC) for now")
     builder = ObservationBuilder(base.metadata)
-    action_map = builder.task.action
-    if action_map.relative or action_map.ik is not None or action_map.gripper is not None:
+    if not builder.one_to_one:
         raise BundleError(f"bundle {policy}: task {builder.task.name!r} acts by relative, end-effector or gripper "
                           "commands, which executed controls do not determine; learning from interventions takes "
                           "tasks whose actions map to controls one to one for now")
@@ -100,7 +99,7 @@ class LoggedSteps:
                 commands = frames.get("observation.command")
                 if commands is not None:
                     commands = task_commands(commands, flags, episode)
-                actions = self.policy_actions(frames["action"])
+                actions = builder.actions_of(frames["action"])
                 parts["obs"].append(self._observations(names, frames["observation.state"], commands, actions,
                                                        where=f"{data.root} episode {e}"))
                 parts["action"].append(actions)
@@ -127,13 +126,6 @@ class LoggedSteps:
         if data.features["action"]["shape"] != [nu]:
             raise DatasetError(f"{data.root}: actions have shape {data.features['action']['shape']}, the "
                                f"{task.robot}'s controls are [{nu}]")
-
-    def policy_actions(self, controls: np.ndarray) -> np.ndarray:
-        """Executed controls as the policy's actions in [-1, 1] (the inverse of the task's action map)."""
-        action_map = self.builder.task.action
-        ids = np.asarray(action_map.actuator_ids)
-        offset = np.asarray(action_map.offset, dtype=np.float64)[ids]
-        return np.clip((np.asarray(controls)[:, ids] - offset) / np.asarray(action_map.scale), -1.0, 1.0)
 
     def _observations(self, names: Sequence[str], states: np.ndarray, commands: np.ndarray | None,
                       actions: np.ndarray, where: str) -> np.ndarray:

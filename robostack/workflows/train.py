@@ -288,9 +288,8 @@ def warm_start(alg: Any, source: str | os.PathLike, task: str) -> None:
             raise ConfigError(f"init {source}: its {prefix} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in own.items())}) "
                               f"is not this recipe's ({', '.join(f'{k} {tuple(v.shape)}' for k, v in mine.items())})")
         module.load_state_dict(own)
-    if ac.critic_normalizer.state_dict().keys() == ac.policy_normalizer.state_dict().keys() and \
-            all(a.shape == b.shape for a, b in zip(ac.critic_normalizer.state_dict().values(),
-                                                   ac.policy_normalizer.state_dict().values())):
+    shapes = [{k: v.shape for k, v in n.state_dict().items()} for n in (ac.policy_normalizer, ac.critic_normalizer)]
+    if shapes[0] == shapes[1]:  # the critic reads the policy's observation: its statistics too
         ac.critic_normalizer.load_state_dict(ac.policy_normalizer.state_dict())
 
 
