@@ -48,6 +48,9 @@ class MeasuredBatch:
 
     @classmethod
     def of(cls, states: Sequence[RobotState], joint_names: Sequence[str]) -> MeasuredBatch:
+        if len(states) == 1:  # the robot's path, every tick: views of its arrays rather than copies
+            return cls.one(states[0], joint_names)
+
         def stack(field: str) -> np.ndarray | None:
             values = [getattr(s, field) for s in states]
             return None if any(v is None for v in values) else np.asarray(values, dtype=np.float64)
@@ -57,10 +60,25 @@ class MeasuredBatch:
                    stack("base_position"), stack("base_orientation"), stack("base_linear_velocity"),
                    stack("base_angular_velocity"))
 
+    @classmethod
+    def one(cls, state: RobotState, joint_names: Sequence[str]) -> MeasuredBatch:
+        """A batch of one state (B = 1)."""
+        def row(field: str) -> np.ndarray | None:
+            value = getattr(state, field)
+            return None if value is None else np.asarray(value, dtype=np.float64)[None]
+
+        count = len(joint_names)
+        return cls(np.fromiter((state.joint_position[n] for n in joint_names), np.float64, count)[None],
+                   np.fromiter((state.joint_velocity.get(n, 0.0) for n in joint_names), np.float64, count)[None],
+                   row("base_position"), row("base_orientation"), row("base_linear_velocity"),
+                   row("base_angular_velocity"))
+
 
 def rotations(quat: np.ndarray) -> np.ndarray:
     """Rotation matrices [B, 3, 3] (body to world) of orientations ``quat`` [B, 4] (w, x, y, z), normalized first:
     the safety layer's ``rotation_matrix`` per row (on the robot B is 1)."""
+    if len(quat) == 1:
+        return rotation_matrix(quat[0])[None]
     return np.stack([rotation_matrix(q) for q in quat]).reshape(-1, 3, 3)
 
 
@@ -153,12 +171,19 @@ class RiskCritic:
             raise BundleError(f"bundle {root}: its critic recovers by {critic['recovery']!r}; a {features.kind} "
                               f"recovers by {RECOVERIES[features.kind]!r}")
         self.session = _session(root / CRITIC_FILE, f"bundle {root}: corrupt {CRITIC_FILE}")
-        inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if [i.name for i in inputs] != [CRITIC_INPUT] or inputs[0].shape[-1] != features.dim or \
-                outputs != [CRITIC_OUTPUT]:
+                [o.name for o in outputs] != [CRITIC_OUTPUT] or outputs[0].shape[-1] != 1:
             raise BundleError(f"bundle {root}: {CRITIC_FILE} must map {CRITIC_INPUT!r} [batch, {features.dim}] to "
-                              f"{CRITIC_OUTPUT!r}; it has inputs {[i.name for i in inputs]} and outputs {outputs}")
+                              f"{CRITIC_OUTPUT!r} [batch, 1]; it has inputs "
+                              f"{[(i.name, i.shape) for i in inputs]} and outputs {[(o.name, o.shape) for o in outputs]}")
         self.features, self.joints = features, features.joints
+        # one command's features and risk, bound to the graph once: onnxruntime reads and writes these arrays in
+        # place on every judgement (``judge``), without run()'s per-call conversions
+        self._row, self._risk = np.zeros((1, features.dim), np.float32), np.zeros((1, 1), np.float32)
+        self._binding = self.session.io_binding()
+        self._binding.bind_cpu_input(CRITIC_INPUT, self._row)
+        self._binding.bind_output(CRITIC_OUTPUT, "cpu", 0, np.float32, [1, 1], self._risk.ctypes.data)
         self.epsilon, self.recovery = float(critic["epsilon"]), critic["recovery"]
         self.judges_recovery = bool(critic.get("judges_recovery", False))
         self.metadata, self.recovery_session, self.recovery_command = metadata, None, None
@@ -198,7 +223,13 @@ class RiskCritic:
         policy's command and, when it engages, the recovery's."""
         batch = MeasuredBatch.of([state], self.joints)
         parts = self.features.state_parts(batch)
-        return lambda command: float(self.risk_of(self.features(batch, command, parts))[0])
+
+        def risk(command: np.ndarray) -> float:
+            self._row[:] = self.features(batch, command, parts)
+            self.session.run_with_iobinding(self._binding)
+            return float(self._risk[0, 0])
+
+        return risk
 
 
 def _session(path: Path, what: str) -> Any:

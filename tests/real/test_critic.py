@@ -47,12 +47,16 @@ def test_drone_features_are_what_it_measures_and_its_motor_fractions():
     named = dict(zip(features.names, x[0]))
     assert named["gravity_z"] == -1.0 and named["linear_velocity_x"] == 0.5 and named["position_y"] == -0.2
     assert [named[f"motor_{i}"] for i in range(4)] == [0.5] * 4
+    tilted = drone_state(quat=(0.9, 0.1, -0.2, 0.3))  # alone (the robot's path) as in a batch (training's)
+    pair = features(MeasuredBatch.of([drone_state(), tilted], robot.joint_names), np.stack([max_thrust * 0.5] * 2))
+    np.testing.assert_array_equal(pair[1], features(MeasuredBatch.of([tilted], robot.joint_names), max_thrust * 0.5)[0])
 
 
 @pytest.mark.parametrize("name", ["go2", "panda"])
 def test_a_states_features_computed_once_serve_every_command_judged_in_it(name):
     """A tick judges the policy's command and the recovery's in one state (``RiskCritic.judge``): the state's
-    part is computed once, and each command's features are what they would be alone, where the names say."""
+    part is computed once, and each command's features are what they would be alone, where the names say, and
+    what the batch path that labels the training rollouts gives."""
     robot = registry.robot(name)
     features = RiskFeatures(robot, robot.load_config(), "ee" if name == "panda" else None)
     rng = np.random.default_rng(0)
@@ -67,6 +71,8 @@ def test_a_states_features_computed_once_serve_every_command_judged_in_it(name):
     for command in (features.home, joints + 0.05):
         x = features(batch, command, parts)
         np.testing.assert_array_equal(x, features(batch, command))
+        pair = MeasuredBatch.of([state, state], features.joints)  # the batch path (training) gives the same row
+        np.testing.assert_array_equal(features(pair, np.stack([command, command]))[1], x[0])
         named = dict(zip(features.names, x[0]))
         reference = joints if name == "panda" else features.home
         np.testing.assert_allclose([named[f"{j}.target"] for j in features.joints], command - reference, atol=1e-6)
@@ -145,6 +151,19 @@ def test_a_critic_of_other_features_or_a_corrupt_graph_is_refused(tmp_path):
         read_metadata(bundle)
     _reseal(bundle, lambda m: m["files"].update({CRITIC_FILE: hashlib.sha256(b"not an onnx graph").hexdigest()}))
     with pytest.raises(BundleError, match="corrupt critic.onnx"):  # resealed garbage: onnxruntime refuses it
+        bundle_critic(bundle, read_metadata(bundle), registry.robot("cf2"), registry.robot("cf2").load_config(), None)
+
+
+def test_a_critic_graph_giving_more_than_one_risk_per_row_is_refused(tmp_path):
+    """The node binds one risk value per judgement: a graph of another output width never reaches it."""
+    bundle, _, features = _critic_bundle(tmp_path)
+
+    def two_risks(path: Path) -> None:
+        torch.onnx.export(torch.nn.Linear(features.dim, 2), (torch.zeros(1, features.dim),), str(path), dynamo=False,
+                          input_names=["features"], output_names=["risk"], dynamic_axes={"features": {0: "batch"}})
+
+    add_critic(bundle, two_risks, read_metadata(bundle)["critic"])
+    with pytest.raises(BundleError, match=r"must map 'features' \[batch, 16\] to 'risk' \[batch, 1\]"):
         bundle_critic(bundle, read_metadata(bundle), registry.robot("cf2"), registry.robot("cf2").load_config(), None)
 
 

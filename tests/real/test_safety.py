@@ -30,6 +30,7 @@ from robostack import registry  # noqa: E402
 from robostack.config import ConfigError, load_yaml  # noqa: E402
 from robostack.real.deploy_config import load_deploy_config  # noqa: E402
 from robostack.real.robot_state import RobotState  # noqa: E402
+from robostack.real import safety as safety_module  # noqa: E402
 from robostack.real.safety import RECOVERY_MIN_S, Command, Measurement, safety_config, safety_layer  # noqa: E402
 from robostack.sim.robots.go2 import model as go2_model  # noqa: E402
 from robostack.sim.robots.panda import model as panda_model  # noqa: E402
@@ -396,6 +397,31 @@ def test_the_quadruped_recovers_by_standing_and_the_drone_by_levelling_where_it_
     out_low, _ = step(layer, hover, drone(position - [0.0, 0.0, 0.2]), 0.002)  # below where it engaged:
     out_high, _ = step(layer, hover, drone(position + [0.0, 0.0, 0.2]), 0.004)  # more thrust, and less above
     assert out_low.sum() > out_high.sum()
+
+
+def test_the_drones_recovery_leans_into_a_steady_gust_the_fallbacks_gentle_attitude_cannot_hold_against():
+    """The recovery holds near where it engaged against a side force of half the cf2's weight; the fallback,
+    limited to gentle attitudes on its way down, is blown away (MuJoCo, 2 s, the layer's controller at every
+    physics step)."""
+    layer = layer_for("cf2")
+    model = layer.model
+    base = model.jnt_bodyid[0]
+    weight = float(model.body_subtreemass[base]) * 9.81
+
+    def drift(max_tilt: float) -> float:
+        data = mujoco.MjData(model)
+        data.qpos[:3] = hold = np.array([0.0, 0.0, 1.0])
+        data.act[:] = layer.hover_thrust  # rotors at hover speed
+        for _ in range(int(2.0 / model.opt.timestep)):
+            data.xfrc_applied[base, 0] = 0.5 * weight
+            state = RobotState(base_position=data.qpos[:3].copy(), base_orientation=data.qpos[3:7].copy(),
+                               base_linear_velocity=data.qvel[:3].copy(), base_angular_velocity=data.qvel[3:6].copy())
+            data.ctrl[:] = layer.position_hold(state, hold, np.zeros(3), max_tilt)
+            mujoco.mj_step(model, data)
+        return float(np.linalg.norm(data.qpos[:3] - hold))
+
+    # the recovery settles at its PD position loop's offset, 0.5 g / kp = 0.78 m; the fallback keeps going
+    assert drift(safety_module.MAX_RECOVERY_TILT) < 1.0 and drift(safety_module.MAX_FALLBACK_TILT) > 3.0
 
 
 def test_the_layer_keeps_the_command_it_ran_as_it_was_before_the_clamps():
