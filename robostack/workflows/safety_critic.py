@@ -373,6 +373,16 @@ def calibrate_epsilon(risk: np.ndarray, steps: dict[str, np.ndarray], budget: fl
     return float(np.clip(epsilon, 0.02, MAX_EPSILON))
 
 
+def next_epsilon(epsilon: float, offline: float, overshoot: float) -> float:
+    """The next epsilon to check after ``epsilon`` engaged ``overshoot`` times the budget in the closed loop: the
+    offline choice for the budget lowered by that much, where it rises (by a tenth at least); where the closed loop
+    engages in states the recording never saw it stops rising, and epsilon rises by the overshoot itself (at least a
+    fifth), never further: a jump past every checked value would pass a critic that hardly engages."""
+    if offline > 1.1 * epsilon:
+        return offline
+    return min(MAX_EPSILON, epsilon * max(1.2, overshoot))
+
+
 def engaged_rate(episodes: Sequence[dict[str, Any]]) -> float:
     """The share of control steps of ``SafeLoop`` episodes on which the critic engaged."""
     return float(sum(e["engaged"] * e["length"] for e in episodes) / max(1, sum(e["length"] for e in episodes)))
@@ -468,12 +478,10 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
         record["exploration_epsilon"] = explore
         net = fit_critic(data, cfg.gamma, cfg.train, seed + 1, writer, progress)
     record.update(transitions=int(len(data["x"])), violations=int(data["violation"].sum()))
-    nominal_risk, budget, epsilon = recorded_risk(net, nominal), cfg.false_trigger_budget, 0.0
+    nominal_risk, budget, epsilon, overshoot = recorded_risk(net, nominal), cfg.false_trigger_budget, 0.0, 1.0
     for check in range(CALIBRATION_ROUNDS):  # the offline choice, checked in the closed loop (a recovery moves
         offline = calibrate_epsilon(nominal_risk, nominal, budget, hold_steps)  # the robot off the recorded states)
-        # where the closed loop engages in states the recording never saw, the offline choice stops rising:
-        # halve the distance to the highest epsilon instead
-        epsilon = offline if offline > 1.1 * epsilon else epsilon + 0.5 * (MAX_EPSILON - epsilon)
+        epsilon = next_epsilon(epsilon, offline, overshoot)
         seal(net, epsilon, judges_recovery=cfg.recovery_round)
         if check == CALIBRATION_ROUNDS - 1:
             break
@@ -490,7 +498,8 @@ def train_safety_critic(task: str, policy: str | os.PathLike, out: str | os.Path
                   f"(budget {cfg.false_trigger_budget})")
         if engaged <= cfg.false_trigger_budget:
             break
-        budget *= cfg.false_trigger_budget / engaged
+        overshoot = engaged / cfg.false_trigger_budget
+        budget /= overshoot
     seal(net, epsilon, judges_recovery=cfg.recovery_round)  # with the last check in its record
     plots = plot_critic(net, first, epsilon, 1.0 / source.metadata["control_rate_hz"], report_dir)
     writer.close()

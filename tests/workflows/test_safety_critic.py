@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from robostack import registry
 from robostack.bundle import load_bundle
 from robostack.real.critic import bundle_critic
-from robostack.workflows.safety_critic import SafeLoop, ViolationConfig, engaged_share
+from robostack.workflows.safety_critic import MAX_EPSILON, SafeLoop, ViolationConfig, engaged_share, next_epsilon
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["num_envs=4", "episodes_per_disturbance=4", "nominal_episodes=4", "episode_length_s=1.0", "train.steps=200",
@@ -79,6 +80,14 @@ def test_engaged_share_counts_the_minimum_hold_and_episode_ends():
     # engaged at step 1 for 3 steps (1, 2, 3), then at step 5 where the episode ends: 4 of 7
     assert engaged_share(risk, steps, 0.5, hold_steps=3) == 4 / 7
     assert engaged_share(risk, steps, 0.95, hold_steps=3) == 0.0
+
+
+def test_epsilon_rises_by_the_closed_loops_overshoot_where_the_recording_no_longer_tells():
+    assert next_epsilon(0.0, 0.06, 1.0) == 0.06  # the first check: the offline choice
+    assert next_epsilon(0.06, 0.08, 2.0) == 0.08  # the offline choice for a lower budget rises: it is taken
+    assert next_epsilon(0.06, 0.062, 1.125) == pytest.approx(0.072)  # it stalls: a fifth up for a small overshoot
+    assert next_epsilon(0.06, 0.062, 3.0) == pytest.approx(0.18)  # and as much as the overshoot for a large one
+    assert next_epsilon(0.5, 0.3, 4.0) == MAX_EPSILON
 
 
 def test_a_recovery_policy_is_trained_with_the_critic_and_sealed_into_the_bundle(tmp_path, capsys):
