@@ -30,7 +30,8 @@ instead for at least ``RECOVERY_MIN_S`` and until the command's risk is below ``
 commands again: the recovery policy trained with the critic where the bundle has one (``critic.recovery_policy``),
 else the kind's scripted recovery (arm: hold where it was; quadruped: stand on the home pose; drone: level and
 hold its position), which also takes over where the learned one cannot act. A recovery is not a fallback:
-nothing latches, and the clamps apply to it as to any command.
+nothing latches, and the clamps apply to it as to any command. A critic that cannot judge (it raises) counts as a
+high risk: the layer recovers and the override's reason says why.
 """
 from __future__ import annotations
 
@@ -231,6 +232,7 @@ class SafetyLayer(ABC):
     def __init__(self, robot: RobotSpec, robot_config: Any, cfg: SafetyConfig, critic: SafetyCritic | None = None):
         self.spec, self.robot, self.cfg, self.critic = robot, robot.name, cfg, critic
         self.risk = 0.0  # the critic's latest risk of the command (0 without a critic)
+        self.critic_problem = ""  # why the critic could not judge on this tick (its risk then counts as high)
         self.recovering_since: float | None = None  # when the current recovery began
         self.executed: np.ndarray | None = None  # the command the layer ran last: the policy's, or the recovery's
         self.learned_recovery = critic.new_recovery() if critic is not None else None
@@ -333,7 +335,9 @@ class SafetyLayer(ABC):
             else:
                 self.executed, name = recovery
                 safe, clamps = self._clamp(self.executed, state)
-                clamps = [f"critic: risk {self.risk:.2f} above {self.critic.epsilon:.2f}: recovery ({name})", *clamps]
+                failed = f"; the critic failed: {self.critic_problem}" if self.critic_problem else ""
+                clamps = [f"critic: risk {self.risk:.2f} above {self.critic.epsilon:.2f}: recovery ({name}){failed}",
+                          *clamps]
             self.last_output, self.last_output_at = safe, now
             return safe, clamps
         if self.fallback_since is None:
@@ -366,21 +370,34 @@ class SafetyLayer(ABC):
         until the command's risk is below epsilon again."""
         if self.critic is None:
             return None
-        judge = self.critic.judge(state)
-        self.risk = judge(command)
+        self.critic_problem = ""
+        try:
+            judge = self.critic.judge(state)
+            self.risk = judge(command)
+        except Exception as exc:  # a learned critic's fault never stops the layer: it counts as a high risk
+            judge, self.risk, self.critic_problem = None, math.nan, f"{type(exc).__name__}: {exc}"
         risky = not self.risk <= self.critic.epsilon
         judged = None  # the recovery as judged on this tick, computed once
         if risky and self.recovering_since is None:
             self.start_recovery(state, now, command)
             judged = self.recovery_target(state, now)
             if not (self.critic.judges_recovery and math.isfinite(self.risk)) or \
-                    judge(judged[0]) < self.risk:
+                    self._judged_lower(judge, judged[0]):
                 self.recovering_since = now
         elif not risky and self.recovering_since is not None and now - self.recovering_since >= RECOVERY_MIN_S:
             self.recovering_since = None
         if self.recovering_since is None:
             return None
         return judged or self.recovery_target(state, now)
+
+    def _judged_lower(self, judge: Callable[[np.ndarray], float], target: np.ndarray) -> bool:
+        """Whether the critic judges ``target`` less risky than the command; where it cannot judge it, the
+        recovery runs (the critic already judged the command risky)."""
+        try:
+            return judge(target) < self.risk
+        except Exception as exc:  # as for the command's risk: the layer goes on, the reason says why
+            self.critic_problem = f"{type(exc).__name__}: {exc}"
+            return True
 
     def start_recovery(self, state: RobotState, now: float, command: np.ndarray) -> None:
         """A recovery starts from ``state``, taking over ``command``: the critic's learned one where it has one."""

@@ -359,6 +359,35 @@ def test_a_risky_command_runs_the_recovery_for_at_least_its_minimum_then_command
     assert reasons == ["critic: risk nan above 0.50: recovery (hold)"]
 
 
+class BrokenCritic(StandInCritic):
+    """A critic whose graph fails at run time: on every command, or (``on_recovery_only``) on the recovery's."""
+
+    epsilon, judges_recovery = 0.5, True
+
+    def __init__(self, on_recovery_only: bool = False):
+        self.on_recovery_only = on_recovery_only
+
+    def risk(self, state, command):
+        if self.on_recovery_only and command[0] > 0.0015:
+            return 0.9  # the policy's command (joint 1 at 2 mrad; the arm holds at 1): risky
+        raise RuntimeError("onnxruntime: shape mismatch")
+
+
+@pytest.mark.parametrize("on_recovery_only", [False, True])
+def test_a_critic_that_fails_at_run_time_never_stops_the_layer_it_recovers_and_says_why(on_recovery_only):
+    layer = layer_for("panda", critic=BrokenCritic(on_recovery_only))
+    moved = PANDA_HOME + 0.001
+    failed = "; the critic failed: RuntimeError: onnxruntime: shape mismatch"
+    for i in range(3):
+        out, reasons = step(layer, joint1(0.002), panda(moved), i * 0.002)
+        if on_recovery_only:  # judged risky, the recovery not judged: it runs; later ticks judge the command alone
+            assert reasons == [f"critic: risk 0.90 above 0.50: recovery (hold){failed if i == 0 else ''}"]
+        else:  # nothing judged: a high risk, on every tick
+            assert reasons == [f"critic: risk nan above 0.50: recovery (hold){failed}"]
+        np.testing.assert_array_equal(out, moved)  # the arm holds where it was
+    assert not layer.latches and layer.recovering_since == 0.0
+
+
 def test_the_hard_limits_apply_to_the_recovery():
     layer = layer_for("panda", critic=RiskOfJoint1())
     beyond = PANDA_HOME.copy()
