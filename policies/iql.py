@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robostack import registry
 from robostack.policies.ppo import EmpiricalNormalizer, gaussian_log_prob
 from robostack.policies.sac import (
     BUFFER_KEYS,
@@ -60,6 +61,7 @@ from robostack.policies.sac import (
     polyak_update,
     sample_mixed,
 )
+from robostack.specs import AlgorithmSpec
 
 __all__ = ["IQL", "LOSS_KEYS", "IQLConfig", "awr_weights", "expectile_loss", "q_targets"]
 
@@ -337,3 +339,32 @@ def _with_dropout(trunk: nn.Sequential, p: float) -> nn.Sequential:
         if not isinstance(layer, (nn.Linear, nn.LayerNorm)):
             layers.append(nn.Dropout(p))
     return nn.Sequential(*layers)
+
+
+UPDATE_BLOCK = 200  # updates between progress reports
+
+
+def fit_logged(online: dict[str, torch.Tensor], prior: dict[str, torch.Tensor], settings: Any,
+               on_update: Any = None) -> tuple[IQL, dict[str, float]]:
+    """IQL on logged steps (``online``) with the human's steps as prior data (none where ``prior`` is empty), both in
+    ``BUFFER_KEYS`` layout: learning from interventions from the logs alone (``settings``: its ``RLIFConfig``, whose
+    ``iql`` section configures this algorithm, ``updates`` and ``seed``). ``on_update(i, losses)`` after each block
+    of updates (a progress bar)."""
+    torch.manual_seed(settings.seed)
+    learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
+                  settings.iql)
+    learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
+    losses: dict[str, float] = {}
+    done = 0
+    while done < settings.updates:
+        n = min(UPDATE_BLOCK, settings.updates - done)
+        losses = learner.update(n)
+        done += n
+        if on_update is not None:
+            on_update(done, losses)
+    return learner, losses
+
+
+SPEC = registry.register(AlgorithmSpec(
+    "iql", "Implicit Q-Learning, offline from logs alone: a correction of a deployed bundle from its interventions",
+    "interventions", IQLConfig, bundle_kind="residual", trainer=fit_logged, exporter=IQL.export_policy))

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robostack import registry
 from robostack.policies.iql import IQLConfig
 from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig
+from robostack.specs import AlgorithmSpec
 
 __all__ = ["RLIFConfig", "takeover_starts", "rlif_rewards", "residual_targets", "intervention_buffers",
            "fit_residual"]
@@ -130,3 +132,8 @@ def _fit_normalizers(alg: SAC, inputs: torch.Tensor) -> None:
         normalizer.update(inputs)
         normalizer.eval()
 
+
+SPEC = registry.register(AlgorithmSpec(
+    "rlif", "RLIF's takeover reward with RLPD's data mixing (SAC): a correction of a deployed bundle from its "
+    "interventions", "interventions", RLIFConfig, bundle_kind="residual", trainer=fit_residual,
+    exporter=SAC.export_policy))

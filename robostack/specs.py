@@ -23,7 +23,7 @@ import numpy as np
 
 RobotKind = Literal["arm", "quadruped", "drone"]
 ROBOT_KINDS: tuple[RobotKind, ...] = ("arm", "quadruped", "drone")
-TrainsWith = Literal["reinforcement", "imitation", "critic"]
+TrainsWith = Literal["reinforcement", "imitation", "critic", "interventions"]
 
 
 class RobotConfig(Protocol):
@@ -126,7 +126,11 @@ class AlgorithmSpec:
       holds, from a checkpoint's policy ``state``;
     * critic: ``trainer(transitions, gamma, config, ...)`` fits a safety critic of a deployed policy
       (``robostack.workflows.safety_critic``); ``exporter(network)`` is the module its bundle's ``critic.onnx``
-      holds (``bundle_kind`` "critic": it goes into the policy's bundle, beside the policy).
+      holds (``bundle_kind`` "critic": it goes into the policy's bundle, beside the policy);
+    * interventions: ``trainer(online, prior, settings, on_update)`` fits a correction of a deployed bundle from its
+      logged steps and the human's (``robostack.workflows.interventions``; ``settings`` its ``RLIFConfig``) and
+      returns ``(learner, losses)``; ``exporter(learner)`` is the correction's module, which a residual bundle over
+      the deployed one holds (``bundle_kind`` "residual").
     """
 
     name: str

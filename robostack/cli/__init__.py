@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from robostack.cli.bench import add_bench_parser
-from robostack.cli.common import (DEVICE_HELP, EXPERT_NOISE_HELP, NPROC_HELP, Failure, UsageError, _print_table,
-                                  _report, _require_positive, _stdout_to_stderr)
+from robostack.cli.common import (DEVICE_HELP, EXPERT_NOISE_HELP, NPROC_HELP, Failure, UsageError, _intervention_algo,
+                                  _print_table, _report, _require_positive, _stdout_to_stderr)
 from robostack.cli.improve import add_improve_parser
 
 PROG = "robostack"
@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"--init starts a reinforcement learning run from a bundle's policy: not with {clash[0]}")
     if spec is not None and spec.trains_with == "critic":
         return _train_critic(args, out)
-    if args.interventions or args.offline:
+    if args.interventions or args.offline or (spec is not None and spec.trains_with == "interventions"):
         return _train_on_interventions(args, out)
     if args.policy is not None or args.out is not None or args.disturbance:
         raise UsageError("--policy, --out and --disturbance train a safety critic: give --algo safety-critic")
@@ -204,8 +204,9 @@ def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
     if not args.interventions or args.out is None:
         raise UsageError("learning from interventions corrects a deployed bundle: give --interventions DATASET and "
                          "--out DIR (the corrected bundle; --policy BUNDLE, default: the task's shipped bundle)")
-    if args.algo is not None or args.dataset is not None or args.base is not None or args.resume is not None:
-        raise UsageError("--interventions: not with --algo, --dataset, --base or --resume (--offline: IQL)")
+    if args.dataset is not None or args.base is not None or args.resume is not None:
+        raise UsageError("--interventions: not with --dataset, --base or --resume")
+    algo = _intervention_algo(args.algo, args.offline)
     from robostack.config import build_config
     from robostack.policies.rlif import RLIFConfig
     from robostack.real.bench import resolve_bundle
@@ -217,7 +218,7 @@ def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
     with _stdout_to_stderr(args.json):
         from robostack.workflows.interventions import learn_from_interventions
 
-        summary = learn_from_interventions(args.interventions, policy, args.out, offline=args.offline, cfg=cfg)
+        summary = learn_from_interventions(args.interventions, policy, args.out, algo=algo, cfg=cfg)
     title = f"train: {args.task} from interventions on {policy}"
     return _report(args, out, title, summary, ("bundle", "takeovers"))
 
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn a correction of --policy (default: the shipped bundles/TASK) from datasets of its "
                         "deployments with a human's takeovers "
                         "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys)")
-    p.add_argument("--offline", action="store_true", help="--interventions: learn offline with IQL instead")
+    p.add_argument("--offline", action="store_true", help="--interventions: learn offline with IQL instead (--algo iql)")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
                    help="--algo safety-critic: a task-config override added to every disturbance of the suite")
     p.add_argument("--run-root", default="runs", metavar="DIR", help="where run folders go (default: runs)")

@@ -75,3 +75,11 @@ def _report(args: argparse.Namespace, out: TextIO, title: str, result: dict[str,
     else:
         _print_table(title, result, first, out)
     return 0
+
+
+def _intervention_algo(algo: str | None, offline: bool) -> str:
+    """The algorithm that learns from interventions, from ``--algo`` and ``--offline`` (default rlif; --offline:
+    iql, the logs alone); whether it does learn from them is the workflow's check."""
+    if offline and algo not in (None, "iql"):
+        raise UsageError(f"--offline learns with iql, from the logs alone: not with --algo {algo}")
+    return "iql" if offline else algo or "rlif"

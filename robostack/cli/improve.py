@@ -7,7 +7,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from robostack.cli.common import Failure, UsageError, _print_table, _require_positive, _stdout_to_stderr
+from robostack.cli.common import (
+    Failure,
+    UsageError,
+    _intervention_algo,
+    _print_table,
+    _require_positive,
+    _stdout_to_stderr,
+)
 
 REPORT_KEYS = ("success_before", "success_after", "rounds", "interventions_per_episode", "intervened_steps", "wall_s")
 
@@ -29,7 +36,8 @@ def cmd_improve(args: argparse.Namespace, out: TextIO) -> int:
 
         cfg = improve_config(args.task, overrides)
         try:
-            report = improve(args.task, args.policy, out_dir, cfg, offline=args.offline, seed=args.seed)
+            report = improve(args.task, args.policy, out_dir, cfg, algo=_intervention_algo(args.algo, args.offline),
+                             seed=args.seed)
         except RuntimeError as exc:  # a round's deployment stopped: what finished is kept, a rerun resumes
             raise Failure(f"{exc}; rerun with --out {out_dir} to resume") from None
     if args.json:
@@ -48,7 +56,7 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
               if bench else "deploy, let a simulated human take over, learn from it, redeploy; round after round"),
         description="Each round deploys the current bundle on the simulated robot through the ROS 2 graph with a "
         "simulated human who takes over when it goes wrong (teleop_node), records and converts the bag, learns a "
-        "residual from every round's data (RLIF reward, RLPD mixing; IQL with --offline) and evaluates it under "
+        "residual from every round's data (--algo rlif: RLIF reward, RLPD mixing; iql: offline) and evaluates it under "
         "the shift. Defaults: configs/improve/TASK.yaml. Rerun with the same --out to resume.",
         epilog="example: robostack improve --task cf2-hover --rounds 3 --episodes-per-round 20 "
                "--shift randomization.link_mass.range=[1.4,1.4]")
@@ -61,7 +69,8 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
     p.add_argument("--intervener", default="scripted", help="who takes over (default: scripted, the task's own)")
     p.add_argument("--shift", action="append", default=[], metavar="key=value",
                    help="task-config overrides the robot runs under (repeatable; replaces the config's shift)")
-    p.add_argument("--offline", action="store_true", help="learn with IQL from the logs alone")
+    p.add_argument("--algo", default=None, help="how each round learns (robostack list: rlif, the default; iql)")
+    p.add_argument("--offline", action="store_true", help="learn with IQL from the logs alone (--algo iql)")
     p.add_argument("--out", metavar="DIR", default=None, help="the loop's folder (default: runs/improve/TASK-STAMP)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

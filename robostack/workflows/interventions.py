@@ -1,6 +1,6 @@
 """``robostack train TASK --interventions DATASET --policy BUNDLE``: a correction of a deployed bundle learned from
-logs of it with a human's takeovers (``robostack.policies.rlif``; ``--offline``: IQL), exported as a residual
-bundle over it.
+logs of it with a human's takeovers (``--algo rlif``, the default: ``robostack.policies.rlif``; ``--algo iql`` or
+``--offline``: IQL from the logs alone), exported as a residual bundle over it.
 
 The logs are datasets (``robostack data convert`` of deployment bags, or ``robostack improve``'s rounds): the
 measured state, the task command, the executed actuator controls and the intervention flags per frame. The
@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from robostack.bundle import BundleError, load_bundle
 from robostack.bundle.format import ACTOR_CRITIC
 from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
 from robostack.data.features import BASE_STATE
-from robostack.policies.rlif import (RLIFConfig, fit_residual, intervention_buffers, residual_targets,
-                                     rlif_rewards, takeover_starts)
+from robostack import registry
+from robostack.policies.rlif import RLIFConfig, intervention_buffers, residual_targets, rlif_rewards, takeover_starts
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.robot_state import RobotState
+from robostack.specs import AlgorithmSpec
 
 
 def robot_state(names: Sequence[str], values: np.ndarray) -> RobotState:
@@ -147,35 +147,39 @@ class LoggedSteps:
         return np.stack(out)
 
 
+def intervention_algorithm(name: str) -> AlgorithmSpec:
+    """The algorithm ``name`` if it learns from interventions (``robostack list``: rlif, iql), else ``ValueError``."""
+    from robostack import policies
+
+    policies.load()
+    spec = registry.algorithm(name)
+    if spec.trains_with != "interventions":
+        names = [s.name for s in registry.registered(AlgorithmSpec) if s.trains_with == "interventions"]
+        raise ValueError(f"algorithm {name!r} does not learn from interventions (those that do: {names})")
+    return spec
+
+
 def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str | os.PathLike,
-                             out: str | os.PathLike, *, offline: bool = False, cfg: RLIFConfig | None = None,
+                             out: str | os.PathLike, *, algo: str = "rlif", cfg: RLIFConfig | None = None,
                              on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Fit a residual over the bundle at ``policy`` from the logged ``datasets`` and write it as a residual bundle
-    at ``out``; returns a summary (frames, takeovers, human steps, the fit's last losses, the bundle)."""
+    """Fit a residual over the bundle at ``policy`` from the logged ``datasets`` with ``algo`` (rlif: SAC with
+    RLPD's mixing; iql: offline) and write it as a residual bundle at ``out``; returns a summary (frames,
+    takeovers, human steps, the fit's last losses, the bundle)."""
     from robostack.workflows.export import write_residual_bundle
 
     start = time.perf_counter()
     cfg = cfg or RLIFConfig()
+    spec = intervention_algorithm(algo)
     base, builder = correctable(policy)
     steps = LoggedSteps(builder, [load_dataset(d) for d in datasets])
     base_actions = base.act(steps.obs)
     residual = residual_targets(steps.actions, base_actions, cfg.scale)
     rewards = rlif_rewards(steps.human, steps.episode)
     online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)
-    if offline:
-        from robostack.policies.iql import IQL
-
-        torch.manual_seed(cfg.seed)
-        learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
-                      cfg.iql)
-        learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
-        losses = learner.update(cfg.updates)
-        module, algo = learner.export_policy(), "iql"
-    else:
-        learner, losses = fit_residual(online, prior, cfg, on_update)
-        module, algo = learner.export_policy(), "rlif"
-    training = {"algo": algo, "datasets": [str(Path(d).resolve()) for d in datasets], "frames": int(len(steps.obs)),
+    learner, losses = spec.trainer(online, prior, cfg, on_update)
+    module = spec.exporter(learner)
+    training = {"algo": spec.name, "datasets": [str(Path(d).resolve()) for d in datasets], "frames": int(len(steps.obs)),
                 "takeovers": int((rewards < 0).sum()), "human_steps": int(steps.human.sum()),
                 "updates": cfg.updates, "losses": {k: float(v) for k, v in losses.items()}}
-    bundle = write_residual_bundle(out, policy, module, cfg.scale, algo, training)
+    bundle = write_residual_bundle(out, policy, module, cfg.scale, spec.name, training)
     return {**training, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}

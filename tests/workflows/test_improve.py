@@ -77,7 +77,7 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     assert (round_dir / "deploy.json").stat().st_mtime == deployed_at
 
     # the same data through train --interventions, offline (IQL)
-    assert main(["train", "cf2-hover", "--interventions", str(round_dir / "dataset"), "--offline", "--policy",
+    assert main(["train", "cf2-hover", "--interventions", str(round_dir / "dataset"), "--algo", "iql", "--policy",
                  str(ROOT / "bundles" / "cf2-hover"), "--out", str(tmp_path / "iql"), "--json", "updates=30"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert load_bundle(summary["bundle"]).metadata["training"]["algo"] == "iql"
@@ -97,6 +97,7 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
 
 def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
     from robostack.cli import main
+    from robostack.cli.common import _intervention_algo
 
     assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none")]) == 2
     assert "give --interventions DATASET and --out DIR" in capsys.readouterr().err
@@ -113,6 +114,17 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
     assert not (tmp_path / "lift").exists()  # refused before anything was deployed
     assert main(["improve", "--task", "panda-reach", "--out", str(tmp_path / "reach")]) == 2
     assert "task 'panda-reach' has no simulated intervener" in capsys.readouterr().err
+    # the algorithms that learn from interventions, and --offline as iql's other name
+    assert main(["improve", "--task", "cf2-hover", "--algo", "sac", "--out", str(tmp_path / "sac")]) == 2
+    assert "algorithm 'sac' does not learn from interventions (those that do: ['iql', 'rlif'])" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "sac").exists()  # refused before anything was deployed
+    assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none"), "--offline", "--algo", "rlif",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--offline learns with iql, from the logs alone: not with --algo rlif" in capsys.readouterr().err
+    assert main(["train", "cf2-hover", "--algo", "iql"]) == 2  # no logs given
+    assert "give --interventions DATASET and --out DIR" in capsys.readouterr().err
+    assert [_intervention_algo(a, o) for a, o in ((None, False), (None, True), ("iql", True))] == ["rlif", "iql", "iql"]
 
 
 def test_the_loop_deploys_with_its_exploration_noise():
