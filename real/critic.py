@@ -175,8 +175,8 @@ class RiskCritic:
         if [i.name for i in inputs] != [CRITIC_INPUT] or inputs[0].shape[-1] != features.dim or \
                 [o.name for o in outputs] != [CRITIC_OUTPUT] or outputs[0].shape[-1] != 1:
             raise BundleError(f"bundle {root}: {CRITIC_FILE} must map {CRITIC_INPUT!r} [batch, {features.dim}] to "
-                              f"{CRITIC_OUTPUT!r} [batch, 1]; it has inputs "
-                              f"{[(i.name, i.shape) for i in inputs]} and outputs {[(o.name, o.shape) for o in outputs]}")
+                              f"{CRITIC_OUTPUT!r} [batch, 1]; it has inputs {[(i.name, i.shape) for i in inputs]} "
+                              f"and outputs {[(o.name, o.shape) for o in outputs]}")
         self.features, self.joints = features, features.joints
         # one command's features and risk, bound to the graph once: onnxruntime reads and writes these arrays in
         # place on every judgement (``judge``), without run()'s per-call conversions
@@ -214,9 +214,6 @@ class RiskCritic:
         from robostack.real.recovery_policy import PolicyRecovery
 
         return PolicyRecovery(self.recovery_session, self.metadata, self.recovery_command)
-
-    def risk_of(self, features: np.ndarray) -> np.ndarray:
-        return self.session.run([CRITIC_OUTPUT], {CRITIC_INPUT: features})[0][:, 0]
 
     def judge(self, state: RobotState) -> Callable[[np.ndarray], float]:
         """The risk of commands in one measured ``state``, its own features computed once: a tick judges the

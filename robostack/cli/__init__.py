@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn a correction of --policy (default: the shipped bundles/TASK) from datasets of its "
                         "deployments with a human's takeovers "
                         "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys)")
-    p.add_argument("--offline", action="store_true", help="--interventions: learn offline with IQL instead (--algo iql)")
+    p.add_argument("--offline", action="store_true",
+                   help="--interventions: learn offline with IQL instead (--algo iql)")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",
                    help="--algo safety-critic: a task-config override added to every disturbance of the suite")
     p.add_argument("--run-root", default="runs", metavar="DIR", help="where run folders go (default: runs)")

@@ -7,14 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from robostack.cli.common import (
-    Failure,
-    UsageError,
-    _intervention_algo,
-    _print_table,
-    _require_positive,
-    _stdout_to_stderr,
-)
+from robostack.cli.common import (Failure, UsageError, _intervention_algo, _print_table, _require_positive,
+                                  _stdout_to_stderr)
 
 REPORT_KEYS = ("success_before", "success_after", "rounds", "interventions_per_episode", "intervened_steps", "wall_s")
 

@@ -178,7 +178,8 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
     online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)
     learner, losses = spec.trainer(online, prior, cfg, on_update)
     module = spec.exporter(learner)
-    training = {"algo": spec.name, "datasets": [str(Path(d).resolve()) for d in datasets], "frames": int(len(steps.obs)),
+    training = {"algo": spec.name, "datasets": [str(Path(d).resolve()) for d in datasets],
+                "frames": int(len(steps.obs)),
                 "takeovers": int((rewards < 0).sum()), "human_steps": int(steps.human.sum()),
                 "updates": cfg.updates, "losses": {k: float(v) for k, v in losses.items()}}
     bundle = write_residual_bundle(out, policy, module, cfg.scale, spec.name, training)
