@@ -187,6 +187,7 @@ class RiskCritic:
         self.epsilon, self.recovery = float(critic["epsilon"]), critic["recovery"]
         self.judges_recovery = bool(critic.get("judges_recovery", False))
         self.metadata, self.recovery_session, self.recovery_command = metadata, None, None
+        self._checked_recovery = None
         if "recovery_policy" in critic:
             self.recovery_session = _session(root / RECOVERY_FILE, f"bundle {root}: corrupt {RECOVERY_FILE}")
             inputs = self.recovery_session.get_inputs()
@@ -201,16 +202,20 @@ class RiskCritic:
                 raise BundleError(f"bundle {root}: critic.recovery_policy.command has {self.recovery_command.size} "
                                   f"values, the task's command {metadata.get('command_dim', 0)}")
             try:  # checked here, before any node starts: the recovery rebuilds the policy's observation
-                self.new_recovery()
+                self._checked_recovery = self.new_recovery()
             except Exception as exc:  # the task's own errors (ObservationError, ConfigError, ...)
                 raise BundleError(f"bundle {root}: its critic's recovery policy cannot run: {exc}") from None
 
     def new_recovery(self) -> Any:
         """The learned recovery for one robot (``robostack.real.recovery_policy.PolicyRecovery``: it keeps that
         robot's past actions); None where the bundle has none. Imported here alone: it needs torch and the task's
-        observation terms, which a safety node loads only for a bundle that has one."""
+        observation terms, which a safety node loads only for a bundle that has one. The one built to check the
+        bundle at load goes to the first caller."""
         if self.recovery_session is None:
             return None
+        checked, self._checked_recovery = self._checked_recovery, None
+        if checked is not None:
+            return checked
         from robostack.real.recovery_policy import PolicyRecovery
 
         return PolicyRecovery(self.recovery_session, self.metadata, self.recovery_command)

@@ -68,7 +68,10 @@ def _standing(dz: float = 0.0) -> RobotState:
 def test_the_recovery_is_sealed_with_its_critic_and_a_tampered_or_mismatched_one_is_refused(tmp_path):
     bundle = _go2_with_recovery(tmp_path)
     metadata = read_metadata(bundle)  # verified: the hash covers the recovery
-    assert RECOVERY_FILE in metadata["files"] and _critic(bundle).new_recovery() is not None
+    assert RECOVERY_FILE in metadata["files"]
+    critic = _critic(bundle)
+    first, second = critic.new_recovery(), critic.new_recovery()  # the first is the one built to check the bundle
+    assert first is not None and second is not None and first is not second  # each robot keeps its own past actions
 
     (bundle / RECOVERY_FILE).write_bytes((bundle / RECOVERY_FILE).read_bytes() + b"\0")
     with pytest.raises(BundleError, match="content hash mismatch"):
