@@ -24,14 +24,15 @@ def cmd_improve(args: argparse.Namespace, out: TextIO) -> int:
                                                        ("eval_episodes", args.eval_episodes)) if value is not None]
     if args.shift:
         overrides.append(f"shift={json.dumps(args.shift)}")
+    if args.algo is not None or args.offline:
+        overrides.append(f"algo={_intervention_algo(args.algo, args.offline)}")
     out_dir = args.out or str(Path("runs") / "improve" / f"{args.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     with _stdout_to_stderr(args.json):
         from robostack.workflows.improve import improve, improve_config
 
         cfg = improve_config(args.task, overrides)
         try:
-            report = improve(args.task, args.policy, out_dir, cfg, algo=_intervention_algo(args.algo, args.offline),
-                             seed=args.seed)
+            report = improve(args.task, args.policy, out_dir, cfg, seed=args.seed)
         except RuntimeError as exc:  # a round's deployment stopped: what finished is kept, a rerun resumes
             raise Failure(f"{exc}; rerun with --out {out_dir} to resume") from None
     if args.json:
@@ -63,7 +64,8 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
     p.add_argument("--intervener", default="scripted", help="who takes over (default: scripted, the task's own)")
     p.add_argument("--shift", action="append", default=[], metavar="key=value",
                    help="task-config overrides the robot runs under (repeatable; replaces the config's shift)")
-    p.add_argument("--algo", default=None, help="how each round learns (robostack list: rlif, the default; iql)")
+    p.add_argument("--algo", default=None, help="how each round learns (robostack list: rlif, iql; default: the "
+                   "task's improve config)")
     p.add_argument("--offline", action="store_true", help="learn with IQL from the logs alone (--algo iql)")
     p.add_argument("--out", metavar="DIR", default=None, help="the loop's folder (default: runs/improve/TASK-STAMP)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -12,7 +12,8 @@ Each round (a folder ``round-<r>/`` of ``--out``):
 2. ``dataset/``: the bag converted (``robostack.workflows.convert``): one episode per simulated episode, the
    takeovers flagged.
 3. ``bundle/``: a residual over the starting bundle learned from the datasets of every round so far
-   (``robostack.workflows.interventions``: RLIF's reward, RLPD's mixing; ``algo`` iql: IQL from the logs alone).
+   (``robostack.workflows.interventions``, with the config's ``algo``: rlif, RLIF's reward with RLPD's mixing; iql,
+   IQL from the logs alone).
 4. ``eval.json``: the new bundle in the vectorized simulator under the shift.
 
 The next round deploys that bundle. Every step leaves its output and a ``.json`` that says it finished; a rerun
@@ -51,6 +52,7 @@ class ImproveConfig:
     episodes_per_round: int = 20
     eval_episodes: int = 1000
     exploration_std: float = 0.0  # the deployed policy's action noise (policy_node): logs with actions to compare
+    algo: str = "rlif"  # the learner of every round: an algorithm that learns from interventions (rlif, iql)
     rlif: RLIFConfig = field(default_factory=RLIFConfig)
 
 
@@ -108,7 +110,7 @@ def _round_figures(data: Dataset) -> dict[str, Any]:
 
 
 def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike, cfg: ImproveConfig | None = None, *,
-            algo: str = "rlif", seed: int = 0, note: Callable[[str], None] = print) -> dict[str, Any]:
+            seed: int = 0, note: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the loop in ``out`` from the bundle at ``policy`` (None: the task's shipped bundle; ``cfg``:
     the task's ``improve_config``); returns the report (also ``out/report.json``)."""
     from robostack.real.bench import resolve_bundle
@@ -119,12 +121,12 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     start = time.perf_counter()
     if rounds < 1 or episodes_per_round < 1 or eval_episodes < 1:
         raise ConfigError("rounds, episodes per round and evaluation episodes must be at least 1")
-    intervention_algorithm(algo)  # before anything is deployed
+    intervention_algorithm(cfg.algo)  # before anything is deployed
     correctable(policy)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"task": task, "policy": str(Path(policy).resolve()), "episodes_per_round": episodes_per_round,
-                "shift": list(shift), "algo": algo, "eval_episodes": eval_episodes, "seed": seed,
+                "shift": list(shift), "algo": cfg.algo, "eval_episodes": eval_episodes, "seed": seed,
                 "exploration_std": cfg.exploration_std, "rlif": to_dict(cfg.rlif)}
     previous = _done(root / SETTINGS_FILE)
     if previous is not None and previous != settings:
@@ -166,7 +168,7 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
         if trained is None:
             note(f"round {r}: learning from {len(datasets)} round(s) of data")
             trained = _write(folder / "train.json", learn_from_interventions(
-                datasets, policy, folder / "bundle", algo=algo, cfg=cfg.rlif))
+                datasets, policy, folder / "bundle", algo=cfg.algo, cfg=cfg.rlif))
         evaluated = evaluate(folder / "bundle", folder / "eval.json")
         per_round.append({"round": r, "deployed": str(current), "success_deployed": deployed["success_rate"],
                           **figures, "success_after_round": evaluated["success_rate"], "train_s": trained["wall_s"]})

@@ -60,7 +60,8 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     flags = data.frames([INTERVENTION])[INTERVENTION]
     assert report["intervened_steps"] == int(flags.sum()) > 0  # the human took over
     residual = load_bundle(report["bundle"])
-    assert residual.metadata["kind"] == "residual" and residual.metadata["training"]["algo"] == "rlif"
+    assert residual.metadata["kind"] == "residual"
+    assert residual.metadata["training"]["algo"] == "iql"  # the learner of configs/improve/cf2-hover.yaml
     assert (out / "rounds.png").stat().st_size > 1000
 
     # the rebuilt observations are the policy's: where it flew, the base acts as the commands executed (median gap
@@ -76,11 +77,11 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     assert json.loads(capsys.readouterr().out)["per_round"] == report["per_round"]
     assert (round_dir / "deploy.json").stat().st_mtime == deployed_at
 
-    # the same data through train --interventions, offline (IQL)
-    assert main(["train", "cf2-hover", "--interventions", str(round_dir / "dataset"), "--algo", "iql", "--policy",
-                 str(ROOT / "bundles" / "cf2-hover"), "--out", str(tmp_path / "iql"), "--json", "updates=30"]) == 0
+    # the same data through train --interventions, with its default learner (RLIF's SAC)
+    assert main(["train", "cf2-hover", "--interventions", str(round_dir / "dataset"), "--policy",
+                 str(ROOT / "bundles" / "cf2-hover"), "--out", str(tmp_path / "rlif"), "--json", "updates=30"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert load_bundle(summary["bundle"]).metadata["training"]["algo"] == "iql"
+    assert load_bundle(summary["bundle"]).metadata["training"]["algo"] == "rlif"
     assert summary["human_steps"] == report["intervened_steps"]
     # another loop's settings in the same folder are refused
     assert main(argv[:-3] + ["rlif.updates=41"]) == 2
