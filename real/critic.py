@@ -35,6 +35,9 @@ from robostack.specs import RobotSpec
 VELOCITY_SCALE = 0.1  # joint velocities (rad/s) are an order larger than positions: scaled to a like range
 
 
+BASE_FIELDS = ("base_position", "base_orientation", "base_linear_velocity", "base_angular_velocity")  # in order
+
+
 @dataclass
 class MeasuredBatch:
     """Measured states of B robots as arrays (floating-base fields None for a fixed-base robot)."""
@@ -57,8 +60,7 @@ class MeasuredBatch:
 
         return cls(np.array([[s.joint_position[n] for n in joint_names] for s in states], dtype=np.float64),
                    np.array([[s.joint_velocity.get(n, 0.0) for n in joint_names] for s in states], dtype=np.float64),
-                   stack("base_position"), stack("base_orientation"), stack("base_linear_velocity"),
-                   stack("base_angular_velocity"))
+                   *(stack(field) for field in BASE_FIELDS))
 
     @classmethod
     def one(cls, state: RobotState, joint_names: Sequence[str]) -> MeasuredBatch:
@@ -70,8 +72,7 @@ class MeasuredBatch:
         count = len(joint_names)
         return cls(np.fromiter((state.joint_position[n] for n in joint_names), np.float64, count)[None],
                    np.fromiter((state.joint_velocity.get(n, 0.0) for n in joint_names), np.float64, count)[None],
-                   row("base_position"), row("base_orientation"), row("base_linear_velocity"),
-                   row("base_angular_velocity"))
+                   *(row(field) for field in BASE_FIELDS))
 
 
 def rotations(quat: np.ndarray) -> np.ndarray:
