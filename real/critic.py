@@ -26,8 +26,8 @@ import mujoco
 import numpy as np
 
 from robostack.bundle import BundleError
-from robostack.bundle.format import (CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, INPUT_NAME, OUTPUT_NAME, RECOVERIES,
-                                     RECOVERY_FILE)
+from robostack.bundle.format import CRITIC_FILE, CRITIC_INPUT, CRITIC_OUTPUT, RECOVERIES, RECOVERY_FILE
+from robostack.bundle.kinds import check_vector_graph
 from robostack.real.robot_state import RobotState
 from robostack.real.safety import rotation_matrix
 from robostack.specs import RobotSpec
@@ -161,8 +161,6 @@ class RiskCritic:
     features or whose graph does not take and give what its metadata says."""
 
     def __init__(self, bundle_path: str | Path, metadata: dict[str, Any], features: RiskFeatures):
-        import onnxruntime as ort
-
         root, critic = Path(bundle_path), metadata["critic"]
         if list(critic["features"]) != features.names:
             raise BundleError(f"bundle {root}: its critic reads {len(critic['features'])} features "
@@ -191,13 +189,7 @@ class RiskCritic:
         self._checked_recovery = None
         if "recovery_policy" in critic:
             self.recovery_session = _session(root / RECOVERY_FILE, f"bundle {root}: corrupt {RECOVERY_FILE}")
-            inputs = self.recovery_session.get_inputs()
-            outputs = self.recovery_session.get_outputs()
-            obs_dim, act_dim = int(metadata["observation"]["dim"]), int(metadata["action"]["dim"])
-            if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].shape[-1] != obs_dim or \
-                    [o.name for o in outputs] != [OUTPUT_NAME] or outputs[0].shape[-1] != act_dim:
-                raise BundleError(f"bundle {root}: {RECOVERY_FILE} must map {INPUT_NAME!r} [batch, {obs_dim}] to "
-                                  f"{OUTPUT_NAME!r} [batch, {act_dim}] as its policy does")
+            check_vector_graph(root, metadata, self.recovery_session, RECOVERY_FILE)  # reads, writes as the policy
             self.recovery_command = np.asarray(critic["recovery_policy"]["command"], dtype=np.float64)
             if self.recovery_command.size != int(metadata.get("command_dim", 0)):
                 raise BundleError(f"bundle {root}: critic.recovery_policy.command has {self.recovery_command.size} "

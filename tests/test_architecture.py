@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("sim", "policies", "real")  # top-level folders of the source tree, robostack.<name> once installed

@@ -151,26 +151,27 @@ def _onnx_dim(shape: list[Any], axis: int) -> int | None:
     return shape[axis] if isinstance(shape[axis], int) else None
 
 
-def _check_vector_graph(root: Path, meta: dict[str, Any], session: Any) -> None:
-    """One input ``obs`` of observation.dim values and an output ``action`` of action.dim values."""
+def check_vector_graph(root: Path, meta: dict[str, Any], session: Any, file: str = ONNX_FILE) -> None:
+    """One input ``obs`` of observation.dim values and an output ``action`` of action.dim values: the policy's
+    graph, or another that reads and writes what it does (``file``: a critic's recovery policy)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
-        raise BundleError(f"bundle {root}: {ONNX_FILE} must have one input {INPUT_NAME!r} and an output "
+        raise BundleError(f"bundle {root}: {file} must have one input {INPUT_NAME!r} and an output "
                           f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
                           f"{[o.name for o in outputs]}")
     obs_dim, act_dim = int(meta["observation"]["dim"]), int(meta["action"]["dim"])
     in_dim = _onnx_dim(inputs[0].shape, 1)
     out_dim = _onnx_dim(next(o for o in outputs if o.name == OUTPUT_NAME).shape, 1)
     if in_dim != obs_dim:
-        raise BundleError(f"bundle {root}: {ONNX_FILE} takes observations of size {in_dim} but the metadata "
+        raise BundleError(f"bundle {root}: {file} takes observations of size {in_dim} but the metadata "
                           f"says observation.dim = {obs_dim}")
     if out_dim != act_dim:
-        raise BundleError(f"bundle {root}: {ONNX_FILE} returns actions of size {out_dim} but the metadata "
+        raise BundleError(f"bundle {root}: {file} returns actions of size {out_dim} but the metadata "
                           f"says action.dim = {act_dim}")
 
 
 def load_vector(root: Path, meta: dict[str, Any], session: Any, base: Any = None) -> PolicyBundle:
-    _check_vector_graph(root, meta, session)
+    check_vector_graph(root, meta, session)
     return PolicyBundle(root, meta, session)
 
 
@@ -185,7 +186,7 @@ def load_chunk(root: Path, meta: dict[str, Any], session: Any, base: Any = None)
 def load_residual(root: Path, meta: dict[str, Any], session: Any, base: Any) -> ResidualPolicyBundle:
     """Its graph as a vector policy's, and ``base`` the bundle it was written with (``check_residual_base``)."""
     check_residual_base(f"bundle {root}", meta, base)
-    _check_vector_graph(root, meta, session)
+    check_vector_graph(root, meta, session)
     return ResidualPolicyBundle(root, meta, session, base)
 
 

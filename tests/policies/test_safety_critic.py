@@ -3,7 +3,6 @@ violation probability of a small Markov chain whose answer is known in closed fo
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from robostack.policies.safety_critic import CriticTrainConfig, fit_critic, td_targets

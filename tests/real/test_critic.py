@@ -18,7 +18,7 @@ from robostack.bundle import BundleError, load_bundle, read_metadata
 from robostack.bundle.format import CRITIC_FILE, METADATA_FILE, content_hash
 from robostack.bundle.write import add_critic
 from robostack.policies.safety_critic import RiskNetwork
-from robostack.real.critic import MeasuredBatch, RiskCritic, RiskFeatures, bundle_critic, rotations, to_body
+from robostack.real.critic import MeasuredBatch, RiskFeatures, bundle_critic, rotations, to_body
 from robostack.real.robot_state import RobotState
 from robostack.workflows.safety_critic import write_critic_onnx
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from robostack import sim
 from robostack.teleop.devices import TeleopError
