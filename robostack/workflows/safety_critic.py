@@ -44,7 +44,8 @@ import torch
 
 from robostack import registry, sim
 from robostack.bundle import load_bundle
-from robostack.bundle.format import CRITIC_INPUT, CRITIC_OUTPUT, ONNX_FILE, ONNX_OPSET, RECOVERIES, RECOVERY_FILE
+from robostack.bundle.format import (CRITIC_INPUT, CRITIC_OUTPUT, ONNX_FILE, ONNX_OPSET, RECOVERIES, RECOVERY_FILE,
+                                     contract)
 from robostack.bundle.write import add_critic
 from robostack.config import config_path, load_config, to_dict
 from robostack.real.bench import SHIPPED_BUNDLES
@@ -525,14 +526,21 @@ def train_recovery(task: str, policy: str | os.PathLike, cfg: RecoveryPolicyConf
     overrides = [*cfg.overrides, f"init={Path(policy).resolve()}", "eval_episodes=0"]
     summary = train(task, overrides=overrides, seed=seed, run_root=str(report_dir / "recovery"), progress=progress)
     bundle_dir = export_bundle(summary["run_dir"], report_dir / "recovery-bundle")
-    exported = load_bundle(bundle_dir).metadata
-    for key in ("observation", "action", "joint_names", "control_rate_hz"):
-        if exported[key] != source.metadata[key]:
-            raise ValueError(f"the recovery policy's {key} differs from {policy}'s: its overrides may change the "
-                             "task's observations or actions, not only its conditions")
+    differ = contract_differences(source.metadata, load_bundle(bundle_dir).metadata)
+    if differ:
+        raise ValueError(f"the recovery policy's {', '.join(differ)} differ from {policy}'s: its overrides may change "
+                         "the task's observations or actions, not only its conditions")
     return Path(bundle_dir) / ONNX_FILE, {"run_dir": summary["run_dir"], "overrides": overrides,
                                               "iterations": summary["iterations"], "env_steps": summary["env_steps"],
                                               "wall_s": summary["wall_s"]}
+
+
+def contract_differences(policy: dict[str, Any], recovery: dict[str, Any]) -> list[str]:
+    """The parts of the policy's contract (``robostack.bundle.format.contract``: observation, action map, joints,
+    gains, rate, ...) that a recovery trained from it changed: it runs in the policy's place, so it must read and
+    write what the policy does. The format version and the kind (absent from older bundles) may differ."""
+    ours, theirs = contract(policy), contract(recovery)
+    return [key for key in ours if key not in ("format_version", "kind") and theirs.get(key) != ours[key]]
 
 
 def _tcp_site(bundle: Any) -> str | None:

@@ -13,7 +13,8 @@ import torch
 from robostack import registry
 from robostack.bundle import load_bundle
 from robostack.real.critic import bundle_critic
-from robostack.workflows.safety_critic import MAX_EPSILON, SafeLoop, ViolationConfig, engaged_share, next_epsilon
+from robostack.workflows.safety_critic import (MAX_EPSILON, SafeLoop, ViolationConfig, contract_differences, engaged_share,
+                                              next_epsilon)
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["num_envs=4", "episodes_per_disturbance=4", "nominal_episodes=4", "episode_length_s=1.0", "train.steps=200",
@@ -112,3 +113,15 @@ def test_a_recovery_policy_is_trained_with_the_critic_and_sealed_into_the_bundle
     robot = registry.robot("go2")
     critic = bundle_critic(out, bundle.metadata, robot, robot.load_config(), None)
     assert critic.epsilon == summary["epsilon"] and critic.new_recovery() is not None
+
+
+def test_a_recovery_must_keep_the_policys_contract():
+    """A recovery runs in the policy's place: any part of its contract but the format version and the kind (absent
+    from older bundles) that its training changed is named."""
+    shipped = load_bundle(ROOT / "bundles" / "go2-walk").metadata
+    recovery = json.loads(json.dumps(shipped))
+    recovery.update(kind="actor_critic", format_version=shipped.get("format_version", 0) + 1)
+    assert contract_differences(shipped, recovery) == []
+    recovery["control_rate_hz"] = 100.0
+    recovery["pd_gains"] = {"kp": [1.0], "kd": [0.1]}
+    assert contract_differences(shipped, recovery) == ["pd_gains", "control_rate_hz"]
