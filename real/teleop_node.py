@@ -27,7 +27,9 @@ What the human commands depends on the robot's kind (its ``robostack.specs.Robot
 * quadruped (go2) and drone (cf2): the human does not drive joints or motors (no one can balance a
   quadruped or fly a quadrotor motor by motor); the human's command replaces the *task command* the
   policy follows, on the deploy config's ``topics.task_command``: go2 the velocity (vx, vy, yaw rate) from
-  the sticks, cf2 a position setpoint the sticks move from where the drone was when the takeover started.
+  the sticks, cf2 a position setpoint the sticks move from the task's setpoint in effect when the takeover
+  started (the topic's last message from another node, else the config's default), so they offset what the
+  policy was asked to do.
   The policy keeps running and the safety layer keeps filtering its output, so ``teleop/active`` is not
   published: true would make the safety layer wait for joint commands that never come. When the takeover
   ends, one last task command with the sticks centred is sent (go2: stand still; cf2: hold the setpoint),
@@ -222,6 +224,9 @@ class TeleopRunner:
         self.takeover = takeover_for(robot_spec, robot_config, self.deploy, settings, definition)
         self.latest: HumanInput | None = None
         self.active = False
+        command = self.task_command
+        # the task's command in effect (its topic's last message, else the config's default): a takeover starts from it
+        self.task_setpoint = None if command is None else np.asarray(command.default, dtype=np.float64)
 
     @property
     def task_command(self) -> TaskCommandTopic | None:
@@ -250,6 +255,17 @@ class TeleopRunner:
         self.latest = HumanInput(np.clip(velocity, -self.scales, self.scales), frozenset(), True, now)
         return None
 
+    def take_task_command(self, values: Sequence[float]) -> str | None:
+        """Keep the task's command in effect (its topic, which a task-level takeover publishes on too: heard from
+        whoever sets it, never the node's own while the human is in control), or return why it cannot be used."""
+        if self.active:
+            return None
+        command = np.asarray(values, dtype=np.float64)
+        if command.shape != self.task_setpoint.shape or not np.all(np.isfinite(command)):
+            return f"task command {command.tolist()}: needs {self.task_setpoint.size} finite values"
+        self.task_setpoint = command
+        return None
+
     def deadman_held(self, now: float) -> bool:
         latest = self.latest
         return latest is not None and latest.deadman and now - latest.received <= self.settings.input_timeout_s
@@ -269,7 +285,7 @@ class TeleopRunner:
             step.active, step.problem = self.active, f"deadman held, but no command: {problem}"
             return step
         if not self.active:
-            self.takeover.begin(state)
+            self.takeover.begin(state, self.task_setpoint)
             self.active = True
             step.events.append("start")
         step.active = True
@@ -285,7 +301,10 @@ class TeleopRunner:
         if not self.active:
             return TeleopStep()
         self.active = False
-        return TeleopStep(events=["end"], command=self.takeover.release())
+        release = self.takeover.release()
+        if release is not None and self.task_setpoint is not None:
+            self.task_setpoint = release.copy()  # the human's last command holds until the task's next
+        return TeleopStep(events=["end"], command=release)
 
 
 def fresh_state(listener: StateListener, timeout_s: float, now: float) -> tuple[RobotState | None, str]:
@@ -341,6 +360,8 @@ class TeleopNode(Node):
             self.command_type, command_topic = message_type(runner.task_command.type), runner.task_command.topic
             qos = qos_profile(runner.task_command.qos)
         self.command_publisher = self.create_publisher(self.command_type, command_topic, qos)
+        if runner.task_command is not None:
+            self.create_subscription(self.command_type, command_topic, self._on_task_command, qos)
         if settings.input == "joy":
             input_topic = p["input_topic"] or "joy"
             self.create_subscription(Joy, input_topic, self._on_joy, 10)
@@ -362,6 +383,12 @@ class TeleopNode(Node):
     def _on_twist(self, msg: Twist, info: dict) -> None:
         values = [float(get_field(msg, path)) for path in self.runner.twist_fields]
         self._complain(self.runner.take_twist(values, arrival(info)))
+
+    def _on_task_command(self, msg: Any) -> None:
+        values = [float(get_field(msg, path)) for path in self.runner.task_command.fields]
+        problem = self.runner.take_task_command(values)
+        if problem:
+            self.get_logger().error(f"ignored: {problem}", throttle_duration_sec=ERROR_THROTTLE_S)
 
     def _complain(self, problem: str | None) -> None:
         if problem:

@@ -5,9 +5,10 @@
   pose becomes the task's own end-effector actions, issued through the task's action map (its IK site, damping,
   step sizes and gripper, as in training) from the measured joints (``robostack.sim.measured_task``);
 * quadruped: the sticks' velocity is the task command;
-* drone: the sticks move a position setpoint from where the drone was when the takeover began.
+* drone: the sticks move a position setpoint from the task's setpoint in effect when the takeover began.
 
-Each takeover answers ``state_problem(state)`` (why it cannot command from this measured state), ``begin(state)``,
+Each takeover answers ``state_problem(state)`` (why it cannot command from this measured state), ``begin(state,
+task_command)`` (the task's command in effect, where the node knows it),
 ``command(velocity, buttons, state, dt)`` and ``release()`` (the last command when the human lets go, or None).
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ class ArmTakeover:
         return (joints, task.sensor(f"{self.site}_pos")[0].double().numpy(),
                 task.sensor(f"{self.site}_quat")[0].double().numpy())
 
-    def begin(self, state: Any) -> None:
+    def begin(self, state: Any, task_command: np.ndarray | None = None) -> None:
         joints, self.target_position, self.target_quat = self._measure(state)
         if self.gripper is not None:  # the fingers keep the state they were found in
             fingers = joints[self.gripper.actuator_ids].mean()
@@ -106,7 +107,7 @@ class VelocityTakeover:
     def state_problem(self, state: Any) -> str:
         return ""
 
-    def begin(self, state: Any) -> None:
+    def begin(self, state: Any, task_command: np.ndarray | None = None) -> None:
         pass
 
     def command(self, velocity: np.ndarray, buttons: frozenset[int], state: Any, dt: float) -> np.ndarray:
@@ -117,8 +118,11 @@ class VelocityTakeover:
 
 
 class SetpointTakeover:
-    """Drone: the sticks move a position setpoint from where the drone was when the takeover began; it stays
-    within ``lead`` of the measured position."""
+    """Drone: the sticks move a position setpoint from the task's setpoint in effect when the takeover began (where
+    the policy was flying to; the drone's position where none is known); it stays within ``lead`` of the measured
+    position. Starting from the task's setpoint, the sticks offset what the policy was asked to do: a drone that
+    cannot reach its setpoint (heavier, a weak motor) is corrected by aiming past it, and the logs hold that
+    correction against the task's setpoint. (Starting where a sagging drone was made its policy cut thrust first.)"""
 
     joint_level = False
 
@@ -130,8 +134,10 @@ class SetpointTakeover:
         known = state.base_position is not None and np.all(np.isfinite(state.base_position))
         return "" if known else "no finite base position"
 
-    def begin(self, state: Any) -> None:
-        self.setpoint = np.asarray(state.base_position, dtype=np.float64).copy()
+    def begin(self, state: Any, task_command: np.ndarray | None = None) -> None:
+        position = np.asarray(state.base_position, dtype=np.float64)
+        start = position if task_command is None else np.asarray(task_command, dtype=np.float64)
+        self.setpoint = limit_lead(start.copy(), position, self.lead)
 
     def command(self, velocity: np.ndarray, buttons: frozenset[int], state: Any, dt: float) -> np.ndarray:
         self.setpoint = limit_lead(self.setpoint + velocity * dt, np.asarray(state.base_position), self.lead)

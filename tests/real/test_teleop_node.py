@@ -238,11 +238,21 @@ def test_no_takeover_without_a_usable_state():
 # ------------------------------------------------------------------------------------------ quadruped and drone
 
 
-def test_drone_setpoint_starts_where_the_drone_is_and_follows_the_sticks():
+def test_drone_setpoint_starts_at_the_tasks_setpoint_and_follows_the_sticks():
     runner = TeleopRunner("cf2", TeleopSettings())
     assert runner.rate_hz == 100.0 and runner.task_command.topic == "target_position"
     position = np.array([0.3, -0.2, 1.1])
     state = RobotState(base_position=position)
+    assert "needs 3 finite values" in runner.take_task_command([0.0, 0.0])
+    assert runner.take_task_command([0.4, -0.2, 1.2]) is None  # the task's setpoint, 0.14 m from the drone
+    joy(0.0, runner)
+    first = runner.tick(state, 0.0)
+    np.testing.assert_allclose(first.command, [0.4, -0.2, 1.2])  # the sticks offset what the policy flies to
+    assert runner.take_task_command([9.0, 9.0, 9.0]) is None  # its own messages while in control are not taken
+    np.testing.assert_allclose(runner.task_setpoint, [0.4, -0.2, 1.2])
+    joy(0.005, runner, deadman=False)
+    runner.tick(state, 0.005)
+    runner.take_task_command([0.3, -0.2, 1.1])  # the task puts the setpoint at the drone again
     joy(0.0, runner)
     first = runner.tick(state, 0.0)
     np.testing.assert_allclose(first.command, position)
@@ -259,6 +269,11 @@ def test_drone_setpoint_starts_where_the_drone_is_and_follows_the_sticks():
     assert release.events == ["end"]
     np.testing.assert_array_equal(release.command, step.command)  # it holds where the human left it
     assert runner.tick(None, 4.01, "no odometry").problem == ""  # nothing wanted without the deadman
+    np.testing.assert_array_equal(runner.task_setpoint, step.command)  # the next takeover starts from it
+    far = TeleopRunner("cf2", TeleopSettings())  # the config's default setpoint, [0, 0, 1], 1.6 m off: the lead
+    joy(0.0, far)
+    np.testing.assert_allclose(far.tick(RobotState(base_position=np.array([0.0, 0.0, 2.6])), 0.0).command,
+                               [0.0, 0.0, 2.6 - DRONE_LEAD])
 
 
 def test_quadruped_and_drone_do_not_take_the_joints():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from robostack import sim
+from robostack.sim.robots.cf2.tasks import HoverIntervener
 from robostack.teleop.devices import TeleopError
 from robostack.teleop.intervener import MIN_TAKEOVER_S, SimulatedHuman
 from robostack.teleop.mapping import TAKEOVER_DEADMAN_BUTTON, TAKEOVER_GRIPPER_BUTTONS, TAKEOVER_MAPPINGS
@@ -31,7 +32,7 @@ def hold_until_let_go(human: SimulatedHuman, env) -> tuple[int, object]:
     raise AssertionError("never let go")
 
 
-def test_the_drone_is_taken_over_when_it_strays_and_handed_back_at_its_target():
+def test_the_drone_is_taken_over_when_it_strays_and_handed_back_once_settled_at_its_target():
     env = sim.make_env("cf2-hover", num_envs=1, play=True, overrides=["sim.num_threads=1"])
     try:
         env.reset(seed=0)
@@ -46,7 +47,9 @@ def test_the_drone_is_taken_over_when_it_strays_and_handed_back_at_its_target():
         assert pad.axes[x_axis] < -0.5 and pad.axes[z_axis] > 0.2  # the setpoint goes back toward the target
         place(env, {0: target[0], 1: target[1], 2: target[2]})
         ticks, released = hold_until_let_go(human, env)
-        assert ticks == round(MIN_TAKEOVER_S / env.control_dt)  # held at least MIN_TAKEOVER_S, then let go
+        # held until the drone has stayed settled SETTLE_S (longer than MIN_TAKEOVER_S), then let go
+        assert HoverIntervener.SETTLE_S > MIN_TAKEOVER_S
+        assert ticks == round(HoverIntervener.SETTLE_S / env.control_dt) + 1
         assert not any(released.buttons) and not any(released.axes)
         assert human.tick(env) is None and human.takeovers == 1
     finally:
