@@ -548,3 +548,58 @@ def test_go2_takeover_replaces_the_simulated_operators_velocity_command():
     after = [value for t, value in commands if t > from_human[-1]]
     assert after[0] == (0.0, 0.0, 0.0), after[:3]
     assert len([t for t, _ in commands if t > end_at + 150_000_000]) >= 2  # the operator again, at 10 Hz
+
+
+def test_drone_takeover_starts_from_the_setpoint_another_node_set():
+    """teleop_node (cf2, joy) in its own process hears the task's setpoint on ``target_position`` from another node
+    (this test, as a planner would) and starts the takeover's setpoint there, not where the drone is; when the
+    human lets go, that setpoint holds. The test plays the drone's estimator (odometry and IMU, stamped now)."""
+    from geometry_msgs.msg import PointStamped
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Imu, Joy
+    from std_msgs.msg import String
+
+    namespace = f"/teleop_test_{uuid.uuid4().hex[:6]}"
+    monitor = Monitor(namespace, {"target_position": PointStamped, "teleop/intervention": String},
+                      {"target_position": PointStamped, "odom": Odometry, "imu": Imu, "joy": Joy})
+    proc = start_node("teleop_node", namespace, "robot:=cf2")
+    estimating = threading.Event()
+    estimating.set()
+
+    def estimator() -> None:  # a drone hovering at (0.3, 0, 1) with the clock's stamps, at 100 Hz
+        while estimating.is_set():
+            stamp = monitor.node.get_clock().now().to_msg()
+            odometry, imu = Odometry(), Imu()
+            odometry.header.stamp = imu.header.stamp = stamp
+            odometry.pose.pose.position.x, odometry.pose.pose.position.z = 0.3, 1.0
+            odometry.pose.pose.orientation.w = imu.orientation.w = 1.0
+            monitor.publishers["odom"].publish(odometry)
+            monitor.publishers["imu"].publish(imu)
+            time.sleep(0.01)
+
+    threading.Thread(target=estimator, daemon=True).start()
+    pad = Gamepad(monitor.publishers["joy"])
+    try:
+        wait_for(lambda: monitor.publishers["target_position"].get_subscription_count() >= 1
+                 and monitor.publishers["joy"].get_subscription_count() >= 1, 60, "teleop_node", [proc])
+        setpoint = PointStamped()
+        setpoint.point.x, setpoint.point.y, setpoint.point.z = 0.5, 0.1, 1.2  # 0.3 m from the drone
+        for _ in range(10):
+            monitor.publishers["target_position"].publish(setpoint)
+            time.sleep(0.05)
+        heard = len(monitor.received["target_position"])
+        pad.hold(True)
+        wait_for(lambda: "start" in monitor.values("teleop/intervention"), 10, "the takeover's start", [proc])
+        time.sleep(0.3)
+        pad.hold(False)
+        wait_for(lambda: "end" in monitor.values("teleop/intervention"), 5, "the takeover's end", [proc])
+        time.sleep(0.2)
+    finally:
+        pad.close()
+        estimating.clear()
+        output = stop(proc)
+        monitor.close()
+    assert proc.returncode == 0, output
+    from_teleop = [(m.point.x, m.point.y, m.point.z) for _, m in monitor.received["target_position"][heard:]]
+    assert len(from_teleop) >= 20, output  # 0.3 s at 100 Hz, and the hold on release
+    np.testing.assert_allclose(from_teleop, [(0.5, 0.1, 1.2)] * len(from_teleop), atol=1e-9)  # sticks centred
