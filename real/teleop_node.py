@@ -258,6 +258,8 @@ class TeleopRunner:
     def take_task_command(self, values: Sequence[float]) -> str | None:
         """Keep the task's command in effect (its topic, which a task-level takeover publishes on too: heard from
         whoever sets it, never the node's own while the human is in control), or return why it cannot be used."""
+        if self.task_setpoint is None:
+            return f"a {self.kind} takeover does not replace a task command"
         if self.active:
             return None
         command = np.asarray(values, dtype=np.float64)

@@ -280,7 +280,8 @@ def test_quadruped_and_drone_do_not_take_the_joints():
     for robot in ("go2", "cf2"):
         runner = TeleopRunner(robot, TeleopSettings())
         assert not runner.takeover.joint_level and runner.task_command is not None
-    assert TeleopRunner("panda", TeleopSettings(), task="panda-reach").task_command is None
+    arm = TeleopRunner("panda", TeleopSettings(), task="panda-reach")
+    assert arm.task_command is None and "does not replace a task command" in arm.take_task_command([0.0])
 
 
 @pytest.mark.parametrize("settings, message", [
