@@ -62,7 +62,7 @@ def test_the_simulated_intervener_takes_over_through_teleop_node_and_hands_back(
     at_target = np.all(np.abs(commands - target) < 1e-6, axis=1)
     assert at_target[~flags].mean() > 0.9  # the operator's target while the policy flies (the human's last
     # setpoint holds until the operator's next command, 0.1 s after a hand-back)
-    assert np.abs(commands[flags] - target).max() > 0.05  # the human's setpoint, moved from where the drone was
+    assert np.abs(commands[flags] - target).max() > 0.05  # the human's setpoint, moved off the operator's target
 
 
 def test_the_intervener_is_refused_without_a_simulated_robot_or_a_rule(tmp_path, capsys, monkeypatch):
