@@ -60,6 +60,7 @@ from robostack.policies.sac import (
     _trunk,
     polyak_update,
     sample_mixed,
+    updates_in_blocks,
 )
 from robostack.specs import AlgorithmSpec
 
@@ -354,15 +355,7 @@ def fit_logged(online: dict[str, torch.Tensor], prior: dict[str, torch.Tensor], 
     learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
                   settings.iql)
     learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
-    losses: dict[str, float] = {}
-    done = 0
-    while done < settings.updates:
-        n = min(UPDATE_BLOCK, settings.updates - done)
-        losses = learner.update(n)
-        done += n
-        if on_update is not None:
-            on_update(done, losses)
-    return learner, losses
+    return learner, updates_in_blocks(learner.update, settings.updates, UPDATE_BLOCK, on_update)
 
 
 SPEC = registry.register(AlgorithmSpec(

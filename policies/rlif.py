@@ -22,7 +22,7 @@ import torch
 
 from robostack import registry
 from robostack.policies.iql import IQLConfig
-from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig
+from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig, updates_in_blocks
 from robostack.specs import AlgorithmSpec
 
 __all__ = ["RLIFConfig", "takeover_starts", "rlif_rewards", "residual_targets", "intervention_buffers",
@@ -114,14 +114,7 @@ def fit_residual(online: dict[str, torch.Tensor], prior: dict[str, torch.Tensor]
     _fit_normalizers(alg, online["policy_obs"])
     alg.num_transitions = len(alg.buffer)
     block = max(cfg.utd_ratio, 200 // cfg.utd_ratio * cfg.utd_ratio)
-    losses: dict[str, float] = {}
-    done = 0
-    while done < cfg.updates:
-        n = min(block, cfg.updates - done)
-        losses = alg.update(n)
-        done += n
-        if on_update is not None:
-            on_update(done, losses)
+    losses = updates_in_blocks(alg.update, cfg.updates, block, on_update)
     alg.eval_mode()
     return alg, losses
 

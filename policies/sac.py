@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from collections.abc import Callable
 import copy
 import math
 from dataclasses import dataclass
@@ -128,6 +129,21 @@ def compute_targets(reward: torch.Tensor, done: torch.Tensor, next_q1: torch.Ten
     """
     soft_value = torch.minimum(next_q1, next_q2) - alpha * next_log_prob
     return reward + gamma * (1.0 - done.float()) * soft_value
+
+
+def updates_in_blocks(update: Callable[[int], dict[str, float]], total: int, block: int,
+                      on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """``total`` updates of a fit on fixed data, ``block`` at a time (``update(n)`` returns the last losses), with
+    ``on_update(done, losses)`` after each block (a progress bar, TensorBoard); the last losses."""
+    losses: dict[str, float] = {}
+    done = 0
+    while done < total:
+        n = min(block, total - done)
+        losses = update(n)
+        done += n
+        if on_update is not None:
+            on_update(done, losses)
+    return losses
 
 
 @torch.no_grad()

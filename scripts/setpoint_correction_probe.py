@@ -30,10 +30,12 @@ import torch  # noqa: E402
 
 from robostack import sim  # noqa: E402
 from robostack.data.dataset import INTERVENTION, load_dataset  # noqa: E402
+from robostack.real.teleop_node import DRONE_LEAD  # noqa: E402
+from robostack.teleop.mapping import TAKEOVER_MAPPINGS  # noqa: E402
 from robostack.workflows.acting import load_policy  # noqa: E402
 from robostack.workflows.improve import improve_config  # noqa: E402
 
-STICK_SPEED, LEAD = 0.5, 0.5  # m/s at full stick, m: the drone's takeover mapping and teleop_node's DRONE_LEAD
+STICK_SPEED = np.asarray(TAKEOVER_MAPPINGS["drone"].scales, dtype=np.float32)  # m/s per axis at full stick
 
 
 def learned_stick_rate(datasets: list[str], target: np.ndarray) -> np.ndarray:
@@ -93,8 +95,9 @@ def main() -> None:
             offset = args.kp * error + args.ki * integral
         else:
             velocity = torch.as_tensor(env.sim.qvel[:, 0:3], dtype=torch.float32)  # world frame, as datasets log it
-            rate = torch.clamp(torch.cat([error, velocity, torch.ones(n, 1)], dim=1) @ stick, -STICK_SPEED, STICK_SPEED)
-            offset = torch.clamp(offset + rate * env.control_dt, -LEAD, LEAD)
+            speed = torch.as_tensor(STICK_SPEED)
+            rate = torch.clamp(torch.cat([error, velocity, torch.ones(n, 1)], dim=1) @ stick, -speed, speed)
+            offset = torch.clamp(offset + rate * env.control_dt, -DRONE_LEAD, DRONE_LEAD)
         env.command[:] = target + offset
         with torch.inference_mode():
             action = policy(env.observe())
