@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from robostack import registry
+from robostack.policies.command_correction import CommandCorrectionConfig
 from robostack.policies.iql import IQLConfig
 from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig, updates_in_blocks
 from robostack.specs import AlgorithmSpec
@@ -45,6 +46,7 @@ class RLIFConfig:
     bc_weight: float = 0.0  # behaviour cloning of the human's steps in the actor's loss (SAC's prior_bc_weight)
     seed: int = 0
     iql: IQLConfig = field(default_factory=IQLConfig)  # offline: IQL instead of SAC (its own gamma, batch, ...)
+    command: CommandCorrectionConfig = field(default_factory=CommandCorrectionConfig)  # --algo command-correction
 
 
 def takeover_starts(intervention: np.ndarray, episode_index: np.ndarray) -> np.ndarray:

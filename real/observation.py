@@ -12,6 +12,7 @@ commanded targets, running integrals) kept by the shared ``PolicyState``.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Mapping
 
 import mujoco
@@ -21,7 +22,7 @@ import torch
 from robostack import sim
 from robostack.bundle import ACTOR_CRITIC, CHUNK, RESIDUAL, RESIDUAL_BASE_TERM
 from robostack.bundle.describe import rebuilt_mismatches
-from robostack.data.features import SimFrameReader, same_state_layout, sim_features
+from robostack.data.features import SimFrameReader, same_state_layout, sim_features, state_columns
 from robostack.real.robot_state import BodyState, Pose, RobotState
 from robostack.sim.joint_limits import TargetBounds
 from robostack.sim.measured_task import MeasuredTask
@@ -86,7 +87,6 @@ class ObservationBuilder(MeasuredTask):
         self._fixture_ids = {name: model.body(name).id for name in self.task.fixtures}  # moved in this model
         self._terms = self.task.observations["policy"]
         self.kind = metadata.get("kind", ACTOR_CRITIC)
-        self._frame_reader: Any = None  # a chunk bundle's: the measured state as datasets record it
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -108,7 +108,7 @@ class ObservationBuilder(MeasuredTask):
                 recorded = {key: feature["names"] for key, feature in features.items()}
                 raise ObservationError(f"bundle for task {self.task.name!r}: its inputs {wrong} are not what the task "
                                        f"rebuilt from its config records ({recorded})")
-            self._frame_reader = SimFrameReader(self)
+            self.frame_reader  # a chunk bundle reads the state through it: made now, so a layout it refuses fails here
             return
         listed = [(t["name"], int(t["dim"])) for t in terms]
         built = [(name, int(term.func(self).shape[-1])) for name, term in self._terms.items()]
@@ -170,9 +170,18 @@ class ObservationBuilder(MeasuredTask):
         self.set_state(qpos, qvel)
 
     def features(self) -> dict[str, np.ndarray]:
-        """A chunk bundle's inputs: the measured state as datasets record it (``robostack.data.features.sim_features``),
-        float32 ``[1, dim]`` per feature."""
-        return self._frame_reader.read()
+        """The measured state as datasets record it (``robostack.data.features.sim_features``; a chunk bundle's
+        inputs, a command correction's), float32 ``[1, dim]`` per feature; the command is the task's."""
+        return self.frame_reader.read()
+
+    def state_columns(self, names: list[str]) -> list[int]:
+        """Where the values ``names`` names are in ``features()["observation.state"]``."""
+        return state_columns(self.model, self.frame_reader.state_names, names, f"task {self.task.name!r}")
+
+    @cached_property
+    def frame_reader(self) -> SimFrameReader:
+        """Reads this robot's state as datasets record it."""
+        return SimFrameReader(self)
 
     def _place_fixtures(self, poses: Mapping[str, Pose]) -> None:
         """Move the task's fixtures in this builder's model to where they were measured."""
@@ -191,7 +200,8 @@ class ObservationBuilder(MeasuredTask):
         """The raw ``policy`` observation vector (the bundle's ONNX input; a residual's without the base's
         action), float32 [obs_dim]."""
         parts = []
-        for term in self._terms.values():
-            value = term.func(self)
-            parts.append(value * term.scale if term.scale != 1.0 else value)
+        with self.following_command():
+            for term in self._terms.values():
+                value = term.func(self)
+                parts.append(value * term.scale if term.scale != 1.0 else value)
         return torch.cat(parts, dim=-1)[0].numpy().astype(np.float32)

@@ -10,8 +10,9 @@ comes from the bundle: its task (whose own observation terms build the observati
 the observation vector to an action; a chunk (diffusion) bundle reads the measured state as its dataset
 recorded it and executes action chunks (history, query period and temporal ensembling from its metadata,
 ``robostack.bundle.chunks.ChunkExecutor``); a residual bundle corrects the action of the bundle in its
-``base/``. Each kind acts through its own actor (``robostack.bundle.kinds``), the one evaluation in simulation
-runs too.
+``base/``; a command correction moves the task command its base follows, except while a human's takeover holds
+the command (``teleop/intervention``). Each kind acts through its own actor (``robostack.bundle.kinds``), the one
+evaluation in simulation runs too.
 Tasks with an object (panda-lift) also need its pose on ``topics.object``, tasks that place fixed bodies
 per episode (panda-insert's hole) their poses on ``topics.fixtures``. The robot's topics come
 from ``configs/deploy/<robot>.yaml`` (parameter ``config`` to use another file).
@@ -196,6 +197,11 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
 
         node.create_subscription(message_type(task.type), task.topic, on_task_command, qos_profile(task.qos))
     node.create_subscription(std_msgs.msg.String, "sim/episode", lambda _msg: runner.reset(), 10)
+    if hasattr(runner.actor, "holding"):  # a command correction: a human's takeover command is followed as it is
+        def on_intervention(msg: Any) -> None:
+            runner.actor.holding = msg.data == "start"
+
+        node.create_subscription(std_msgs.msg.String, INTERNAL["intervention"][0], on_intervention, 10)
 
     def on_safety_status(msg: Any) -> None:
         try:

@@ -130,7 +130,9 @@ class AlgorithmSpec:
     * interventions: ``trainer(online, prior, settings, on_update)`` fits a correction of a deployed bundle from its
       logged steps and the human's (``robostack.workflows.interventions``; ``settings`` its ``RLIFConfig``) and
       returns ``(learner, losses)``; ``exporter(learner)`` is the correction's module, which a residual bundle over
-      the deployed one holds (``bundle_kind`` "residual").
+      the deployed one holds (``bundle_kind`` "residual"). With ``bundle_kind`` "command_correction",
+      ``trainer(inputs, rates, settings)`` fits how the human moved the task command and ``exporter(rule)`` is the
+      module of the command-correction bundle over the deployed one.
     """
 
     name: str

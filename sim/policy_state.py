@@ -7,6 +7,9 @@ depends on is written once and cannot drift between training and deployment.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -45,6 +48,27 @@ class PolicyState:
             lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev))
         self.ctrl_target = self._ctrl_offset.repeat(n, 1)  # the controls the policy commanded (before latency)
         self.integrals: dict[str, torch.Tensor] = {}  # sized by size_integrals once the state can be read
+        self.command_offset: torch.Tensor | None = None  # a command correction's, once it offsets the command
+
+    def offset_command(self, offset: torch.Tensor) -> None:
+        """From now on the policy follows the task's ``command`` plus ``offset`` [N, command_dim] (a command
+        correction's, ``robostack.bundle.kinds``): its observations and integrals read that command; rewards,
+        success and recorded frames keep the task's. The offset is zero again at each episode's start."""
+        self.command_offset = torch.as_tensor(offset, dtype=torch.float32, device=self.device).reshape(
+            self.num_envs, -1).clone()
+
+    @contextmanager
+    def following_command(self) -> Iterator[None]:
+        """Within it, ``command`` is the one the policy follows: the task's plus the offset, where there is one."""
+        if self.command_offset is None:
+            yield
+            return
+        task_command = self.command
+        self.command = task_command + self.command_offset
+        try:
+            yield
+        finally:
+            self.command = task_command
 
     @property
     def joint_pos(self) -> torch.Tensor:
@@ -90,9 +114,10 @@ class PolicyState:
 
     def integrate(self) -> None:
         """Advance every running integral by one control step (call after the state is refreshed)."""
-        for name, term in self.task.integrals.items():
-            value = self.integrals[name] + self.control_dt * term.func(self)
-            self.integrals[name] = torch.clamp(value, -term.limit, term.limit)
+        with self.following_command():
+            for name, term in self.task.integrals.items():
+                value = self.integrals[name] + self.control_dt * term.func(self)
+                self.integrals[name] = torch.clamp(value, -term.limit, term.limit)
 
     def clear_policy_state(self, ids: torch.Tensor) -> None:
         """Start new episodes for ``ids``: no past actions, targets at the offset, integrals at zero."""
@@ -102,3 +127,5 @@ class PolicyState:
         self.ctrl_target[ids] = self._ctrl_offset
         for value in self.integrals.values():
             value[ids] = 0.0
+        if self.command_offset is not None:
+            self.command_offset[ids] = 0.0

@@ -189,16 +189,17 @@ class TaskEnv(PolicyState, VecEnv):
 
     def observe(self) -> Obs:
         obs = {}
-        for group, terms in self.task.observations.items():
-            parts = []
-            for term in terms.values():
-                value = term.func(self)
-                if term.noise and self.task.randomize and self.task.observation_noise:
-                    half = term.noise * self.task.observation_noise
-                    value = value + (torch.rand(value.shape, generator=self.torch_gen, device=self.device)
-                                     * 2 - 1) * half
-                parts.append(value * term.scale if term.scale != 1.0 else value)
-            obs[group] = torch.cat(parts, dim=-1)
+        with self.following_command():
+            for group, terms in self.task.observations.items():
+                parts = []
+                for term in terms.values():
+                    value = term.func(self)
+                    if term.noise and self.task.randomize and self.task.observation_noise:
+                        half = term.noise * self.task.observation_noise
+                        value = value + (torch.rand(value.shape, generator=self.torch_gen, device=self.device)
+                                         * 2 - 1) * half
+                    parts.append(value * term.scale if term.scale != 1.0 else value)
+                obs[group] = torch.cat(parts, dim=-1)
         return obs
 
     # ----- the contract -----

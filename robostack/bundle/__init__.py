@@ -70,6 +70,17 @@ of the same task, robot, joint order, control rate and actions; the base acts th
                     half_range * clip(correction, -1, 1), low, high) with [low, high] = action.range
                     (``format.residual_executed``); base {path: "base", content_hash: the base bundle's}
 
+A command correction (``"kind": "command_correction"``: ``robostack.workflows.export.write_command_correction``)
+moves the task command the actor-critic bundle in ``base/`` follows (a drone's setpoint), as a pilot aiming off
+would; the base's motor commands are its own::
+
+    policy.onnx     input "obs" [batch, n + k]: the task command less the state values it is a setpoint of
+                    (command_correction.tracks, n = command_dim), then k more (command_correction.inputs), all
+                    from the measured state as datasets record it; output "action" [batch, n]: the rate of the
+                    command's offset
+    metadata        observation and action (the base's), command_correction {tracks, inputs, rate_limit,
+                    offset_limit, rule} (``format.COMMAND_CORRECTION_RULE``), base {path, content_hash}
+
 Modules: ``format`` (names, hashing, reading and checking the metadata, the contract), ``load`` (the loaded
 bundles and ``load_bundle``), ``kinds`` (each kind's checks, loader and actor, registered), ``chunks`` (running a
 chunk policy step by step), ``describe`` (what a task states in the metadata), ``write`` (writing a bundle, with
@@ -83,6 +94,7 @@ from robostack.bundle.format import (
                                      ACTOR_CRITIC,
                                      BASE_DIR,
                                      CHUNK,
+                                     COMMAND_CORRECTION,
                                      FORMAT_VERSION,
                                      HASHED_FILES,
                                      METADATA_FILE,
@@ -97,6 +109,7 @@ from robostack.bundle.format import (
 )
 from robostack.bundle.load import (
                                      ChunkPolicyBundle,
+                                     CommandCorrectionBundle,
                                      LoadedBundle,
                                      PolicyBundle,
                                      ResidualPolicyBundle,
@@ -104,7 +117,8 @@ from robostack.bundle.load import (
                                      load_bundle,
 )
 
-__all__ = ["ACTOR_CRITIC", "BASE_DIR", "CHUNK", "FORMAT_VERSION", "HASHED_FILES", "METADATA_FILE", "ONNX_FILE",
-           "RESIDUAL", "RESIDUAL_BASE_TERM", "TORCHSCRIPT_FILE", "BundleError", "ChunkPolicyBundle", "LoadedBundle",
+__all__ = ["ACTOR_CRITIC", "BASE_DIR", "CHUNK", "COMMAND_CORRECTION", "FORMAT_VERSION", "HASHED_FILES", "METADATA_FILE", "ONNX_FILE",
+           "RESIDUAL", "RESIDUAL_BASE_TERM", "TORCHSCRIPT_FILE", "BundleError", "ChunkPolicyBundle", "CommandCorrectionBundle",
+           "LoadedBundle",
            "PolicyBundle", "ResidualPolicyBundle", "VectorPolicyBundle", "content_hash", "is_bundle", "load_bundle",
            "read_metadata"]

@@ -46,6 +46,14 @@ RESIDUAL_BASE_TERM = "base_action"  # a residual's last observation term: the ac
 
 RESIDUAL_EXECUTED = "clip(base action + scale * half_range * clip(residual, -1, 1), low, high)"  # action.range
 
+COMMAND_CORRECTION = "command_correction"  # metadata "kind": a correction of the task command the bundle in base/ follows
+
+COMMAND_CORRECTION_RULE = (  # metadata command_correction.rule
+    "every control step: rate = clip(graph([command - state[tracks], state[inputs]]), -rate_limit, rate_limit); "
+    "offset = offset + control_dt * rate, scaled back to a norm of at most offset_limit; the base follows the task's "
+    "command + offset (its observation and integrals read it). offset is zero at an episode's start and while a "
+    "human holds the command")
+
 CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 
 ONNX_OPSET = 17
@@ -249,7 +257,8 @@ CONTRACT_KEY = "robostack.contract"  # policy.onnx's metadata_props entry holdin
 
 
 CONTRACT_FIELDS = ("format_version", "kind", "robot", "task", "observation", "action", "joint_names", "actuators",
-                   "default_joint_pos", "pd_gains", "command_dim", "control_rate_hz", "control_dt", "chunk", "residual")
+                   "default_joint_pos", "pd_gains", "command_dim", "control_rate_hz", "control_dt", "chunk", "residual",
+                   COMMAND_CORRECTION)
 
 
 def contract(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ bundle's kind here from its metadata's ``kind``, and ``policy_node`` runs whiche
 * ``chunk``: a diffusion policy whose graph runs every denoising step of an action chunk; executed step by step
   with its history, query period and temporal ensembling (``robostack.bundle.chunks``);
 * ``residual``: a vector policy correcting the action of the bundle in ``base/`` (an actor-critic, or a chunk
-  bundle acting in the task's actions), which acts through its own kind's actor.
+  bundle acting in the task's actions), which acts through its own kind's actor;
+* ``command_correction``: a rule moving the task command the actor-critic in ``base/`` follows.
 
 An actor runs a bundle for a batch of robots whose observations an ``ObservationSource`` gives: the vector
 observation or the measured state as datasets record it. Numpy and onnxruntime only.
@@ -21,8 +22,9 @@ import numpy as np
 from robostack import registry
 from robostack.bundle.chunks import ChunkExecutor
 from robostack.bundle.format import (ACTOR_CRITIC, BASE_DIR, CHUNK, CHUNK_IMAGE, CHUNK_NOISE, CHUNK_OUTPUT, CHUNK_STATE,
-                                     INPUT_NAME, ONNX_FILE, OUTPUT_NAME, RESIDUAL, RESIDUAL_BASE_TERM, BundleError)
-from robostack.bundle.load import ChunkPolicyBundle, PolicyBundle, ResidualPolicyBundle
+                                     COMMAND_CORRECTION, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, RESIDUAL,
+                                     RESIDUAL_BASE_TERM, BundleError)
+from robostack.bundle.load import ChunkPolicyBundle, CommandCorrectionBundle, PolicyBundle, ResidualPolicyBundle
 from robostack.conventions import STATE_KEY
 from robostack.specs import BundleKindSpec
 
@@ -31,12 +33,18 @@ Fail = Callable[[str], BundleError]
 
 class ObservationSource(Protocol):
     """What an actor reads for each step, for a robot or a batch ``[B, ...]``: the policy's observation vector,
-    the measured state as datasets record it (feature key -> ``[B, dim]``), and where there are cameras,
-    ``images(keys)``: feature key -> ``[B, H, W, 3]`` uint8."""
+    the measured state as datasets record it (feature key -> ``[B, dim]``, ``observation.command`` the task's; where
+    named values are in ``observation.state``: ``state_columns(names)``), and where there are cameras, ``images(keys)``: feature
+    key -> ``[B, H, W, 3]`` uint8. ``offset_command(offset)``: the observation follows the task's command plus
+    ``offset`` ``[B, command_dim]`` from now on (``robostack.sim.policy_state.PolicyState.offset_command``)."""
 
     def observation(self) -> np.ndarray: ...
 
     def features(self) -> dict[str, np.ndarray]: ...
+
+    def state_columns(self, names: list[str]) -> list[int]: ...
+
+    def offset_command(self, offset: Any) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -115,7 +123,44 @@ def check_residual(meta: dict[str, Any], fail: Fail) -> None:
         raise fail(f"action.range must be [low, high] with low < high, got {meta['action']['range']}")
 
 
+def check_command_correction(meta: dict[str, Any], fail: Fail) -> None:
+    """A command correction: a setpoint per command component, positive limits, its base named."""
+    try:
+        block, base = meta[COMMAND_CORRECTION], meta["base"]
+        tracks, inputs = list(block["tracks"]), list(block["inputs"])
+        rate_limit, offset_limit = [float(v) for v in block["rate_limit"]], float(block["offset_limit"])
+        command_dim = int(meta.get("command_dim", 0))
+        named = all(isinstance(name, str) for name in tracks + inputs)
+        base_ok = base["path"] == BASE_DIR and isinstance(base["content_hash"], str)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"malformed command correction ({type(exc).__name__}: {exc})") from None
+    if not command_dim or len(tracks) != command_dim or len(rate_limit) != command_dim or not named:
+        raise fail(f"{COMMAND_CORRECTION}.tracks and .rate_limit need one entry per command component (command_dim "
+                   f"{command_dim}), got {len(tracks)} and {len(rate_limit)}")
+    if not all(0.0 < v < np.inf for v in rate_limit + [offset_limit]):
+        raise fail(f"{COMMAND_CORRECTION}.rate_limit and .offset_limit must be positive and finite, got {rate_limit} "
+                   f"and {offset_limit}")
+    if not base_ok:
+        raise fail(f"base must name {BASE_DIR!r} and its content hash")
+
+
 RESIDUAL_SHARES = ("task", "robot", "joint_names", "control_rate_hz", "action")  # what a residual and its base agree on
+COMMAND_CORRECTION_SHARES = RESIDUAL_SHARES + ("observation", "command_dim", "control_dt")
+
+
+def check_same_base(where: str, meta: dict[str, Any], base: Any, shares: tuple[str, ...]) -> None:
+    """``base`` is the bundle the one whose metadata is ``meta`` was written with (content hash) and agrees with it
+    on ``shares``. ``where`` names the bundle in the error."""
+    what = meta.get("kind", "bundle").replace("_", " ")
+    if base.metadata["content_hash"] != meta["base"]["content_hash"]:
+        raise BundleError(f"{where}: {BASE_DIR}/ is not the base this {what} was exported with "
+                          f"(content hash {base.metadata['content_hash'][:12]}..., expected "
+                          f"{meta['base']['content_hash'][:12]}...)")
+    differing = [key for key in shares if base.metadata.get(key) != meta.get(key)]
+    if differing:
+        first = differing[0]
+        raise BundleError(f"{where}: its base ({BASE_DIR}/) differs in {', '.join(differing)} ({first} "
+                          f"{base.metadata.get(first)!r}, the {what}'s {meta.get(first)!r})")
 
 
 def check_residual_base(where: str, meta: dict[str, Any], base: Any) -> None:
@@ -127,15 +172,7 @@ def check_residual_base(where: str, meta: dict[str, Any], base: Any) -> None:
                                                    and base.metadata["action"].get("kind") == "task"):
         raise BundleError(f"{where}: its base is neither an actor-critic bundle nor a chunk bundle acting in the "
                           "task's actions")
-    if base.metadata["content_hash"] != meta["base"]["content_hash"]:
-        raise BundleError(f"{where}: {BASE_DIR}/ is not the base this residual was exported with "
-                          f"(content hash {base.metadata['content_hash'][:12]}..., expected "
-                          f"{meta['base']['content_hash'][:12]}...)")
-    differing = [key for key in RESIDUAL_SHARES if base.metadata.get(key) != meta.get(key)]
-    if differing:
-        first = differing[0]
-        raise BundleError(f"{where}: its base ({BASE_DIR}/) differs in {', '.join(differing)} ({first} "
-                          f"{base.metadata.get(first)!r}, the residual's {meta.get(first)!r})")
+    check_same_base(where, meta, base, RESIDUAL_SHARES)
     if isinstance(base, PolicyBundle) and base.metadata["observation"]["terms"] != meta["observation"]["terms"][:-1]:
         raise BundleError(f"{where}: its observation before {RESIDUAL_BASE_TERM} is not its base's "
                           f"({[t['name'] for t in meta['observation']['terms'][:-1]]}, the base's "
@@ -154,20 +191,27 @@ def _onnx_dim(shape: list[Any], axis: int) -> int | None:
 def check_vector_graph(root: Path, meta: dict[str, Any], session: Any, file: str = ONNX_FILE) -> None:
     """One input ``obs`` of observation.dim values and an output ``action`` of action.dim values: the policy's
     graph, or another that reads and writes what it does (``file``: a critic's recovery policy)."""
+    check_graph_io(root, session, file, int(meta["observation"]["dim"]), int(meta["action"]["dim"]),
+                   "observation.dim", "action.dim")
+
+
+def check_graph_io(root: Path, session: Any, file: str, obs_dim: int, act_dim: int, obs_says: str,
+                   act_says: str) -> None:
+    """One input ``obs`` of ``obs_dim`` values and an output ``action`` of ``act_dim`` values (the metadata's
+    ``obs_says`` and ``act_says``)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs]:
         raise BundleError(f"bundle {root}: {file} must have one input {INPUT_NAME!r} and an output "
                           f"{OUTPUT_NAME!r}, has inputs {[i.name for i in inputs]} and outputs "
                           f"{[o.name for o in outputs]}")
-    obs_dim, act_dim = int(meta["observation"]["dim"]), int(meta["action"]["dim"])
     in_dim = _onnx_dim(inputs[0].shape, 1)
     out_dim = _onnx_dim(next(o for o in outputs if o.name == OUTPUT_NAME).shape, 1)
     if in_dim != obs_dim:
         raise BundleError(f"bundle {root}: {file} takes observations of size {in_dim} but the metadata "
-                          f"says observation.dim = {obs_dim}")
+                          f"says {obs_says} = {obs_dim}")
     if out_dim != act_dim:
         raise BundleError(f"bundle {root}: {file} returns actions of size {out_dim} but the metadata "
-                          f"says action.dim = {act_dim}")
+                          f"says {act_says} = {act_dim}")
 
 
 def load_vector(root: Path, meta: dict[str, Any], session: Any, base: Any = None) -> PolicyBundle:
@@ -188,6 +232,24 @@ def load_residual(root: Path, meta: dict[str, Any], session: Any, base: Any) -> 
     check_residual_base(f"bundle {root}", meta, base)
     check_vector_graph(root, meta, session)
     return ResidualPolicyBundle(root, meta, session, base)
+
+
+def load_command_correction(root: Path, meta: dict[str, Any], session: Any, base: Any) -> CommandCorrectionBundle:
+    """Its rule's graph (the command's error on each tracked value and the inputs in, a rate per component out)
+    and ``base``: the actor-critic it was written with, for the same task, robot, observation and actions."""
+    check_command_correction_base(f"bundle {root}", meta, base)
+    block = meta[COMMAND_CORRECTION]
+    n = len(block["tracks"])
+    check_graph_io(root, session, ONNX_FILE, n + len(block["inputs"]), n,
+                   f"len({COMMAND_CORRECTION}.tracks + .inputs)", f"len({COMMAND_CORRECTION}.tracks)")
+    return CommandCorrectionBundle(root, meta, session, base)
+
+
+def check_command_correction_base(where: str, meta: dict[str, Any], base: Any) -> None:
+    if not isinstance(base, PolicyBundle):
+        raise BundleError(f"{where}: its base is not an actor-critic bundle (a command correction moves the command "
+                          "an actor-critic follows)")
+    check_same_base(where, meta, base, COMMAND_CORRECTION_SHARES)
 
 
 # ------------------------------------------------------------------------------------------- actors
@@ -270,9 +332,50 @@ class ResidualActor:
         self.base.reset(env_ids)
 
 
+class CommandCorrectionActor:
+    """A command correction: the actor-critic in its ``base/`` acts on the observation ``source`` builds with the
+    command it follows; after each step the correction moves that command's offset (``COMMAND_CORRECTION_RULE``),
+    from the measured state and the task's command. ``holding``: a human holds the command (a setpoint takeover),
+    which is then followed as it is, the offset at zero."""
+
+    writes_controls = False
+
+    def __init__(self, bundle: CommandCorrectionBundle, source: ObservationSource, num_envs: int = 1, seed: int = 0,
+                 base_source: ObservationSource | None = None):
+        try:
+            columns = source.state_columns(bundle.tracks + bundle.inputs)
+        except ValueError as exc:
+            raise BundleError(f"bundle {bundle.path}: its command correction reads what this robot's measured "
+                              f"state does not give ({exc})") from None
+        self.bundle, self.source, self.holding = bundle, source, False
+        n = len(bundle.tracks)
+        self.tracked, self.read = np.array(columns[:n]), np.array(columns[n:], dtype=np.int64)
+        self.base = VectorActor(bundle.base, source)
+        self.offset = np.zeros((num_envs, len(bundle.tracks)), dtype=np.float32)
+
+    def act(self) -> np.ndarray:
+        action = self.base.act()
+        if self.holding:
+            self.offset[:] = 0.0
+        else:
+            features = self.source.features()
+            state = features["observation.state"]
+            error = features["observation.command"] - state[:, self.tracked]
+            rate = self.bundle.rate(np.concatenate([error, state[:, self.read]], axis=1))
+            self.offset = self.bundle.moved(self.offset, rate).astype(np.float32)
+        self.source.offset_command(self.offset)
+        return action
+
+    def reset(self, env_ids: Any = None) -> None:
+        self.offset[slice(None) if env_ids is None else env_ids] = 0.0
+
+
 registry.register(BundleKindSpec(ACTOR_CRITIC, "a vector policy: observation vector in, action out (PPO, SAC)",
                                  check_vector, load_vector, VectorActor))
 registry.register(BundleKindSpec(CHUNK, "a diffusion policy: every denoising step of an action chunk in one graph",
                                  check_chunk, load_chunk, chunk_actor))
 registry.register(BundleKindSpec(RESIDUAL, "a vector policy correcting the action of the bundle in base/",
                                  check_residual, load_residual, ResidualActor, has_base=True))
+registry.register(BundleKindSpec(COMMAND_CORRECTION, "a rule moving the task command the actor-critic in base/ follows",
+                                 check_command_correction, load_command_correction, CommandCorrectionActor,
+                                 has_base=True))

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from robostack import registry
-from robostack.bundle.format import (ACTOR_CRITIC, BASE_DIR, CHUNK_NOISE, CHUNK_OUTPUT, CONTRACT_KEY, INPUT_NAME,
-                                     METADATA_FILE, ONNX_FILE, OUTPUT_NAME, BundleError, _jsonable, contract,
-                                     read_metadata, residual_executed)
+from robostack.bundle.format import (ACTOR_CRITIC, BASE_DIR, CHUNK_NOISE, CHUNK_OUTPUT, COMMAND_CORRECTION,
+                                     CONTRACT_KEY, INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, BundleError,
+                                     _jsonable, contract, read_metadata, residual_executed)
 
 
 class LoadedBundle:
@@ -154,6 +154,34 @@ class ResidualPolicyBundle(VectorPolicyBundle):
                 f"scale={self.scale}, base={self.base!r})")
 
 
+class CommandCorrectionBundle(LoadedBundle):
+    """A loaded command correction (``robostack.bundle.format.COMMAND_CORRECTION_RULE``): ``rate(inputs)`` is the
+    offset's rate, clipped, from ``[B, n + k]`` inputs (the command's error on ``tracks``, then ``inputs``);
+    ``base`` is the actor-critic bundle that follows the corrected command."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], session: Any, base: LoadedBundle):
+        super().__init__(path, metadata, session)
+        self.base = base
+        block = metadata[COMMAND_CORRECTION]
+        self.tracks, self.inputs = list(block["tracks"]), list(block["inputs"])
+        self.rate_limit = np.asarray(block["rate_limit"], dtype=np.float32)
+        self.offset_limit = float(block["offset_limit"])
+
+    def rate(self, inputs: np.ndarray) -> np.ndarray:
+        (rate,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
+        return np.clip(rate, -self.rate_limit, self.rate_limit)
+
+    def moved(self, offset: np.ndarray, rate: np.ndarray) -> np.ndarray:
+        """The offset a control step at ``rate`` leaves, its norm held within ``offset_limit``."""
+        moved = offset + float(self.metadata["control_dt"]) * rate
+        norm = np.linalg.norm(moved, axis=-1, keepdims=True)
+        return moved * np.minimum(1.0, self.offset_limit / np.maximum(norm, 1e-12))
+
+    def __repr__(self) -> str:
+        return (f"CommandCorrectionBundle({str(self.path)!r}, task={self.task!r}, tracks={self.tracks}, "
+                f"inputs={self.inputs}, base={self.base!r})")
+
+
 class ChunkPolicyBundle(LoadedBundle):
     """A loaded chunk (diffusion) bundle: ``predict_chunks(histories, rng)`` runs every denoising step of one
     chunk through onnxruntime; ``robostack.bundle.chunks.ChunkExecutor`` executes the chunks."""
@@ -204,7 +232,7 @@ def load_bundle(path: str | os.PathLike, robot: str | None = None, threads: int 
     base = None
     if kind.has_base:
         if not (root / BASE_DIR).is_dir():
-            raise BundleError(f"bundle {root}: missing {BASE_DIR}/ (the policy the residual corrects)")
+            raise BundleError(f"bundle {root}: missing {BASE_DIR}/ (the policy it corrects)")
         base = load_bundle(root / BASE_DIR, robot, threads, verify)
     session = _session(root, threads)
     bundle = kind.load(root, meta, session, base)

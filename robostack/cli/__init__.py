@@ -200,6 +200,18 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     return _report(args, out, f"train: task {args.task}, algorithm {summary.get('algo', args.algo)}", summary, ("success_rate",) + _RUN_DIR_KEYS)
 
 
+def _loop_learner_settings(task: str) -> dict[str, Any]:
+    """The learner's settings of the task's loop (``configs/improve/TASK.yaml``'s ``rlif``: what a command
+    correction reads, for one), where the task has a loop; else the defaults."""
+    from robostack.config import ConfigError, to_dict
+    from robostack.workflows.improve import improve_config
+
+    try:
+        return to_dict(improve_config(task).rlif)
+    except (ConfigError, KeyError, FileNotFoundError):
+        return {}
+
+
 def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
     if not args.interventions or args.out is None:
         raise UsageError("learning from interventions corrects a deployed bundle: give --interventions DATASET and "
@@ -212,7 +224,7 @@ def _train_on_interventions(args: argparse.Namespace, out: TextIO) -> int:
     from robostack.real.bench import resolve_bundle
 
     policy = resolve_bundle(args.task, args.policy)
-    cfg = build_config(RLIFConfig, {}, "--interventions settings", list(args.overrides))
+    cfg = build_config(RLIFConfig, _loop_learner_settings(args.task), "--interventions settings", list(args.overrides))
     if args.seed is not None:
         cfg.seed = args.seed
     with _stdout_to_stderr(args.json):
@@ -465,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interventions", action="append", default=[], metavar="DATASET",
                    help="learn a correction of --policy (default: the shipped bundles/TASK) from datasets of its "
                         "deployments with a human's takeovers "
-                        "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys)")
+                        "(RLIF reward, RLPD mixing; repeatable; overrides: robostack.policies.rlif.RLIFConfig keys, "
+                        "over configs/improve/TASK.yaml's rlif section where the task has one)")
     p.add_argument("--offline", action="store_true",
                    help="--interventions: learn offline with IQL instead (--algo iql)")
     p.add_argument("--disturbance", action="append", default=[], metavar="key=value",

@@ -64,8 +64,8 @@ def add_improve_parser(sub: Any, bench: bool = False) -> None:
     p.add_argument("--intervener", default="scripted", help="who takes over (default: scripted, the task's own)")
     p.add_argument("--shift", action="append", default=[], metavar="key=value",
                    help="task-config overrides the robot runs under (repeatable; replaces the config's shift)")
-    p.add_argument("--algo", default=None, help="how each round learns (robostack list: rlif, iql; default: the "
-                   "task's improve config)")
+    p.add_argument("--algo", default=None, help="how each round learns (robostack list: rlif, iql, "
+                   "command-correction; default: the task's improve config)")
     p.add_argument("--offline", action="store_true", help="learn with IQL from the logs alone (--algo iql)")
     p.add_argument("--out", metavar="DIR", default=None, help="the loop's folder (default: runs/improve/TASK-STAMP)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

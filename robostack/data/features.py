@@ -107,6 +107,20 @@ class StateMap:
         qvel[self.vel_addresses] = state[self.vel_columns]
 
 
+def state_columns(model: Any, names: Sequence[str], wanted: Sequence[str], where: str) -> list[int]:
+    """The columns of a state whose entries are ``names`` that hold the values ``wanted`` names (a free body
+    spelt either way); ``DatasetError`` names the first it does not hold."""
+    have, want = StateMap(model, names, where), StateMap(model, wanted, where)
+    found = {**{("qpos", a): c for c, a in zip(have.pos_columns, have.pos_addresses)},
+             **{("qvel", a): c for c, a in zip(have.vel_columns, have.vel_addresses)}}
+    placed = {**{c: ("qpos", a) for c, a in zip(want.pos_columns, want.pos_addresses)},
+              **{c: ("qvel", a) for c, a in zip(want.vel_columns, want.vel_addresses)}}
+    missing = [wanted[c] for c in range(len(wanted)) if placed[c] not in found]
+    if missing:
+        raise DatasetError(f"{where}: the state ({', '.join(names)}) does not hold {missing}")
+    return [found[placed[c]] for c in range(len(wanted))]
+
+
 def same_state_layout(model: Any, names: Sequence[str], other: Sequence[str]) -> bool:
     """Whether two lists of ``observation.state`` names read the same values of ``model`` (a bundle or dataset
     written with the older names of a scene's free body against today's)."""
@@ -212,8 +226,8 @@ class SimFrameReader:
 
     def __init__(self, env: Any):
         self.env = env
-        names = sim_features(env)["observation.state"]["names"]
-        self.state_map = StateMap(env.default_model, names, env.task.name)
+        self.state_names = sim_features(env)["observation.state"]["names"]
+        self.state_map = StateMap(env.default_model, self.state_names, env.task.name)
         ik = env.task.action.ik
         self.ee_sensors = [f"{ik.site}_{part}" for part in ("pos", "quat")] if ik is not None else []
 

@@ -17,11 +17,11 @@ import torch
 import yaml
 
 from robostack import registry
-from robostack.bundle import (ACTOR_CRITIC, CHUNK, RESIDUAL, LoadedBundle, ResidualPolicyBundle, VectorPolicyBundle,
-                              is_bundle, load_bundle)
+from robostack.bundle import (ACTOR_CRITIC, CHUNK, RESIDUAL, CommandCorrectionBundle, LoadedBundle,
+                              ResidualPolicyBundle, VectorPolicyBundle, is_bundle, load_bundle)
 from robostack.bundle.kinds import ChunkActor
 from robostack.conventions import ACTION_KEY, IMAGE_PREFIX
-from robostack.data.features import SimFrameReader, sim_features
+from robostack.data.features import SimFrameReader, sim_features, state_columns
 from robostack.workflows.render import CameraRenderer
 from robostack.workflows.residual import ResidualEnv
 from robostack.workflows.runs import LoadedRun, algorithm, load_run, run_algorithm
@@ -65,6 +65,12 @@ class SimSource:
 
     def features(self) -> dict[str, np.ndarray]:
         return self.reader.read()
+
+    def state_columns(self, names: list[str]) -> list[int]:
+        return state_columns(self.env.default_model, self.reader.state_names, names, f"task {self.env.task.name!r}")
+
+    def offset_command(self, offset: np.ndarray) -> None:
+        self.env.offset_command(torch.from_numpy(np.asarray(offset, dtype=np.float32)))
 
     def images(self, keys: list[str]) -> dict[str, np.ndarray]:
         return {key: self.renderers[key].render_all() for key in keys}
@@ -110,11 +116,12 @@ def _bundle_policy(path: Path) -> LoadedPolicy:
     image_shapes = dict(getattr(bundle, "image_shapes", {}))
 
     def make_policy(env: Any) -> SimActor:
-        if isinstance(bundle, VectorPolicyBundle):
+        acting = bundle.base if isinstance(bundle, CommandCorrectionBundle) else bundle  # reads what its base reads
+        if isinstance(acting, VectorPolicyBundle):
             obs_dim = int(env.observation_spaces["policy"].shape[-1])
-            obs_dim += env.action_dim if isinstance(bundle, ResidualPolicyBundle) else 0
-            if obs_dim != bundle.obs_dim or env.action_dim != bundle.action_dim:
-                raise ValueError(f"bundle {path} expects {bundle.obs_dim} observations and {bundle.action_dim} "
+            obs_dim += env.action_dim if isinstance(acting, ResidualPolicyBundle) else 0
+            if obs_dim != acting.obs_dim or env.action_dim != acting.action_dim:
+                raise ValueError(f"bundle {path} expects {acting.obs_dim} observations and {acting.action_dim} "
                                  f"actions, the env has {obs_dim} and {env.action_dim}")
         else:
             _check_chunk_fits(env, bundle.state_dim, bundle.act_dim, [t["name"] for t in meta["observation"]["terms"]],

@@ -20,11 +20,12 @@ import yaml
 
 import robostack
 from robostack import sim
-from robostack.bundle import (ACTOR_CRITIC, BASE_DIR, FORMAT_VERSION, RESIDUAL, RESIDUAL_BASE_TERM, BundleError,
-                              is_bundle, load_bundle)
+from robostack.bundle import (ACTOR_CRITIC, BASE_DIR, COMMAND_CORRECTION, FORMAT_VERSION, RESIDUAL,
+                              RESIDUAL_BASE_TERM, BundleError, is_bundle, load_bundle)
 from robostack.bundle.describe import describe_env, describe_observation, describe_robot
-from robostack.bundle.format import CHUNK_OUTPUT, ONNX_OPSET, RESIDUAL_EXECUTED
-from robostack.bundle.kinds import check_residual, check_residual_base
+from robostack.bundle.format import CHUNK_OUTPUT, COMMAND_CORRECTION_RULE, ONNX_OPSET, RESIDUAL_EXECUTED
+from robostack.bundle.kinds import (check_command_correction, check_command_correction_base, check_residual,
+                                    check_residual_base)
 from robostack.bundle.write import write_bundle, write_vector_onnx, write_vector_torchscript
 from robostack.conventions import ACTION_KEY, IMAGE_PREFIX
 from robostack.data.features import FEATURE_DEFINITIONS, sim_features
@@ -193,6 +194,34 @@ def write_residual_bundle(out_dir: str | os.PathLike, base: str | os.PathLike, m
         raise ValueError(f"{where}: the module maps [1, {observation['dim']}] (the policy observation, then the base's "
                          f"action) to {shape}, expected [1, {n}]")
     return write_bundle(out_dir, metadata, *_vector_writers(bounded, observation["dim"]),
+                        lambda path: shutil.copytree(base_dir, path))
+
+
+STAMP_AND_SEAL = ("format_version", "kind", "algo", "created", "robostack_version", "training", "files", "content_hash",
+                  "critic")  # what a bundle over a base does not take from it
+
+
+def write_command_correction(out_dir: str | os.PathLike, base: str | os.PathLike, module: torch.nn.Module,
+                             block: dict[str, Any], algo: str, training: dict[str, Any]) -> Path:
+    """A command correction of the actor-critic bundle at ``base`` (copied into ``base/``, sealed by the
+    correction's hash): ``module`` maps the command's error on ``block["tracks"]`` and the ``block["inputs"]``
+    state values to the rate of the command's offset; ``block`` also holds the limits
+    (``robostack.bundle.format.COMMAND_CORRECTION_RULE``). Its observation, action and robot are the base's."""
+    base_dir = Path(base)
+    base_bundle = load_bundle(base_dir)
+    where = f"cannot write a command correction to {out_dir}"
+    metadata = {**_stamp(COMMAND_CORRECTION, algo),
+                **{key: value for key, value in base_bundle.metadata.items() if key not in STAMP_AND_SEAL},
+                COMMAND_CORRECTION: {**block, "rule": COMMAND_CORRECTION_RULE}, "training": training,
+                "base": {"path": BASE_DIR, "content_hash": base_bundle.metadata["content_hash"]}}
+    check_command_correction(metadata, lambda what: BundleError(f"{where}: {what}"))
+    check_command_correction_base(where, metadata, base_bundle)
+    n, width = len(block["tracks"]), len(block["tracks"]) + len(block["inputs"])
+    with torch.no_grad():
+        shape = list(module(torch.zeros(1, width)).shape)
+    if shape != [1, n]:
+        raise ValueError(f"{where}: the module maps [1, {width}] to {shape}, expected [1, {n}]")
+    return write_bundle(out_dir, metadata, *_vector_writers(module, width),
                         lambda path: shutil.copytree(base_dir, path))
 
 

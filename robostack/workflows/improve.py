@@ -11,9 +11,10 @@ Each round (a folder ``round-<r>/`` of ``--out``):
    simulated intervener, the recorder), ``episodes_per_round`` episodes under the shift; the bag is ``bag/``.
 2. ``dataset/``: the bag converted (``robostack.workflows.convert``): one episode per simulated episode, the
    takeovers flagged.
-3. ``bundle/``: a residual over the starting bundle learned from the datasets of every round so far
-   (``robostack.workflows.interventions``, with the config's ``algo``: rlif, RLIF's reward with RLPD's mixing; iql,
-   IQL from the logs alone).
+3. ``bundle/``: a correction of the starting bundle learned from the datasets of every round so far
+   (``robostack.workflows.interventions``, with the config's ``algo``: rlif, a residual with RLIF's reward and
+   RLPD's mixing; iql, a residual by IQL from the logs alone; command-correction, the human's stick rule moving
+   the command the bundle follows).
 4. ``eval.json``: the new bundle in the vectorized simulator under the shift.
 
 The next round deploys that bundle. Every step leaves its output and a ``.json`` that says it finished; a rerun
@@ -52,7 +53,7 @@ class ImproveConfig:
     episodes_per_round: int = 20
     eval_episodes: int = 1000
     exploration_std: float = 0.0  # the deployed policy's action noise (policy_node): logs with actions to compare
-    algo: str = "rlif"  # the learner of every round: an algorithm that learns from interventions (rlif, iql)
+    algo: str = "rlif"  # the learner of every round: one that learns from interventions (rlif, iql, command-correction)
     rlif: RLIFConfig = field(default_factory=RLIFConfig)
 
 

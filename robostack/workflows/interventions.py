@@ -1,6 +1,7 @@
 """``robostack train TASK --interventions DATASET --policy BUNDLE``: a correction of a deployed bundle learned from
 logs of it with a human's takeovers (``--algo rlif``, the default: ``robostack.policies.rlif``; ``--algo iql`` or
-``--offline``: IQL from the logs alone), exported as a residual bundle over it.
+``--offline``: IQL from the logs alone), exported as a residual bundle over it; or (``--algo command-correction``)
+the human's stick rule where they took over by moving the task command, exported as a command correction of it.
 
 The logs are datasets (``robostack data convert`` of deployment bags, or ``robostack improve``'s rounds): the
 measured state, the task command, the executed actuator controls and the intervention flags per frame. The
@@ -20,9 +21,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from robostack.bundle import BundleError, load_bundle
-from robostack.bundle.format import ACTOR_CRITIC
+from robostack.bundle.format import ACTOR_CRITIC, COMMAND_CORRECTION
 from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
-from robostack.data.features import BASE_STATE
+from robostack.data.features import BASE_STATE, state_columns
 from robostack import registry
 from robostack.policies.rlif import RLIFConfig, intervention_buffers, residual_targets, rlif_rewards, takeover_starts
 from robostack.real.observation import ObservationBuilder, ObservationError
@@ -159,17 +160,90 @@ def intervention_algorithm(name: str) -> AlgorithmSpec:
     return spec
 
 
+class HeldCommands:
+    """The frames of some datasets where a human held the task command and still held it at the next frame, as a
+    command correction learns from them (``robostack.policies.command_correction``): ``inputs`` [T, n + k] (the
+    task's command less the ``tracks`` state values, then the ``inputs`` ones), ``rates`` [T, n] (how fast the human
+    moved the command), and how far they held it from the task's (``leads``, norms). The task's command during a
+    takeover is the one in effect before it (``task_commands``). With ``lead`` (how close to the tracked values a
+    takeover keeps the command: a drone's setpoint within 0.5 m of the drone), frames where the command is at that
+    limit (``PINNED`` of it) are left out (``pinned`` counts them): there the device moved it, not the human; in
+    three rounds of cf2-hover they were 1445 of 3404 frames, and fitted with the rest they taught "do not move"
+    (0.04 of 256 shifted episodes against 0.953 without them, BENCHMARKS.md)."""
+
+    PINNED = 0.98
+
+    def __init__(self, datasets: Sequence[Dataset], model: Any, tracks: Sequence[str], inputs: Sequence[str],
+                 command_dim: int, lead: float | None = None):
+        if len(tracks) != command_dim:
+            raise ValueError(f"command.tracks names {len(tracks)} state values; the task's command has {command_dim} "
+                             "components, each the setpoint of one (a drone's target: base_position.x, .y, .z)")
+        parts: dict[str, list[np.ndarray]] = {"inputs": [], "rates": [], "leads": []}
+        self.pinned = 0
+        for data in datasets:
+            missing = [k for k in ("observation.state", "observation.command", INTERVENTION) if k not in data.features]
+            if missing:
+                raise DatasetError(f"{data.root}: lacks {missing}, which a command correction reads")
+            columns = state_columns(model, data.features["observation.state"]["names"], [*tracks, *inputs],
+                                    str(data.root))
+            frames = data.frames(["observation.state", "observation.command", INTERVENTION, "episode_index"])
+            state, episode = frames["observation.state"], frames["episode_index"]
+            flags = frames[INTERVENTION].astype(bool)
+            held = frames["observation.command"].astype(np.float64)
+            task = task_commands(held, flags, episode)
+            tracked = state[:, columns[:len(tracks)]]
+            features = np.hstack([task - tracked, state[:, columns[len(tracks):]]])
+            # both frames of a pair held, in one episode: the rate is the human's, not a reset or a hand-back
+            pair = flags[:-1] & flags[1:] & (episode[:-1] == episode[1:])
+            if lead is not None:
+                free = np.linalg.norm(held - tracked, axis=1) < self.PINNED * lead
+                self.pinned += int((pair & ~(free[:-1] & free[1:])).sum())
+                pair &= free[:-1] & free[1:]
+            parts["inputs"].append(features[:-1][pair])
+            parts["rates"].append((np.diff(held, axis=0) * data.fps)[pair])
+            parts["leads"].append(np.linalg.norm(held - task, axis=1)[flags])
+        self.inputs, self.rates = np.vstack(parts["inputs"]), np.vstack(parts["rates"])
+        self.leads = np.concatenate(parts["leads"])
+        if not len(self.inputs):
+            raise DatasetError("the datasets hold no frames where a human moved the task command (held, and not "
+                               "pinned at the takeover's lead): no stick rule to learn")
+
+
+def learn_command_correction(datasets: Sequence[Dataset], policy: str | os.PathLike, out: str | os.PathLike,
+                             spec: AlgorithmSpec, cfg: RLIFConfig) -> dict[str, Any]:
+    """The human's stick rule from ``datasets`` as a command-correction bundle over the bundle at ``policy``."""
+    from robostack.workflows.export import write_command_correction
+
+    base, builder = correctable(policy)
+    settings = cfg.command
+    logs = HeldCommands(datasets, builder.model, settings.tracks, settings.inputs,
+                        int(base.metadata.get("command_dim", 0)), settings.lead)
+    rule, losses = spec.trainer(logs.inputs, logs.rates, settings)
+    rate_limit = settings.rate_limit or np.quantile(np.abs(logs.rates), 0.99, axis=0).tolist()
+    offset_limit = settings.offset_limit or float(logs.leads.max())
+    block = {"tracks": list(settings.tracks), "inputs": list(settings.inputs),
+             "rate_limit": [float(v) for v in rate_limit], "offset_limit": offset_limit}
+    training = {"algo": spec.name, "datasets": [str(Path(d.root).resolve()) for d in datasets],
+                "held_frames": rule.frames, "pinned_frames": logs.pinned, "ridge": settings.ridge, "losses": losses}
+    bundle = write_command_correction(out, policy, spec.exporter(rule), block, spec.name, training)
+    return {**training, "bundle": str(bundle)}
+
+
 def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str | os.PathLike,
                              out: str | os.PathLike, *, algo: str = "rlif", cfg: RLIFConfig | None = None,
                              on_update: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Fit a residual over the bundle at ``policy`` from the logged ``datasets`` with ``algo`` (rlif: SAC with
-    RLPD's mixing; iql: offline) and write it as a residual bundle at ``out``; returns a summary (frames,
-    takeovers, human steps, the fit's last losses, the bundle)."""
+    """Fit a correction of the bundle at ``policy`` from the logged ``datasets`` with ``algo`` and write it as a
+    bundle at ``out``: a residual (rlif: SAC with RLPD's mixing; iql: offline) or a command correction
+    (command-correction: the human's stick rule); returns a summary (what it learned from, the fit's last losses,
+    the bundle, ``wall_s``)."""
     from robostack.workflows.export import write_residual_bundle
 
     start = time.perf_counter()
     cfg = cfg or RLIFConfig()
     spec = intervention_algorithm(algo)
+    if spec.bundle_kind == COMMAND_CORRECTION:
+        summary = learn_command_correction([load_dataset(d) for d in datasets], policy, out, spec, cfg)
+        return {**summary, "wall_s": round(time.perf_counter() - start, 1)}
     base, builder = correctable(policy)
     steps = LoggedSteps(builder, [load_dataset(d) for d in datasets])
     base_actions = base.act(steps.obs)

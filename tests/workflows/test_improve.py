@@ -1,5 +1,5 @@
 """The intervention loop: a round through the real ROS 2 graph (simulated human, recorder, bag, dataset), the
-residual it learns, resuming, and learning from a dataset with ``train --interventions`` (RLIF and IQL)."""
+correction it learns, resuming, and learning from a dataset with ``train --interventions`` (RLIF and IQL)."""
 from __future__ import annotations
 
 import json
@@ -36,9 +36,9 @@ def test_a_recorded_state_row_is_the_robot_state_it_came_from():
         assert np.allclose(getattr(back, field), getattr(state, field))
 
 
-def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(tmp_path, capsys, monkeypatch):
+def test_one_round_of_the_loop_runs_through_ros2_learns_a_correction_and_resumes(tmp_path, capsys, monkeypatch):
     """cf2-hover 60 % heavier: 2 episodes deployed through the ROS 2 graph with the simulated human, the bag
-    converted, a residual learned and evaluated; a rerun resumes."""
+    converted, the pilot's stick rule learned as a command correction and evaluated; a rerun resumes."""
     from robostack.bundle import load_bundle
     from robostack.cli import main
     from robostack.data.dataset import INTERVENTION, load_dataset
@@ -59,9 +59,9 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_residual_and_resumes(t
     assert data.num_episodes >= 2 and data.sim_task == "cf2-hover"
     flags = data.frames([INTERVENTION])[INTERVENTION]
     assert report["intervened_steps"] == int(flags.sum()) > 0  # the human took over
-    residual = load_bundle(report["bundle"])
-    assert residual.metadata["kind"] == "residual"
-    assert residual.metadata["training"]["algo"] == "iql"  # the learner of configs/improve/cf2-hover.yaml
+    learned = load_bundle(report["bundle"])
+    assert learned.metadata["kind"] == "command_correction"  # the learner of configs/improve/cf2-hover.yaml
+    assert learned.metadata["training"]["held_frames"] > 0
     assert (out / "rounds.png").stat().st_size > 1000
 
     # the rebuilt observations are the policy's: where it flew, the base acts as the commands executed (median gap
@@ -117,8 +117,8 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
     assert "task 'panda-reach' has no simulated intervener" in capsys.readouterr().err
     # the algorithms that learn from interventions, and --offline as iql's other name
     assert main(["improve", "--task", "cf2-hover", "--algo", "sac", "--out", str(tmp_path / "sac")]) == 2
-    assert "algorithm 'sac' does not learn from interventions (those that do: ['iql', 'rlif'])" in \
-        capsys.readouterr().err
+    assert ("algorithm 'sac' does not learn from interventions (those that do: ['command-correction', 'iql', "
+            "'rlif'])") in capsys.readouterr().err
     assert not (tmp_path / "sac").exists()  # refused before anything was deployed
     assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none"), "--offline", "--algo", "rlif",
                  "--out", str(tmp_path / "b")]) == 2
