@@ -169,7 +169,7 @@ class HeldCommands:
     takeover keeps the command: a drone's setpoint within 0.5 m of the drone), frames where the command is at that
     limit (``PINNED`` of it) are left out (``pinned`` counts them): there the device moved it, not the human; in
     three rounds of cf2-hover they were 1445 of 3404 frames, and fitted with the rest they taught "do not move"
-    (0.04 of 256 shifted episodes against 0.953 without them, BENCHMARKS.md)."""
+    (0.04 of 256 shifted episodes, against 0.95 without them: BENCHMARKS.md)."""
 
     PINNED = 0.98
 
