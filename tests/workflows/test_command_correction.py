@@ -3,6 +3,7 @@ refused beside another base, and run the same way by evaluation in simulation an
 (the base follows the corrected command; success, rewards and recorded frames keep the task's)."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def takeover_dataset(root: Path, rng: np.random.Generator) -> tuple[np.ndarray, 
     return weights, lead
 
 
-def test_the_stick_rule_is_learned_from_the_frames_a_human_held(tmp_path):
+def test_the_stick_rule_is_learned_from_the_frames_a_human_held(tmp_path, capsys):
     from robostack.bundle import load_bundle
+    from robostack.cli import main
     from robostack.policies.rlif import RLIFConfig
     from robostack.workflows.interventions import learn_from_interventions
 
@@ -93,6 +95,12 @@ def test_the_stick_rule_is_learned_from_the_frames_a_human_held(tmp_path):
     assert block["offset_limit"] == pytest.approx(lead, rel=1e-5)  # the farthest the pilot held it
     assert min(block["rate_limit"]) > 0.0
     assert not np.allclose(load_bundle(spoilt["bundle"]).rate(x), x @ weights + [0.0, 0.0, 0.4], atol=0.05)
+    # from the command line, with the settings of the task's loop (configs/improve/cf2-hover.yaml)
+    assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "data"), "--algo", "command-correction",
+                 "--out", str(tmp_path / "cli"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["held_frames"], printed["pinned_frames"]) == (3 * 79, 59)
+    assert load_bundle(tmp_path / "cli").metadata["command_correction"]["rate_limit"] == [0.5, 0.5, 0.5]
     cfg.command.tracks = TRACKS[:2]
     with pytest.raises(ValueError, match="command.tracks names 2 state values; the task's command has 3"):
         learn_from_interventions([tmp_path / "data"], CF2, tmp_path / "cc2", algo="command-correction", cfg=cfg)
@@ -113,6 +121,34 @@ def test_a_command_correction_is_refused_beside_another_base_and_with_bad_limits
         load_bundle(out)
     with pytest.raises(BundleError, match="rate_limit and .offset_limit must be positive"):
         pilot_bundle(tmp_path / "bad", rate_limit=0.0)
+
+
+def test_a_resealed_command_correction_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):
+    """Self-consistent files (hashes and contract agree) whose rule reads more values than its graph takes, or a
+    value the robot's state does not hold: refused before anything acts, in one line naming it."""
+    from robostack.bundle import BundleError, load_bundle
+    from robostack.cli import main
+    from robostack.real.policy_node import PolicyRunner
+    from tests.real.test_deploy_faults import resealed
+
+    good = pilot_bundle(tmp_path / "cc")
+
+    def more_inputs(meta: dict) -> None:
+        meta["command_correction"]["inputs"] += ["base_angular_velocity.x", "base_angular_velocity.y"]
+
+    with pytest.raises(BundleError, match=r"takes observations of size 6 but the metadata says "
+                                          r"len\(command_correction.tracks \+ .inputs\) = 8"):
+        load_bundle(resealed(tmp_path, good, "wider", more_inputs))
+
+    def unknown_value(meta: dict) -> None:
+        meta["command_correction"]["inputs"][0] = "base_height.z"
+
+    unknown = resealed(tmp_path, good, "unknown", unknown_value)
+    with pytest.raises(BundleError, match="its command correction reads what this robot's measured state does not"):
+        PolicyRunner(str(unknown))
+    assert main(["eval", str(unknown), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "base_height.z" in err, err
 
 
 def test_evaluation_follows_the_corrected_command_and_judges_the_tasks(tmp_path):
@@ -179,8 +215,6 @@ def test_robostack_deploy_flies_the_shifted_drone_to_its_target_with_the_correct
     """Through ROS 2 (policy_node, safety_node, the simulated drone in their own processes), heavier and with a
     weak motor: the shipped bundle alone succeeds in 0.03 of such episodes in simulation; with the pilot's rule as
     its command correction the drone is at its target at the end (a miss allowed for a CI neighbour)."""
-    import json
-
     from robostack.cli import main
     from robostack.workflows.improve import improve_config
 
