@@ -108,7 +108,7 @@ class ObservationBuilder(MeasuredTask):
                 recorded = {key: feature["names"] for key, feature in features.items()}
                 raise ObservationError(f"bundle for task {self.task.name!r}: its inputs {wrong} are not what the task "
                                        f"rebuilt from its config records ({recorded})")
-            self.frame_reader  # a chunk bundle reads the state through it: made now, so a layout it refuses fails here
+            _ = self.frame_reader  # a chunk bundle reads the state through it: made now, to refuse a layout here
             return
         listed = [(t["name"], int(t["dim"])) for t in terms]
         built = [(name, int(term.func(self).shape[-1])) for name, term in self._terms.items()]

@@ -200,6 +200,9 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
     if hasattr(runner.actor, "holding"):  # a command correction: a human's takeover command is followed as it is
         def on_intervention(msg: Any) -> None:
             runner.actor.holding = msg.data == "start"
+            node.get_logger().info("a human holds the task command: the command correction is off until they hand "
+                                   "back" if runner.actor.holding else "the human handed back: the command "
+                                   "correction starts again from zero")
 
         node.create_subscription(std_msgs.msg.String, INTERNAL["intervention"][0], on_intervention, 10)
 

@@ -117,8 +117,7 @@ from robostack.bundle.load import (
                                      load_bundle,
 )
 
-__all__ = ["ACTOR_CRITIC", "BASE_DIR", "CHUNK", "COMMAND_CORRECTION", "FORMAT_VERSION", "HASHED_FILES", "METADATA_FILE", "ONNX_FILE",
-           "RESIDUAL", "RESIDUAL_BASE_TERM", "TORCHSCRIPT_FILE", "BundleError", "ChunkPolicyBundle", "CommandCorrectionBundle",
-           "LoadedBundle",
-           "PolicyBundle", "ResidualPolicyBundle", "VectorPolicyBundle", "content_hash", "is_bundle", "load_bundle",
-           "read_metadata"]
+__all__ = ["ACTOR_CRITIC", "BASE_DIR", "CHUNK", "COMMAND_CORRECTION", "FORMAT_VERSION", "HASHED_FILES",
+           "METADATA_FILE", "ONNX_FILE", "RESIDUAL", "RESIDUAL_BASE_TERM", "TORCHSCRIPT_FILE", "BundleError",
+           "ChunkPolicyBundle", "CommandCorrectionBundle", "LoadedBundle", "PolicyBundle", "ResidualPolicyBundle",
+           "VectorPolicyBundle", "content_hash", "is_bundle", "load_bundle", "read_metadata"]

@@ -46,7 +46,7 @@ RESIDUAL_BASE_TERM = "base_action"  # a residual's last observation term: the ac
 
 RESIDUAL_EXECUTED = "clip(base action + scale * half_range * clip(residual, -1, 1), low, high)"  # action.range
 
-COMMAND_CORRECTION = "command_correction"  # metadata "kind": a correction of the task command the bundle in base/ follows
+COMMAND_CORRECTION = "command_correction"  # metadata "kind": moves the task command the bundle in base/ follows
 
 COMMAND_CORRECTION_RULE = (  # metadata command_correction.rule
     "every control step: rate = clip(graph([command - state[tracks], state[inputs]]), -rate_limit, rate_limit); "

@@ -33,10 +33,10 @@ Fail = Callable[[str], BundleError]
 
 class ObservationSource(Protocol):
     """What an actor reads for each step, for a robot or a batch ``[B, ...]``: the policy's observation vector,
-    the measured state as datasets record it (feature key -> ``[B, dim]``, ``observation.command`` the task's; where
-    named values are in ``observation.state``: ``state_columns(names)``), and where there are cameras, ``images(keys)``: feature
-    key -> ``[B, H, W, 3]`` uint8. ``offset_command(offset)``: the observation follows the task's command plus
-    ``offset`` ``[B, command_dim]`` from now on (``robostack.sim.policy_state.PolicyState.offset_command``)."""
+    the measured state as datasets record it (feature key -> ``[B, dim]``, ``observation.command`` the task's;
+    ``state_columns(names)``: where named values are in ``observation.state``), and where there are cameras,
+    ``images(keys)``: feature key -> ``[B, H, W, 3]`` uint8. ``offset_command(offset)``: the observation follows the
+    task's command plus ``offset`` ``[B, command_dim]`` from now on (``PolicyState.offset_command``)."""
 
     def observation(self) -> np.ndarray: ...
 
