@@ -41,6 +41,7 @@ INTERNAL = {
     "estop_service": ("safety/trigger_estop", "std_srvs/srv/Trigger"),
     "reset_service": ("safety/reset", "std_srvs/srv/Trigger"),
     "diagnostics": ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray"),
+    "recorder_status": ("recorder/status", "std_msgs/msg/String"),  # JSON, latched: the listed topics it hears
 }
 
 

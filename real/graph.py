@@ -139,10 +139,15 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
                  {"robot_description": spec.urdf.read_text(encoding="utf-8")}, package="robot_state_publisher"),
     ]
     if sim:
+        # recording, the rehearsal starts once the recorder hears those who speak first: the safety layer's driver
+        # commands, the policy's, and a human's takeovers
+        awaited = [load_deploy_config(spec.name, task=bundle.task).topics.driver_command.topic,
+                   INTERNAL["policy_command"][0]] + ([INTERNAL["intervention"][0]] if teleop else [])
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
                               {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
                                "start_paused": True, "reset_safety": True, "intervener": intervener,
-                               **({"overrides": list(disturbances)} if disturbances else {})}))
+                               **({"overrides": list(disturbances)} if disturbances else {}),
+                               **({"await_recorded": awaited} if record else {})}))
     if teleop:
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": spec.name, "bundle": policy, "input": teleop}))
     if record:

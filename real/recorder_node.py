@@ -29,6 +29,11 @@ Parameters
         reliable publisher's messages too), while the nodes' own commands stay reliable.
     ``compression`` (``zstd``): MCAP chunk compression, ``zstd``, ``lz4`` or ``none``.
 
+It says which of its topics it hears (has discovered a publisher of) on ``recorder/status`` (std_msgs/String,
+JSON ``{"heard": [topics as written in 'topics']}``, transient-local, on every change): a simulated rehearsal
+(``sim_robot_node``'s ``await_recorded``) starts only once the recorder hears the nodes whose first messages
+matter, so a takeover that starts early is not missing from the bag.
+
 Subscriptions are ``raw=True``: the serialized bytes go to the bag without being deserialized
 (only checked, see "CDR normalisation" in ``robostack.real.bag``). The message class is imported
 at run time from the type string only to create the subscription. Each message is stored with
@@ -43,6 +48,7 @@ a flag (no exception is raised inside a half-done write); the spin loop checks i
 from __future__ import annotations
 
 import importlib
+import json
 import signal
 import sys
 from datetime import datetime
@@ -55,8 +61,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from std_msgs.msg import String
+
 from robostack.real.bag import BagWriter, MessageTypes, UnknownMessageTypeError, qos_to_dict
+from robostack.real.deploy_config import INTERNAL
 from robostack.real.executor import init_ros, spin, stop_on_signals
+
+HEARD_QOS = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # a late joiner gets the latest
 
 
 class RecorderConfigError(ValueError):
@@ -140,6 +151,7 @@ class RecorderNode(Node):
             raise RecorderConfigError(f"best_effort_topics {strays} are not in 'topics'")
 
         # Validate everything before the bag directory is created.
+        self._listed: list[tuple[str, str]] = []  # (as written in 'topics', resolved)
         types = MessageTypes()
         wanted: list[tuple[str, str, type]] = []
         for spec in specs:
@@ -156,6 +168,7 @@ class RecorderNode(Node):
             if any(resolved == w[0] for w in wanted):
                 raise RecorderConfigError(f"topic {resolved!r} is listed twice in 'topics'")
             wanted.append((resolved, msgtype, cls))
+            self._listed.append((topic, resolved))
         if Path(output).exists():
             raise RecorderConfigError(f"output {output!r} already exists; the recorder never overwrites or appends "
                                       "to a bag, choose a new directory")
@@ -178,9 +191,18 @@ class RecorderNode(Node):
             self.create_subscription(cls, topic, self._make_callback(topic),
                                      qos["best_effort" if topic in best_effort_resolved else reliability], raw=True)
         self.create_timer(min(0.1, flush_period_s / 10.0), self.bag.poll)
+        self._heard_publisher = self.create_publisher(String, INTERNAL["recorder_status"][0], HEARD_QOS)
+        self._heard: list[str] | None = None
+        self.create_timer(0.2, self._say_what_it_hears)
         self.get_logger().info(
             f"recording {len(wanted)} topics to {output} (flush every {flush_period_s:g} s, "
             f"split every {split_period_s:g} s): " + ", ".join(f"{t} [{m}]" for t, m, _ in wanted))
+
+    def _say_what_it_hears(self) -> None:
+        heard = [topic for topic, resolved in self._listed if self.count_publishers(resolved)]
+        if heard != self._heard:
+            self._heard = heard
+            self._heard_publisher.publish(String(data=json.dumps({"heard": heard})))
 
     def _make_callback(self, topic: str):
         bag = self.bag

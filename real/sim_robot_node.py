@@ -34,6 +34,10 @@ Parameters
         rule on the simulator's privileged state) and, when it goes wrong, takes over on ``joy`` as a gamepad
         with a deadman would, for ``teleop_node`` (``input:=joy``) beside it; it hands back once the robot is
         back on track. A task without such a rule exits 2.
+    ``await_recorded`` (string array, default none): with ``start_paused``, the simulation also waits until the
+        recorder says it hears these topics (as its ``topics`` names them, ``recorder/status``), so the bag
+        holds the episode's first messages (a takeover's start, on a loaded machine where discovery takes
+        seconds); after ``AWAIT_RECORDER_S`` it starts anyway and names what the recorder does not hear.
 
 Topics (relative: they follow the node's namespace)
     in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order,
@@ -117,7 +121,8 @@ EPISODE_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 FULL_STATE = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
 PARAMETERS = {"bundle": "", "task": "", "overrides": None, "randomize": True, "latency_s": 0.0, "seed": 0,
               "episodes": 0, "real_time_factor": 1.0, "start_paused": False,
-              "reset_safety": False, "intervener": False}
+              "reset_safety": False, "intervener": False, "await_recorded": None}
+AWAIT_RECORDER_S = 30.0  # the longest a paused start waits for the recorder to hear its topics
 # One env: mujoco.rollout splits work across envs, so more threads would only sit idle beside the policy node.
 ONE_THREAD = "sim.num_threads=1"
 INTERVENER_TOPIC = "joy"  # teleop_node's default gamepad input
@@ -208,6 +213,13 @@ class SimRobotNode(Node):
         self.create_subscription(String, INTERNAL["intervention"][0], self._on_intervention, 10)
         self._safety_passes: bool | None = None  # None: no safety layer has said (it runs without one)
         self.create_subscription(String, INTERNAL["status"][0], self._on_safety_status, status_qos())
+        awaited = p["await_recorded"]
+        self._await_recorded = [awaited] if isinstance(awaited, str) else [t for t in awaited or [] if t]
+        self._recorder_heard: set[str] = set()
+        self._awaiting_since = time.monotonic()
+        if self._await_recorded:
+            self.create_subscription(String, INTERNAL["recorder_status"][0], self._on_recorder_status,
+                                     QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._task_command_every = max(1, round(TASK_COMMAND_PERIOD_S / self.control_dt))
         self.human = None
         if p["intervener"]:
@@ -280,7 +292,7 @@ class SimRobotNode(Node):
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
         elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
-        elif self._commander_seen and self._safety_passes is not False:
+        elif self._commander_seen and self._safety_passes is not False and self._recorder_hears_enough():
             self.paused = False
             self._pending.append((self.latency_s, values))
             self.get_logger().info("the policy (or a human) drives the robot now: the simulation starts")
@@ -303,6 +315,25 @@ class SimRobotNode(Node):
 
     def _on_intervention(self, msg: String) -> None:
         self._human_in_control = msg.data == "start"
+
+    def _on_recorder_status(self, msg: String) -> None:
+        try:
+            self._recorder_heard = set(json.loads(msg.data).get("heard", []))
+        except (ValueError, AttributeError, TypeError):
+            return
+
+    def _recorder_hears_enough(self) -> bool:
+        """Whether the recorder hears every topic of ``await_recorded`` (or has not for ``AWAIT_RECORDER_S``)."""
+        missing = [topic for topic in self._await_recorded if topic not in self._recorder_heard]
+        if not missing:
+            return True
+        waited = time.monotonic() - self._awaiting_since
+        if waited >= AWAIT_RECORDER_S:
+            self.get_logger().warning(f"the recorder does not hear {missing} after {waited:.0f} s: the simulation "
+                                      "starts without them in the bag", throttle_duration_sec=60.0)
+            return True
+        self.get_logger().info(f"waiting for the recorder to hear {missing}", throttle_duration_sec=2.0)
+        return False
 
     def _reject(self, kind: str, problem: str) -> None:
         self.rejected_commands += 1

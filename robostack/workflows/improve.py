@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from robostack.bundle.format import COMMAND_CORRECTION
 from robostack.config import ConfigError, config_path, load_config, to_dict
 from robostack.data.dataset import Dataset
 from robostack.policies.rlif import RLIFConfig, rlif_rewards
 from robostack.workflows.convert import convert_bag
 from robostack.workflows.evaluate import eval_policy
-from robostack.workflows.interventions import correctable, intervention_algorithm, learn_from_interventions
+from robostack.workflows.interventions import (check_command_settings, correctable, intervention_algorithm,
+                                                learn_from_interventions)
 
 SETTINGS_FILE = "improve.json"
 ROUND_STEPS = ("deploy", "dataset", "train", "eval")  # each writes <step>.json in its round's folder when done
@@ -122,8 +124,10 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     start = time.perf_counter()
     if rounds < 1 or episodes_per_round < 1 or eval_episodes < 1:
         raise ConfigError("rounds, episodes per round and evaluation episodes must be at least 1")
-    intervention_algorithm(cfg.algo)  # before anything is deployed
-    correctable(policy)
+    if intervention_algorithm(cfg.algo).bundle_kind == COMMAND_CORRECTION:  # all before anything is deployed
+        check_command_settings(policy, cfg.rlif)
+    else:
+        correctable(policy)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"task": task, "policy": str(Path(policy).resolve()), "episodes_per_round": episodes_per_round,

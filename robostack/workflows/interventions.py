@@ -174,10 +174,7 @@ class HeldCommands:
     PINNED = 0.98
 
     def __init__(self, datasets: Sequence[Dataset], model: Any, tracks: Sequence[str], inputs: Sequence[str],
-                 command_dim: int, lead: float | None = None):
-        if len(tracks) != command_dim:
-            raise ValueError(f"command.tracks names {len(tracks)} state values; the task's command has {command_dim} "
-                             "components, each the setpoint of one (a drone's target: base_position.x, .y, .z)")
+                 lead: float | None = None):
         parts: dict[str, list[np.ndarray]] = {"inputs": [], "rates": [], "leads": []}
         self.pinned = 0
         for data in datasets:
@@ -209,15 +206,28 @@ class HeldCommands:
                                "pinned at the takeover's lead): no stick rule to learn")
 
 
+def check_command_settings(policy: str | os.PathLike, cfg: RLIFConfig) -> tuple[Any, ObservationBuilder]:
+    """``correctable(policy)``, and ``cfg.command`` names a state value per command component and values the robot
+    gives (``ValueError``, one line): what a loop checks before it deploys anything."""
+    base, builder = correctable(policy)
+    settings, command_dim = cfg.command, int(base.metadata.get("command_dim", 0))
+    if len(settings.tracks) != command_dim:
+        raise ValueError(f"command.tracks names {len(settings.tracks)} state values; the task's command has "
+                         f"{command_dim} components, each the setpoint of one (a drone's target: base_position.x, .y, "
+                         ".z)")
+    names = builder.frame_reader.state_names
+    state_columns(builder.model, names, [*settings.tracks, *settings.inputs], "command.tracks and command.inputs")
+    return base, builder
+
+
 def learn_command_correction(datasets: Sequence[Dataset], policy: str | os.PathLike, out: str | os.PathLike,
                              spec: AlgorithmSpec, cfg: RLIFConfig) -> dict[str, Any]:
     """The human's stick rule from ``datasets`` as a command-correction bundle over the bundle at ``policy``."""
     from robostack.workflows.export import write_command_correction
 
-    base, builder = correctable(policy)
+    base, builder = check_command_settings(policy, cfg)
     settings = cfg.command
-    logs = HeldCommands(datasets, builder.model, settings.tracks, settings.inputs,
-                        int(base.metadata.get("command_dim", 0)), settings.lead)
+    logs = HeldCommands(datasets, builder.model, settings.tracks, settings.inputs, settings.lead)
     rule, losses = spec.trainer(logs.inputs, logs.rates, settings)
     rate_limit = settings.rate_limit or np.quantile(np.abs(logs.rates), 0.99, axis=0).tolist()
     offset_limit = settings.offset_limit or float(logs.leads.max())

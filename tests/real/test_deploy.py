@@ -250,7 +250,9 @@ def test_robostack_deploy_rehearses_the_shipped_drone_policy_and_records_it(tmp_
     assert report["episodes"] == 3 and report["success_rate"] >= 2 / 3, report
     assert set(report["exit_codes"].values()) == {0}
     logs = next((tmp_path / "runs" / "deploy").iterdir())
-    assert "the simulation starts" in (logs / "sim_robot_node.log").read_text()  # only once the policy drives
+    sim_log = (logs / "sim_robot_node.log").read_text()
+    assert "the simulation starts" in sim_log  # only once the policy drives
+    assert "does not hear" not in sim_log  # and the recorder hears the commands (recorder/status)
     assert (logs / "safety_node.log").read_text().count("reset:") >= 2  # every episode is its own trial
     for backend in ("rosbags", "mcap"):
         topics = {}

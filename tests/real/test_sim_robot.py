@@ -237,6 +237,48 @@ def test_a_paused_panda_starts_when_driven_and_moves_to_a_held_target_after_the_
             proc.communicate()
 
 
+def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe):
+    """``await_recorded``: policy and driver commands alone do not start the simulation while the recorder (here
+    the test, on ``recorder/status``) does not yet hear the awaited topic; once it does, the next command starts
+    it. So a bag never misses an episode's first takeover to slow discovery."""
+    namespace = f"/sim_await_{RUN}"
+    proc = start_node(namespace, "task:=panda-reach", "randomize:=false", "start_paused:=true",
+                      "await_recorded:=[teleop/intervention]")
+    try:
+        joints = probe.listen(JointState, f"{namespace}/joint_states")
+        driver = probe.node.create_publisher(Float64MultiArray, f"{namespace}/{DRIVER_COMMAND}", 10)
+        policy = probe.node.create_publisher(Float64MultiArray, f"{namespace}/policy/command", 10)
+        recorder = probe.node.create_publisher(String, f"{namespace}/recorder/status",
+                                               QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        probe.spin_until(lambda: joints and min(driver.get_subscription_count(), policy.get_subscription_count(),
+                                                recorder.get_subscription_count()) > 0, timeout=30, proc=proc)
+        home = np.array(joints[-1][1].position)
+        moved = home.copy()
+        moved[0] += 0.4
+        target = moved.tolist()
+
+        def drive(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                policy.publish(Float64MultiArray(data=target))
+                driver.publish(Float64MultiArray(data=target))
+                probe.spin_for(0.02)
+
+        recorder.publish(String(data=json.dumps({"heard": ["policy/command"]})))  # not yet the takeovers
+        drive(0.6)
+        assert np.array_equal(np.array(joints[-1][1].position), home), "the recorder does not hear it all: paused"
+        recorder.publish(String(data=json.dumps({"heard": ["policy/command", "teleop/intervention"]})))
+        drive(0.6)
+        probe.spin_until(lambda: joints[-1][1].position[0] > home[0] + 0.02, timeout=3, proc=proc)
+        code, _, err = stop_node(proc)
+        assert code == 0, err[-2000:]
+        assert "waiting for the recorder to hear ['teleop/intervention']" in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture
 def short_cf2_bundle(tmp_path):
     """The shipped cf2-hover bundle, its task config changed to 2 s episodes that start still at the target

@@ -604,3 +604,29 @@ def test_drone_takeover_starts_from_the_setpoint_another_node_set():
     from_teleop = [(m.point.x, m.point.y, m.point.z) for _, m in monitor.received["target_position"][heard:]]
     assert len(from_teleop) >= 20, output  # 0.3 s at 100 Hz, and the hold on release
     np.testing.assert_allclose(from_teleop, [(0.5, 0.1, 1.2)] * len(from_teleop), atol=1e-9)  # sticks centred
+
+
+def test_policy_node_turns_its_command_correction_off_while_a_human_holds_the_command(tmp_path):
+    """policy_node with a command correction, in its own process, hears ``teleop/intervention`` from another node:
+    while a takeover holds the command the correction is off (the human's setpoint is followed as it is), after
+    the hand-back it starts again."""
+    from std_msgs.msg import String
+
+    from tests.workflows.test_command_correction import pilot_bundle
+
+    bundle = pilot_bundle(tmp_path / "cc")
+    namespace = f"/correction_test_{uuid.uuid4().hex[:6]}"
+    monitor = Monitor(namespace, {}, {"teleop/intervention": String})
+    proc = start_node("policy_node", namespace, f"bundle:={bundle}")
+    try:
+        wait_for(lambda: monitor.publishers["teleop/intervention"].get_subscription_count() >= 1, 60, "policy_node",
+                 [proc])
+        for event in ("start", "end"):
+            monitor.publishers["teleop/intervention"].publish(String(data=event))
+            time.sleep(0.5)
+    finally:
+        output = stop(proc)
+        monitor.close()
+    held, handed_back = "a human holds the task command: the command correction is off", "the human handed back"
+    assert held in output and handed_back in output, output
+    assert output.index(held) < output.index(handed_back)

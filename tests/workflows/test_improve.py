@@ -120,6 +120,14 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
     assert ("algorithm 'sac' does not learn from interventions (those that do: ['command-correction', 'iql', "
             "'rlif'])") in capsys.readouterr().err
     assert not (tmp_path / "sac").exists()  # refused before anything was deployed
+    # a command correction needs to know what the command sets: go2-walk's loop does not say
+    assert main(["improve", "--task", "go2-walk", "--algo", "command-correction", "--out", str(tmp_path / "cc")]) == 2
+    assert "command.tracks names 0 state values; the task's command has 3 components" in capsys.readouterr().err
+    assert not (tmp_path / "cc").exists()
+    assert main(["improve", "--task", "cf2-hover", "--out", str(tmp_path / "cc"),
+                 "rlif.command.inputs=[base_height.z]"]) == 2
+    assert "base_height.z" in capsys.readouterr().err
+    assert not (tmp_path / "cc").exists()
     assert main(["train", "cf2-hover", "--interventions", str(tmp_path / "none"), "--offline", "--algo", "rlif",
                  "--out", str(tmp_path / "b")]) == 2
     assert "--offline learns with iql, from the logs alone: not with --algo rlif" in capsys.readouterr().err
