@@ -10,8 +10,8 @@ comes from the bundle: its task (whose own observation terms build the observati
 the observation vector to an action; a chunk (diffusion) bundle reads the measured state as its dataset
 recorded it and executes action chunks (history, query period and temporal ensembling from its metadata,
 ``robostack.bundle.chunks.ChunkExecutor``); a residual bundle corrects the action of the bundle in its
-``base/``; a command correction moves the task command its base follows, except while a human's takeover holds
-the command (``teleop/intervention``). Each kind acts through its own actor (``robostack.bundle.kinds``), the one
+``base/``; a command correction moves the task command its base follows, its offset frozen while a human's
+takeover holds the command (``teleop/intervention``). Each kind acts through its own actor (``robostack.bundle.kinds``), the one
 evaluation in simulation runs too.
 Tasks with an object (panda-lift) also need its pose on ``topics.object``, tasks that place fixed bodies
 per episode (panda-insert's hole) their poses on ``topics.fixtures``. The robot's topics come
@@ -197,12 +197,12 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
 
         node.create_subscription(message_type(task.type), task.topic, on_task_command, qos_profile(task.qos))
     node.create_subscription(std_msgs.msg.String, "sim/episode", lambda _msg: runner.reset(), 10)
-    if hasattr(runner.actor, "holding"):  # a command correction: a human's takeover command is followed as it is
+    if hasattr(runner.actor, "holding"):  # a command correction: frozen while a human holds the command
         def on_intervention(msg: Any) -> None:
             runner.actor.holding = msg.data == "start"
-            node.get_logger().info("a human holds the task command: the command correction is off until they hand "
-                                   "back" if runner.actor.holding else "the human handed back: the command "
-                                   "correction starts again from zero")
+            node.get_logger().info("a human holds the task command: the command correction's offset is frozen until "
+                                   "they hand back" if runner.actor.holding else "the human handed back: the command "
+                                   "correction moves the offset again")
 
         node.create_subscription(std_msgs.msg.String, INTERNAL["intervention"][0], on_intervention, 10)
 

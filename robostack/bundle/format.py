@@ -51,8 +51,8 @@ COMMAND_CORRECTION = "command_correction"  # metadata "kind": moves the task com
 COMMAND_CORRECTION_RULE = (  # metadata command_correction.rule
     "every control step: rate = clip(graph([command - state[tracks], state[inputs]]), -rate_limit, rate_limit); "
     "offset = offset + control_dt * rate, scaled back to a norm of at most offset_limit; the base follows the task's "
-    "command + offset (its observation and integrals read it). offset is zero at an episode's start and while a "
-    "human holds the command")
+    "command + offset (its observation and integrals read it). offset is zero at an episode's start and frozen while "
+    "a human holds the command (no jump when they take over or hand back)")
 
 CHUNK_NOISE, CHUNK_STATE, CHUNK_IMAGE, CHUNK_OUTPUT = "noise", "observation_state", "observation_images_", "chunk"
 

@@ -335,8 +335,10 @@ class ResidualActor:
 class CommandCorrectionActor:
     """A command correction: the actor-critic in its ``base/`` acts on the observation ``source`` builds with the
     command it follows; after each step the correction moves that command's offset (``COMMAND_CORRECTION_RULE``),
-    from the measured state and the task's command. ``holding``: a human holds the command (a setpoint takeover),
-    which is then followed as it is, the offset at zero."""
+    from the measured state and the task's command. ``holding``: a human holds the command (a setpoint takeover):
+    the offset stays where it was, so taking over and handing back move nothing by themselves (a bumpless transfer:
+    zeroed, it dropped a drone held up by 0.3 m as the pilot took over), and the human's sticks move the command
+    from there."""
 
     writes_controls = False
 
@@ -355,9 +357,7 @@ class CommandCorrectionActor:
 
     def act(self) -> np.ndarray:
         action = self.base.act()
-        if self.holding:
-            self.offset[:] = 0.0
-        else:
+        if not self.holding:
             features = self.source.features()
             state = features["observation.state"]
             error = features["observation.command"] - state[:, self.tracked]

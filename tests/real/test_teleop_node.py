@@ -606,10 +606,9 @@ def test_drone_takeover_starts_from_the_setpoint_another_node_set():
     np.testing.assert_allclose(from_teleop, [(0.5, 0.1, 1.2)] * len(from_teleop), atol=1e-9)  # sticks centred
 
 
-def test_policy_node_turns_its_command_correction_off_while_a_human_holds_the_command(tmp_path):
+def test_policy_node_freezes_its_command_correction_while_a_human_holds_the_command(tmp_path):
     """policy_node with a command correction, in its own process, hears ``teleop/intervention`` from another node:
-    while a takeover holds the command the correction is off (the human's setpoint is followed as it is), after
-    the hand-back it starts again."""
+    while a takeover holds the command the correction's offset is frozen, after the hand-back it moves again."""
     from std_msgs.msg import String
 
     from tests.workflows.test_command_correction import pilot_bundle
@@ -627,6 +626,7 @@ def test_policy_node_turns_its_command_correction_off_while_a_human_holds_the_co
     finally:
         output = stop(proc)
         monitor.close()
-    held, handed_back = "a human holds the task command: the command correction is off", "the human handed back"
+    held, handed_back = "a human holds the task command: the command correction's offset is frozen", \
+        "the human handed back"
     assert held in output and handed_back in output, output
     assert output.index(held) < output.index(handed_back)

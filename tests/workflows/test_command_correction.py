@@ -179,7 +179,7 @@ def test_evaluation_follows_the_corrected_command_and_judges_the_tasks(tmp_path)
         env.close()
 
 
-def test_policy_node_moves_the_command_and_holds_it_while_a_human_does(tmp_path):
+def test_policy_node_moves_the_command_and_freezes_it_while_a_human_holds_it(tmp_path):
     from robostack.real.observation import ObservationBuilder
     from robostack.real.policy_node import PolicyRunner
     from robostack.real.robot_state import RobotState
@@ -205,10 +205,13 @@ def test_policy_node_moves_the_command_and_holds_it_while_a_human_does(tmp_path)
     observed = runner.builder.observation()
     plain.update(listener.state())
     assert np.allclose(observed[0:3] - plain.observation()[0:3], offset, atol=1e-5)
-    runner.actor.holding = True  # a human's takeover: their command is followed as it is
+    runner.actor.holding = True  # a human's takeover: the offset stays where it was (no jump), their sticks move on
+    for _ in range(5):
+        runner.tick(listener)
+    np.testing.assert_array_equal(runner.actor.offset[0], offset)
+    runner.actor.holding = False  # handed back: the rule moves it again, from there
     runner.tick(listener)
-    assert np.all(runner.actor.offset == 0.0)
-    assert np.allclose(runner.builder.observation()[0:3], plain.observation()[0:3], atol=1e-5)
+    assert runner.actor.offset[0][2] > offset[2]
 
 
 def test_robostack_deploy_flies_the_shifted_drone_to_its_target_with_the_correction(tmp_path, capsys, monkeypatch):
