@@ -54,8 +54,11 @@ class PolicyState:
         """From now on the policy follows the task's ``command`` plus ``offset`` [N, command_dim] (a command
         correction's, ``robostack.bundle.kinds``): its observations and integrals read that command; rewards,
         success and recorded frames keep the task's. The offset is zero again at each episode's start."""
-        self.command_offset = torch.as_tensor(offset, dtype=torch.float32, device=self.device).reshape(
-            self.num_envs, -1).clone()
+        value = torch.as_tensor(offset, dtype=torch.float32, device=self.device).reshape(self.num_envs, -1)
+        if self.command_offset is None:
+            self.command_offset = value.clone()
+        else:  # every control step: into the tensor it already has
+            self.command_offset.copy_(value)
 
     @contextmanager
     def following_command(self) -> Iterator[None]:

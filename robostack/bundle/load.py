@@ -166,6 +166,7 @@ class CommandCorrectionBundle(LoadedBundle):
         self.tracks, self.inputs = list(block["tracks"]), list(block["inputs"])
         self.rate_limit = np.asarray(block["rate_limit"], dtype=np.float32)
         self.offset_limit = float(block["offset_limit"])
+        self.control_dt = float(metadata["control_dt"])
 
     def rate(self, inputs: np.ndarray) -> np.ndarray:
         (rate,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
@@ -173,7 +174,7 @@ class CommandCorrectionBundle(LoadedBundle):
 
     def moved(self, offset: np.ndarray, rate: np.ndarray) -> np.ndarray:
         """The offset a control step at ``rate`` leaves, its norm held within ``offset_limit``."""
-        moved = offset + float(self.metadata["control_dt"]) * rate
+        moved = offset + self.control_dt * rate
         norm = np.linalg.norm(moved, axis=-1, keepdims=True)
         return moved * np.minimum(1.0, self.offset_limit / np.maximum(norm, 1e-12))
 
