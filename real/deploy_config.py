@@ -33,6 +33,10 @@ STATUS_DEPTH = 1  # a repeated status: only the newest matters
 INTERNAL = {
     "policy_command": ("policy/command", "std_msgs/msg/Float64MultiArray"),  # policy -> safety: actuator controls
     "teleop_command": ("teleop/command", "std_msgs/msg/Float64MultiArray"),  # human -> safety, while active
+    # the actions behind those commands, in the task's action space, for learning from the logs: the policy's
+    # (rows: executed, then its base's proposal) and a joint-level takeover's (one row), see ``action_message``
+    "policy_action": ("policy/action", "std_msgs/msg/Float64MultiArray"),
+    "teleop_action": ("teleop/action", "std_msgs/msg/Float64MultiArray"),
     "teleop_active": ("teleop/active", "std_msgs/msg/Bool"),  # deadman held: the human is in control
     "intervention": ("teleop/intervention", "std_msgs/msg/String"),  # "start" / "end" of a takeover
     "override": ("safety/override", "std_msgs/msg/String"),  # JSON: what the safety layer changed and why

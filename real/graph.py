@@ -71,8 +71,8 @@ def recorded_topics(robot: str, task: str | None = None, sim: bool = False) -> l
     RoboStack nodes say to each other (policy and human commands, takeovers, overrides, diagnostics); ``sim``: also
     the simulated robot's episode reports, where ``convert_bag`` cuts the bag into episodes."""
     entries = [(t.topic, t.type) for t in _driver_topics(robot, task)]
-    entries += [INTERNAL[k] for k in ("policy_command", "teleop_command", "teleop_active", "intervention", "override",
-                                      "diagnostics")]
+    entries += [INTERNAL[k] for k in ("policy_command", "policy_action", "teleop_command", "teleop_action",
+                                      "teleop_active", "intervention", "override", "diagnostics")]
     entries += [SIM_EPISODE] if sim else []
     return [f"{topic}:{type_}" for topic, type_ in entries]
 
@@ -118,7 +118,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     given); ``sim`` adds the simulated robot driver (``disturbances``: task-config overrides it simulates,
     e.g. stronger pushes; ``intervener``: a simulated human takes over when the robot goes wrong, through a
     joy ``teleop_node``), ``teleop`` ("joy" or "twist") a human takeover, ``record`` (a new bag directory) the
-    recorder; ``exploration_std`` the policy's action noise (``policy_node``)."""
+    recorder (and the policy's actions on ``policy/action`` for it); ``exploration_std`` the policy's action noise
+    (``policy_node``)."""
     if teleop is not None and teleop not in TELEOP_INPUTS:
         raise ValueError(f"teleop must be one of {TELEOP_INPUTS} or None, got {teleop!r}")
     if intervener and (not sim or teleop == "twist"):
@@ -133,7 +134,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         # driver that does; on a timer (a real driver's own rate) the safety layer's rate limit had only part of
         # a period to move the targets before the simulator's step took them (panda-lift: 0.4 vs 0.9, 10 episodes).
         NodeSpec("policy_node", "policy_node", {"bundle": policy, "trigger": "state" if sim else "timer",
-                                                **({"exploration_std": exploration_std} if exploration_std else {})}),
+                                                **({"exploration_std": exploration_std} if exploration_std else {}),
+                                                **({"publish_action": True} if record else {})}),
         NodeSpec(SAFETY_NODE, SAFETY_NODE, {"robot": spec.name, "task": bundle.task, "bundle": policy}),
         NodeSpec("robot_state_publisher", "robot_state_publisher",
                  {"robot_description": spec.urdf.read_text(encoding="utf-8")}, package="robot_state_publisher"),

@@ -71,3 +71,30 @@ def write_vector(msg: Any, path: str, values: Sequence[float], keys: Sequence[st
     node = get_field(msg, path)
     for k, v in zip(keys, values):
         setattr(node, k, float(v))
+
+
+ACTION_ROWS = "rows"  # the first dimension's label of an action message (``action_message``)
+
+
+def action_message(rows: np.ndarray) -> Any:
+    """A ``std_msgs/Float64MultiArray`` holding ``rows`` [R, n] of actions in a task's action space, its layout saying
+    so (``rows`` then ``action``), as ``policy/action`` and ``teleop/action`` carry them."""
+    import std_msgs.msg
+
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    msg = std_msgs.msg.Float64MultiArray()
+    r, n = rows.shape
+    msg.layout.dim = [std_msgs.msg.MultiArrayDimension(label=ACTION_ROWS, size=r, stride=r * n),
+                      std_msgs.msg.MultiArrayDimension(label="action", size=n, stride=n)]
+    msg.data = rows.reshape(-1).tolist()
+    return msg
+
+
+def action_rows(msg: Any) -> np.ndarray:
+    """The rows [R, n] of an ``action_message`` (from a live message or one read from a bag); ``ValueError`` if its
+    layout does not say two dimensions that its data fills."""
+    dims = list(msg.layout.dim)
+    data = np.asarray(msg.data, dtype=np.float64)
+    if len(dims) != 2 or dims[0].label != ACTION_ROWS or int(dims[0].size) * int(dims[1].size) != data.size:
+        raise ValueError(f"not an action message: layout {[(d.label, d.size) for d in dims]}, {data.size} values")
+    return data.reshape(int(dims[0].size), int(dims[1].size))

@@ -42,7 +42,9 @@ Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/de
 ``exploration_std`` (0: none): Gaussian noise of that standard deviation on every action the bundle chooses (in
 its [-1, 1] action space, then clipped; the safety layer filters the result as any command), so that logs of the
 deployment hold actions to compare for learning from them, as HIL-SERL's actor samples on the robot
-(``robostack improve``); refused for a bundle that writes actuator controls itself.
+(``robostack improve``); refused for a bundle that writes actuator controls itself; ``publish_action`` (false): also publish each tick's
+action in the task's action space and its base's proposal on ``policy/action`` (a residual's base, else the action
+before exploration), which a recording keeps for learning a correction of the base from the logs.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from robostack.bundle import ACTOR_CRITIC, BundleError, load_bundle
 from robostack.real.bundle_fit import check_bundle_fits, check_bundle_task
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.executor import init_ros, spin, stop_on_signals
-from robostack.real.messages import get_field, message_type
+from robostack.real.messages import action_message, get_field, message_type
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.safety import safety_config
 from robostack.real.state import StateListener, status_qos, primary_source, qos_profile
@@ -117,6 +119,10 @@ class PolicyRunner:
         # when the policy is passed again).
         self.executed = False
         self.executed_this_episode = False
+        # the last tick's action in the task's action space and its base's proposal (the action itself without a
+        # base, before exploration): what ``policy/action`` logs for learning a correction of the base
+        self.action: np.ndarray | None = None
+        self.base_action: np.ndarray | None = None
         if self.deploy.topics.task_command is not None:
             self.set_command(self.deploy.topics.task_command.default)
 
@@ -164,17 +170,22 @@ class PolicyRunner:
             if not self.fresh_episode:  # as in training: integrals advance after each step, not before the first
                 self.builder.integrate()
             action = self.actor.act()[0]
+            base = getattr(self.actor, "base_action", None)
+            self.base_action = action if base is None else base[0]
             if self.exploration_std:
                 action = np.clip(action + self.exploration.normal(0.0, self.exploration_std, action.shape), -1.0, 1.0)
             controls = self.controls_for(action)
+            self.action = action
         except (ObservationError, BundleError) as exc:
             return None, f"cannot act: {exc}"
         self.fresh_episode = False
         return controls, "ok"
 
 
-def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None:
-    """Wire ``runner`` to the node's topics and start acting on the timer or on every primary state."""
+def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float, publish_action: bool = False) -> None:
+    """Wire ``runner`` to the node's topics and start acting on the timer or on every primary state; with
+    ``publish_action`` (and a bundle acting in the task's actions) each tick's action and its base's proposal go out
+    on ``policy/action`` too, before the command."""
     import std_msgs.msg
 
     per_state = trigger == "state"
@@ -187,6 +198,10 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
                              with_object=runner.builder.has_object, fixtures=runner.builder.task.fixtures)
     topic, type_ = INTERNAL["policy_command"]
     publisher = node.create_publisher(message_type(type_), topic, 10)
+    action_publisher = None
+    if publish_action and not runner.actor.writes_controls:
+        action_topic, action_type = INTERNAL["policy_action"]
+        action_publisher = node.create_publisher(message_type(action_type), action_topic, 10)
     task = runner.deploy.topics.task_command
     if task is not None:
         def on_task_command(msg: Any) -> None:
@@ -224,6 +239,8 @@ def start(node: Any, runner: PolicyRunner, trigger: str, rate_hz: float) -> None
         if controls is None:
             node.get_logger().error(f"not acting: {why}", throttle_duration_sec=1.0)
             return
+        if action_publisher is not None:
+            action_publisher.publish(action_message(np.stack([runner.action, runner.base_action])))
         msg = std_msgs.msg.Float64MultiArray()
         msg.data = controls.tolist()
         publisher.publish(msg)
@@ -258,6 +275,7 @@ def main(args: list[str] | None = None) -> int:
                 rate_hz = float(node.declare_parameter("rate_hz", 0.0).value)
                 trigger = node.declare_parameter("trigger", "timer").value
                 exploration_std = float(node.declare_parameter("exploration_std", 0.0).value)
+                publish_action = bool(node.declare_parameter("publish_action", False).value)
                 if not bundle_path:
                     raise BundleError("parameter 'bundle' is required (a policy bundle directory)")
                 if trigger not in TRIGGERS:
@@ -266,7 +284,7 @@ def main(args: list[str] | None = None) -> int:
             except (BundleError, ValueError, KeyError, FileNotFoundError) as exc:
                 print(f"policy_node: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
                 return 2
-            start(node, runner, trigger, rate_hz)
+            start(node, runner, trigger, rate_hz, publish_action)
             spin(node, stop)
             return 0
     finally:

@@ -59,7 +59,8 @@ Topics (relative: they follow the node's namespace)
         taken over (between ``start`` and ``end`` on ``teleop/intervention``): the human's task command then
         replaces the simulated operator's (``teleop_node``); ``joy`` (sensor_msgs/Joy) with ``intervener``;
         ``sim/episode``
-        (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, transient-local
+        (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, before the reset
+        state (a policy starts its episode over first; the ended episode's held commands are dropped), transient-local
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
 
@@ -365,13 +366,18 @@ class SimRobotNode(Node):
         controls = torch.as_tensor(self._due_controls(), dtype=torch.float32)[None]
         _, _, _, _, info = self.env.step_controls(controls)
         self.steps += 1
+        if "episode" in info:
+            # the robot was put back: the ended episode's commands, held or in flight, are not the new one's (a
+            # gripper closed on a lifted cube closed again on nothing at panda-lift's next start); the report and the
+            # new task command go before the reset state, so the policy starts its episode over before acting on it
+            self._pending.clear()
+            self.controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)
+            self._finish_episode(info["episode"])
+            self._publish_task_command()  # the new episode's, before its first state too
         self._publish_state()
         if self.human is not None:
             self._publish_pad(self.human.tick(self.env))
-        if "episode" in info:
-            self._finish_episode(info["episode"])
-            self._publish_task_command()
-        elif self.steps % self._task_command_every == 0:
+        if "episode" not in info and self.steps % self._task_command_every == 0:
             self._publish_task_command()
 
     def done(self) -> bool:

@@ -89,7 +89,7 @@ from robostack.bundle import read_metadata
 from robostack.real.bundle_fit import check_bundle_fits
 from robostack.real.deploy_config import INTERNAL, DeployConfig, TaskCommandTopic, load_deploy_config
 from robostack.real.executor import init_ros, spin, stop_on_signals
-from robostack.real.messages import get_field, message_type, set_field
+from robostack.real.messages import action_message, get_field, message_type, set_field
 from robostack.real.observation import build_task
 from robostack.real.robot_state import RobotState
 from robostack.real.safety import safety_config
@@ -139,6 +139,7 @@ class TeleopStep:
     active: bool = False
     command: np.ndarray | None = None
     problem: str = ""
+    action: np.ndarray | None = None  # a joint-level takeover's command as the task's action, for the logs
 
 
 def control_rate_hz(robot: str) -> float:
@@ -294,6 +295,7 @@ class TeleopRunner:
         command = self.takeover.command(self.latest.velocity, self.latest.buttons, state, 1.0 / self.rate_hz)
         if np.all(np.isfinite(command)):
             step.command = command
+            step.action = getattr(self.takeover, "action", None)
         else:
             step.problem = f"no command: the {self.kind} mapping gave non-finite values {command.tolist()}"
         return step
@@ -362,6 +364,7 @@ class TeleopNode(Node):
             self.command_type, command_topic = message_type(runner.task_command.type), runner.task_command.topic
             qos = qos_profile(runner.task_command.qos)
         self.command_publisher = self.create_publisher(self.command_type, command_topic, qos)
+        self.action_publisher = self.create_publisher(Float64MultiArray, INTERNAL["teleop_action"][0], 10)
         if runner.task_command is not None:
             self.create_subscription(self.command_type, command_topic, self._on_task_command, qos)
         if settings.input == "joy":
@@ -409,6 +412,8 @@ class TeleopNode(Node):
         if "start" in step.events:
             self.intervention_publisher.publish(String(data="start"))
             self.get_logger().info("takeover: the human is in control")
+        if step.action is not None:  # before the command, as policy_node publishes its action
+            self.action_publisher.publish(action_message(step.action))
         if step.command is not None:
             self.command_publisher.publish(self._command_message(step.command))
         if step.events:

@@ -322,9 +322,10 @@ class ResidualActor:
         base = registry.bundle_kind(bundle.base.metadata.get("kind", ACTOR_CRITIC))
         reads = source if isinstance(bundle.base, PolicyBundle) else base_source or source
         self.base = base.actor(bundle.base, reads, num_envs, seed)
+        self.base_action: np.ndarray | None = None
 
     def act(self) -> np.ndarray:
-        base = self.base.act()
+        base = self.base_action = self.base.act()  # what the base proposed, as logs of the deployment keep it
         correction = self.bundle.act(np.concatenate([np.atleast_2d(self.source.observation()), base], axis=1))
         return self.bundle.executed(base, correction)
 

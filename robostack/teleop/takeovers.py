@@ -53,6 +53,7 @@ class ArmTakeover:
         self.target_position = np.zeros(3)
         self.target_quat = np.array([1.0, 0.0, 0.0, 0.0])
         self.closed = False
+        self.action: np.ndarray | None = None  # the last command as the task's action in [-1, 1]
 
     def state_problem(self, state: Any) -> str:
         missing = [j for j in self.actuated if not math.isfinite(state.joint_position.get(j, math.nan))]
@@ -90,7 +91,8 @@ class ArmTakeover:
             action[-1] = 1.0 if self.closed else -1.0
         # the map's targets move from the measured joints, not from wherever its last targets were
         self.robot_task.ctrl_target = torch.as_tensor(joints, dtype=torch.float32)[None]
-        return self.robot_task.controls(np.clip(action, -1.0, 1.0))
+        self.action = np.clip(action, -1.0, 1.0)
+        return self.robot_task.controls(self.action)
 
     def release(self) -> np.ndarray | None:
         return None  # the policy's own commands take over again

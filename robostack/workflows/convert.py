@@ -12,14 +12,16 @@ import numpy as np
 
 from robostack import registry, sim
 from robostack.config import ConfigError
-from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, DatasetWriter, load_dataset
-from robostack.data.features import BASE_STATE, action_names, command_names, state_names, vector_feature
+from robostack.data.dataset import (BASE_ACTION, INTERVENTION, TASK_ACTION, Dataset, DatasetError, DatasetWriter,
+                                    load_dataset)
+from robostack.data.features import (BASE_STATE, action_names, command_names, free_bodies, state_names,
+                                     vector_feature)
 from robostack.real.bag import BagError, read_messages, read_metadata
 from robostack.real.bag_recovery import inspect_bag
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
 from robostack.real.graph import SIM_EPISODE
-from robostack.real.messages import get_field
-from robostack.real.state import StateListener, primary_source
+from robostack.real.messages import action_rows, get_field
+from robostack.real.state import OBJECT_FRAME, StateListener, primary_source
 from robostack.specs import RobotSpec
 
 
@@ -46,14 +48,16 @@ def _resolve(topic: str, namespace: str) -> str:
     return topic if topic.startswith("/") else f"{namespace}/{topic}"
 
 
-def _bag_robot(bag: Path, topics: set[str], robot: str | None, namespace: str | None) -> tuple[Any, str]:
-    """The deploy config of the robot whose state, driver and task-command topics the bag has, and the
-    namespace they were recorded under (found from the driver command topic unless given)."""
+def _bag_robot(bag: Path, topics: set[str], robot: str | None, namespace: str | None,
+               sim_task: str | None = None) -> tuple[Any, str]:
+    """The deploy config of the robot whose state, driver and task-command topics the bag has (with ``sim_task``'s
+    section: its task command, object and fixtures), and the namespace they were recorded under (found from the
+    driver command topic unless given)."""
     candidates = [robot] if robot else [spec.name for spec in registry.registered(RobotSpec)]
     matches, problems = [], []
     for name in candidates:
         try:
-            cfg = load_deploy_config(name)
+            cfg = load_deploy_config(name, task=sim_task)
         except ConfigError as exc:
             problems.append(f"{name}: {exc}")
             continue
@@ -78,15 +82,30 @@ def _bag_robot(bag: Path, topics: set[str], robot: str | None, namespace: str | 
     return matches[0]
 
 
-def _state_vector(state: Any) -> tuple[list[str], np.ndarray]:
-    """``observation.state`` names and values of a ``RobotState`` (see ``state_names``)."""
+def _state_vector(state: Any, object_name: str = OBJECT_FRAME) -> tuple[list[str], np.ndarray]:
+    """``observation.state`` names and values of a ``RobotState`` (see ``state_names``; its object, where it has one,
+    named ``object_name``)."""
     joints = list(state.joint_position)
     velocities = bool(joints) and set(joints) <= set(state.joint_velocity)
     base = [field for field in BASE_STATE if getattr(state, field) is not None]
     values = [state.joint_position[j] for j in joints]
     values += [state.joint_velocity[j] for j in joints] if velocities else []
     values += [float(v) for field in base for v in getattr(state, field)]
-    return state_names(joints, velocities, base), np.array(values, dtype=np.float64)
+    body = state.object
+    if body is not None:
+        values += [float(v) for part in (body.position, body.orientation, body.linear_velocity, body.angular_velocity)
+                   for v in part]
+    objects = [object_name] if body is not None else []
+    return state_names(joints, velocities, base, objects), np.array(values, dtype=np.float64)
+
+
+def _object_name(sim_task: str | None) -> str:
+    """The name of the task's manipulated object's body (how simulated datasets name its state), else ``object``."""
+    if sim_task is None:
+        return OBJECT_FRAME
+    model = sim.task(sim_task).build(sim.load_task_config(sim_task, play=True)).model
+    _, objects = free_bodies(model)
+    return model.body(int(model.jnt_bodyid[objects[0]])).name if objects else OBJECT_FRAME
 
 
 def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: str | None = None,
@@ -98,8 +117,8 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     A robot's bag is one episode: a takeover is kept in context (what the policy did before the human stepped
     in and after). A simulated robot's bag (``--sim``) has sim_robot_node's report at every episode end
     (``sim/episode``, published just after the state the reset left): each report ends an episode, its
-    ``success`` the report's, which runs from the previous report's reset state (or the first frame) to the
-    frame before its own; the frames from the last reset state on (an episode that the deployment's end cut
+    ``success`` the report's, which runs from the previous report's reset state (the first state after it, or the
+    first frame) to the frame before its own; the frames from the last reset state on (an episode that the deployment's end cut
     short) are one more, its outcome unknown, unless fewer than 2. ``success``, if given, is every episode's.
     ``complementary_info.intervention`` marks the frames between ``teleop/intervention`` "start" and "end"
     (``complementary_info.takeover_start`` the first of each takeover, or an episode's first frame when a
@@ -109,8 +128,13 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     Frames are on a clock of ``fps`` (default: the rate of the robot's primary state topic) from the first
     moment both a state and a driver command exist to the last state: each frame holds the latest state
     (joint states, IMU, odometry as the deploy config of ``robot`` reads them, through the same
-    ``StateListener`` the nodes use), the latest task command, and as action the last driver command sent
-    before the next frame (the one in effect when the next state was measured). Rewards are 0 and
+    ``StateListener`` the nodes use; the task's object where the bag has its topic, named as ``sim_task``'s model
+    names its body), the latest task command, and as action the last driver command sent
+    before the next frame (the one in effect when the next state was measured). Where the policy published its
+    actions (``policy/action``, as ``robostack deploy --record`` has it), ``action.task`` holds the action in the
+    task's action space behind that command (a joint-level takeover's, ``teleop/action``, on the human's frames) and
+    ``action.base`` the policy's base's proposal: what learning a correction of a chunk or end-effector policy
+    reads, since controls do not determine its actions. Rewards are 0 and
     ``next.done`` marks each episode's last frame. ``robot`` and ``namespace`` are found from the bag's topics
     unless given; ``sim_task`` (a RoboStack task of that robot) is stored for ``replay``.
 
@@ -130,13 +154,19 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
         refusal = str(exc)
     if refusal:
         raise DatasetError(refusal)
-    cfg, namespace = _bag_robot(bag, topics, robot, namespace)
     if sim_task is not None:
-        task_robot = sim.task(sim_task).robot
-        if task_robot != cfg.robot:
-            raise DatasetError(f"sim_task {sim_task!r} is for robot {task_robot!r}, the bag is from {cfg.robot!r}")
+        try:
+            task_robot = sim.task(sim_task).robot
+        except KeyError as exc:
+            raise DatasetError(f"sim_task: {exc.args[0]}") from None
+        if robot not in (None, task_robot):
+            raise DatasetError(f"sim_task {sim_task!r} is for robot {task_robot!r}, not {robot!r}")
+        robot = task_robot
+    cfg, namespace = _bag_robot(bag, topics, robot, namespace, sim_task)
     subscriptions = _BagSubscriptions()
-    listener = StateListener(subscriptions, cfg)
+    with_object = cfg.topics.object is not None and _resolve(cfg.topics.object.topic, namespace) in topics
+    listener = StateListener(subscriptions, cfg, with_object=with_object)
+    object_name = _object_name(sim_task) if with_object else OBJECT_FRAME
     state_topics = {_resolve(topic, namespace): callback for topic, callback in subscriptions.callbacks.items()}
     primary = _resolve(getattr(cfg.topics, primary_source(cfg)).topic, namespace)
     driver = _resolve(cfg.topics.driver_command.topic, namespace)
@@ -144,7 +174,8 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     command_topic = _resolve(command_cfg.topic, namespace) if command_cfg else None
     intervention = _resolve(INTERNAL["intervention"][0], namespace)
     episode_ends = _resolve(SIM_EPISODE[0], namespace)
-    wanted = [t for t in (*state_topics, driver, command_topic, intervention, episode_ends) if t in topics]
+    acted = {_resolve(INTERNAL[key][0], namespace): [] for key in ("policy_action", "teleop_action")}
+    wanted = [t for t in (*state_topics, driver, command_topic, intervention, episode_ends, *acted) if t in topics]
 
     names: list[str] | None = None
     states: list[tuple[int, np.ndarray]] = []
@@ -157,7 +188,7 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
             subscriptions.nanoseconds = message.log_time
             state_topics[message.topic](message.msg)
             if message.topic == primary and listener.ready():
-                current, values = _state_vector(listener.state())
+                current, values = _state_vector(listener.state(), object_name)
                 if names is not None and current != names:
                     raise DatasetError(f"{bag}: the state changed layout at t={message.log_time} ns: {current} "
                                        f"instead of {names}")
@@ -171,6 +202,11 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
                                                               for f in command_cfg.fields])))
         elif message.topic == episode_ends:
             reports.append((message.log_time, _reported_success(message.msg.data, f"{bag}: {episode_ends}")))
+        elif message.topic in acted:
+            try:
+                acted[message.topic].append((message.log_time, action_rows(message.msg)))
+            except ValueError as exc:
+                raise DatasetError(f"{bag}: {message.topic} at t={message.log_time} ns: {exc}") from None
         else:
             events.append((message.log_time, message.msg.data == "start"))
     if len(states) < 2 or not commands:
@@ -201,15 +237,21 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     joints = [name[:-len(".pos")] for name in names if name.endswith(".pos")]
     features = {"observation.state": vector_feature(names),
                 "action": vector_feature(action_names(joints, len(commands[0][1])))}
+    policy_actions, human_actions = acted.values()
+    if policy_actions:
+        frames.update(_task_actions(policy_actions, human_actions, frames[INTERVENTION], times + step, bag))
+        features.update({key: vector_feature([f"{key}_{i}" for i in range(frames[key].shape[1])])
+                         for key in (TASK_ACTION, BASE_ACTION)})
     if command_cfg is not None:
         default = np.asarray(command_cfg.default, dtype=np.float64)
         frames["observation.command"] = np.stack([task_commands[i][1] if i >= 0 else default
                                                   for i in latest(task_commands, times)])
         features["observation.command"] = vector_feature(command_names(len(command_cfg.fields)))
-    # sim_robot_node publishes the reset state, then the report: an episode's frames end before the last state
-    # received before its report (under load the report comes milliseconds later: a frame between the two holds
-    # the next episode's state)
-    resets = state_times[np.maximum(np.searchsorted(state_times, [t for t, _ in reports], side="right") - 1, 0)]
+    # sim_robot_node publishes the report, then the reset state (so a policy starts its episode over before it acts
+    # on that state): an episode's frames end before the first state received after its report
+    after = np.searchsorted(state_times, [t for t, _ in reports], side="right")
+    resets = np.where(after < len(state_times), state_times[np.minimum(after, len(state_times) - 1)],
+                      state_times[-1] + 1)
     ends = np.searchsorted(times, resets)
     pieces = [(first, end, outcome) for first, end, (_, outcome) in zip([0, *ends], ends, reports) if end > first]
     rest = ends[-1] if reports else 0
@@ -223,6 +265,26 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
                            task or f"{cfg.robot}: recorded deployment", source=source,
                            success=outcome if success is None else success)
     return load_dataset(out)
+
+
+def _task_actions(policy: list[tuple[int, np.ndarray]], human: list[tuple[int, np.ndarray]], flags: np.ndarray,
+                  until: np.ndarray, bag: Path) -> dict[str, np.ndarray]:
+    """Each frame's action in the task's action space (``TASK_ACTION``: the human's joint-level takeover's on a
+    flagged frame where it sent one, else the policy's) and the policy's base's proposal (``BASE_ACTION``), both the
+    last sent before ``until`` (the frame's driver command's deadline); frames before the policy's first take it."""
+    if len({rows.shape for _, rows in policy}) != 1 or policy[0][1].shape[0] != 2:
+        raise DatasetError(f"{bag}: {INTERNAL['policy_action'][0]} must hold two rows (executed, base) of one size "
+                           f"throughout; has shapes {sorted({rows.shape for _, rows in policy})}")
+    n = policy[0][1].shape[1]
+    if any(rows.shape != (1, n) for _, rows in human):
+        raise DatasetError(f"{bag}: {INTERNAL['teleop_action'][0]} must hold one row of the policy's {n} actions")
+    rows = np.stack([r for _, r in policy])[np.maximum(np.searchsorted([t for t, _ in policy], until) - 1, 0)]
+    executed = rows[:, 0].copy()
+    if human:
+        latest = np.searchsorted([t for t, _ in human], until) - 1
+        taken = flags & (latest >= 0)
+        executed[taken] = np.stack([r[0] for _, r in human])[latest[taken]]
+    return {TASK_ACTION: executed, BASE_ACTION: rows[:, 1]}
 
 
 def _reported_success(report: str, where: str) -> bool:

@@ -21,27 +21,34 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from robostack.bundle import BundleError, load_bundle
-from robostack.bundle.format import ACTOR_CRITIC, COMMAND_CORRECTION
-from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
-from robostack.data.features import BASE_STATE, state_columns
+from robostack.bundle.format import ACTOR_CRITIC, CHUNK, COMMAND_CORRECTION
+from robostack.data.dataset import BASE_ACTION, INTERVENTION, TASK_ACTION, Dataset, DatasetError, load_dataset
+from robostack.data.features import BASE_STATE, FREE_BODY_STATE, state_columns
 from robostack import registry
 from robostack.policies.rlif import RLIFConfig, intervention_buffers, residual_targets, rlif_rewards, takeover_starts
 from robostack.real.observation import ObservationBuilder, ObservationError
-from robostack.real.robot_state import RobotState
+from robostack.real.robot_state import BodyState, RobotState
 from robostack.specs import AlgorithmSpec
 
 
 def robot_state(names: Sequence[str], values: np.ndarray) -> RobotState:
-    """The ``RobotState`` an ``observation.state`` row holds (``JOINT.pos``, ``JOINT.vel``, ``base_*.<axis>``)."""
+    """The ``RobotState`` an ``observation.state`` row holds (``JOINT.pos``, ``JOINT.vel``, ``base_*.<axis>``, and a
+    task's object as ``<body>_<field>.<axis>`` of one other free body)."""
     joints: dict[str, dict[str, float]] = {"pos": {}, "vel": {}}
     base: dict[str, list[float]] = {}
+    body: dict[str, list[float]] = {}
     for name, value in zip(names, values):
         stem, _, part = name.rpartition(".")
         if stem in BASE_STATE:
             base.setdefault(stem, []).append(float(value))
         elif part in joints:
             joints[part][stem] = float(value)
-    return RobotState(joints["pos"], joints["vel"], **{field: np.array(v) for field, v in base.items()})
+        else:
+            field = next((f for f in FREE_BODY_STATE if stem.endswith(f"_{f}")), None)
+            if field is not None:
+                body.setdefault(field, []).append(float(value))
+    found = BodyState(*(np.array(body[f]) for f in FREE_BODY_STATE)) if set(body) == set(FREE_BODY_STATE) else None
+    return RobotState(joints["pos"], joints["vel"], **{field: np.array(v) for field, v in base.items()}, object=found)
 
 
 def task_commands(commands: np.ndarray, intervention: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
@@ -66,28 +73,31 @@ def task_commands(commands: np.ndarray, intervention: np.ndarray, episode_index:
 
 def correctable(policy: str | os.PathLike) -> tuple[Any, ObservationBuilder]:
     """The bundle at ``policy`` and its observation builder, if a correction can be learned for it from logs: an
-    actor-critic bundle whose task maps actions to controls one to one (so executed controls give its actions).
-    Refuses (``BundleError``, one line) otherwise: before a loop deploys anything."""
+    actor-critic bundle (PPO, SAC) or a chunk bundle (diffusion) acting in its task's actions. What the logs must
+    hold for it (``LoggedSteps``: the policy's actions where controls do not give them, a chunk policy's proposals)
+    is checked on the data. Refuses (``BundleError``, one line) otherwise: before a loop deploys anything."""
     base = load_bundle(policy)
-    if base.metadata.get("kind", ACTOR_CRITIC) != ACTOR_CRITIC:
-        raise BundleError(f"bundle {policy}: a {base.metadata['kind']!r} bundle; learning from interventions "
-                          "corrects actor_critic bundles (PPO, SAC) for now")
-    builder = ObservationBuilder(base.metadata)
-    if not builder.one_to_one:
-        raise BundleError(f"bundle {policy}: task {builder.task.name!r} acts by relative, end-effector or gripper "
-                          "commands, which executed controls do not determine; learning from interventions takes "
-                          "tasks whose actions map to controls one to one for now")
-    return base, builder
+    kind = base.metadata.get("kind", ACTOR_CRITIC)
+    if kind not in (ACTOR_CRITIC, CHUNK):
+        raise BundleError(f"bundle {policy}: a {kind!r} bundle, itself a correction of the bundle in its base/; learn "
+                          "from interventions with that base as the policy (a loop's rounds each correct the bundle it "
+                          "started from)")
+    if base.metadata["action"].get("kind") == "controls":
+        raise BundleError(f"bundle {policy}: a chunk bundle writing actuator controls; a correction acts in the task's "
+                          "actions (train the chunk policy with action_key: teleop.action)")
+    return base, ObservationBuilder(base.metadata)
 
 
 class LoggedSteps:
     """Every frame of some datasets as the deployed policy saw it: rebuilt observations, the executed actions in the
-    policy's action space, intervention flags, episode indices and each frame's successor row (-1: none). The
-    builder's task must map actions to controls one to one (``correctable``)."""
+    policy's action space, intervention flags, episode indices, each frame's successor row (-1: none) and, where
+    every dataset logged them, the base's proposals (``base``, else None). The executed actions are the logged ones
+    (``TASK_ACTION``) or, where a dataset lacks them, its controls through the inverse of a task's one-to-one action
+    map; a task acting by end-effector, relative or gripper commands needs the logged ones."""
 
     def __init__(self, builder: ObservationBuilder, datasets: Sequence[Dataset]):
         self.builder = builder
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "human", "episode", "next")}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "human", "episode", "next", "base")}
         offset = 0
         for data in datasets:
             self._check(data)
@@ -100,10 +110,12 @@ class LoggedSteps:
                 commands = frames.get("observation.command")
                 if commands is not None:
                     commands = task_commands(commands, flags, episode)
-                actions = builder.actions_of(frames["action"])
-                parts["obs"].append(self._observations(names, frames["observation.state"], commands, actions,
+                actions = frames[TASK_ACTION] if TASK_ACTION in data.features else builder.actions_of(frames["action"])
+                parts["obs"].append(self._observations(names, frames["observation.state"], commands, actions, flags,
                                                        where=f"{data.root} episode {e}"))
-                parts["action"].append(actions)
+                parts["action"].append(np.asarray(actions, dtype=np.float32))
+                if BASE_ACTION in data.features:
+                    parts["base"].append(np.asarray(frames[BASE_ACTION], dtype=np.float32))
                 parts["human"].append(flags)
                 parts["episode"].append(episode)
                 parts["next"].append(np.append(np.arange(offset + 1, offset + length), -1))
@@ -113,6 +125,7 @@ class LoggedSteps:
         self.obs, self.actions = np.concatenate(parts["obs"]), np.concatenate(parts["action"])
         self.human, self.episode = np.concatenate(parts["human"]), np.concatenate(parts["episode"])
         self.next_index = np.concatenate(parts["next"])
+        self.base = np.concatenate(parts["base"]) if len(parts["base"]) == len(parts["action"]) else None
 
     def _check(self, data: Dataset) -> None:
         task = self.builder.task
@@ -127,10 +140,19 @@ class LoggedSteps:
         if data.features["action"]["shape"] != [nu]:
             raise DatasetError(f"{data.root}: actions have shape {data.features['action']['shape']}, the "
                                f"{task.robot}'s controls are [{nu}]")
+        if TASK_ACTION not in data.features and not self.builder.one_to_one:
+            raise DatasetError(f"{data.root}: lacks {TASK_ACTION}, the policy's actions: task {task.name!r} acts by "
+                               "end-effector, relative or gripper commands, which the recorded controls do not "
+                               "determine (record the deployment with robostack deploy --record, which logs them)")
+        for key in (TASK_ACTION, BASE_ACTION):
+            if key in data.features and data.features[key]["shape"] != [self.builder.action_dim]:
+                raise DatasetError(f"{data.root}: {key} has shape {data.features[key]['shape']}, the bundle's "
+                                   f"actions are [{self.builder.action_dim}]")
 
     def _observations(self, names: Sequence[str], states: np.ndarray, commands: np.ndarray | None,
-                      actions: np.ndarray, where: str) -> np.ndarray:
-        """An episode's policy observations, as ``policy_node`` builds them on each measured state."""
+                      actions: np.ndarray, human: np.ndarray, where: str) -> np.ndarray:
+        """An episode's policy observations, as ``policy_node`` builds them on each measured state (where a human
+        is in control, its relative or end-effector targets follow the measured joints, as there)."""
         builder = self.builder
         builder.reset()
         out = []
@@ -139,6 +161,8 @@ class LoggedSteps:
                 if commands is not None:
                     builder.set_command(commands[t])
                 builder.update(robot_state(names, state))
+                if human[t]:
+                    builder.anchor_targets()
                 if t:  # integrals advance after each step, not before the first
                     builder.integrate()
                 out.append(builder.observation())
@@ -256,7 +280,14 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
         return {**summary, "wall_s": round(time.perf_counter() - start, 1)}
     base, builder = correctable(policy)
     steps = LoggedSteps(builder, [load_dataset(d) for d in datasets])
-    base_actions = base.act(steps.obs)
+    if steps.base is not None:  # what the base proposed as it ran
+        base_actions = steps.base
+    elif base.metadata.get("kind", ACTOR_CRITIC) == ACTOR_CRITIC:
+        base_actions = base.act(steps.obs)
+    else:
+        raise DatasetError(f"the datasets lack {BASE_ACTION} (in some or all), the chunk policy's proposals, which "
+                           "cannot be recomputed from the logs (its chunks depend on its noise and history); record "
+                           "the deployments with robostack deploy --record, which logs them")
     residual = residual_targets(steps.actions, base_actions, cfg.scale)
     rewards = rlif_rewards(steps.human, steps.episode)
     online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)

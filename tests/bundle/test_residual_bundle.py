@@ -170,6 +170,9 @@ def test_policy_node_runs_it_as_the_simulation_does(constant):
             if step:
                 runner.builder.integrate()
             executed = runner.actor.act()[0]
+            base = runner.bundle.base.act(runner.builder.observation())
+            np.testing.assert_allclose(runner.actor.base_action, np.atleast_2d(base))  # what policy/action logs
+            assert not np.allclose(executed, runner.actor.base_action[0])  # the constant correction moved it
             runner.builder.controls(executed)  # the node records what it sent (the action history)
             obs, *_ = env.step(policy(obs))
             np.testing.assert_allclose(executed, env.action[0].numpy(), atol=1e-4, err_msg=f"step {step}")

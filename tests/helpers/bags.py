@@ -13,7 +13,7 @@ def write_go2_bag(path: Path, namespace: str, steps: int, takeovers: tuple = ((1
     """A bag as recorder_node writes one for go2 (the topics of ``recorded_topics``), from the messages the
     simulated driver publishes: state at 50 Hz, each answered 5 ms later by a driver command, a task command
     at step 5 and takeovers from step to step (``takeovers``); ``reports``: step -> success of the simulated
-    episodes that end there (sim_robot_node's ``sim/episode`` report, just after that step's state: the reset
+    episodes that end there (sim_robot_node's ``sim/episode`` report, just before that step's state: the reset
     state), or a report's text as it is."""
     from builtin_interfaces.msg import Time
     from geometry_msgs.msg import Twist
@@ -60,6 +60,6 @@ def write_go2_bag(path: Path, namespace: str, steps: int, takeovers: tuple = ((1
         if k in (reports or {}):
             report = reports[k] if isinstance(reports[k], str) else \
                 json.dumps({"episode": sorted(reports).index(k), "success": reports[k]})
-            bag.write(topics["sim/episode"], serialize_message(String(data=report)), t + 100_000)
+            bag.write(topics["sim/episode"], serialize_message(String(data=report)), t - 100_000)
     bag.close()
     return {"joints": joints, "orientation": orientation, "velocity": velocity}

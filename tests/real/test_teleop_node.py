@@ -116,10 +116,32 @@ def test_arm_takeover_starts_at_the_measured_pose_and_drives_the_tasks_gripper()
         assert len(step.command) == PANDA_MODEL.nu  # every actuator, as the policy sends
     closed = drive_arm(runner, {}, ticks=2, pressed=(CLOSE,))
     np.testing.assert_array_equal(closed[7:], [0.0, 0.0])
+    assert runner.takeover.action[-1] == 1.0 and np.abs(runner.takeover.action).max() <= 1.0  # the task's action
     opened = drive_arm(runner, {}, ticks=2, pressed=(OPEN,))
     np.testing.assert_allclose(opened[7:], [0.04, 0.04], atol=1e-6)
     held = drive_arm(runner, {}, ticks=2)
     np.testing.assert_allclose(held[7:], [0.04, 0.04], atol=1e-6)  # the gripper stays as last commanded
+
+
+def test_an_arm_takeover_says_which_task_action_it_issued_and_a_command_takeover_none():
+    """The logs of a deployment keep the human's step as the task's action (``teleop/action``), which the controls
+    of an end-effector task do not give back; a quadruped's or drone's human moves the task command instead."""
+    import std_msgs.msg
+    from robostack.real.messages import action_message, action_rows
+
+    runner = TeleopRunner("panda", TeleopSettings(), task="panda-lift")
+    joy(0.0, runner, sticks={LEFT_UP: 1.0}, pressed=(CLOSE,))
+    step = runner.tick(panda_state(PANDA_HOME), 0.0)
+    assert step.action is not None and step.action.shape == (7,) and step.action[-1] == 1.0
+    assert step.action[0] != 0.0 or step.action[1] != 0.0 or step.action[2] != 0.0  # the stick moved the TCP
+    np.testing.assert_array_equal(action_rows(action_message(step.action)), step.action[None])
+    np.testing.assert_array_equal(action_rows(action_message(np.ones((2, 3)))), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="not an action message"):
+        action_rows(std_msgs.msg.Float64MultiArray(data=[1.0, 2.0]))
+    quadruped = TeleopRunner("go2", TeleopSettings())
+    joy(0.0, quadruped, sticks={LEFT_UP: 1.0})
+    step = quadruped.tick(RobotState(), 0.0)
+    assert step.command is not None and step.action is None
 
 
 def test_an_arm_takeover_needs_the_task_it_acts_for():

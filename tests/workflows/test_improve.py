@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,17 +25,43 @@ def test_a_takeovers_command_is_replaced_by_the_tasks_until_the_task_commands_ag
 
 
 def test_a_recorded_state_row_is_the_robot_state_it_came_from():
-    from robostack.real.robot_state import RobotState
+    from robostack.real.robot_state import BodyState, RobotState
     from robostack.workflows.convert import _state_vector
     from robostack.workflows.interventions import robot_state
 
     state = RobotState({"a": 0.1, "b": -0.2}, {"a": 1.0, "b": 2.0}, np.array([1.0, 2.0, 3.0]),
-                       np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.3]), np.array([-0.1, -0.2, -0.3]))
-    names, values = _state_vector(state)
+                       np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.3]), np.array([-0.1, -0.2, -0.3]),
+                       object=BodyState(np.array([0.5, 0.1, 0.12]), np.array([0.0, 0.0, 0.0, 1.0]),
+                                        np.array([0.0, 0.2, 0.0]), np.array([0.3, 0.0, 0.0])))
+    names, values = _state_vector(state, "cube")
+    assert names[-13:-10] == ["cube_position.x", "cube_position.y", "cube_position.z"]  # as simulated data names it
     back = robot_state(names, values)
     assert back.joint_position == state.joint_position and back.joint_velocity == state.joint_velocity
     for field in ("base_position", "base_orientation", "base_linear_velocity", "base_angular_velocity"):
         assert np.allclose(getattr(back, field), getattr(state, field))
+    for field in ("position", "orientation", "linear_velocity", "angular_velocity"):
+        assert np.allclose(getattr(back.object, field), getattr(state.object, field))
+    assert robot_state(*_state_vector(RobotState({"a": 0.1}, {"a": 1.0}))).object is None
+
+
+def test_each_frame_takes_the_action_behind_its_command_the_humans_on_its_takeover_frames():
+    from robostack.data.dataset import BASE_ACTION, TASK_ACTION, DatasetError
+    from robostack.workflows.convert import _task_actions
+
+    ms = 1_000_000
+    policy = [(t * 20 * ms, np.array([[t, t, t], [-t, -t, -t]], dtype=float)) for t in range(5)]  # executed; base
+    human = [(61 * ms, np.array([[9.0, 9.0, 9.0]]))]
+    flags = np.array([False, False, False, True, True])
+    until = np.array([10, 30, 50, 70, 90]) * ms  # each frame's command deadline
+    out = _task_actions(policy, human, flags, until, Path("bag"))
+    assert out[TASK_ACTION][:, 0].tolist() == [0, 1, 2, 9, 9]  # the human's on the flagged frames once they sent one
+    assert out[BASE_ACTION][:, 0].tolist() == [0, -1, -2, -3, -4]  # the policy's base proposed on every frame
+    flags[2] = True  # flagged before the human's first action: the policy's
+    assert _task_actions(policy, human, flags, until, Path("bag"))[TASK_ACTION][2, 0] == 2
+    with pytest.raises(DatasetError, match="policy/action must hold two rows"):
+        _task_actions([(0, np.zeros((1, 3)))], [], flags, until, Path("bag"))
+    with pytest.raises(DatasetError, match="teleop/action must hold one row of the policy's 3 actions"):
+        _task_actions(policy, [(0, np.zeros((1, 4)))], flags, until, Path("bag"))
 
 
 def test_one_round_of_the_loop_runs_through_ros2_learns_a_correction_and_resumes(tmp_path, capsys, monkeypatch):
@@ -96,6 +124,43 @@ def test_one_round_of_the_loop_runs_through_ros2_learns_a_correction_and_resumes
     assert (round_dir / "deploy.json").is_file() and (round_dir / "train.json").stat().st_mtime > trained_at
 
 
+def test_a_diffusion_policy_acting_by_end_effector_steps_is_corrected_from_its_logged_actions(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """panda-lift's chunk bundle, whose controls do not give its actions: a round through the ROS 2 graph logs the
+    policy's actions and its proposals (``policy/action``) and the cube, and the correction is a residual over the
+    chunk bundle, learned from them and evaluated."""
+    from robostack.bundle import load_bundle
+    from robostack.cli import main
+    from robostack.data.dataset import BASE_ACTION, INTERVENTION, TASK_ACTION, DatasetError, load_dataset
+    from robostack.real.observation import ObservationBuilder
+    from robostack.workflows.interventions import LoggedSteps
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "63")
+    out = tmp_path / "loop"
+    assert main(["improve", "--task", "panda-lift", "--rounds", "1", "--episodes-per-round", "2", "--eval-episodes",
+                 "4", "--algo", "iql", "--out", str(out), "--json", "rlif.iql.num_updates=30",
+                 "rlif.iql.batch_size=64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    data = load_dataset(out / "round-0" / "dataset")
+    names = data.features["observation.state"]["names"]
+    assert "object_position.z" in names and data.features[TASK_ACTION]["shape"] == [7]
+    frames = data.frames([TASK_ACTION, BASE_ACTION, INTERVENTION])
+    policy_frames = ~frames[INTERVENTION].astype(bool)
+    assert policy_frames.any()  # where the chunk policy acted, it executed what it proposed (no exploration)
+    assert np.array_equal(frames[TASK_ACTION][policy_frames], frames[BASE_ACTION][policy_frames])
+    assert np.abs(frames[TASK_ACTION]).max() <= 1.0 and len(np.unique(frames[TASK_ACTION][:, -1])) > 1  # gripper
+    learned = load_bundle(report["bundle"])
+    assert learned.metadata["kind"] == "residual" and learned.base.metadata["kind"] == "chunk"
+    assert learned.metadata["training"]["algo"] == "iql" and 0.0 <= report["success_after"] <= 1.0
+    steps = LoggedSteps(ObservationBuilder(load_bundle(ROOT / "bundles" / "panda-lift").metadata), [data])
+    assert steps.base is not None and len(steps.obs) == data.num_frames
+    # a recording without the policy's actions (a bag of another recorder): one line naming what is missing
+    features = {k: v for k, v in data.features.items() if k not in (TASK_ACTION, BASE_ACTION)}
+    plain = SimpleNamespace(features=features, info=data.info, root="plain", num_episodes=1)
+    with pytest.raises(DatasetError, match="plain: lacks action.task, the policy's actions: task 'panda-lift' acts"):
+        LoggedSteps(steps.builder, [plain])
+
+
 def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
     from robostack.cli import main
     from robostack.cli.common import _intervention_algo
@@ -109,10 +174,10 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
                  str(ROOT / "bundles" / "panda-reach"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
-    assert main(["bench", "improve", "--task", "panda-lift", "--out", str(tmp_path / "lift")]) == 2
+    assert main(["train", "panda-insert", "--interventions", str(tmp_path / "none"), "--policy",
+                 str(ROOT / "bundles" / "panda-insert"), "--out", str(tmp_path / "b")]) == 2  # correct its base
     err = capsys.readouterr().err
-    assert "a 'chunk' bundle; learning from interventions corrects actor_critic bundles" in err, err
-    assert not (tmp_path / "lift").exists()  # refused before anything was deployed
+    assert "a 'residual' bundle, itself a correction of the bundle in its base/" in err, err
     assert main(["improve", "--task", "panda-reach", "--out", str(tmp_path / "reach")]) == 2
     assert "task 'panda-reach' has no simulated intervener" in capsys.readouterr().err
     # the algorithms that learn from interventions, and --offline as iql's other name
