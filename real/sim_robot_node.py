@@ -60,7 +60,9 @@ Topics (relative: they follow the node's namespace)
         replaces the simulated operator's (``teleop_node``); ``joy`` (sensor_msgs/Joy) with ``intervener``;
         ``sim/episode``
         (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, before the reset
-        state (a policy starts its episode over first; the ended episode's held commands are dropped), transient-local
+        state (a policy starts its episode over first; the ended episode's commands are dropped, and the driver
+        commands that come before the policy's or a human's next are the safety layer holding the ended
+        episode's: ignored, the task's reset controls held instead), transient-local
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
 
@@ -205,6 +207,7 @@ class SimRobotNode(Node):
         self.paused = bool(p["start_paused"])
         self._commander_seen = False  # whether the policy or a human has spoken yet
         self._commanded_at = -math.inf  # monotonic s of the latest policy or human command
+        self._reset_at = -math.inf  # monotonic s of the latest episode reset
         for key in ("policy_command", "teleop_command"):
             topic, type_ = INTERNAL[key]
             self.create_subscription(message_type(type_), topic, self._on_commander, 10)
@@ -291,6 +294,8 @@ class SimRobotNode(Node):
         elif not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values)).tolist()
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
+        elif self._commanded_at < self._reset_at and not self.unattended:
+            pass  # the ended episode's command, which the safety layer holds until the policy's first of the new one
         elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
         elif self._commander_seen and self._safety_passes is not False and self._recorder_hears_enough():
@@ -367,11 +372,13 @@ class SimRobotNode(Node):
         _, _, _, _, info = self.env.step_controls(controls)
         self.steps += 1
         if "episode" in info:
-            # the robot was put back: the ended episode's commands, held or in flight, are not the new one's (a
-            # gripper closed on a lifted cube closed again on nothing at panda-lift's next start); the report and the
-            # new task command go before the reset state, so the policy starts its episode over before acting on it
+            # the robot was put back: the ended episode's commands, held (here, and by the safety layer until the
+            # policy or a human speaks again) or in flight, are not the new one's (a gripper closed on a lifted cube
+            # closed again on nothing at panda-lift's next start); the report and the new task command go before
+            # the reset state, so the policy starts its episode over before acting on it
             self._pending.clear()
             self.controls = self.env.ctrl_target[0].cpu().numpy().astype(np.float64)
+            self._reset_at = time.monotonic()
             self._finish_episode(info["episode"])
             self._publish_task_command()  # the new episode's, before its first state too
         self._publish_state()

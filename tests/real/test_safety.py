@@ -921,7 +921,10 @@ def stop(proc: subprocess.Popen) -> str:
         return proc.communicate(timeout=10)[0]
     except subprocess.TimeoutExpired:
         proc.kill()
-        return proc.communicate()[0]
+        try:
+            return proc.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:  # a pipe held open by something else: fail, never hang the suite
+            pytest.fail(f"the safety node (pid {proc.pid}) did not end within 10 s of SIGKILL")
 
 
 def test_safety_node_over_dds_with_a_fake_go2_driver():
