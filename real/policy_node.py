@@ -42,9 +42,10 @@ Parameters: ``bundle`` (required), ``config`` (deploy YAML, default ``configs/de
 ``exploration_std`` (0: none): Gaussian noise of that standard deviation on every action the bundle chooses (in
 its [-1, 1] action space, then clipped; the safety layer filters the result as any command), so that logs of the
 deployment hold actions to compare for learning from them, as HIL-SERL's actor samples on the robot
-(``robostack improve``); refused for a bundle that writes actuator controls itself; ``publish_action`` (false): also publish each tick's
-action in the task's action space and its base's proposal on ``policy/action`` (a residual's base, else the action
-before exploration), which a recording keeps for learning a correction of the base from the logs.
+(``robostack improve``); refused for a bundle that writes actuator controls itself. ``publish_action`` (false):
+also publish each tick's action in the task's action space and its base's proposal on ``policy/action`` (a
+residual's base, else the action before exploration), which a recording keeps for learning a correction of the
+base from the logs.
 """
 from __future__ import annotations
 

@@ -364,7 +364,8 @@ class TeleopNode(Node):
             self.command_type, command_topic = message_type(runner.task_command.type), runner.task_command.topic
             qos = qos_profile(runner.task_command.qos)
         self.command_publisher = self.create_publisher(self.command_type, command_topic, qos)
-        self.action_publisher = self.create_publisher(Float64MultiArray, INTERNAL["teleop_action"][0], 10)
+        self.action_publisher = (self.create_publisher(Float64MultiArray, INTERNAL["teleop_action"][0], 10)
+                                 if runner.takeover.joint_level else None)  # what the human does as the task's action
         if runner.task_command is not None:
             self.create_subscription(self.command_type, command_topic, self._on_task_command, qos)
         if settings.input == "joy":
@@ -412,7 +413,7 @@ class TeleopNode(Node):
         if "start" in step.events:
             self.intervention_publisher.publish(String(data="start"))
             self.get_logger().info("takeover: the human is in control")
-        if step.action is not None:  # before the command, as policy_node publishes its action
+        if step.action is not None and self.action_publisher is not None:  # before the command, as policy_node does
             self.action_publisher.publish(action_message(step.action))
         if step.command is not None:
             self.command_publisher.publish(self._command_message(step.command))

@@ -116,10 +116,11 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
 
     A robot's bag is one episode: a takeover is kept in context (what the policy did before the human stepped
     in and after). A simulated robot's bag (``--sim``) has sim_robot_node's report at every episode end
-    (``sim/episode``, published just after the state the reset left): each report ends an episode, its
+    (``sim/episode``, published just before the state the reset left): each report ends an episode, its
     ``success`` the report's, which runs from the previous report's reset state (the first state after it, or the
-    first frame) to the frame before its own; the frames from the last reset state on (an episode that the deployment's end cut
-    short) are one more, its outcome unknown, unless fewer than 2. ``success``, if given, is every episode's.
+    first frame) to the frame before its own; the frames from the last reset state on (an episode that the
+    deployment's end cut short) are one more, its outcome unknown, unless fewer than 2. ``success``, if given, is
+    every episode's.
     ``complementary_info.intervention`` marks the frames between ``teleop/intervention`` "start" and "end"
     (``complementary_info.takeover_start`` the first of each takeover, or an episode's first frame when a
     takeover goes on into it). ``source`` is ``teleop`` if the human was in control on every frame of the
