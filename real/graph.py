@@ -145,6 +145,8 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
         # commands, the policy's, and a human's takeovers
         awaited = [load_deploy_config(spec.name, task=bundle.task).topics.driver_command.topic,
                    INTERNAL["policy_command"][0]] + ([INTERNAL["intervention"][0]] if teleop else [])
+        if bundle.metadata["action"].get("kind") != "controls":  # it logs its actions too (policy/action)
+            awaited.append(INTERNAL["policy_action"][0])
         nodes.append(NodeSpec("sim_robot_node", "sim_robot_node",
                               {"bundle": policy, "randomize": randomize, "episodes": episodes, "seed": seed,
                                "start_paused": True, "reset_safety": True, "intervener": intervener,

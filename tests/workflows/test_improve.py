@@ -210,3 +210,18 @@ def test_the_loop_deploys_with_its_exploration_noise():
 
     assert policy_parameters(0.1)["exploration_std"] == 0.1
     assert "exploration_std" not in policy_parameters(0.0)  # as before: a plain deployment
+
+
+def test_a_recorded_rehearsal_logs_the_policys_actions_and_waits_until_the_recorder_hears_them(tmp_path):
+    from robostack.real.graph import node_graph
+
+    def parameters(record) -> dict:
+        return {n.name: n.parameters for n in node_graph(ROOT / "bundles" / "panda-lift", sim=True, episodes=1,
+                                                          intervener=True, record=record)}
+
+    recorded = parameters(tmp_path / "bag")
+    assert recorded["policy_node"]["publish_action"] is True
+    assert "policy/action" in recorded["sim_robot_node"]["await_recorded"]
+    assert {"/policy/action:std_msgs/msg/Float64MultiArray", "/teleop/action:std_msgs/msg/Float64MultiArray"} <= {
+        "/" + t.lstrip("/") for t in recorded["recorder_node"]["topics"]}
+    assert "publish_action" not in parameters(None)["policy_node"]  # nothing to log for
