@@ -92,10 +92,6 @@ IMAGE_PREFIX = "observation.images."
 SOURCES = ("teleop", "intervention", "rollout")
 INTERVENTION = "complementary_info.intervention"
 TAKEOVER_START = "complementary_info.takeover_start"
-# deployment logs of a policy acting in its task's action space (``robostack data convert``): that action behind each
-# frame's controls (the human's on a joint-level takeover's frames) and the policy's base's proposal
-TASK_ACTION = "action.task"
-BASE_ACTION = "action.base"
 SUCCESS = "complementary_info.success"  # the frame's episode's outcome: 1 success, 0 failure, -1 unknown
 SOURCE = "complementary_info.source"  # the frame's episode's source: its index in SOURCES
 INFO_KEYS = ("codebase_version", "robot_type", "fps", "features", "total_episodes", "total_frames", "total_tasks",

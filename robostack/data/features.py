@@ -23,6 +23,10 @@ FREE_BODY_STATE = {"position": ("xyz", "qpos", 0), "orientation": ("wxyz", "qpos
                    "linear_velocity": ("xyz", "qvel", 0), "angular_velocity": ("xyz", "qvel", 3)}
 BASE = "base"  # the robot's floating base; another free body is named by its body
 BASE_STATE = {f"{BASE}_{field}": layout for field, layout in FREE_BODY_STATE.items()}  # RobotState's base fields
+# deployment logs of a policy acting in its task's action space (``robostack data convert``): that action behind each
+# frame's controls (the human's on a joint-level takeover's frames) and the policy's base's proposal
+TASK_ACTION = "action.task"
+BASE_ACTION = "action.base"
 
 
 # ------------------------------------------------------------------------------ robot state layout

@@ -12,10 +12,9 @@ import numpy as np
 
 from robostack import registry, sim
 from robostack.config import ConfigError
-from robostack.data.dataset import (BASE_ACTION, INTERVENTION, TASK_ACTION, Dataset, DatasetError, DatasetWriter,
-                                    load_dataset)
-from robostack.data.features import (BASE_STATE, action_names, command_names, free_bodies, state_names,
-                                     vector_feature)
+from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, DatasetWriter, load_dataset
+from robostack.data.features import (BASE_ACTION, BASE_STATE, TASK_ACTION, action_names, command_names, free_bodies,
+                                     state_names, vector_feature)
 from robostack.real.bag import BagError, read_messages, read_metadata
 from robostack.real.bag_recovery import inspect_bag
 from robostack.real.deploy_config import INTERNAL, load_deploy_config

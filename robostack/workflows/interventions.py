@@ -22,8 +22,8 @@ import numpy as np
 
 from robostack.bundle import BundleError, load_bundle
 from robostack.bundle.format import ACTOR_CRITIC, CHUNK, COMMAND_CORRECTION
-from robostack.data.dataset import BASE_ACTION, INTERVENTION, TASK_ACTION, Dataset, DatasetError, load_dataset
-from robostack.data.features import BASE_STATE, FREE_BODY_STATE, state_columns
+from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
+from robostack.data.features import BASE_ACTION, BASE_STATE, FREE_BODY_STATE, TASK_ACTION, state_columns
 from robostack import registry
 from robostack.policies.rlif import RLIFConfig, intervention_buffers, residual_targets, rlif_rewards, takeover_starts
 from robostack.real.observation import ObservationBuilder, ObservationError

@@ -45,7 +45,8 @@ def test_a_recorded_state_row_is_the_robot_state_it_came_from():
 
 
 def test_each_frame_takes_the_action_behind_its_command_the_humans_on_its_takeover_frames():
-    from robostack.data.dataset import BASE_ACTION, TASK_ACTION, DatasetError
+    from robostack.data.dataset import DatasetError
+    from robostack.data.features import BASE_ACTION, TASK_ACTION
     from robostack.workflows.convert import _task_actions
 
     ms = 1_000_000
@@ -131,7 +132,8 @@ def test_a_diffusion_policy_acting_by_end_effector_steps_is_corrected_from_its_l
     chunk bundle, learned from them and evaluated."""
     from robostack.bundle import load_bundle
     from robostack.cli import main
-    from robostack.data.dataset import BASE_ACTION, INTERVENTION, TASK_ACTION, DatasetError, load_dataset
+    from robostack.data.dataset import INTERVENTION, DatasetError, load_dataset
+    from robostack.data.features import BASE_ACTION, TASK_ACTION
     from robostack.real.observation import ObservationBuilder
     from robostack.workflows.interventions import LoggedSteps
 
