@@ -13,8 +13,8 @@ import numpy as np
 from robostack import registry, sim
 from robostack.config import ConfigError
 from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, DatasetWriter, load_dataset
-from robostack.data.features import (BASE_ACTION, BASE_STATE, TASK_ACTION, action_names, command_names, free_bodies,
-                                     state_names, vector_feature)
+from robostack.data.features import (BASE_ACTION, BASE_STATE, FREE_BODY_STATE, TASK_ACTION, action_names, command_names,
+                                     free_bodies, state_names, vector_feature)
 from robostack.real.bag import BagError, read_messages, read_metadata
 from robostack.real.bag_recovery import inspect_bag
 from robostack.real.deploy_config import INTERNAL, load_deploy_config
@@ -91,9 +91,8 @@ def _state_vector(state: Any, object_name: str = OBJECT_FRAME) -> tuple[list[str
     values += [state.joint_velocity[j] for j in joints] if velocities else []
     values += [float(v) for field in base for v in getattr(state, field)]
     body = state.object
-    if body is not None:
-        values += [float(v) for part in (body.position, body.orientation, body.linear_velocity, body.angular_velocity)
-                   for v in part]
+    if body is not None:  # BodyState's fields are FREE_BODY_STATE's, in its order
+        values += [float(v) for field in FREE_BODY_STATE for v in getattr(body, field)]
     objects = [object_name] if body is not None else []
     return state_names(joints, velocities, base, objects), np.array(values, dtype=np.float64)
 
@@ -227,13 +226,10 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
         raise DatasetError(f"{bag}: no state was recorded after the first driver command")
     times = np.arange(start, state_times[-1] + 1, step)
 
-    def latest(stamped: Sequence[tuple[int, Any]], at: np.ndarray, side: str = "right") -> list[int]:
-        return list(np.searchsorted([t for t, _ in stamped], at, side=side) - 1)
-
     frames: dict[str, Any] = {
-        "observation.state": np.stack([states[i][1] for i in latest(states, times)]),
-        "action": np.stack([commands[i][1] for i in latest(commands, times + step, "left")]),
-        INTERVENTION: np.array([i >= 0 and events[i][1] for i in latest(events, times)], dtype=bool)}
+        "observation.state": np.stack([states[i][1] for i in _latest(states, times)]),
+        "action": np.stack([commands[i][1] for i in _latest(commands, times + step, "left")]),
+        INTERVENTION: np.array([i >= 0 and events[i][1] for i in _latest(events, times)], dtype=bool)}
     joints = [name[:-len(".pos")] for name in names if name.endswith(".pos")]
     features = {"observation.state": vector_feature(names),
                 "action": vector_feature(action_names(joints, len(commands[0][1])))}
@@ -245,7 +241,7 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     if command_cfg is not None:
         default = np.asarray(command_cfg.default, dtype=np.float64)
         frames["observation.command"] = np.stack([task_commands[i][1] if i >= 0 else default
-                                                  for i in latest(task_commands, times)])
+                                                  for i in _latest(task_commands, times)])
         features["observation.command"] = vector_feature(command_names(len(command_cfg.fields)))
     # sim_robot_node publishes the report, then the reset state (so a policy starts its episode over before it acts
     # on that state): an episode's frames end before the first state received after its report
@@ -267,6 +263,12 @@ def convert_bag(bag_dir: str | os.PathLike, out: str | os.PathLike, *, robot: st
     return load_dataset(out)
 
 
+def _latest(stamped: Sequence[tuple[int, Any]], at: np.ndarray, side: str = "right") -> np.ndarray:
+    """For each time of ``at``, the index of the last of ``stamped`` (log time, value) at or before it (``side``
+    "left": before it), -1 where none is."""
+    return np.searchsorted([t for t, _ in stamped], at, side=side) - 1
+
+
 def _task_actions(policy: list[tuple[int, np.ndarray]], human: list[tuple[int, np.ndarray]], flags: np.ndarray,
                   until: np.ndarray, bag: Path) -> dict[str, np.ndarray]:
     """Each frame's action in the task's action space (``TASK_ACTION``: the human's joint-level takeover's on a
@@ -278,10 +280,10 @@ def _task_actions(policy: list[tuple[int, np.ndarray]], human: list[tuple[int, n
     n = policy[0][1].shape[1]
     if any(rows.shape != (1, n) for _, rows in human):
         raise DatasetError(f"{bag}: {INTERNAL['teleop_action'][0]} must hold one row of the policy's {n} actions")
-    rows = np.stack([r for _, r in policy])[np.maximum(np.searchsorted([t for t, _ in policy], until) - 1, 0)]
+    rows = np.stack([r for _, r in policy])[np.maximum(_latest(policy, until, "left"), 0)]
     executed = rows[:, 0].copy()
     if human:
-        latest = np.searchsorted([t for t, _ in human], until) - 1
+        latest = _latest(human, until, "left")
         taken = flags & (latest >= 0)
         executed[taken] = np.stack([r[0] for _, r in human])[latest[taken]]
     return {TASK_ACTION: executed, BASE_ACTION: rows[:, 1]}
