@@ -24,7 +24,6 @@ DEVICE="${DEVICE:-cuda}"
 SIM_ENVS="${SIM_ENVS:-4096 16384}"
 SIM_SECONDS="${SIM_SECONDS:-20}"
 EPISODES="${EPISODES:-1000}"
-NO_COM="randomization.com_offset.range=[0.0,0.0]"  # per-world centres of mass: not on the warp backend yet
 CF2_OVERRIDES="${CF2_OVERRIDES:-num_envs=4096 max_iterations=40}"
 GO2_OVERRIDES="${GO2_OVERRIDES:-num_envs=4096 max_iterations=300}"
 mkdir -p "$OUT"
@@ -51,11 +50,11 @@ with_card() {  # add the card to a JSON object on stdin
 
 for n in $SIM_ENVS; do
   "$ROBOSTACK" bench sim --task go2-walk --backend warp --device "$DEVICE" --num-envs "$n" --seconds "$SIM_SECONDS" \
-    --json "$NO_COM" | with_card | tee "$OUT/bench_sim_go2-walk_$n.json"
+    --json | with_card | tee "$OUT/bench_sim_go2-walk_$n.json"
 done
 # shellcheck disable=SC2086  # the overrides are words
 "$ROBOSTACK" bench train cf2-hover --backend warp --device "$DEVICE" --episodes "$EPISODES" --json \
-  "task.$NO_COM" $CF2_OVERRIDES | with_card | tee "$OUT/bench_train_cf2-hover.json"
+  $CF2_OVERRIDES | with_card | tee "$OUT/bench_train_cf2-hover.json"
 # shellcheck disable=SC2086
 "$ROBOSTACK" bench train go2-walk --backend warp --device "$DEVICE" --episodes "$EPISODES" --json \
-  "task.$NO_COM" $GO2_OVERRIDES | with_card | tee "$OUT/bench_train_go2-walk.json"
+  $GO2_OVERRIDES | with_card | tee "$OUT/bench_train_go2-walk.json"

@@ -44,10 +44,22 @@ def offset_coms(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.random.G
                 offset: tuple[float, float]) -> None:
     """Each body's centre of mass shifted by a uniform offset in metres per axis. MuJoCo skips the offset of a
     body compiled with its centre of mass at its origin (``body_sameframe``: xipos = xpos), so those bodies lose
-    that shortcut: otherwise their offsets would silently not apply (MuJoCo Warp applies them regardless)."""
-    model.body_ipos[1:] = default.body_ipos[1:] + rng.uniform(*offset, (model.nbody - 1, 3))
+    that shortcut: otherwise their offsets would silently not apply (MuJoCo Warp applies them regardless). Its
+    collision detection keeps a body's bounding boxes (``bvh_aabb``) in the body's inertial frame, so they move
+    back by the offset: stale boxes sat up to 0.035 m off their geoms, and contacts went missing (a foot sank into
+    the floor until its box reached it); ``mj_setConst`` would derive the same boxes."""
+    shift = rng.uniform(*offset, (model.nbody - 1, 3))
+    model.body_ipos[1:] = default.body_ipos[1:] + shift
     model.body_sameframe[1:] = np.where(default.body_sameframe[1:] == SAME_FRAME_BODY, SAME_ROTATION_ONLY,
                                         default.body_sameframe[1:])
+    frames = np.empty((model.nbody - 1, 9))
+    for body, quat in enumerate(default.body_iquat[1:]):
+        mujoco.mju_quat2Mat(frames[body], quat)
+    in_inertial_frame = np.einsum("bji,bj->bi", frames.reshape(-1, 3, 3), shift)  # R^T shift per body
+    model.bvh_aabb[:] = default.bvh_aabb
+    for body in np.flatnonzero(default.body_bvhnum[1:] > 0) + 1:
+        first = default.body_bvhadr[body]
+        model.bvh_aabb[first:first + default.body_bvhnum[body], :3] -= in_inertial_frame[body - 1]
 
 
 def scale_friction(model: mujoco.MjModel, default: mujoco.MjModel, rng: np.random.Generator,

@@ -12,11 +12,10 @@ contact and constraint counts are watched on the device and checked on the host 
 steps and at every reset (an overflow is an error, never a silently dropped contact).
 
 Randomization writes per-env ``MjModel`` copies, as on the C backend (``per_env_models``); the fields it may
-change (``RANDOMIZED_FIELDS``: masses, inertias, friction, damping, armature, gains, body poses, and the constants
-``mj_setConst`` derives from masses) are batched per world in the Warp model and copied from the copies before the
-next step (in place: a captured graph stays valid). A randomized field that does not reach MuJoCo Warp yet
-(``UNSUPPORTED_FIELDS``: the centre of mass, which ``com_offset`` and an off-centre ``payload`` move) is an error
-naming them, never a silent difference.
+change (``RANDOMIZED_FIELDS``: masses, inertias, centres of mass, friction, damping, armature, gains, body poses,
+and the constants ``mj_setConst`` derives from masses) are batched per world in the Warp model and copied from the
+copies before the next step (in place: a captured graph stays valid). A randomizer that changes any other field
+MuJoCo Warp steps with is an error naming it, never a silent difference (checked on the first copies synced).
 A model MuJoCo Warp cannot simulate (a geom pair, a sensor, an integrator it lacks) is refused when the env is
 made, with MuJoCo Warp's own words for what is missing. Compiled kernels are cached in ``WARP_CACHE``
 (``.cache/warp`` in the working directory unless ``ROBOSTACK_WARP_CACHE`` says otherwise), not in ``$HOME``.
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -38,15 +38,13 @@ from robostack import registry
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import BackendSpec
 
-RANDOMIZED_FIELDS = ("body_mass", "body_inertia", "body_pos", "body_quat", "body_subtreemass",
-                     "body_invweight0", "dof_invweight0", "dof_damping", "dof_armature", "geom_friction", "actuator_gainprm",
-                     "actuator_biasprm")
-# Randomized per env on the C backend, not here yet: what differs and why.
-UNSUPPORTED_FIELDS = {"body_ipos": "randomization.com_offset is not supported on the warp backend yet, nor a "
-                                   "randomization.payload off its body's centre of mass: with per-world centres of "
-                                   "mass, go2-walk's worlds leave their C-backend twins within a control step (by up "
-                                   "to 0.03 m; cause not found); set com_offset's range to [0, 0] and the payload's "
-                                   "offset to [[0, 0], [0, 0], [0, 0]]"}
+RANDOMIZED_FIELDS = ("body_mass", "body_inertia", "body_ipos", "body_iquat", "body_pos", "body_quat",
+                     "body_subtreemass", "body_invweight0", "dof_invweight0", "dof_damping", "dof_armature",
+                     "geom_friction", "actuator_gainprm", "actuator_biasprm")
+# Fields (name prefixes) a randomizer changes, or mj_setConst re-derives, that MuJoCo Warp's physics does not read
+# for these models: the scene's cameras and lights (rendering goes through the C model copies, ``data_for``), a
+# muscle's acc0 and the dofs' lengths (used for muscles and sleeping).
+NOT_STEPPED_FIELDS = ("cam_", "light_", "actuator_acc0", "dof_length")
 WARP_CACHE = Path(os.environ.get("ROBOSTACK_WARP_CACHE", Path.cwd() / ".cache" / "warp"))
 CONTACTS_PER_WORLD = 64  # contact and constraint buffers, per world (an overflow is an error, see step)
 CONSTRAINTS_PER_WORLD = 256
@@ -115,6 +113,10 @@ class WarpBatch:
         self.time, self.sensordata, self.ctrl = wp.to_torch(d.time), wp.to_torch(d.sensordata), wp.to_torch(d.ctrl)
         self._qfrc_applied = wp.to_torch(d.qfrc_applied)
         self._model_fields = {field: wp.to_torch(getattr(self._model, field)) for field in RANDOMIZED_FIELDS}
+        self._stepped_fields = [f.name for f in dataclasses.fields(self._model)
+                                if f.name not in RANDOMIZED_FIELDS and not f.name.startswith(NOT_STEPPED_FIELDS)
+                                and isinstance(getattr(model, f.name, None), np.ndarray)]
+        self._fields_checked = False
         self._counts = [wp.to_torch(d.nacon), wp.to_torch(d.nefc)]
         self._limits = torch.tensor([CONTACTS_PER_WORLD * num_envs, CONSTRAINTS_PER_WORLD])
         self._high_water = torch.zeros(2, dtype=torch.int64, device=self.qpos.device)
@@ -149,13 +151,22 @@ class WarpBatch:
     def _sync_models(self) -> None:
         ids = sorted(self._changed)
         self._changed.clear()
-        for field in UNSUPPORTED_FIELDS:
-            if any(not np.array_equal(getattr(self.models[i], field), getattr(self.model, field)) for i in ids):
-                raise WarpBackendError(UNSUPPORTED_FIELDS[field])
+        if not self._fields_checked:
+            self._check_fields(self.models[ids[0]])
         index = torch.as_tensor(ids, device=self.qpos.device)
         for field, worlds in self._model_fields.items():  # [worlds, items(, vector)], torch views of Warp's
             values = np.stack([getattr(self.models[i], field) for i in ids]).reshape(len(ids), *worlds.shape[1:])
             worlds[index] = torch.as_tensor(values, dtype=worlds.dtype, device=worlds.device)
+
+    def _check_fields(self, randomized: mujoco.MjModel) -> None:
+        """A field a randomizer changed that the worlds would not get is refused by name (once: the startup and
+        reset events have run on the first copies synced)."""
+        self._fields_checked = True
+        for field in self._stepped_fields:
+            if not np.array_equal(getattr(randomized, field), getattr(self.model, field)):
+                raise WarpBackendError(f"randomization changes {field}, which the warp backend does not copy to its "
+                                       f"worlds yet (robostack.sim.warp_backend.RANDOMIZED_FIELDS); run this task "
+                                       "on the mujoco backend, or leave that randomization out")
 
     def _substeps(self) -> None:
         for _ in range(self.substeps):

@@ -398,8 +398,10 @@ def test_killing_the_policy_process_hands_the_drone_to_the_safety_fallback(tmp_p
         nodes = node_graph(ROOT / "bundles" / "cf2-hover", sim=True, randomize=False)
         with started_graph(nodes, env=env, log_dir=tmp_path, namespace=namespace) as procs:
             # the policy's commands reach the driver (discovery on this host can take seconds: until then the
-            # policy runs but the safety layer has no state or no command of it, and the drone waits on the ground)
-            wait_until(lambda: monitor.policy_flying_for(1.5), 60, "1.5 s of the policy flying", procs)
+            # policy runs but the safety layer has no state or no command of it, and the drone waits on the ground),
+            # and the monitor hears them too (its discovery of the policy is its own: seen late once in CI)
+            wait_until(lambda: monitor.policy_flying_for(1.5) and len(monitor.policy) >= 50, 60,
+                       "1.5 s of the policy flying, heard by the monitor", procs)
             shared_memory = {name: fast_dds_shared_memory(proc.pid) for name, proc in procs.items()}
             procs["policy_node"].send_signal(signal.SIGKILL)
             killed = time.time_ns()

@@ -347,3 +347,51 @@ def test_quaternion_product_matches_mujoco_in_both_precisions():
     leaf = torch.as_tensor(a, dtype=torch.float64).requires_grad_()
     mdp.quat_mul(leaf, torch.as_tensor(b)).sum().backward()
     assert leaf.grad is not None and leaf.grad.shape == (50, 4)
+
+
+@pytest.mark.parametrize("task", ["go2-walk", "panda-lift"])
+def test_a_centre_of_mass_offset_moves_the_body_s_collision_boxes_with_it(task):
+    """MuJoCo keeps a body's bounding boxes in its inertial frame: the randomizer moves them as the compiler
+    (``mj_setConst``) would place them, or contacts of a moved body go missing (a go2 foot sinks into the floor)."""
+    import copy
+
+    import mujoco
+
+    from robostack.sim.randomization import offset_coms
+
+    env = make_env(task, num_envs=1, seed=0, play=True, overrides=["sim.num_threads=1"])
+    default = env.default_model
+    env.close()
+    moved = copy.copy(default)
+    offset_coms(moved, default, np.random.default_rng(0), (-0.02, 0.02))
+    compiled = copy.copy(moved)
+    mujoco.mj_setConst(compiled, mujoco.MjData(compiled))
+    assert np.abs(moved.bvh_aabb - default.bvh_aabb).max() > 0.01
+    np.testing.assert_allclose(moved.bvh_aabb, compiled.bvh_aabb, atol=1e-12)
+    offset_coms(moved, default, np.random.default_rng(1), (0.0, 0.0))  # rewritten from the default, no drift
+    np.testing.assert_array_equal(moved.bvh_aabb, default.bvh_aabb)
+
+
+def test_a_go2_with_moved_centres_of_mass_stands_on_its_feet():
+    """The contacts the stale boxes lost: a standing go2 whose feet's centres of mass moved 2 cm up keeps its four
+    feet on the floor (before the boxes moved with them, the floor's contacts went missing and the feet sank)."""
+    import copy
+
+    import mujoco
+
+    from robostack.sim.randomization import offset_coms
+
+    env = make_env("go2-walk", num_envs=1, seed=0, play=True, overrides=["sim.num_threads=1"])
+    default = env.default_model
+    env.close()
+    moved = copy.copy(default)
+    offset_coms(moved, default, np.random.default_rng(0), (0.02, 0.02))
+    heights = []
+    for model in (default, moved):
+        data = mujoco.MjData(model)
+        mujoco.mj_resetDataKeyframe(model, data, 0)
+        data.ctrl[:] = data.qpos[7:19]
+        for _ in range(500):
+            mujoco.mj_step(model, data)
+        heights.append(data.qpos[2])
+    assert abs(heights[1] - heights[0]) < 0.005

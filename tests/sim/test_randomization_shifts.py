@@ -190,19 +190,6 @@ def test_a_wrong_shift_is_one_config_error_line_naming_its_key(task, override, m
     assert "\n" not in str(error.value)
 
 
-def test_a_payload_off_its_body_s_centre_of_mass_is_refused_on_the_warp_backend_by_name():
-    from robostack.sim.warp_backend import WarpBackendError
-
-    env = sim.make_env("cf2-hover", num_envs=2, backend="warp", overrides=[
-        "sim.num_threads=1", "randomization.com_offset.range=[0,0]", *PAYLOAD, "randomization.payload.mass=[0.01,0.01]",
-        "randomization.payload.offset=[[0.01,0.01],[0,0],[0,0]]"])
-    try:
-        with pytest.raises(WarpBackendError, match=r"nor a randomization\.payload off its body's centre of mass"):
-            env.reset(seed=0)
-    finally:
-        env.close()
-
-
 def test_eval_policy_runs_a_shipped_bundle_under_a_shift_of_the_randomized_variant():
     from robostack.workflows.evaluate import eval_policy
 

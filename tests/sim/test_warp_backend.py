@@ -14,7 +14,8 @@ from robostack.sim.warp_backend import WarpBackendError
 STATE_TOLERANCE = 1e-4  # qpos (m, rad); measured at most 7e-6
 OBSERVATION_TOLERANCE = 3e-3  # observations and rewards; measured at most 1.1e-3 (panda-lift: the velocities of
 # the gripper in contact with float32 physics), 2e-5 elsewhere
-NO_COM_OFFSET = ["randomization.com_offset.range=[0.0,0.0]"]
+PAYLOAD = ["randomization.payload.enabled=true", "randomization.payload.mass=[3,3]",
+           "randomization.payload.offset=[[-0.1,-0.1],[0,0],[0.05,0.05]]"]
 
 
 def both(task: str, play: bool, overrides: list[str], num_envs: int = 3):
@@ -64,11 +65,12 @@ def test_a_model_copy_changed_for_one_env_reaches_its_world_alone():
             env.close()
 
 
-@pytest.mark.parametrize("task", ["go2-walk", "panda-lift"])
-def test_randomized_parameters_land_in_the_right_worlds(task):
-    """Masses, friction, damping, armature, gains (go2-walk) and the cube's mass and friction (panda-lift) differ
-    per world, as on the C backend: a world given another's parameters would step away from its C twin."""
-    envs = both(task, play=False, overrides=["randomization.observation_noise=0.0", *NO_COM_OFFSET])
+@pytest.mark.parametrize("task, shift", [("go2-walk", []), ("panda-lift", []), ("go2-walk", PAYLOAD)])
+def test_randomized_parameters_land_in_the_right_worlds(task, shift):
+    """Masses, centres of mass, friction, damping, armature, gains (go2-walk), the cube's mass and friction
+    (panda-lift) and an off-centre payload (its rotated inertia) differ per world, as on the C backend: a world
+    given another's parameters would step away from its C twin."""
+    envs = both(task, play=False, overrides=["randomization.observation_noise=0.0", *shift])
     try:
         state, observation, reward = worst_differences(envs, steps=15, seed=2)
         masses = np.stack([m.body_mass for m in envs["warp"].sim.models])
@@ -81,9 +83,12 @@ def test_randomized_parameters_land_in_the_right_worlds(task):
 
 
 def test_what_the_warp_backend_cannot_do_yet_is_refused_by_name():
+    """A randomizer changing a field the worlds do not get (here the collision margins) stops the env."""
     env = sim.make_env("go2-walk", num_envs=2, backend="warp", overrides=["sim.num_threads=1"])
     try:
-        with pytest.raises(WarpBackendError, match=r"randomization.com_offset is not supported on the warp backend"):
+        env.sim.per_env_models(np.arange(2))[0].geom_margin[:] = 0.01
+        with pytest.raises(WarpBackendError, match=r"randomization changes geom_margin, which the warp backend does "
+                                                   r"not copy to its worlds yet"):
             env.reset(seed=0)
     finally:
         env.close()
@@ -109,7 +114,7 @@ def test_train_and_eval_run_on_the_warp_backend(tmp_path, monkeypatch, capsys):
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "cf2-hover"
     monkeypatch.chdir(tmp_path)
     assert main(["train", "cf2-hover", "--backend", "warp", "max_iterations=1", "num_envs=4", "eval_episodes=0",
-                 *(f"task.{o}" for o in NO_COM_OFFSET), "--json"]) == 0
+                 "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["env_steps"] > 0
     assert yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["backend"] == "warp"
@@ -120,7 +125,7 @@ def test_train_and_eval_run_on_the_warp_backend(tmp_path, monkeypatch, capsys):
 def test_tasks_read_the_warp_state_without_a_copy_and_write_it_in_place():
     """The term functions' ``env.qpos`` is the Warp array's memory (``wp.to_torch``); resets and pushes write into
     it through ``TaskEnv.write_sim``, with numpy indexes and values as on the C backend."""
-    env = sim.make_env("go2-walk", num_envs=3, backend="warp", overrides=[*NO_COM_OFFSET, "sim.num_threads=1"])
+    env = sim.make_env("go2-walk", num_envs=3, backend="warp", overrides=["sim.num_threads=1"])
     try:
         env.reset(seed=0)
         assert env.qpos.data_ptr() == env.sim.qpos.data_ptr() and env.qpos.dtype == torch.float32
@@ -138,7 +143,7 @@ def test_an_overflowing_contact_buffer_is_an_error(monkeypatch):
     from robostack.sim import warp_backend
 
     monkeypatch.setattr(warp_backend, "CONTACTS_PER_WORLD", 24)
-    env = sim.make_env("go2-walk", num_envs=2, backend="warp", overrides=[*NO_COM_OFFSET, "sim.num_threads=1"])
+    env = sim.make_env("go2-walk", num_envs=2, backend="warp", overrides=["sim.num_threads=1"])
     try:
         env.reset(seed=0)
         # both robots sunk into the floor (the model's qpos0): 48 contacts each, 96 for a buffer of 48
