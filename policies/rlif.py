@@ -22,6 +22,7 @@ import torch
 
 from robostack import registry
 from robostack.policies.command_correction import CommandCorrectionConfig
+from robostack.policies.gripper_rule import GripperRuleConfig
 from robostack.policies.iql import IQLConfig
 from robostack.policies.sac import BUFFER_KEYS, SAC, ReplayBuffer, SACConfig, updates_in_blocks
 from robostack.specs import AlgorithmSpec
@@ -47,6 +48,7 @@ class RLIFConfig:
     seed: int = 0
     iql: IQLConfig = field(default_factory=IQLConfig)  # offline: IQL instead of SAC (its own gamma, batch, ...)
     command: CommandCorrectionConfig = field(default_factory=CommandCorrectionConfig)  # --algo command-correction
+    gripper: GripperRuleConfig = field(default_factory=GripperRuleConfig)  # --algo gripper-rule
 
 
 def takeover_starts(intervention: np.ndarray, episode_index: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ commanded targets, running integrals) kept by the shared ``PolicyState``.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import mujoco
 import numpy as np
@@ -195,6 +195,18 @@ class ObservationBuilder(MeasuredTask):
                                        f"must be a finite position (3) and orientation (4), got {pose!r}")
             self.model.body_pos[body] = position
             self.model.body_quat[body] = orientation / max(np.linalg.norm(orientation), 1e-9)
+
+    def term_columns(self, names: Sequence[str]) -> list[int]:
+        """Where the ``policy`` observation's terms ``names`` are in its vector (``observation``), in that order."""
+        layout, start = {}, 0
+        for name, term in self._terms.items():
+            width = int(term.func(self).shape[-1])
+            layout[name], start = range(start, start + width), start + width
+        unknown = [n for n in names if n not in layout]
+        if unknown:
+            raise ValueError(f"task {self.task.name!r}'s policy observation has no term(s) {unknown} "
+                             f"(its terms: {list(layout)})")
+        return [column for name in names for column in layout[name]]
 
     def observation(self) -> np.ndarray:
         """The raw ``policy`` observation vector (the bundle's ONNX input; a residual's without the base's

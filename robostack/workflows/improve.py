@@ -14,7 +14,7 @@ Each round (a folder ``round-<r>/`` of ``--out``):
 3. ``bundle/``: a correction of the starting bundle learned from the datasets of every round so far
    (``robostack.workflows.interventions``, with the config's ``algo``: rlif, a residual with RLIF's reward and
    RLPD's mixing; iql, a residual by IQL from the logs alone; command-correction, the human's stick rule moving
-   the command the bundle follows).
+   the command the bundle follows; gripper-rule, a residual closing the gripper where the human closed it).
 4. ``eval.json``: the new bundle in the vectorized simulator under the shift.
 
 The next round deploys that bundle. Every step leaves its output and a ``.json`` that says it finished; a rerun
@@ -40,7 +40,7 @@ from robostack.policies.rlif import RLIFConfig, rlif_rewards
 from robostack.workflows.convert import convert_bag
 from robostack.workflows.evaluate import eval_policy
 from robostack.workflows.interventions import (check_command_settings, correctable, intervention_algorithm,
-                                                learn_from_interventions)
+                                                learn_from_interventions, with_rule_inputs)
 
 SETTINGS_FILE = "improve.json"
 ROUND_STEPS = ("deploy", "dataset", "train", "eval")  # each writes <step>.json in its round's folder when done
@@ -55,7 +55,7 @@ class ImproveConfig:
     episodes_per_round: int = 20
     eval_episodes: int = 1000
     exploration_std: float = 0.0  # the deployed policy's action noise (policy_node): logs with actions to compare
-    algo: str = "rlif"  # the learner of every round: one that learns from interventions (rlif, iql, command-correction)
+    algo: str = "rlif"  # the learner of every round, one that learns from interventions (robostack list)
     rlif: RLIFConfig = field(default_factory=RLIFConfig)
 
 
@@ -127,7 +127,7 @@ def improve(task: str, policy: str | os.PathLike | None, out: str | os.PathLike,
     if intervention_algorithm(cfg.algo).bundle_kind == COMMAND_CORRECTION:  # all before anything is deployed
         check_command_settings(policy, cfg.rlif)
     else:
-        correctable(policy)
+        with_rule_inputs(cfg.rlif, correctable(policy)[1])
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     settings = {"task": task, "policy": str(Path(policy).resolve()), "episodes_per_round": episodes_per_round,

@@ -13,6 +13,7 @@ executed actions then answer the task's command, which is what the correction mu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -230,6 +231,15 @@ class HeldCommands:
                                "pinned at the takeover's lead): no stick rule to learn")
 
 
+def with_rule_inputs(cfg: RLIFConfig, builder: ObservationBuilder) -> RLIFConfig:
+    """``cfg`` with its gripper rule's ``inputs`` (the policy observation's terms, by name) as the columns of the
+    observation vector they occupy; ``ValueError`` (one line) naming a term the task's observation lacks."""
+    if not cfg.gripper.inputs:
+        return cfg
+    columns = tuple(builder.term_columns(cfg.gripper.inputs))
+    return dataclasses.replace(cfg, gripper=dataclasses.replace(cfg.gripper, columns=columns))
+
+
 def check_command_settings(policy: str | os.PathLike, cfg: RLIFConfig) -> tuple[Any, ObservationBuilder]:
     """``correctable(policy)``, and ``cfg.command`` names a state value per command component and values the robot
     gives (``ValueError``, one line): what a loop checks before it deploys anything."""
@@ -279,6 +289,7 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
         summary = learn_command_correction([load_dataset(d) for d in datasets], policy, out, spec, cfg)
         return {**summary, "wall_s": round(time.perf_counter() - start, 1)}
     base, builder = correctable(policy)
+    cfg = with_rule_inputs(cfg, builder)
     steps = LoggedSteps(builder, [load_dataset(d) for d in datasets])
     if steps.base is not None:  # what the base proposed as it ran
         base_actions = steps.base

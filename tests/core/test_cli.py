@@ -200,7 +200,8 @@ def test_bench_train_takes_overrides_after_options():
 def test_train_rejects_unknown_algorithm(fake_train, capsys):
     assert cli.main(["train", "cf2-hover", "--algo", "dqn"]) == 2
     assert capsys.readouterr().err == ("robostack: error: unknown algorithm 'dqn'; known algorithms: "
-                                       "command-correction, diffusion, iql, ppo, rlif, sac, safety-critic\n")
+                                       "command-correction, diffusion, gripper-rule, iql, ppo, rlif, sac, "
+                                       "safety-critic\n")
     assert fake_train == []
 
 

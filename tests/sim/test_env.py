@@ -244,8 +244,9 @@ def test_registry_lists_the_builtin_catalogue():
     assert [spec.name for spec in registry.registered(RobotSpec)] == ["cf2", "go2", "panda"]
     assert [spec.name for spec in sim.tasks()] == ["cf2-hover", "go2-walk", "panda-insert", "panda-lift", "panda-reach"]
     policies.load()
-    assert [spec.name for spec in registry.registered(AlgorithmSpec)] == ["command-correction", "diffusion", "iql",
-                                                                         "ppo", "rlif", "sac", "safety-critic"]
+    assert [spec.name for spec in registry.registered(AlgorithmSpec)] == ["command-correction", "diffusion",
+                                                                         "gripper-rule", "iql", "ppo", "rlif", "sac",
+                                                                         "safety-critic"]
     sim.load_backends()
     assert [spec.name for spec in registry.registered(BackendSpec)] == ["mujoco", "warp"]
     assert sim.task("go2-walk").robot == "go2"

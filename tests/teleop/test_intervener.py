@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from robostack import sim
 from robostack.sim.robots.cf2.tasks import HoverIntervener
@@ -57,6 +58,8 @@ def test_the_drone_is_taken_over_when_it_strays_and_handed_back_once_settled_at_
 
 
 def test_the_arm_is_taken_over_after_a_missed_grasp_with_the_gripper_opened_and_handed_back_once_lifted():
+    from robostack.sim.robots.panda.lift import LiftIntervener
+
     env = sim.make_env("panda-lift", num_envs=1, play=True, overrides=["sim.num_threads=1"])
     try:
         env.reset(seed=0)
@@ -64,12 +67,41 @@ def test_the_arm_is_taken_over_after_a_missed_grasp_with_the_gripper_opened_and_
         assert human.tick(env) is None  # open gripper above the table: nothing wrong
         fingers = [env.default_model.joint(f"finger_joint{i}").qposadr[0] for i in (1, 2)]
         place(env, {adr: 0.001 for adr in fingers})  # closed on nothing, far from the cube
+        missed_ticks = round(LiftIntervener.MISSED_S / env.control_dt)
+        assert all(human.tick(env) is None for _ in range(missed_ticks - 1))  # a twitch it may take back
         pad = human.tick(env)
         open_button, close_button = TAKEOVER_GRIPPER_BUTTONS
         assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and pad.buttons[open_button] and not pad.buttons[close_button]
         assert max(abs(a) for a in pad.axes) > 0.0  # moving toward the cube
         env.episode_length[0] = 0  # the episode ended and the arm was put back: the human lets go
         assert not any(human.tick(env).buttons)
+    finally:
+        env.close()
+
+
+def test_the_arm_is_taken_over_when_it_hovers_at_the_cube_without_closing_and_the_human_closes_at_once():
+    """A grasp that never comes (the TCP at the cube, fingers open) is taken over after ``HOVER_S``; with the cube
+    between the fingers the human closes there (not from above the cube); a held cube is not a hover."""
+    from robostack.sim.robots.panda.lift import LiftIntervener
+    from robostack.sim.robots.panda.reach import ee_pos
+
+    env = sim.make_env("panda-lift", num_envs=1, play=True, overrides=["sim.num_threads=1"])
+    try:
+        env.reset(seed=0)
+        human = SimulatedHuman(env, "arm")
+        cube = env.default_model.joint("object").qposadr[0]
+        fingers = [env.default_model.joint(f"finger_joint{i}").qposadr[0] for i in (1, 2)]
+        hover_ticks = round(LiftIntervener.HOVER_S / env.control_dt)
+        place(env, {adr: 0.025 for adr in fingers})  # fingers at the cube's width: holding it, not hovering
+        place(env, dict(zip(range(cube, cube + 3), ee_pos(env)[0].tolist())))  # the cube's centre at the TCP
+        assert all(human.tick(env) is None for _ in range(2 * hover_ticks))
+        place(env, {adr: 0.04 for adr in fingers})  # wide open, the TCP 1 cm below the cube's centre
+        place(env, dict(zip(range(cube, cube + 3), (ee_pos(env)[0] + torch.tensor([0.0, 0.0, 0.01])).tolist())))
+        assert all(human.tick(env) is None for _ in range(hover_ticks - 1))
+        pad = human.tick(env)
+        open_button, close_button = TAKEOVER_GRIPPER_BUTTONS
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and human.takeovers == 1
+        assert pad.buttons[close_button] and not pad.buttons[open_button]  # straddling it: closes there, no detour
     finally:
         env.close()
 

@@ -180,12 +180,24 @@ def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys
                  str(ROOT / "bundles" / "panda-insert"), "--out", str(tmp_path / "b")]) == 2  # correct its base
     err = capsys.readouterr().err
     assert "a 'residual' bundle, itself a correction of the bundle in its base/" in err, err
+    # a gripper rule reading a term the task's observation lacks, refused before anything is deployed
+    assert main(["improve", "--task", "panda-lift", "--out", str(tmp_path / "rule"), "rlif.gripper.inputs=[tcp_pos, "
+                 "cube_pos]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "task 'panda-lift''s policy observation has no term(s) ['cube_pos']" in err, err
+    assert not (tmp_path / "rule").exists()
+    from robostack.bundle import load_bundle
+    from robostack.real.observation import ObservationBuilder
+
+    builder = ObservationBuilder(load_bundle(ROOT / "bundles" / "panda-lift").metadata)
+    width = len(builder.observation())
+    assert builder.term_columns(["joint_pos", "last_action"]) == [*range(7), *range(width - 7, width)]
     assert main(["improve", "--task", "panda-reach", "--out", str(tmp_path / "reach")]) == 2
     assert "task 'panda-reach' has no simulated intervener" in capsys.readouterr().err
     # the algorithms that learn from interventions, and --offline as iql's other name
     assert main(["improve", "--task", "cf2-hover", "--algo", "sac", "--out", str(tmp_path / "sac")]) == 2
-    assert ("algorithm 'sac' does not learn from interventions (those that do: ['command-correction', 'iql', "
-            "'rlif'])") in capsys.readouterr().err
+    assert ("algorithm 'sac' does not learn from interventions (those that do: ['command-correction', "
+            "'gripper-rule', 'iql', 'rlif'])") in capsys.readouterr().err
     assert not (tmp_path / "sac").exists()  # refused before anything was deployed
     # a command correction needs to know what the command sets: go2-walk's loop does not say
     assert main(["improve", "--task", "go2-walk", "--algo", "command-correction", "--out", str(tmp_path / "cc")]) == 2

@@ -125,20 +125,40 @@ class LiftExpert(manip.ScriptedExpert):
 
 
 class LiftIntervener(TaskIntervener):
-    """Takes over when the fingers close with the cube not between them (a missed grasp: the pads closer than half
-    the cube's edge, its centre farther than ``hold_distance`` from the TCP); drives with the scripted expert from
-    its first phase (the gripper opens, above the cube, down, close, lift); hands back once the cube is lifted."""
+    """Takes over when the fingers stay closed with the cube not between them for ``MISSED_S`` (a missed grasp: the
+    pads closer than half the cube's edge, its centre farther than ``hold_distance`` from the TCP; a twitch of the
+    fingers the policy takes back at once is no reason to take the controls), or when the TCP has hovered at the
+    cube (within ``AT_CUBE_M``) with the fingers wider than the cube by ``OPEN_MARGIN_M`` (not holding it) for
+    ``HOVER_S`` in the episode (a grasp that never comes); drives with the scripted expert (the gripper opens,
+    above the cube, down, close, lift; where the cube is between the fingers already, it closes there, as a person
+    would); hands back once the cube is lifted."""
+
+    AT_CUBE_M, HOVER_S, OPEN_MARGIN_M, MISSED_S = 0.015, 1.0, 0.01, 0.3
 
     def __init__(self, env: TaskEnv):
         self.expert = LiftExpert(env)
         self.closing = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+        self.hover_steps = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
+        self.missed_steps = torch.zeros_like(self.hover_steps)
 
     def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
         self.expert.reset(env_ids)
+        ids = torch.as_tensor(env_ids, dtype=torch.long, device=env.device)
+        at_cube = manip.tcp_distance(env)[ids] < self.AT_CUBE_M
+        self.expert.phase[ids[at_cube]] = LiftExpert.CLOSE
+        self.hover_steps[ids] = 0
+        self.missed_steps[ids] = 0
 
     def going_wrong(self, env: TaskEnv) -> torch.Tensor:
         cfg: PandaLiftConfig = env.task_cfg
-        return (manip.gripper_opening(env)[:, 0] < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
+        opening = manip.gripper_opening(env)[:, 0]
+        hovering = ((manip.tcp_distance(env) < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
+                    & (env.episode_length > 0))
+        self.hover_steps = torch.where(hovering, self.hover_steps + 1, torch.zeros_like(self.hover_steps))
+        missed = (opening < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
+        self.missed_steps = torch.where(missed, self.missed_steps + 1, torch.zeros_like(self.missed_steps))
+        return ((self.missed_steps >= round(self.MISSED_S / env.control_dt))
+                | (self.hover_steps >= round(self.HOVER_S / env.control_dt)))
 
     def back_on_track(self, env: TaskEnv) -> torch.Tensor:
         return lifted(env)
