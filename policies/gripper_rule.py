@@ -9,8 +9,8 @@ policy's own except those in the ``before_takeover_steps`` before a takeover (wh
 fixes are learned from what they did instead). Only the human's steps teach too little: takeovers at the cube
 close at once, and a rule fitted on them alone closed the gripper far from the cube (0.052 of 1000 episodes).
 It is exported as a residual that adds a close where that probability is above ``threshold`` and changes
-nothing else: the base's motion and its own closes pass as they were. The residual's ``scale`` must reach across the gripper's range (2 for actions
-in [-1, 1]), so that an open command becomes a close.
+nothing else: the base's motion and its own closes pass as they were. The residual's ``scale`` must reach across
+the gripper's range (2 for actions in [-1, 1]), so that an open command becomes a close.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class GripperRule:
             layers += [nn.Linear(width, size), nn.ReLU()]
             width = size
         self.net = nn.Sequential(*layers, nn.Linear(width, 1))
-        self.obs_dim, self.act_dim, self.cfg = obs_dim, act_dim, cfg
+        self.act_dim, self.cfg = act_dim, cfg
         self.gripper = cfg.action_index % act_dim
         self.mean, self.std = mean, std
 
@@ -61,7 +61,7 @@ class GripperRule:
         return self.net((obs[:, self.columns] - self.mean) / self.std)[:, 0]
 
     def export_module(self) -> nn.Module:
-        """``[observation, base action] -> residual``: 1 on the gripper where the human would close, else 0."""
+        """``[observation, base action] -> residual``: 1 on the gripper where the rule closes, else 0."""
         return _CloseWhereTheHumanWould(self)
 
 
@@ -108,8 +108,9 @@ def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Ten
     executed = online["policy_obs"][:, obs_dim + gripper] + settings.scale * online["actions"][:, gripper]
     closes = (executed[~went_wrong] > 0).float()
     if len(closes) == 0 or closes.min() == closes.max():
-        raise ValueError(f"the {len(closes)} steps that went right never {'open' if len(closes) and closes[0] else 'close'}"
-                         " the gripper: no rule to learn where it closes")
+        never = "open" if len(closes) and closes[0] else "close"
+        raise ValueError(f"the {len(closes)} steps that went right never {never} the gripper: no rule to learn "
+                         "where it closes")
     torch.manual_seed(settings.seed)
     if any(not 0 <= c < obs_dim for c in cfg.columns):
         raise ValueError(f"gripper.columns {list(cfg.columns)} lie outside the {obs_dim} observation values")
