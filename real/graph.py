@@ -46,6 +46,7 @@ HANG_S = 2.0  # a running commander whose commands have been stale this long han
 STOP_WAIT_S = 5.0  # SIGINT, then SIGKILL after this long
 FALLBACK_WAIT_S = 30.0  # the longest a wind-down waits for the safety node's fallback to complete
 POLL_S = 0.05
+RECORD_TAIL_S = 0.5  # after the fallback completes, before the recorder stops: its last messages reach the bag
 # sim_robot_node's report at every episode end (its EPISODE_TOPIC; JSON: episode, success, return, length, metrics)
 SIM_EPISODE = ("sim/episode", "std_msgs/msg/String")
 
@@ -383,6 +384,8 @@ def _wind_down(procs: dict[str, subprocess.Popen], status_path: Path, signals: l
             break
         time.sleep(POLL_S)
         status = _read_status(status_path)
+    if "recorder_node" in procs and procs["recorder_node"].poll() is None:
+        time.sleep(RECORD_TAIL_S)  # the fallback's last phase was just published (a CI run's bag once lacked it)
     for stage in stop_order(list(procs))[1:]:
         _stop(procs, stage, at_once=SAFETY_NODE in stage)
     if not status.get("commanded"):
