@@ -41,6 +41,7 @@ from robostack.specs import ROBOT_KINDS, RobotSpec
 PACKAGE = "robostack"
 TELEOP_INPUTS = ("joy", "twist")  # teleop_node's inputs: a gamepad (the joy driver) or a Twist stream
 SAFETY_NODE = "safety_node"
+RECORDER_NODE = "recorder_node"
 COMMANDERS = ("policy_node", "teleop_node")  # the nodes whose commands the safety layer passes
 HANG_S = 2.0  # a running commander whose commands have been stale this long hangs
 STOP_WAIT_S = 5.0  # SIGINT, then SIGKILL after this long
@@ -156,7 +157,7 @@ def node_graph(policy: str | os.PathLike, sim: bool = False, record: str | os.Pa
     if teleop:
         nodes.append(NodeSpec("teleop_node", "teleop_node", {"robot": spec.name, "bundle": policy, "input": teleop}))
     if record:
-        nodes.append(NodeSpec("recorder_node", "recorder_node",
+        nodes.append(NodeSpec(RECORDER_NODE, RECORDER_NODE,
                               {"topics": recorded_topics(spec.name, bundle.task, sim),
                                "best_effort_topics": best_effort_topics(spec.name, bundle.task),
                                "output": str(Path(record).resolve())}))
@@ -384,7 +385,7 @@ def _wind_down(procs: dict[str, subprocess.Popen], status_path: Path, signals: l
             break
         time.sleep(POLL_S)
         status = _read_status(status_path)
-    if "recorder_node" in procs and procs["recorder_node"].poll() is None:
+    if RECORDER_NODE in procs and procs[RECORDER_NODE].poll() is None:
         time.sleep(RECORD_TAIL_S)  # the fallback's last phase was just published (a CI run's bag once lacked it)
     for stage in stop_order(list(procs))[1:]:
         _stop(procs, stage, at_once=SAFETY_NODE in stage)

@@ -111,7 +111,7 @@ class ObservationBuilder(MeasuredTask):
             _ = self.frame_reader  # a chunk bundle reads the state through it: made now, to refuse a layout here
             return
         listed = [(t["name"], int(t["dim"])) for t in terms]
-        built = [(name, int(term.func(self).shape[-1])) for name, term in self._terms.items()]
+        built = self._term_widths()
         if self.kind == RESIDUAL:
             built.append((RESIDUAL_BASE_TERM, self.action_dim))
         if listed != built:
@@ -196,11 +196,14 @@ class ObservationBuilder(MeasuredTask):
             self.model.body_pos[body] = position
             self.model.body_quat[body] = orientation / max(np.linalg.norm(orientation), 1e-9)
 
+    def _term_widths(self) -> list[tuple[str, int]]:
+        """The ``policy`` observation's terms in order, with how many values each gives."""
+        return [(name, int(term.func(self).shape[-1])) for name, term in self._terms.items()]
+
     def term_columns(self, names: Sequence[str]) -> list[int]:
         """Where the ``policy`` observation's terms ``names`` are in its vector (``observation``), in that order."""
         layout, start = {}, 0
-        for name, term in self._terms.items():
-            width = int(term.func(self).shape[-1])
+        for name, width in self._term_widths():
             layout[name], start = range(start, start + width), start + width
         unknown = [n for n in names if n not in layout]
         if unknown:

@@ -37,3 +37,9 @@ class TaskIntervener:
     def gripper_closed(self, env) -> torch.Tensor | None:
         """[N] bool for an arm with a gripper: whether the human closes it (after ``command``); None otherwise."""
         return None
+
+
+def steps_held(count: torch.Tensor, holds: torch.Tensor) -> torch.Tensor:
+    """[N] consecutive control steps a condition has held: ``count`` plus one where ``holds``, zero where not (a
+    human's patience before taking over or handing back)."""
+    return torch.where(holds, count + 1, torch.zeros_like(count))

@@ -16,7 +16,7 @@ from robostack import registry
 from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.robots.cf2 import model as cf2
-from robostack.sim.intervention import TaskIntervener
+from robostack.sim.intervention import TaskIntervener, steps_held
 from robostack.sim.task_env import TaskEnv, as_tensor
 from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, Integral, ObsTerm,
@@ -222,7 +222,7 @@ class HoverIntervener(TaskIntervener):
         return self._settled(env) & (self.settled_steps * env.control_dt >= self.SETTLE_S - 1e-9)
 
     def command(self, env: TaskEnv) -> torch.Tensor:
-        self.settled_steps = torch.where(self._settled(env), self.settled_steps + 1, 0)
+        self.settled_steps = steps_held(self.settled_steps, self._settled(env))
         return self.GAIN * position_error(env) - self.DAMPING * mdp.base_lin_vel_world(env)
 
 

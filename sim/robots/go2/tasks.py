@@ -15,7 +15,7 @@ from robostack.sim import mdp
 from robostack.sim import randomization as dr
 from robostack.sim.joint_limits import JointTargetLimits, TargetBounds
 from robostack.sim.robots.go2 import model as go2
-from robostack.sim.intervention import TaskIntervener
+from robostack.sim.intervention import TaskIntervener, steps_held
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import TaskSpec
 from robostack.sim.terms import (ActionMap, Definition, DoneTerm, EventConfig, EventTerm, ObsTerm,
@@ -223,7 +223,7 @@ class WalkIntervener(TaskIntervener):
 
     def going_wrong(self, env: TaskEnv) -> torch.Tensor:
         off = lin_vel_error(env) > self.TRACKING_M_S
-        self.off_track_steps = torch.where(off, self.off_track_steps + 1, torch.zeros_like(self.off_track_steps))
+        self.off_track_steps = steps_held(self.off_track_steps, off)
         return (self._tilt(env) > self.TILT_RAD) | (self.off_track_steps * env.control_dt >= self.TRACKING_S)
 
     def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:

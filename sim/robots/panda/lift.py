@@ -15,7 +15,7 @@ from robostack import registry
 from robostack.sim import mdp
 from robostack.sim.robots.panda import manipulation as manip
 from robostack.sim.robots.panda import reach
-from robostack.sim.intervention import TaskIntervener
+from robostack.sim.intervention import TaskIntervener, steps_held
 from robostack.sim.task_env import TaskEnv
 from robostack.specs import TaskSpec
 from robostack.sim.terms import Definition, EventConfig, ObsTerm, RewardTerm, TaskDefinition, defined
@@ -154,9 +154,9 @@ class LiftIntervener(TaskIntervener):
         opening = manip.gripper_opening(env)[:, 0]
         hovering = ((manip.tcp_distance(env) < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
                     & (env.episode_length > 0))
-        self.hover_steps = torch.where(hovering, self.hover_steps + 1, torch.zeros_like(self.hover_steps))
+        self.hover_steps = steps_held(self.hover_steps, hovering)
         missed = (opening < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
-        self.missed_steps = torch.where(missed, self.missed_steps + 1, torch.zeros_like(self.missed_steps))
+        self.missed_steps = steps_held(self.missed_steps, missed)
         return ((self.missed_steps >= round(self.MISSED_S / env.control_dt))
                 | (self.hover_steps >= round(self.HOVER_S / env.control_dt)))
 
