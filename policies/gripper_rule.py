@@ -24,8 +24,9 @@ from robostack import registry
 from robostack.policies.sac import updates_in_blocks
 from robostack.specs import AlgorithmSpec
 
-__all__ = ["GripperRuleConfig", "GripperRule", "fit_gripper_rule"]
+__all__ = ["NAME", "GripperRuleConfig", "GripperRule", "fit_gripper_rule"]
 
+NAME = "gripper-rule"
 UPDATE_BLOCK = 250
 
 
@@ -39,6 +40,7 @@ class GripperRuleConfig:
     hidden: tuple[int, ...] = (64, 64)
     batch_size: int = 256
     learning_rate: float = 1e-3
+    updates: int = 2000  # the classifier's gradient steps (``RLIFConfig.updates`` are rlif's and iql's)
 
 
 class GripperRule:
@@ -87,10 +89,10 @@ def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Ten
     """Fit the rule on the logged steps (``online``, in log order, a takeover's start marked by the reward of -1
     on the policy's step before it) less the policy's ``before_takeover_steps`` before each takeover, from
     ``BUFFER_KEYS``-layout buffers whose actions are residual targets at ``settings.scale``: the executed command
-    is the base's plus ``scale`` times that target. ``settings``: its ``RLIFConfig`` (``gripper``, ``updates``,
-    ``seed``). Refuses, in one line, a scale that cannot turn an open command into a close, a run of logs without
-    any takeover (``prior``, the human's steps, empty: nothing says where the policy goes wrong), and steps that
-    never close or never open (nothing to tell apart)."""
+    is the base's plus ``scale`` times that target. ``settings``: its ``RLIFConfig`` (``gripper``, ``seed``).
+    Refuses, in one line, a scale that cannot turn an open command into a close, a run of logs without any
+    takeover (``prior``, the human's steps, empty: nothing says where the policy goes wrong), and steps that never
+    close or never open (nothing to tell apart)."""
     cfg: GripperRuleConfig = settings.gripper
     if settings.scale < 2.0:
         raise ValueError(f"a gripper rule needs scale >= 2 (the gripper's whole range) to turn an open command into "
@@ -132,10 +134,10 @@ def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Ten
             agree = ((rule.logits(obs) > 0).float() == closes).float().mean()
         return {"bce": float(loss.detach()), "accuracy": float(agree)}
 
-    return rule, updates_in_blocks(update, settings.updates, UPDATE_BLOCK, on_update)
+    return rule, updates_in_blocks(update, cfg.updates, UPDATE_BLOCK, on_update)
 
 
 SPEC = registry.register(AlgorithmSpec(
-    "gripper-rule", "the human's gripper rule from their takeovers: a residual that closes where they closed",
+    NAME, "the human's gripper rule from their takeovers: a residual that closes where they closed",
     "interventions", GripperRuleConfig, bundle_kind="residual", trainer=fit_gripper_rule,
     exporter=GripperRule.export_module))

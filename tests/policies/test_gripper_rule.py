@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from robostack.policies.gripper_rule import fit_gripper_rule
+from robostack.policies.gripper_rule import GripperRuleConfig, fit_gripper_rule
 from robostack.policies.rlif import RLIFConfig
 
 
@@ -38,7 +38,7 @@ def buffers(n: int = 2000, scale: float = 2.0, closes_where=lambda d: d < 0.3, w
 
 def test_the_rule_closes_where_the_steps_that_went_right_closed_and_leaves_the_rest_alone():
     online, prior = buffers()
-    rule, losses = fit_gripper_rule(online, prior, RLIFConfig(scale=2.0, updates=1500))
+    rule, losses = fit_gripper_rule(online, prior, RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=1500)))
     assert losses["accuracy"] > 0.97
     module = rule.export_module()
     near, far = torch.tensor([[0.1, 0.0, 0.5, -1.0]]), torch.tensor([[0.8, 0.0, 0.5, -1.0]])
@@ -51,7 +51,7 @@ def test_what_the_policy_did_before_a_takeover_is_left_out():
     steps outnumber the human's and teach the rule to stay open; left out (the default window), the rule closes as
     the human did."""
     online, prior = buffers(closes_where=lambda d: d < 0.0, wrong_before=80)  # closes only at the takeovers
-    cfg = RLIFConfig(scale=2.0, updates=1500)
+    cfg = RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=1500))
     near = torch.tensor([[0.1, 0.0, 0.5, -1.0]])
     rule, _ = fit_gripper_rule(online, prior, cfg)
     assert rule.export_module()(near).tolist() == [[0.0, 1.0]]
@@ -62,7 +62,7 @@ def test_what_the_policy_did_before_a_takeover_is_left_out():
 
 def test_the_rule_reads_only_its_columns():
     online, prior = buffers()
-    cfg = RLIFConfig(scale=2.0, updates=500)
+    cfg = RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=500))
     rule, _ = fit_gripper_rule(online, prior, dataclasses.replace(cfg, gripper=dataclasses.replace(cfg.gripper,
                                                                                                    columns=(0,))))
     module = rule.export_module()
@@ -72,10 +72,10 @@ def test_the_rule_reads_only_its_columns():
 def test_what_the_rule_cannot_learn_is_refused_in_one_line():
     online, prior = buffers(scale=0.5)
     with pytest.raises(ValueError, match=r"needs scale >= 2 .* got scale=0.5"):
-        fit_gripper_rule(online, prior, RLIFConfig(scale=0.5, updates=10))
+        fit_gripper_rule(online, prior, RLIFConfig(scale=0.5, gripper=GripperRuleConfig(updates=10)))
     online, prior = buffers(closes_where=lambda d: d < 0.0)
     with pytest.raises(ValueError, match=r"never close the gripper"):
-        fit_gripper_rule(online, prior, RLIFConfig(scale=2.0, updates=10))
+        fit_gripper_rule(online, prior, RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=10)))
     online, _ = buffers()
     with pytest.raises(ValueError, match=r"no human step"):
-        fit_gripper_rule(online, {k: v[:0] for k, v in online.items()}, RLIFConfig(scale=2.0, updates=10))
+        fit_gripper_rule(online, {k: v[:0] for k, v in online.items()}, RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=10)))

@@ -60,8 +60,13 @@ def test_the_simulated_intervener_takes_over_through_teleop_node_and_hands_back(
     commands = data.frames(["observation.command"])["observation.command"]
     target = np.array([0.0, 0.0, 1.0])
     at_target = np.all(np.abs(commands - target) < 1e-6, axis=1)
-    assert at_target[~flags].mean() > 0.9  # the operator's target while the policy flies (the human's last
-    # setpoint holds until the operator's next command, 0.1 s after a hand-back)
+    # the operator's target while the policy flies, but for the human's last setpoint, which holds until the
+    # operator's next command after a hand-back (0.1 s; 0.3 s allowed on a loaded host)
+    handed_back = np.flatnonzero(flags[:-1] & ~flags[1:]) + 1
+    holding = np.zeros_like(flags)
+    for start in handed_back:
+        holding[start:start + int(0.3 * data.fps)] = True
+    assert at_target[~flags & ~holding].mean() > 0.98, (at_target[~flags].mean(), len(handed_back))
     assert np.abs(commands[flags] - target).max() > 0.05  # the human's setpoint, moved off the operator's target
 
 

@@ -109,12 +109,16 @@ class LiftExpert(manip.ScriptedExpert):
     CLOSE_STEPS = 15  # control steps the fingers get to close before lifting
     MAX_STEP = (0.012, 0.006, 0.002, 0.008)  # m per control step in each phase
 
-    def script(self, env: TaskEnv) -> torch.Tensor:
-        cube, tcp, tcp_quat = manip.object_pos(env), reach.ee_pos(env), reach.ee_quat(env)
+    def turn(self, env: TaskEnv) -> torch.Tensor:
+        """[N, 3] the rotation vector from the gripper to pointing down with its fingers across the cube's faces."""
+        tcp_quat = reach.ee_quat(env)
         yaw = manip.quarter_turn_yaw(manip.heading(manip.object_quat(env)), manip.heading(tcp_quat))
-        turn = mdp.quat_error_vector(tcp_quat, manip.pointing_down(yaw))
+        return mdp.quat_error_vector(tcp_quat, manip.pointing_down(yaw))
+
+    def script(self, env: TaskEnv) -> torch.Tensor:
+        cube, tcp, turn = manip.object_pos(env), reach.ee_pos(env), self.turn(env)
         above = cube + torch.tensor([0.0, 0.0, self.HOVER], device=env.device)
-        self.advance(self.APPROACH, (torch.norm(above - tcp, dim=1) < 0.01) & (torch.norm(turn, dim=1) < 0.05))
+        self.advance(self.APPROACH, (torch.norm(above - tcp, dim=1) < 0.01) & self.aligned(turn))
         self.advance(self.DESCEND, torch.norm(cube - tcp, dim=1) < 0.005)
         self.advance(self.CLOSE, self.phase_steps >= self.CLOSE_STEPS)
         lift_to = env.command + torch.tensor([0.0, 0.0, 0.02], device=env.device)  # a margin past the goal
@@ -123,42 +127,88 @@ class LiftExpert(manip.ScriptedExpert):
         max_step = torch.as_tensor(self.MAX_STEP, device=env.device)[self.phase]
         return self.servo(env, target - tcp, turn, max_step, close=self.phase >= self.CLOSE)
 
+    def aligned(self, turn: torch.Tensor) -> torch.Tensor:
+        """[N] bool: the gripper is turned to the cube's faces and points down (``turn``: the rotation vector left)."""
+        return torch.norm(turn, dim=1) < 0.05
+
+
+class PadLiftExpert(LiftExpert):
+    """The expert as a person drives it with a pad: roll and pitch are not on the sticks (x, y, z, yaw), so the
+    approach waits for the yaw alone (waiting for a tilt the policy left stalled 2 of 6 takeovers); the fingers
+    open before it goes down (going down while they opened pressed them on the cube's top and tipped the hand)."""
+
+    def aligned(self, turn: torch.Tensor) -> torch.Tensor:
+        return torch.abs(turn[:, 2]) < 0.05
+
+    def script(self, env: TaskEnv) -> torch.Tensor:
+        action = super().script(env)
+        opening = manip.gripper_opening(env)[:, 0]
+        closed = opening < env.task_cfg.cube.size + LiftIntervener.OPEN_MARGIN_M
+        action[(self.phase == self.DESCEND) & closed, :6] = 0.0  # open in place first
+        return action
+
 
 class LiftIntervener(TaskIntervener):
     """Takes over when the fingers stay closed with the cube not between them for ``MISSED_S`` (a missed grasp: the
     pads closer than half the cube's edge, its centre farther than ``hold_distance`` from the TCP; a twitch of the
-    fingers the policy takes back at once is no reason to take the controls), or when the TCP has hovered at the
-    cube (within ``AT_CUBE_M``) with the fingers wider than the cube by ``OPEN_MARGIN_M`` (not holding it) for
-    ``HOVER_S`` in the episode (a grasp that never comes); drives with the scripted expert (the gripper opens,
-    above the cube, down, close, lift; where the cube is between the fingers already, it closes there, as a person
-    would); hands back once the cube is lifted."""
+    fingers the policy takes back at once is no reason to take the controls), when the TCP has hovered at the
+    cube (within ``AT_CUBE_M``) with the fingers wider than the cube by ``OPEN_MARGIN_M`` and the cube not going up
+    off the table (not holding it) for ``HOVER_S`` in the episode (a grasp that never comes), or when the cube,
+    held short of the goal, has not risen (faster than ``RISING_M_S``) for ``STALLED_S`` (a lift that never comes:
+    the policy pressing down on a cube it pinches by its top edge, 3 cm above its centre, seen through ROS 2);
+    drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands back once
+    the cube is lifted."""
 
     AT_CUBE_M, HOVER_S, OPEN_MARGIN_M, MISSED_S = 0.015, 1.0, 0.01, 0.3
+    STALLED_S, RISING_M_S, OFF_TABLE_M = 2.0, 0.02, 0.005
 
     def __init__(self, env: TaskEnv):
-        self.expert = LiftExpert(env)
+        self.expert = PadLiftExpert(env)
         self.closing = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
         self.hover_steps = torch.zeros(env.num_envs, dtype=torch.long, device=env.device)
         self.missed_steps = torch.zeros_like(self.hover_steps)
+        self.stalled_steps = torch.zeros_like(self.hover_steps)
+
+    def _closed_on_cube(self, env: TaskEnv) -> torch.Tensor:
+        """[N] bool: the fingers are closed on the cube (held at its centre, or pinching an edge)."""
+        cfg: PandaLiftConfig = env.task_cfg
+        opening = manip.gripper_opening(env)[:, 0]
+        return ((opening >= 0.5 * cfg.cube.size) & (opening < cfg.cube.size + 2 * self.OPEN_MARGIN_M)
+                & (manip.tcp_distance(env) < cfg.cube.size))
 
     def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
+        """The expert starts where a person would: lifting a cube held at its centre, closing at a cube between
+        open fingers, going (reopened) straight down to the centre of a cube under the TCP (pinched by an edge, or
+        missed from above with the fingers across its faces: at the pad's 0.1 m/s, the way up to the expert's
+        approach point and down again took most of a takeover), else from above it."""
         self.expert.reset(env_ids)
         ids = torch.as_tensor(env_ids, dtype=torch.long, device=env.device)
-        at_cube = manip.tcp_distance(env)[ids] < self.AT_CUBE_M
-        self.expert.phase[ids[at_cube]] = LiftExpert.CLOSE
-        self.hover_steps[ids] = 0
-        self.missed_steps[ids] = 0
+        distance, closed = manip.tcp_distance(env)[ids], self._closed_on_cube(env)[ids]
+        below = manip.object_from_tcp(env)[ids]
+        over_cube = ((torch.norm(below[:, :2], dim=1) < self.AT_CUBE_M) & (below[:, 2] < 0.0)
+                     & self.expert.aligned(self.expert.turn(env)[ids]))
+        self.expert.phase[ids[closed | over_cube]] = LiftExpert.DESCEND
+        self.expert.phase[ids[distance < self.AT_CUBE_M]] = LiftExpert.CLOSE
+        self.expert.phase[ids[closed & (distance < env.task_cfg.hold_distance)]] = LiftExpert.LIFT
+        for count in (self.hover_steps, self.missed_steps, self.stalled_steps):
+            count[ids] = 0
 
     def going_wrong(self, env: TaskEnv) -> torch.Tensor:
         cfg: PandaLiftConfig = env.task_cfg
         opening = manip.gripper_opening(env)[:, 0]
+        rising = manip.object_linvel(env)[:, 2] >= self.RISING_M_S
+        # a cube going up off the table is in the hand, even held across its diagonal (0.07 m: wider than the cube
+        # by more than OPEN_MARGIN_M); one touched on the table jiggles
         hovering = ((manip.tcp_distance(env) < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
-                    & (env.episode_length > 0))
+                    & ~(rising & (height_gain(env) > self.OFF_TABLE_M)) & (env.episode_length > 0))
         self.hover_steps = steps_held(self.hover_steps, hovering)
         missed = (opening < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
         self.missed_steps = steps_held(self.missed_steps, missed)
+        stalled = self._closed_on_cube(env) & (height_gain(env) < cfg.lift_height) & ~rising
+        self.stalled_steps = steps_held(self.stalled_steps, stalled)
         return ((self.missed_steps >= round(self.MISSED_S / env.control_dt))
-                | (self.hover_steps >= round(self.HOVER_S / env.control_dt)))
+                | (self.hover_steps >= round(self.HOVER_S / env.control_dt))
+                | (self.stalled_steps >= round(self.STALLED_S / env.control_dt)))
 
     def back_on_track(self, env: TaskEnv) -> torch.Tensor:
         return lifted(env)
