@@ -185,6 +185,25 @@ def test_after_a_grasp_missed_above_the_cube_the_human_goes_straight_down():
         assert human.tick(env).axes[TAKEOVER_MAPPINGS["arm"].axes[2]] < 0.0
 
 
+def test_the_human_loses_patience_with_a_cube_still_on_the_table():
+    """Grasps dropped and retried reset every other rule's count; ``PATIENCE_S`` into the episode without the cube
+    on its way up, the human takes over anyway, and not while it is going up."""
+    from robostack.sim.robots.panda.lift import LiftIntervener
+
+    with arm_scene() as (env, human, cube, _):
+        patience = round(LiftIntervener.PATIENCE_S / env.control_dt)
+        place(env, steps=patience - 1)
+        assert human.tick(env) is None
+        place(env, {cube + 2: env.sim.qpos[0, cube + 2] + 0.03}, steps=patience)  # in the hand, going up
+        env.sim.qvel[0, env.default_model.joint("object").dofadr[0] + 2] = 0.1
+        env.sim.forward(np.array([0]))
+        env._refresh()
+        assert human.tick(env) is None
+        place(env, steps=patience)  # still on its way nowhere
+        pad = human.tick(env)
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and human.takeovers == 1
+
+
 def test_the_quadruped_is_stood_still_when_it_tilts():
     env = sim.make_env("go2-walk", num_envs=1, play=True, overrides=["sim.num_threads=1"])
     try:

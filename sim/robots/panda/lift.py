@@ -156,11 +156,12 @@ class LiftIntervener(TaskIntervener):
     off the table (not holding it) for ``HOVER_S`` in the episode (a grasp that never comes), or when the cube,
     held short of the goal, has not risen (faster than ``RISING_M_S``) for ``STALLED_S`` (a lift that never comes:
     the policy pressing down on a cube it pinches by its top edge, 3 cm above its centre, seen through ROS 2);
-    drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands back once
-    the cube is lifted."""
+    or when ``PATIENCE_S`` of the episode have passed without the cube on its way up (fumbling: grasps dropped and
+    retried); drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands
+    back once the cube is lifted."""
 
     AT_CUBE_M, HOVER_S, OPEN_MARGIN_M, MISSED_S = 0.015, 1.0, 0.01, 0.3
-    STALLED_S, RISING_M_S, OFF_TABLE_M = 2.0, 0.02, 0.005
+    STALLED_S, RISING_M_S, OFF_TABLE_M, PATIENCE_S = 2.0, 0.02, 0.005, 3.5
 
     def __init__(self, env: TaskEnv):
         self.expert = PadLiftExpert(env)
@@ -199,8 +200,9 @@ class LiftIntervener(TaskIntervener):
         rising = manip.object_linvel(env)[:, 2] >= self.RISING_M_S
         # a cube going up off the table is in the hand, even held across its diagonal (0.07 m: wider than the cube
         # by more than OPEN_MARGIN_M); one touched on the table jiggles
+        lifting = rising & (height_gain(env) > self.OFF_TABLE_M)
         hovering = ((manip.tcp_distance(env) < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
-                    & ~(rising & (height_gain(env) > self.OFF_TABLE_M)) & (env.episode_length > 0))
+                    & ~lifting & (env.episode_length > 0))
         self.hover_steps = steps_held(self.hover_steps, hovering)
         missed = (opening < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
         self.missed_steps = steps_held(self.missed_steps, missed)
@@ -208,7 +210,8 @@ class LiftIntervener(TaskIntervener):
         self.stalled_steps = steps_held(self.stalled_steps, stalled)
         return ((self.missed_steps >= round(self.MISSED_S / env.control_dt))
                 | (self.hover_steps >= round(self.HOVER_S / env.control_dt))
-                | (self.stalled_steps >= round(self.STALLED_S / env.control_dt)))
+                | (self.stalled_steps >= round(self.STALLED_S / env.control_dt))
+                | ((env.episode_length * env.control_dt >= self.PATIENCE_S) & ~lifting))
 
     def back_on_track(self, env: TaskEnv) -> torch.Tensor:
         return lifted(env)
