@@ -153,10 +153,10 @@ class LiftIntervener(TaskIntervener):
     pads closer than half the cube's edge, its centre farther than ``hold_distance`` from the TCP; a twitch of the
     fingers the policy takes back at once is no reason to take the controls), when the TCP has hovered at the
     cube (within ``AT_CUBE_M``) with the fingers wider than the cube by ``OPEN_MARGIN_M`` and the cube not going up
-    off the table (not holding it) for ``HOVER_S`` in the episode (a grasp that never comes), or when the cube,
-    held short of the goal, has not risen (faster than ``RISING_M_S``) for ``STALLED_S`` (a lift that never comes:
-    the policy pressing down on a cube it pinches by its top edge, 3 cm above its centre, seen through ROS 2);
-    or when ``PATIENCE_S`` of the episode have passed without the cube on its way up (fumbling: grasps dropped and
+    off the table (not holding it) for ``HOVER_S`` in the episode (a grasp that never comes), when the cube, held
+    short of the goal, has not risen (faster than ``RISING_M_S``) for ``STALLED_S`` (a lift that never comes: the
+    policy pressing down on a cube it pinches by its top edge, 3 cm above its centre, seen through ROS 2), or when
+    ``PATIENCE_S`` of the episode have passed without the cube on its way up (fumbling: grasps dropped and
     retried); drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands
     back once the cube is lifted."""
 
