@@ -43,24 +43,34 @@ class GripperRuleConfig:
     updates: int = 2000  # the classifier's gradient steps (``RLIFConfig.updates`` are rlif's and iql's)
 
 
+class _CloseLogits(nn.Module):
+    """The log-odds of a close [B] from full observations [B, >= obs_dim]: the rule's columns, normalized, through
+    the MLP. One module for fitting and for the exported residual."""
+
+    def __init__(self, columns: torch.Tensor, hidden: tuple[int, ...], mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        layers, width = [], len(columns)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        self.register_buffer("columns", columns)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net((obs[:, self.columns] - self.mean) / self.std)[:, 0]
+
+
 class GripperRule:
     """The classifier and what it needs at run time: the observation's normalization, which action is the
     gripper, and the threshold."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: GripperRuleConfig, mean: torch.Tensor, std: torch.Tensor):
-        self.columns = torch.as_tensor(cfg.columns or range(obs_dim), dtype=torch.long)
-        layers, width = [], len(self.columns)
-        for size in cfg.hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        columns = torch.as_tensor(cfg.columns or range(obs_dim), dtype=torch.long)
+        self.logits = _CloseLogits(columns, cfg.hidden, mean, std)
         self.act_dim, self.cfg = act_dim, cfg
         self.gripper = cfg.action_index % act_dim
-        self.mean, self.std = mean, std
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """The log-odds of a close, from full observations [B, obs_dim]."""
-        return self.net((obs[:, self.columns] - self.mean) / self.std)[:, 0]
 
     def export_module(self) -> nn.Module:
         """``[observation, base action] -> residual``: 1 on the gripper where the rule closes, else 0."""
@@ -70,18 +80,14 @@ class GripperRule:
 class _CloseWhereTheHumanWould(nn.Module):
     def __init__(self, rule: GripperRule):
         super().__init__()
-        self.net = rule.net.eval()
-        self.register_buffer("columns", rule.columns.clone())
-        self.register_buffer("mean", rule.mean.clone())
-        self.register_buffer("std", rule.std.clone())
+        self.logits = rule.logits.eval()
         onehot = torch.zeros(rule.act_dim)
         onehot[rule.gripper] = 1.0
         self.register_buffer("onehot", onehot)
         self.logit_threshold = float(torch.logit(torch.tensor(rule.cfg.threshold)))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        logit = self.net((inputs[:, self.columns] - self.mean) / self.std)
-        return (logit > self.logit_threshold).to(inputs.dtype) * self.onehot
+        return (self.logits(inputs) > self.logit_threshold).to(inputs.dtype).unsqueeze(1) * self.onehot
 
 
 def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Tensor], settings: Any,
@@ -120,7 +126,7 @@ def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Ten
     read = all_obs[:, list(cfg.columns)] if cfg.columns else all_obs
     rule = GripperRule(obs_dim, act_dim, cfg, read.mean(0), read.std(0).clamp(min=1e-6))
     obs = all_obs[~went_wrong]
-    optimizer = torch.optim.Adam(rule.net.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(rule.logits.parameters(), lr=cfg.learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def update(n: int) -> dict[str, float]:

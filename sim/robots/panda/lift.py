@@ -170,12 +170,11 @@ class LiftIntervener(TaskIntervener):
         self.missed_steps = torch.zeros_like(self.hover_steps)
         self.stalled_steps = torch.zeros_like(self.hover_steps)
 
-    def _closed_on_cube(self, env: TaskEnv) -> torch.Tensor:
-        """[N] bool: the fingers are closed on the cube (held at its centre, or pinching an edge)."""
-        cfg: PandaLiftConfig = env.task_cfg
-        opening = manip.gripper_opening(env)[:, 0]
+    def _closed_on_cube(self, cfg: PandaLiftConfig, opening: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """[N] bool: the fingers (``opening`` apart) are closed on the cube (its centre ``distance`` from the TCP):
+        held at its centre, or pinching an edge."""
         return ((opening >= 0.5 * cfg.cube.size) & (opening < cfg.cube.size + 2 * self.OPEN_MARGIN_M)
-                & (manip.tcp_distance(env) < cfg.cube.size))
+                & (distance < cfg.cube.size))
 
     def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
         """The expert starts where a person would: lifting a cube held at its centre, closing at a cube between
@@ -184,7 +183,8 @@ class LiftIntervener(TaskIntervener):
         approach point and down again took most of a takeover), else from above it."""
         self.expert.reset(env_ids)
         ids = torch.as_tensor(env_ids, dtype=torch.long, device=env.device)
-        distance, closed = manip.tcp_distance(env)[ids], self._closed_on_cube(env)[ids]
+        distance = manip.tcp_distance(env)[ids]
+        closed = self._closed_on_cube(env.task_cfg, manip.gripper_opening(env)[ids, 0], distance)
         below = manip.object_from_tcp(env)[ids]
         over_cube = ((torch.norm(below[:, :2], dim=1) < self.AT_CUBE_M) & (below[:, 2] < 0.0)
                      & self.expert.aligned(self.expert.turn(env)[ids]))
@@ -196,17 +196,17 @@ class LiftIntervener(TaskIntervener):
 
     def going_wrong(self, env: TaskEnv) -> torch.Tensor:
         cfg: PandaLiftConfig = env.task_cfg
-        opening = manip.gripper_opening(env)[:, 0]
+        opening, distance, gain = manip.gripper_opening(env)[:, 0], manip.tcp_distance(env), height_gain(env)
         rising = manip.object_linvel(env)[:, 2] >= self.RISING_M_S
         # a cube going up off the table is in the hand, even held across its diagonal (0.07 m: wider than the cube
         # by more than OPEN_MARGIN_M); one touched on the table jiggles
-        lifting = rising & (height_gain(env) > self.OFF_TABLE_M)
-        hovering = ((manip.tcp_distance(env) < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
+        lifting = rising & (gain > self.OFF_TABLE_M)
+        hovering = ((distance < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
                     & ~lifting & (env.episode_length > 0))
         self.hover_steps = steps_held(self.hover_steps, hovering)
-        missed = (opening < 0.5 * cfg.cube.size) & (manip.tcp_distance(env) > cfg.hold_distance)
+        missed = (opening < 0.5 * cfg.cube.size) & (distance > cfg.hold_distance)
         self.missed_steps = steps_held(self.missed_steps, missed)
-        stalled = self._closed_on_cube(env) & (height_gain(env) < cfg.lift_height) & ~rising
+        stalled = self._closed_on_cube(cfg, opening, distance) & (gain < cfg.lift_height) & ~rising
         self.stalled_steps = steps_held(self.stalled_steps, stalled)
         return ((self.missed_steps >= round(self.MISSED_S / env.control_dt))
                 | (self.hover_steps >= round(self.HOVER_S / env.control_dt))
