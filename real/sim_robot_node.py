@@ -34,10 +34,11 @@ Parameters
         rule on the simulator's privileged state) and, when it goes wrong, takes over on ``joy`` as a gamepad
         with a deadman would, for ``teleop_node`` (``input:=joy``) beside it; it hands back once the robot is
         back on track. A task without such a rule exits 2.
-    ``await_recorded`` (string array, default none): with ``start_paused``, the simulation also waits until the
-        recorder says it hears these topics (as its ``topics`` names them, ``recorder/status``), so the bag
-        holds the episode's first messages (a takeover's start, on a loaded machine where discovery takes
-        seconds); after ``AWAIT_RECORDER_S`` it starts anyway and names what the recorder does not hear.
+    ``await_recorded`` (string array, default none): with ``start_paused``, the robot publishes no state (and
+        the simulation does not start) until the recorder says it hears these topics (as its ``topics`` names
+        them, ``recorder/status``), so the bag holds the episode's first messages (a takeover's start, on a loaded
+        machine where discovery takes seconds) and the policy acts on nothing before; after ``AWAIT_RECORDER_S``
+        it starts anyway and names what the recorder does not hear.
 
 Topics (relative: they follow the node's namespace)
     in: the driver command (``topics.driver_command``), one value per actuator in MuJoCo actuator order,
@@ -359,8 +360,11 @@ class SimRobotNode(Node):
     # ----- stepping
     def step(self) -> None:
         if self.paused:  # the policy needs the state and the task command to start
-            self._publish_state()
-            self._publish_task_command()
+            # ... once the recorder hears what it awaits: before, the policy would act on a robot that drops its
+            # commands, and a relative action's targets wind up (panda-insert's end effector: 2 of 13 deploys failed)
+            if self._recorder_hears_enough():
+                self._publish_state()
+                self._publish_task_command()
             return
         if self.unattended:  # physics goes on; the task does not judge, end or reset the episode
             self.env.sim.step(np.clip(self._due_controls(), *self._ctrl_range.T)[None],

@@ -238,9 +238,10 @@ def test_a_paused_panda_starts_when_driven_and_moves_to_a_held_target_after_the_
 
 
 def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe):
-    """``await_recorded``: policy and driver commands alone do not start the simulation while the recorder (here
-    the test, on ``recorder/status``) does not yet hear the awaited topic; once it does, the next command starts
-    it. So a bag never misses an episode's first takeover to slow discovery."""
+    """``await_recorded``: while the recorder (here the test, on ``recorder/status``) does not yet hear the awaited
+    topic, the robot publishes no state (a policy would act on a robot dropping its commands) and commands do not
+    start the simulation; once it does, the state comes and the next command starts it. So a bag never misses an
+    episode's first takeover to slow discovery."""
     namespace = f"/sim_await_{RUN}"
     proc = start_node(namespace, "task:=panda-reach", "randomize:=false", "start_paused:=true",
                       "await_recorded:=[teleop/intervention]")
@@ -250,12 +251,10 @@ def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe)
         policy = probe.node.create_publisher(Float64MultiArray, f"{namespace}/policy/command", 10)
         recorder = probe.node.create_publisher(String, f"{namespace}/recorder/status",
                                                QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        probe.spin_until(lambda: joints and min(driver.get_subscription_count(), policy.get_subscription_count(),
-                                                recorder.get_subscription_count()) > 0, timeout=30, proc=proc)
-        home = np.array(joints[-1][1].position)
-        moved = home.copy()
-        moved[0] += 0.4
-        target = moved.tolist()
+        found = (driver.get_subscription_count, policy.get_subscription_count, recorder.get_subscription_count,
+                 lambda: probe.node.count_publishers(f"{namespace}/joint_states"))
+        probe.spin_until(lambda: all(count() > 0 for count in found), timeout=30, proc=proc)
+        target = [0.4] + [0.0] * 8
 
         def drive(seconds: float) -> None:
             end = time.monotonic() + seconds
@@ -266,8 +265,10 @@ def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe)
 
         recorder.publish(String(data=json.dumps({"heard": ["policy/command"]})))  # not yet the takeovers
         drive(0.6)
-        assert np.array_equal(np.array(joints[-1][1].position), home), "the recorder does not hear it all: paused"
+        assert not joints, "the recorder does not hear it all: no state yet"
         recorder.publish(String(data=json.dumps({"heard": ["policy/command", "teleop/intervention"]})))
+        probe.spin_until(lambda: joints, timeout=3, proc=proc)
+        home = np.array(joints[0][1].position)
         drive(0.6)
         probe.spin_until(lambda: joints[-1][1].position[0] > home[0] + 0.02, timeout=3, proc=proc)
         code, _, err = stop_node(proc)
