@@ -40,7 +40,7 @@ class GripperRuleConfig:
     hidden: tuple[int, ...] = (64, 64)
     batch_size: int = 256
     learning_rate: float = 1e-3
-    updates: int = 2000  # the classifier's gradient steps (``RLIFConfig.updates`` are rlif's and iql's)
+    updates: int = 2000  # the classifier's gradient steps
 
 
 class _CloseLogits(nn.Module):

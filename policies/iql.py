@@ -95,7 +95,7 @@ class IQLConfig:
     log_std_max: float = 2.0
     max_grad_norm: float | None = None  # None = no clipping
     prior_ratio: float = 0.5  # share of each batch drawn from the prior data, when some is loaded
-    num_updates: int = 100_000  # gradient steps a workflow should run in all (100k x 256 = 128 passes over 200k)
+    num_updates: int = 100_000  # gradient steps a workflow runs in all (100k x 256 = 128 passes over 200k)
 
 
 # --------------------------------------------------------------------------------------------- math
@@ -349,13 +349,13 @@ def fit_logged(online: dict[str, torch.Tensor], prior: dict[str, torch.Tensor], 
                on_update: Any = None) -> tuple[IQL, dict[str, float]]:
     """IQL on logged steps (``online``) with the human's steps as prior data (none where ``prior`` is empty), both in
     ``BUFFER_KEYS`` layout: learning from interventions from the logs alone (``settings``: its ``RLIFConfig``, whose
-    ``iql`` section configures this algorithm, ``updates`` and ``seed``). ``on_update(i, losses)`` after each block
-    of updates (a progress bar)."""
+    ``iql`` section configures this algorithm, ``num_updates`` included, and whose ``seed`` seeds it).
+    ``on_update(i, losses)`` after each block of updates (a progress bar)."""
     torch.manual_seed(settings.seed)
     learner = IQL(online["policy_obs"].shape[1], online["critic_obs"].shape[1], online["actions"].shape[1],
                   settings.iql)
     learner.load_data(online, prior=prior if len(prior["rewards"]) else None)
-    return learner, updates_in_blocks(learner.update, settings.updates, UPDATE_BLOCK, on_update)
+    return learner, updates_in_blocks(learner.update, settings.iql.num_updates, UPDATE_BLOCK, on_update)
 
 
 SPEC = registry.register(AlgorithmSpec(

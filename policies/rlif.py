@@ -34,7 +34,8 @@ __all__ = ["RLIFConfig", "takeover_starts", "rlif_rewards", "residual_targets", 
 @dataclass
 class RLIFConfig:
     scale: float = 0.5  # the largest correction, as a fraction of the action range's half-width
-    updates: int = 6000  # critic updates over all data (RLPD: many per datum)
+    updates: int = 6000  # rlif's critic updates over all data (RLPD: many per datum); iql's and the gripper
+                         # rule's counts are in their sections
     utd_ratio: int = 4  # critic updates per actor update
     batch_size: int = 256
     prior_ratio: float = 0.5  # share of each batch from the human's steps (RLPD's symmetric sampling)
@@ -46,7 +47,9 @@ class RLIFConfig:
     hidden: tuple[int, ...] = (256, 256)
     bc_weight: float = 0.0  # behaviour cloning of the human's steps in the actor's loss (SAC's prior_bc_weight)
     seed: int = 0
-    iql: IQLConfig = field(default_factory=IQLConfig)  # offline: IQL instead of SAC (its own gamma, batch, ...)
+    # offline: IQL instead of SAC (its own gamma, batch, ...; 6000 updates: on panda-lift's three rounds 0.979, 2000
+    # 0.94, BENCHMARKS.md)
+    iql: IQLConfig = field(default_factory=lambda: IQLConfig(num_updates=6000))
     command: CommandCorrectionConfig = field(default_factory=CommandCorrectionConfig)  # --algo command-correction
     gripper: GripperRuleConfig = field(default_factory=GripperRuleConfig)  # --algo gripper-rule
 

@@ -26,7 +26,6 @@ from robostack.bundle.format import ACTOR_CRITIC, CHUNK, COMMAND_CORRECTION
 from robostack.data.dataset import INTERVENTION, Dataset, DatasetError, load_dataset
 from robostack.data.features import BASE_ACTION, BASE_STATE, FREE_BODY_STATE, TASK_ACTION, state_columns
 from robostack import registry
-from robostack.policies.gripper_rule import NAME as GRIPPER_RULE
 from robostack.policies.rlif import RLIFConfig, intervention_buffers, residual_targets, rlif_rewards, takeover_starts
 from robostack.real.observation import ObservationBuilder, ObservationError
 from robostack.real.robot_state import BodyState, RobotState
@@ -303,12 +302,20 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
     residual = residual_targets(steps.actions, base_actions, cfg.scale)
     rewards = rlif_rewards(steps.human, steps.episode)
     online, prior = intervention_buffers(steps.obs, base_actions, residual, rewards, steps.next_index, steps.human)
-    learner, losses = spec.trainer(online, prior, cfg, on_update)
+    updates_done = 0  # as the fit counts them (each learner's count lives in its own config section)
+
+    def count_updates(done: int, losses: dict[str, float]) -> None:
+        nonlocal updates_done
+        updates_done = done
+        if on_update is not None:
+            on_update(done, losses)
+
+    learner, losses = spec.trainer(online, prior, cfg, count_updates)
     module = spec.exporter(learner)
     training = {"algo": spec.name, "datasets": [str(Path(d).resolve()) for d in datasets],
                 "frames": int(len(steps.obs)),
                 "takeovers": int((rewards < 0).sum()), "human_steps": int(steps.human.sum()),
-                "updates": cfg.gripper.updates if spec.name == GRIPPER_RULE else cfg.updates,
+                "updates": updates_done,
                 "losses": {k: float(v) for k, v in losses.items()}}
     bundle = write_residual_bundle(out, policy, module, cfg.scale, spec.name, training)
     return {**training, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}

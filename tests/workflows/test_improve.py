@@ -154,6 +154,7 @@ def test_a_diffusion_policy_acting_by_end_effector_steps_is_corrected_from_its_l
     learned = load_bundle(report["bundle"])
     assert learned.metadata["kind"] == "residual" and learned.base.metadata["kind"] == "chunk"
     assert learned.metadata["training"]["algo"] == "iql" and 0.0 <= report["success_after"] <= 1.0
+    assert learned.metadata["training"]["updates"] == 30  # iql's own count, from its section
     steps = LoggedSteps(ObservationBuilder(load_bundle(ROOT / "bundles" / "panda-lift").metadata), [data])
     assert steps.base is not None and len(steps.obs) == data.num_frames
     # a recording without the policy's actions (a bag of another recorder): one line naming what is missing

@@ -101,6 +101,9 @@ def build(cfg: PandaLiftConfig) -> TaskDefinition:
         metrics={"height_gain": height_gain, "tcp_distance": manip.tcp_distance}, command_dim=3)
 
 
+OPEN_MARGIN_M = 0.01  # fingers wider apart than the cube by this are open around it (the pad's human and its rules)
+
+
 class LiftExpert(manip.ScriptedExpert):
     """Approach a point above the cube with the gripper turned to its faces, descend, close, lift to the goal."""
 
@@ -143,7 +146,7 @@ class PadLiftExpert(LiftExpert):
     def script(self, env: TaskEnv) -> torch.Tensor:
         action = super().script(env)
         opening = manip.gripper_opening(env)[:, 0]
-        closed = opening < env.task_cfg.cube.size + LiftIntervener.OPEN_MARGIN_M
+        closed = opening < env.task_cfg.cube.size + OPEN_MARGIN_M
         action[(self.phase == self.DESCEND) & closed, :6] = 0.0  # open in place first
         return action
 
@@ -160,7 +163,7 @@ class LiftIntervener(TaskIntervener):
     retried); drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands
     back once the cube is lifted."""
 
-    AT_CUBE_M, HOVER_S, OPEN_MARGIN_M, MISSED_S = 0.015, 1.0, 0.01, 0.3
+    AT_CUBE_M, HOVER_S, MISSED_S = 0.015, 1.0, 0.3
     STALLED_S, RISING_M_S, OFF_TABLE_M, PATIENCE_S = 2.0, 0.02, 0.005, 3.5
 
     def __init__(self, env: TaskEnv):
@@ -173,7 +176,7 @@ class LiftIntervener(TaskIntervener):
     def _closed_on_cube(self, cfg: PandaLiftConfig, opening: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         """[N] bool: the fingers (``opening`` apart) are closed on the cube (its centre ``distance`` from the TCP):
         held at its centre, or pinching an edge."""
-        return ((opening >= 0.5 * cfg.cube.size) & (opening < cfg.cube.size + 2 * self.OPEN_MARGIN_M)
+        return ((opening >= 0.5 * cfg.cube.size) & (opening < cfg.cube.size + 2 * OPEN_MARGIN_M)
                 & (distance < cfg.cube.size))
 
     def begin(self, env: TaskEnv, env_ids: np.ndarray) -> None:
@@ -201,7 +204,7 @@ class LiftIntervener(TaskIntervener):
         # a cube going up off the table is in the hand, even held across its diagonal (0.07 m: wider than the cube
         # by more than OPEN_MARGIN_M); one touched on the table jiggles
         lifting = rising & (gain > self.OFF_TABLE_M)
-        hovering = ((distance < self.AT_CUBE_M) & (opening > cfg.cube.size + self.OPEN_MARGIN_M)
+        hovering = ((distance < self.AT_CUBE_M) & (opening > cfg.cube.size + OPEN_MARGIN_M)
                     & ~lifting & (env.episode_length > 0))
         self.hover_steps = steps_held(self.hover_steps, hovering)
         missed = (opening < 0.5 * cfg.cube.size) & (distance > cfg.hold_distance)
