@@ -311,6 +311,9 @@ def learn_from_interventions(datasets: Sequence[str | os.PathLike], policy: str 
             on_update(done, losses)
 
     learner, losses = spec.trainer(online, prior, cfg, count_updates)
+    if not updates_done:  # an unfitted correction would act at random on top of the bundle
+        raise ValueError(f"the {spec.name} fit ran no update: its count (rlif: updates, iql: iql.num_updates, "
+                         "gripper-rule: gripper.updates) must be at least 1")
     module = spec.exporter(learner)
     training = {"algo": spec.name, "datasets": [str(Path(d).resolve()) for d in datasets],
                 "frames": int(len(steps.obs)),

@@ -162,6 +162,10 @@ def test_a_diffusion_policy_acting_by_end_effector_steps_is_corrected_from_its_l
     plain = SimpleNamespace(features=features, info=data.info, root="plain", num_episodes=1)
     with pytest.raises(DatasetError, match="plain: lacks action.task, the policy's actions: task 'panda-lift' acts"):
         LoggedSteps(steps.builder, [plain])
+    # a fit of no update would put an untrained correction on the bundle: refused, nothing written
+    assert main(["train", "panda-lift", "--interventions", str(out / "round-0" / "dataset"), "--offline", "--out",
+                 str(tmp_path / "unfitted"), "iql.num_updates=0"]) == 2
+    assert "the iql fit ran no update" in capsys.readouterr().err and not (tmp_path / "unfitted").exists()
 
 
 def test_learning_from_interventions_refuses_what_it_cannot_use(tmp_path, capsys):
