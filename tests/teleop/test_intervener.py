@@ -187,12 +187,23 @@ def test_after_a_grasp_missed_above_the_cube_the_human_goes_straight_down():
 
 def test_the_human_loses_patience_with_a_cube_still_on_the_table():
     """Grasps dropped and retried reset every other rule's count; ``PATIENCE_S`` into the episode without the cube
-    on its way up, the human takes over anyway, and not while it is going up."""
+    on its way up, the human takes over anyway, and not while it is going up or held in the fingers (the stall
+    rule's to judge: a slow lift)."""
     from robostack.sim.robots.panda.lift import LiftIntervener
+    from robostack.sim.robots.panda.reach import ee_pos
 
-    with arm_scene() as (env, human, cube, _):
+    with arm_scene("lift_height=0.5") as (env, human, cube, fingers):
         patience = round(LiftIntervener.PATIENCE_S / env.control_dt)
-        place(env, steps=patience - 1)
+        resting = {**dict(zip(range(cube, cube + 3), env.sim.qpos[0, cube:cube + 3].tolist())),
+                   **{adr: float(env.sim.qpos[0, adr]) for adr in fingers}}
+        place(env, {adr: 0.025 for adr in fingers})
+        place(env, dict(zip(range(cube, cube + 3), ee_pos(env)[0].tolist())), steps=patience)  # held, not rising
+        stalled_ticks = round(LiftIntervener.STALLED_S / env.control_dt)
+        assert all(human.tick(env) is None for _ in range(stalled_ticks - 1))
+        assert human.tick(env) is not None  # until the stall rule says the lift never comes
+        env.episode_length[0] = 0  # a new episode: the human lets go
+        human.tick(env)
+        place(env, resting, steps=patience - 1)
         assert human.tick(env) is None
         place(env, {cube + 2: env.sim.qpos[0, cube + 2] + 0.03}, steps=patience)  # in the hand, going up
         env.sim.qvel[0, env.default_model.joint("object").dofadr[0] + 2] = 0.1
@@ -201,7 +212,7 @@ def test_the_human_loses_patience_with_a_cube_still_on_the_table():
         assert human.tick(env) is None
         place(env, steps=patience)  # still on its way nowhere
         pad = human.tick(env)
-        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and human.takeovers == 1
+        assert pad.buttons[TAKEOVER_DEADMAN_BUTTON] and human.takeovers == 2
 
 
 def test_the_quadruped_is_stood_still_when_it_tilts():
