@@ -63,7 +63,8 @@ Topics (relative: they follow the node's namespace)
         (std_msgs/String, JSON: index, success, return, length, metrics) at every episode end, before the reset
         state (a policy starts its episode over first; the ended episode's commands are dropped, and the driver
         commands that come before the policy's or a human's next are the safety layer holding the ended
-        episode's: ignored, the task's reset controls held instead), transient-local
+        episode's: ignored, the task's reset controls held instead; so are the driver commands of a takeover
+        held across the episode's end, until the human lets go or takes over anew), transient-local
         (the last 100 reach a subscriber that joins late and asks for transient-local durability; before
         exiting the node waits up to 1 s for the reports to be acknowledged).
 
@@ -215,6 +216,7 @@ class SimRobotNode(Node):
         self._safety_reset = (self.create_client(Trigger, INTERNAL["reset_service"][0])
                               if p["reset_safety"] else None)
         self._human_in_control = False
+        self._human_since = -math.inf  # monotonic s of the latest takeover's start
         self.create_subscription(String, INTERNAL["intervention"][0], self._on_intervention, 10)
         self._safety_passes: bool | None = None  # None: no safety layer has said (it runs without one)
         self.create_subscription(String, INTERNAL["status"][0], self._on_safety_status, status_qos())
@@ -297,6 +299,9 @@ class SimRobotNode(Node):
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
         elif self._commanded_at < self._reset_at and not self.unattended:
             pass  # the ended episode's command, which the safety layer holds until the policy's first of the new one
+        elif self._human_in_control and self._human_since < self._reset_at:
+            pass  # a takeover of the ended episode, until the human lets go (or takes over anew): its gripper closed
+            # on a lifted cube started the next episode closed on nothing, and the policy went on from there
         elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
         elif self._commander_seen and self._safety_passes is not False and self._recorder_hears_enough():
@@ -322,6 +327,8 @@ class SimRobotNode(Node):
 
     def _on_intervention(self, msg: String) -> None:
         self._human_in_control = msg.data == "start"
+        if self._human_in_control:
+            self._human_since = time.monotonic()
 
     def _on_recorder_status(self, msg: String) -> None:
         try:

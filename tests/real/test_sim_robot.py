@@ -329,6 +329,35 @@ def test_a_run_of_episodes_ends_with_a_json_summary(probe, short_cf2_bundle):
     assert err.count("episode end") == 2
 
 
+def test_a_takeover_held_across_an_episodes_end_does_not_drive_the_next_episode(probe, short_cf2_bundle):
+    """A human in control when an episode ends (the simulated one lets go a tick later) still sends that episode's
+    commands: the next episode holds its reset controls until the human lets go. Here the human cuts the motors:
+    the drone falls in the first episode and hovers through the second (2 s episodes starting still at the
+    target: hover thrust holds them)."""
+    namespace = f"/sim_stale_{RUN}"
+    proc = start_node(namespace, f"bundle:={short_cf2_bundle}", "episodes:=2", "randomize:=false")
+    try:
+        intervention = probe.node.create_publisher(String, f"{namespace}/teleop/intervention", 10)
+        human = probe.node.create_publisher(Float64MultiArray, f"{namespace}/teleop/command", 10)
+        driver = probe.node.create_publisher(Float64MultiArray, f"{namespace}/motor_controller/commands", 10)
+        probe.spin_until(lambda: min(intervention.get_subscription_count(), human.get_subscription_count(),
+                                     driver.get_subscription_count()) > 0, timeout=30, proc=proc)
+        intervention.publish(String(data="start"))
+        probe.spin_for(0.1)
+        while proc.poll() is None:  # the human holds on, motors off, to the end
+            human.publish(Float64MultiArray(data=[0.0] * 4))
+            driver.publish(Float64MultiArray(data=[0.0] * 4))
+            probe.spin_for(0.01)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    episodes = [json.loads(line.split("episode end: ", 1)[1]) for line in err.splitlines() if "episode end: " in line]
+    assert [e["success"] for e in episodes] == [False, True], episodes
+
+
 def test_a_bad_bundle_or_task_exits_2_with_one_line(tmp_path):
     missing = start_node(f"/sim_bad_{RUN}", f"bundle:={tmp_path / 'no-such-bundle'}")
     unknown = start_node(f"/sim_bad_{RUN}", "task:=no-such-task")
