@@ -6,6 +6,7 @@ namespace, so parallel runs do not see each other's topics.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -54,6 +56,18 @@ def start_node(namespace: str, *params: str) -> subprocess.Popen:
     for param in params:
         args += ["-p", param]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def running_node(namespace: str, *params: str) -> Iterator[subprocess.Popen]:
+    """``start_node``, killed on the way out if the test left it running."""
+    proc = start_node(namespace, *params)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str, str]:
@@ -118,11 +132,8 @@ def probe():
 def go2_namespace():
     """One go2 node for the state test and the bad-command test (starting one costs seconds)."""
     namespace = f"/sim_go2_{RUN}"
-    proc = start_node(namespace, "task:=go2-walk", "seed:=3")
-    yield namespace, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+    with running_node(namespace, "task:=go2-walk", "seed:=3") as proc:
+        yield namespace, proc
 
 
 def test_go2_publishes_driver_topics_at_the_control_rate_and_stands(probe, go2_namespace):
@@ -198,9 +209,8 @@ def test_a_paused_panda_starts_when_driven_and_moves_to_a_held_target_after_the_
     joint after the injected latency."""
     namespace = f"/sim_panda_{RUN}"
     latency_s = 0.3
-    proc = start_node(namespace, "task:=panda-reach", "randomize:=false", f"latency_s:={latency_s}",
-                      "overrides:=[sim.episode_length_s=30]", "start_paused:=true")
-    try:
+    with running_node(namespace, "task:=panda-reach", "randomize:=false", f"latency_s:={latency_s}",
+                      "overrides:=[sim.episode_length_s=30]", "start_paused:=true") as proc:
         joints = probe.listen(JointState, f"{namespace}/joint_states")
         publisher = probe.node.create_publisher(Float64MultiArray, f"{namespace}/{DRIVER_COMMAND}", 10)
         policy = probe.node.create_publisher(Float64MultiArray, f"{namespace}/policy/command", 10)
@@ -231,10 +241,6 @@ def test_a_paused_panda_starts_when_driven_and_moves_to_a_held_target_after_the_
         code, out, err = stop_node(proc)
         assert code == 0, err[-2000:]
         assert summary_of(out)["rejected_commands"] == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe):
@@ -243,9 +249,8 @@ def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe)
     start the simulation; once it does, the state comes and the next command starts it. So a bag never misses an
     episode's first takeover to slow discovery."""
     namespace = f"/sim_await_{RUN}"
-    proc = start_node(namespace, "task:=panda-reach", "randomize:=false", "start_paused:=true",
-                      "await_recorded:=[teleop/intervention]")
-    try:
+    with running_node(namespace, "task:=panda-reach", "randomize:=false", "start_paused:=true",
+                      "await_recorded:=[teleop/intervention]") as proc:
         joints = probe.listen(JointState, f"{namespace}/joint_states")
         driver = probe.node.create_publisher(Float64MultiArray, f"{namespace}/{DRIVER_COMMAND}", 10)
         policy = probe.node.create_publisher(Float64MultiArray, f"{namespace}/policy/command", 10)
@@ -274,10 +279,6 @@ def test_a_paused_rehearsal_waits_until_the_recorder_hears_what_it_awaits(probe)
         code, _, err = stop_node(proc)
         assert code == 0, err[-2000:]
         assert "waiting for the recorder to hear ['teleop/intervention']" in err, err[-2000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.fixture
@@ -305,14 +306,9 @@ def test_a_run_of_episodes_ends_with_a_json_summary(probe, short_cf2_bundle):
     episodes = probe.listen(String, f"{namespace}/sim/episode",
                             QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     targets = probe.listen(PointStamped, f"{namespace}/target_position")
-    proc = start_node(namespace, f"bundle:={short_cf2_bundle}", "episodes:=2", "randomize:=false")
-    try:
+    with running_node(namespace, f"bundle:={short_cf2_bundle}", "episodes:=2", "randomize:=false") as proc:
         probe.spin_until(lambda: proc.poll() is not None, timeout=40)  # it stops by itself
         out, err = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     summary = summary_of(out)
     assert summary["task"] == "cf2-hover" and summary["episodes"] == 2
@@ -335,8 +331,7 @@ def test_a_takeover_held_across_an_episodes_end_does_not_drive_the_next_episode(
     the drone falls in the first episode and hovers through the second (2 s episodes starting still at the
     target: hover thrust holds them)."""
     namespace = f"/sim_stale_{RUN}"
-    proc = start_node(namespace, f"bundle:={short_cf2_bundle}", "episodes:=2", "randomize:=false")
-    try:
+    with running_node(namespace, f"bundle:={short_cf2_bundle}", "episodes:=2", "randomize:=false") as proc:
         intervention = probe.node.create_publisher(String, f"{namespace}/teleop/intervention", 10)
         human = probe.node.create_publisher(Float64MultiArray, f"{namespace}/teleop/command", 10)
         driver = probe.node.create_publisher(Float64MultiArray, f"{namespace}/motor_controller/commands", 10)
@@ -349,10 +344,6 @@ def test_a_takeover_held_across_an_episodes_end_does_not_drive_the_next_episode(
             driver.publish(Float64MultiArray(data=[0.0] * 4))
             probe.spin_for(0.01)
         out, err = proc.communicate(timeout=5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     episodes = [json.loads(line.split("episode end: ", 1)[1]) for line in err.splitlines() if "episode end: " in line]
     assert [e["success"] for e in episodes] == [False, True], episodes
