@@ -24,9 +24,8 @@ from robostack import registry
 from robostack.policies.sac import updates_in_blocks
 from robostack.specs import AlgorithmSpec
 
-__all__ = ["NAME", "GripperRuleConfig", "GripperRule", "fit_gripper_rule"]
+__all__ = ["GripperRuleConfig", "GripperRule", "fit_gripper_rule"]
 
-NAME = "gripper-rule"
 UPDATE_BLOCK = 250
 
 
@@ -144,6 +143,6 @@ def fit_gripper_rule(online: dict[str, torch.Tensor], prior: dict[str, torch.Ten
 
 
 SPEC = registry.register(AlgorithmSpec(
-    NAME, "the human's gripper rule from their takeovers: a residual that closes where they closed",
+    "gripper-rule", "the human's gripper rule from their takeovers: a residual that closes where they closed",
     "interventions", GripperRuleConfig, bundle_kind="residual", trainer=fit_gripper_rule,
     exporter=GripperRule.export_module))

@@ -297,17 +297,22 @@ class SimRobotNode(Node):
         elif not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values)).tolist()
             self._reject("finite", f"non-finite values (NaN or inf) at indices {bad}")
-        elif self._commanded_at < self._reset_at and not self.unattended:
-            pass  # the ended episode's command, which the safety layer holds until the policy's first of the new one
-        elif self._human_in_control and self._human_since < self._reset_at:
-            pass  # a takeover of the ended episode, until the human lets go (or takes over anew): its gripper closed
-            # on a lifted cube started the next episode closed on nothing, and the policy went on from there
+        elif self._ended_episodes_command():
+            pass
         elif not self.paused:
             self._pending.append((self.steps * self.control_dt + self.latency_s, values))
         elif self._commander_seen and self._safety_passes is not False and self._recorder_hears_enough():
             self.paused = False
             self._pending.append((self.latency_s, values))
             self.get_logger().info("the policy (or a human) drives the robot now: the simulation starts")
+
+    def _ended_episodes_command(self) -> bool:
+        """Whether a driver command now is the ended episode's: the safety layer holding it until the policy or a
+        human speaks in the new one, or a takeover held across the reset until the human lets go or takes over anew
+        (its gripper, closed on a lifted cube, started the next episode closed on nothing)."""
+        if self.unattended:
+            return False
+        return self._commanded_at < self._reset_at or (self._human_in_control and self._human_since < self._reset_at)
 
     def _on_commander(self, _msg: Any) -> None:
         self._commander_seen = True

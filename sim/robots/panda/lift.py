@@ -160,8 +160,8 @@ class LiftIntervener(TaskIntervener):
     short of the goal, has not risen (faster than ``RISING_M_S``) for ``STALLED_S`` (a lift that never comes: the
     policy pressing down on a cube it pinches by its top edge, 3 cm above its centre, seen through ROS 2), or when
     ``PATIENCE_S`` of the episode have passed without the cube on its way up or in the fingers (fumbling: grasps
-    dropped and retried); drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts: ``begin``); hands
-    back once the cube is lifted."""
+    dropped and retried); drives with the scripted expert as a pad can (``PadLiftExpert``; where it starts:
+    ``begin``); hands back once the cube is lifted."""
 
     AT_CUBE_M, HOVER_S, MISSED_S = 0.015, 1.0, 0.3
     STALLED_S, RISING_M_S, OFF_TABLE_M, PATIENCE_S = 2.0, 0.02, 0.005, 3.5
