@@ -78,4 +78,5 @@ def test_what_the_rule_cannot_learn_is_refused_in_one_line():
         fit_gripper_rule(online, prior, RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=10)))
     online, _ = buffers()
     with pytest.raises(ValueError, match=r"no human step"):
-        fit_gripper_rule(online, {k: v[:0] for k, v in online.items()}, RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=10)))
+        fit_gripper_rule(online, {k: v[:0] for k, v in online.items()},
+                         RLIFConfig(scale=2.0, gripper=GripperRuleConfig(updates=10)))
